@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/*
+ * grayscope connection tracking: TCP connections with the process that owns them, from tracepoints only.
+ *
+ * - sock:inet_sock_set_state
+ *     CLOSE -> SYN_SENT        remember the connecting task (it is `current` here) in `conns`
+ *     SYN_SENT -> ESTABLISHED  emit ESTABLISHED (client) with the full 4-tuple, now that the port is bound
+ *     SYN_RECV -> ESTABLISHED  remember a passive connection; emit ESTABLISHED (server, owner not known yet:
+ *                              `current` is whoever ran the softirq, on loopback the *client*)
+ *     * -> CLOSE               emit CLOSED with the duration, then delete the `conns` entry
+ * - syscalls:sys_exit_accept4 / sys_exit_accept
+ *     the returned fd -> struct file -> struct socket -> sk (the tracepoint's skaddr): the accepting task is
+ *     `current`, so the server side gets its owner; emit ACCEPTED.
+ *
+ * Every `conns` insert is deleted at TCP_CLOSE. The one insert that may miss its delete (the accept side winning
+ * a race with a close, see on_accept_exit) is bounded by the LRU map, which evicts instead of filling up.
+ *
+ * Every emit counts GS_STAT_PRODUCED and, when the ring buffer is full, GS_STAT_DROPPED, so the reader can check
+ * delivered + dropped == produced.
+ */
+#include "vmlinux_min.h"
+#include "conn_event.h"
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+/* Network namespace filter: the inode of the only netns to watch, 0 for all. Set by the loader
+ * (EbpfLoader::override_global), so a new value never needs a recompile. */
+const volatile __u32 target_netns = 0;
+
+/* Per-connection state, keyed by the struct sock address. */
+struct gs_conn_state {
+	__u64 start_ns;
+	__u64 proc_start_ns;
+	__u32 pid;
+	__u32 tid;
+	__u8 role;
+	__u8 pad[7];
+	char comm[GS_COMM_LEN];
+};
+_Static_assert(sizeof(struct gs_conn_state) == 48, "gs_conn_state has implicit padding");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct gs_conn_state);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, GS_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+/* The tracepoint contexts, written from /sys/kernel/tracing/events/<cat>/<name>/format (the vmlinux
+ * trace_event_raw_* types make clang emit ctx pointer arithmetic that the verifier refuses). */
+struct inet_sock_set_state_ctx {
+	__u64 common;
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+	__u16 sport;
+	__u16 dport;
+	__u16 family;
+	__u16 protocol;
+	__u32 saddr;
+	__u32 daddr;
+	__u64 saddr_v6[2];
+	__u64 daddr_v6[2];
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 syscall_nr;
+	__s32 pad;
+	__s64 ret;
+};
+
+/* A 4-tuple in event layout: addresses as two u64 words each (network order bytes). */
+struct tuple {
+	__u64 laddr[2];
+	__u64 raddr[2];
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+};
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline int netns_wanted(__u32 netns)
+{
+	return target_netns == 0 || netns == target_netns;
+}
+
+/* Fill the owner fields from the current task. */
+static __always_inline void own(struct gs_conn_state *st)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 id = bpf_get_current_pid_tgid();
+
+	st->pid = id >> 32;
+	st->tid = (__u32)id;
+	st->proc_start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
+	bpf_get_current_comm(st->comm, sizeof(st->comm));
+}
+
+static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, const struct tuple *t, __u64 skaddr,
+				 __u32 netns, __u64 now)
+{
+	struct gs_conn_event *e;
+
+	count(GS_STAT_PRODUCED);
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(GS_STAT_DROPPED);
+		return;
+	}
+	e->ts_ns = now;
+	e->skaddr = skaddr;
+	e->duration_ns = kind == GS_EVENT_CLOSED ? now - st->start_ns : 0;
+	e->proc_start_ns = st->proc_start_ns;
+	e->pid = st->pid;
+	e->tid = st->tid;
+	e->netns = netns;
+	e->family = t->family;
+	e->lport = t->lport;
+	e->rport = t->rport;
+	e->kind = kind;
+	e->role = st->role;
+	__builtin_memset(e->pad, 0, sizeof(e->pad));
+	__builtin_memcpy(e->laddr, t->laddr, sizeof(e->laddr));
+	__builtin_memcpy(e->raddr, t->raddr, sizeof(e->raddr));
+	__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int handle_set_state(struct inet_sock_set_state_ctx *ctx)
+{
+	struct gs_conn_state fresh = {}, *st;
+	struct tuple t = {};
+	__u64 key = ctx->skaddr, now;
+	__s32 oldstate = ctx->oldstate, newstate = ctx->newstate;
+	__u32 netns;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	t.family = ctx->family;
+	if (t.family != AF_INET && t.family != AF_INET6)
+		return 0;
+	netns = sk_netns((const struct sock *)key);
+	if (!netns_wanted(netns))
+		return 0;
+
+	if (t.family == AF_INET) {
+		t.laddr[0] = ctx->saddr;
+		t.raddr[0] = ctx->daddr;
+	} else {
+		t.laddr[0] = ctx->saddr_v6[0];
+		t.laddr[1] = ctx->saddr_v6[1];
+		t.raddr[0] = ctx->daddr_v6[0];
+		t.raddr[1] = ctx->daddr_v6[1];
+	}
+	t.lport = ctx->sport;
+	t.rport = ctx->dport;
+	now = bpf_ktime_get_ns();
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(2): the caller is `current`. Deleted at TCP_CLOSE. */
+		fresh.start_ns = now;
+		fresh.role = GS_ROLE_CLIENT;
+		own(&fresh);
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
+		return 0;
+	}
+
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (st) /* no entry: connect() started before the agent */
+			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
+		return 0;
+	}
+
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (st) { /* accept() already returned it (it raced ahead of this softirq) and named the owner */
+			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
+			return 0;
+		}
+		/* The owner is unknown until accept; `current` is not the server. Deleted at TCP_CLOSE. */
+		fresh.start_ns = now;
+		fresh.role = GS_ROLE_SERVER;
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+		emit(GS_EVENT_ESTABLISHED, &fresh, &t, key, netns, now);
+		return 0;
+	}
+
+	if (newstate == TCP_CLOSE) {
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (!st)
+			return 0;
+		emit(GS_EVENT_CLOSED, st, &t, key, netns, now);
+		bpf_map_delete_elem(&conns, &key);
+	}
+	return 0;
+}
+
+static __always_inline int on_accept_exit(__s64 ret)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct gs_conn_state fresh = {}, *st;
+	struct tuple t = {};
+	struct fdtable *fdt;
+	struct file **fds, *file = 0;
+	struct socket *sock;
+	struct sock *sk;
+	__u64 key, now;
+	__u32 netns;
+	__u8 state;
+
+	if (ret < 0)
+		return 0;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || (__u64)ret >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[ret]) || !file)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	t.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (t.family != AF_INET && t.family != AF_INET6)
+		return 0; /* AF_UNIX and friends */
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0; /* SCTP, MPTCP */
+	netns = sk_netns(sk);
+	if (!netns_wanted(netns))
+		return 0;
+
+	key = (__u64)sk;
+	now = bpf_ktime_get_ns();
+	st = bpf_map_lookup_elem(&conns, &key);
+	if (st) {
+		own(st);
+	} else {
+		/* Only a socket still in SYN_RECV (accept won the race against the ESTABLISHED softirq) is new here;
+		 * anything else was established before the agent started and is not tracked. A close racing this
+		 * insert can leave it behind: the LRU evicts it. */
+		state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		if (state != TCP_SYN_RECV)
+			return 0;
+		fresh.start_ns = now;
+		fresh.role = GS_ROLE_SERVER;
+		own(&fresh);
+		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+		st = &fresh;
+	}
+
+	t.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t.family == AF_INET) {
+		t.laddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		t.raddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	} else {
+		bpf_core_read(t.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t.raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+	emit(GS_EVENT_ACCEPTED, st, &t, key, netns, now);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int handle_accept4_exit(struct sys_exit_ctx *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int handle_accept_exit(struct sys_exit_ctx *ctx)
+{
+	return on_accept_exit(ctx->ret);
+}
+
+char LICENSE[] SEC("license") = "GPL";

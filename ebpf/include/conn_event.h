@@ -1,0 +1,49 @@
+/* SPDX-License-Identifier: GPL-2.0 OR Apache-2.0 */
+/*
+ * The ABI between the kernel programs and the agent: one event record in the ring buffer, the stats slots and
+ * the values of the kind/role fields. Mirrored by `sidecar-agent/src/ebpf/events.rs`; both sides pin the size.
+ * No bool, no implicit padding: every hole is an explicit `pad` field.
+ */
+#ifndef __GRAYSCOPE_CONN_EVENT_H
+#define __GRAYSCOPE_CONN_EVENT_H
+
+#include <linux/types.h>
+
+/* event kinds */
+#define GS_EVENT_ESTABLISHED 1 /* handshake done; 4-tuple known (client: owner known; server: maybe not yet) */
+#define GS_EVENT_ACCEPTED 2    /* accept(2)/accept4(2) returned the socket: owner = accepting process */
+#define GS_EVENT_CLOSED 3      /* socket reached TCP_CLOSE; duration_ns set */
+
+/* which end of the connection this socket is */
+#define GS_ROLE_CLIENT 1 /* active open (connect) */
+#define GS_ROLE_SERVER 2 /* passive open (accepted from a listener) */
+
+/* slots of the per-CPU `stats` array */
+#define GS_STAT_PRODUCED 0 /* events the programs tried to emit */
+#define GS_STAT_DROPPED 1  /* of those, ring buffer reservations that failed */
+#define GS_STAT_MAX 2
+
+#define GS_COMM_LEN 16
+
+struct gs_conn_event {
+	__u64 ts_ns;         /* bpf_ktime_get_ns() when emitted */
+	__u64 skaddr;        /* kernel address of the struct sock: the connection's identity while it lives */
+	__u64 duration_ns;   /* CLOSED: time since the connection was first seen (SYN_SENT or ESTABLISHED) */
+	__u64 proc_start_ns; /* owner's thread-group leader start_boottime; 0 when the owner is unknown */
+	__u32 pid;           /* owner's tgid; 0 when unknown (server side before accept) */
+	__u32 tid;           /* owner's thread id */
+	__u32 netns;         /* inode number of the socket's network namespace */
+	__u16 family;        /* AF_INET (2) or AF_INET6 (10); v4-mapped addresses come as AF_INET6 */
+	__u16 lport;         /* local port, host byte order */
+	__u16 rport;         /* remote port, host byte order */
+	__u8 kind;           /* GS_EVENT_* */
+	__u8 role;           /* GS_ROLE_* */
+	__u8 pad[4];
+	__u8 laddr[16];      /* local address, network order; AF_INET uses the first 4 bytes */
+	__u8 raddr[16];      /* remote address, same layout */
+	char comm[GS_COMM_LEN]; /* owner thread's comm; empty when unknown */
+};
+
+_Static_assert(sizeof(struct gs_conn_event) == 104, "gs_conn_event ABI changed: update events.rs too");
+
+#endif /* __GRAYSCOPE_CONN_EVENT_H */

@@ -1,0 +1,232 @@
+//! The W3C `baggage` header (<https://www.w3.org/TR/baggage/>): parse, drop, re-serialise.
+//!
+//! Policy, pinned by the tests below:
+//! - All `baggage` headers of a request form one list, in order; the filter forwards one combined header.
+//! - A malformed member (no `=`, a key that is not a token, a value with a byte outside `baggage-octet`, a broken
+//!   `%` escape, a value that does not decode to UTF-8, a malformed property) is dropped on its own; the rest of
+//!   the list survives. Empty members (`a=1,,b=2`, a trailing comma) are skipped silently.
+//! - Kept members are re-emitted as `key=value` (value still percent-encoded, as received) plus their properties.
+//! - At most [`MAX_MEMBERS`] members and [`MAX_BYTES`] bytes leave the filter. The gray-version member is placed
+//!   first in the budget, since propagating it is the filter's job; the other members are kept in order until the
+//!   next one would cross a limit, and that one and all after it are dropped whole: never a partial member.
+
+use std::borrow::Cow;
+
+/// W3C limit on list members per baggage string.
+pub const MAX_MEMBERS: usize = 64;
+/// W3C limit on bytes per baggage string (all `baggage` headers together).
+pub const MAX_BYTES: usize = 8192;
+
+/// One well-formed list member, borrowed from the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub key: &'a str,
+    /// The value as received: percent-encoded, OWS trimmed.
+    pub value: &'a str,
+    /// The properties after the first `;`, validated, outer OWS trimmed; empty when there are none.
+    pub properties: &'a str,
+}
+
+impl<'a> Member<'a> {
+    /// The percent-decoded value; `None` only if the encoding is broken, which [`parse`] already rules out.
+    pub fn decoded_value(&self) -> Option<Cow<'a, str>> {
+        decode(self.value)
+    }
+
+    fn encoded_len(&self) -> usize {
+        let props = if self.properties.is_empty() { 0 } else { 1 + self.properties.len() };
+        self.key.len() + 1 + self.value.len() + props
+    }
+
+    fn write(&self, out: &mut String) {
+        out.push_str(self.key);
+        out.push('=');
+        out.push_str(self.value);
+        if !self.properties.is_empty() {
+            out.push(';');
+            out.push_str(self.properties);
+        }
+    }
+}
+
+/// A member that was dropped as malformed; its key is kept when it was readable, so a malformed gray-version
+/// member can be told apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed<'a> {
+    pub key: Option<&'a str>,
+}
+
+/// Every `baggage` header of a request, parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed<'a> {
+    pub members: Vec<Member<'a>>,
+    pub malformed: Vec<Malformed<'a>>,
+    /// How many `baggage` headers there were.
+    pub headers: usize,
+}
+
+/// Parses all `baggage` header values, in order.
+pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Parsed<'a> {
+    let mut parsed = Parsed::default();
+    for value in values {
+        parsed.headers += 1;
+        for raw in value.split(|&b| b == b',') {
+            let raw = crate::gray::trim_ows(raw);
+            if raw.is_empty() {
+                continue;
+            }
+            match parse_member(raw) {
+                Ok(m) => parsed.members.push(m),
+                Err(key) => parsed.malformed.push(Malformed { key }),
+            }
+        }
+    }
+    parsed
+}
+
+/// Parses one list member; on failure returns the key if it was readable.
+fn parse_member(raw: &[u8]) -> Result<Member<'_>, Option<&str>> {
+    let (pair, properties) = match raw.iter().position(|&b| b == b';') {
+        Some(i) => (&raw[..i], crate::gray::trim_ows(&raw[i + 1..])),
+        None => (raw, &[][..]),
+    };
+    let eq = pair.iter().position(|&b| b == b'=').ok_or(None)?;
+    let key = crate::gray::trim_ows(&pair[..eq]);
+    let key = as_token(key).ok_or(None)?;
+    let value = crate::gray::trim_ows(&pair[eq + 1..]);
+    if !value.iter().all(|&b| is_baggage_octet(b)) {
+        return Err(Some(key));
+    }
+    // Only ASCII left, so this is a cheap view, never a failure.
+    let value = std::str::from_utf8(value).map_err(|_| Some(key))?;
+    decode(value).ok_or(Some(key))?;
+    if !properties.is_empty() && !properties.split(|&b| b == b';').all(valid_property) {
+        return Err(Some(key));
+    }
+    let properties = std::str::from_utf8(properties).map_err(|_| Some(key))?;
+    Ok(Member { key, value, properties })
+}
+
+fn valid_property(raw: &[u8]) -> bool {
+    let raw = crate::gray::trim_ows(raw);
+    match raw.iter().position(|&b| b == b'=') {
+        None => as_token(raw).is_some(),
+        Some(i) => {
+            let value = crate::gray::trim_ows(&raw[i + 1..]);
+            as_token(crate::gray::trim_ows(&raw[..i])).is_some()
+                && value.iter().all(|&b| is_baggage_octet(b))
+                && std::str::from_utf8(value).ok().and_then(decode).is_some()
+        }
+    }
+}
+
+/// RFC 7230 `token`: one or more `tchar`.
+fn as_token(s: &[u8]) -> Option<&str> {
+    let ok = !s.is_empty() && s.iter().all(|&b| is_tchar(b));
+    if ok {
+        std::str::from_utf8(s).ok()
+    } else {
+        None
+    }
+}
+
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+}
+
+/// `baggage-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`.
+fn is_baggage_octet(b: u8) -> bool {
+    matches!(b, 0x21 | 0x23..=0x2B | 0x2D..=0x3A | 0x3C..=0x5B | 0x5D..=0x7E)
+}
+
+/// Percent-decodes into UTF-8; `None` for a broken escape or invalid UTF-8.
+fn decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(Cow::Owned)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// What to forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    /// The combined header, or `None` when no member is left (the header is then removed).
+    pub header: Option<String>,
+    /// Members dropped to stay within [`MAX_MEMBERS`] and [`MAX_BYTES`].
+    pub dropped_over_limit: usize,
+}
+
+/// Serialises `members` with the member `key=value` replacing every member named `key` (in the position of the
+/// first), or appended when there was none; `value: None` removes the key's members. `value` must already be a
+/// valid baggage value (gray versions are).
+pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendered {
+    let gray = value.map(|value| Member { key, value, properties: "" });
+    let gray_pos = members.iter().position(|m| m.key == key);
+    let (mut count, mut bytes) = match &gray {
+        Some(g) => (1, g.encoded_len()),
+        None => (0, 0),
+    };
+    let mut kept: Vec<&Member<'_>> = Vec::with_capacity(members.len().min(MAX_MEMBERS));
+    let mut gray_index = None;
+    let mut dropped_over_limit = 0;
+    let mut full = false;
+    for (i, m) in members.iter().enumerate() {
+        if Some(i) == gray_pos {
+            gray_index = Some(kept.len());
+        }
+        if m.key == key {
+            continue;
+        }
+        // Separators: one comma between each pair of members.
+        let cost = m.encoded_len() + usize::from(count > 0);
+        if full || count + 1 > MAX_MEMBERS || bytes + cost > MAX_BYTES {
+            full = true;
+            dropped_over_limit += 1;
+            continue;
+        }
+        count += 1;
+        bytes += cost;
+        kept.push(m);
+    }
+    if let Some(g) = &gray {
+        kept.insert(gray_index.unwrap_or(kept.len()).min(kept.len()), g);
+    }
+    if kept.is_empty() {
+        return Rendered { header: None, dropped_over_limit };
+    }
+    let mut out = String::with_capacity(bytes);
+    for (i, m) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        m.write(&mut out);
+    }
+    Rendered { header: Some(out), dropped_over_limit }
+}
+
+#[cfg(test)]
+mod tests;

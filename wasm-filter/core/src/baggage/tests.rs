@@ -1,0 +1,157 @@
+//! W3C baggage conformance cases (the spec's examples and its limits), plus the drop policy.
+
+use super::*;
+
+fn keys<'a>(p: &'a Parsed<'a>) -> Vec<&'a str> {
+    p.members.iter().map(|m| m.key).collect()
+}
+
+fn one(h: &str) -> Parsed<'_> {
+    parse([h.as_bytes()])
+}
+
+#[test]
+fn parses_the_spec_examples() {
+    let p = one("key1=value1;property1;property2, key2 = value2, key3=value3; propertyKey=propertyValue");
+    assert_eq!(keys(&p), ["key1", "key2", "key3"]);
+    assert_eq!(p.members[0].properties, "property1;property2");
+    assert_eq!(p.members[1].value, "value2");
+    assert_eq!(p.members[2].properties, "propertyKey=propertyValue");
+    assert!(p.malformed.is_empty());
+    let r = render(&p.members, "gray.version", None);
+    assert_eq!(
+        r.header.as_deref(),
+        Some("key1=value1;property1;property2,key2=value2,key3=value3;propertyKey=propertyValue")
+    );
+}
+
+#[test]
+fn a_value_may_contain_equals() {
+    let p = one("k=v=w");
+    assert_eq!(p.members[0].decoded_value().unwrap(), "v=w");
+    assert_eq!(render(&p.members, "x", None).header.as_deref(), Some("k=v=w"));
+}
+
+#[test]
+fn percent_encoding_is_decoded_and_kept_encoded_on_the_wire() {
+    let p = one("userId=alice%20smith%2C%20jr,serverNode=DF%2028,isProduction=false,emoji=%F0%9F%98%80");
+    assert_eq!(p.members[0].decoded_value().unwrap(), "alice smith, jr");
+    assert_eq!(p.members[3].decoded_value().unwrap(), "😀");
+    assert_eq!(
+        render(&p.members, "gray.version", None).header.as_deref(),
+        Some("userId=alice%20smith%2C%20jr,serverNode=DF%2028,isProduction=false,emoji=%F0%9F%98%80")
+    );
+}
+
+#[test]
+fn malformed_members_are_dropped_one_by_one() {
+    let p = one("a=1,garbage,=x,b=%ZZ,c=2");
+    assert_eq!(keys(&p), ["a", "c"]);
+    assert_eq!(p.malformed, vec![Malformed { key: None }, Malformed { key: None }, Malformed { key: Some("b") }]);
+    assert_eq!(render(&p.members, "gray.version", None).header.as_deref(), Some("a=1,c=2"));
+}
+
+#[test]
+fn invalid_utf8_after_decoding_drops_the_member() {
+    let p = one("k=%C3%28,ok=%C3%A9");
+    assert_eq!(keys(&p), ["ok"]);
+    assert_eq!(p.malformed, vec![Malformed { key: Some("k") }]);
+}
+
+#[test]
+fn bytes_outside_baggage_octet_drop_the_member() {
+    for bad in ["k=a b", "k=\"q\"", "k=a\\b", "k=caf\u{e9}", "k=\x01", "k e=v", "k=v;=p", "k=v;p q"] {
+        let p = one(bad);
+        assert!(p.members.is_empty(), "{bad:?} was kept");
+        assert_eq!(p.malformed.len(), 1, "{bad:?}");
+    }
+    let raw = parse([&b"k=\xff\xfe,ok=1"[..]]);
+    assert_eq!(keys(&raw), ["ok"]);
+}
+
+#[test]
+fn empty_members_and_whitespace_are_tolerated() {
+    let p = one(" a = 1 ,, \t b=2 ,");
+    assert_eq!(keys(&p), ["a", "b"]);
+    assert!(p.malformed.is_empty());
+    let empty_value = one("k=");
+    assert_eq!(empty_value.members[0].value, "");
+}
+
+#[test]
+fn several_headers_form_one_list() {
+    let p = parse([&b"a=1,b=2"[..], b"c=3"]);
+    assert_eq!(p.headers, 2);
+    assert_eq!(render(&p.members, "g", Some("v2")).header.as_deref(), Some("a=1,b=2,c=3,g=v2"));
+}
+
+#[test]
+fn gray_member_is_replaced_in_place_and_deduplicated() {
+    let p = one("a=1,gray.version=v1,b=2,gray.version=v9");
+    let r = render(&p.members, "gray.version", Some("v2"));
+    assert_eq!(r.header.as_deref(), Some("a=1,gray.version=v2,b=2"));
+    let removed = render(&p.members, "gray.version", None);
+    assert_eq!(removed.header.as_deref(), Some("a=1,b=2"));
+    assert_eq!(render(&[], "gray.version", None).header, None);
+}
+
+fn members_of_len(n: usize, value_len: usize) -> String {
+    (0..n).map(|i| format!("k{i:02}={}", "x".repeat(value_len))).collect::<Vec<_>>().join(",")
+}
+
+#[test]
+fn sixty_four_members_at_exactly_8192_bytes_pass_untouched() {
+    // 64 members of 127 bytes plus 63 commas = 8191; make the last member one byte longer to reach 8192.
+    let mut h = members_of_len(64, 123);
+    h.push('y');
+    assert_eq!(h.len(), MAX_BYTES);
+    let p = one(&h);
+    assert_eq!(p.members.len(), 64);
+    let r = render(&p.members, "gray.version", None);
+    assert_eq!(r.header.as_deref(), Some(h.as_str()));
+    assert_eq!(r.dropped_over_limit, 0);
+}
+
+#[test]
+fn the_sixty_fifth_member_is_dropped_whole() {
+    let h = members_of_len(65, 3);
+    let p = one(&h);
+    let r = render(&p.members, "gray.version", None);
+    let out = r.header.unwrap();
+    assert_eq!(out.split(',').count(), MAX_MEMBERS);
+    assert_eq!(out, members_of_len(64, 3));
+    assert_eq!(r.dropped_over_limit, 1);
+}
+
+#[test]
+fn over_8192_bytes_across_two_headers_drops_whole_members_in_order() {
+    let a = members_of_len(40, 123);
+    let b: String = (40..64).map(|i| format!("k{i:02}={}", "x".repeat(123))).collect::<Vec<_>>().join(",") + ",z=1";
+    let p = parse([a.as_bytes(), b.as_bytes()]);
+    assert_eq!(p.members.len(), 65);
+    let r = render(&p.members, "gray.version", None);
+    let out = r.header.unwrap();
+    assert!(out.len() <= MAX_BYTES);
+    assert_eq!(out, members_of_len(64, 123));
+    assert_eq!(r.dropped_over_limit, 1);
+    // Every member that left is whole: it is one of the inputs.
+    assert!(out.split(',').all(|m| m.len() == 127));
+}
+
+#[test]
+fn the_gray_member_is_budgeted_first() {
+    let full = members_of_len(64, 3);
+    let p = one(&full);
+    let r = render(&p.members, "gray.version", Some("v2"));
+    let out = r.header.unwrap();
+    assert_eq!(out.split(',').count(), MAX_MEMBERS);
+    assert!(out.ends_with(",gray.version=v2"));
+    assert_eq!(r.dropped_over_limit, 1);
+
+    let mut bytes = members_of_len(64, 123);
+    bytes.push('y');
+    let r = render(&one(&bytes).members, "gray.version", Some("v2"));
+    let out = r.header.unwrap();
+    assert!(out.len() <= MAX_BYTES, "{}", out.len());
+    assert!(out.ends_with(",gray.version=v2"));
+}

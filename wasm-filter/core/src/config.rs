@@ -1,0 +1,252 @@
+//! The plugin configuration: JSON in, a validated [`Config`] out, or every problem named by its field.
+//!
+//! `{}` (or an empty configuration) is valid and means the documented defaults. Unknown fields are refused, so a
+//! typo never silently falls back to a default.
+
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::{gray, route::Template};
+
+/// Default of `max_interfaces`: distinct interfaces counted per VM before calls go to `other`.
+pub const DEFAULT_MAX_INTERFACES: usize = 256;
+/// Default of `gray.max_versions`, when no allowlist is given.
+pub const DEFAULT_MAX_VERSIONS: usize = 16;
+/// Default of `gray.header`.
+pub const DEFAULT_GRAY_HEADER: &str = "x-gray-version";
+/// Default of `gray.baggage_key`.
+pub const DEFAULT_BAGGAGE_KEY: &str = "gray.version";
+/// Upper bound for both caps: past that the caps stop protecting Envoy's stat memory.
+const MAX_CAP: usize = 10_000;
+
+/// Which side of the workload the filter's listener is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the listener's `traffic_direction` (Istio sets it on every sidecar listener).
+    #[default]
+    Auto,
+    Inbound,
+    Outbound,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub direction: Direction,
+    /// The `service` label of HTTP interfaces; by default the upstream cluster's name.
+    pub service: Option<String>,
+    pub max_interfaces: usize,
+    pub routes: Vec<Template>,
+    pub gray: GrayConfig,
+    /// Whether to publish the interface and gray version as filter state for access logs.
+    pub filter_state: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrayConfig {
+    /// Lowercase request header carrying the version.
+    pub header: String,
+    /// Baggage member carrying the version.
+    pub baggage_key: String,
+    /// Version of requests that carry none; `None` leaves them unlabelled (`none`) and unpropagated.
+    pub default_version: Option<String>,
+    /// When set, only these versions are labelled as such; others count as `unknown`.
+    pub allowed_versions: Option<Vec<String>>,
+    /// Without an allowlist, distinct versions labelled per VM before the rest count as `other`.
+    pub max_versions: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            direction: Direction::Auto,
+            service: None,
+            max_interfaces: DEFAULT_MAX_INTERFACES,
+            routes: Vec::new(),
+            gray: GrayConfig {
+                header: DEFAULT_GRAY_HEADER.to_owned(),
+                baggage_key: DEFAULT_BAGGAGE_KEY.to_owned(),
+                default_version: None,
+                allowed_versions: None,
+                max_versions: DEFAULT_MAX_VERSIONS,
+            },
+            filter_state: true,
+        }
+    }
+}
+
+/// One refused field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field, e.g. `gray.allowed_versions[1]`.
+    pub field: String,
+    pub message: String,
+}
+
+/// The configuration was refused; lists every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid grayscope plugin configuration: ")?;
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    direction: Direction,
+    service: Option<String>,
+    max_interfaces: Option<usize>,
+    routes: Vec<RawRoute>,
+    gray: RawGray,
+    filter_state: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    template: String,
+    method: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawGray {
+    header: Option<String>,
+    baggage_key: Option<String>,
+    default_version: Option<String>,
+    allowed_versions: Option<Vec<String>>,
+    max_versions: Option<usize>,
+}
+
+/// Parses and validates the plugin configuration bytes (JSON; empty means `{}`).
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    let text = crate::gray::trim_ows(bytes);
+    let raw: Raw = if text.is_empty() {
+        Raw::default()
+    } else if text.first() != Some(&b'{') {
+        // serde would accept a JSON array as a struct, field by field; a configuration is an object.
+        let problem = Problem { field: "(root)".to_owned(), message: "must be a JSON object".to_owned() };
+        return Err(ConfigError { problems: vec![problem] });
+    } else {
+        let de = &mut serde_json::Deserializer::from_slice(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "(root)".to_owned() } else { path };
+            ConfigError { problems: vec![Problem { field, message: e.into_inner().to_string() }] }
+        })?
+    };
+    validate(raw)
+}
+
+fn validate(raw: Raw) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, message: String| problems.push(Problem { field: field.to_owned(), message });
+    let defaults = Config::default();
+
+    let cap = |field: &str, v: Option<usize>, default: usize, bad: &mut dyn FnMut(&str, String)| match v {
+        None => default,
+        Some(n) if (1..=MAX_CAP).contains(&n) => n,
+        Some(n) => {
+            bad(field, format!("must be between 1 and {MAX_CAP}, got {n}"));
+            default
+        }
+    };
+    let max_interfaces = cap("max_interfaces", raw.max_interfaces, DEFAULT_MAX_INTERFACES, &mut bad);
+    let max_versions = cap("gray.max_versions", raw.gray.max_versions, DEFAULT_MAX_VERSIONS, &mut bad);
+
+    if let Some(s) = &raw.service {
+        if s.is_empty() || s.len() > 253 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b'=') {
+            bad("service", format!("must be 1-253 printable characters without ';' or '=', got {s:?}"));
+        }
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let method = match r.method {
+            Some(m) if crate::interface::http_verb(m.to_ascii_uppercase().as_bytes()) == "_OTHER" => {
+                bad(&format!("routes[{i}].method"), format!("unknown HTTP method {m:?}"));
+                None
+            }
+            m => m.map(|m| m.to_ascii_uppercase()),
+        };
+        match Template::parse(&r.template, method) {
+            Ok(t) if routes.iter().any(|o: &Template| o.text == t.text && o.method == t.method) => {
+                bad(&format!("routes[{i}].template"), format!("{:?} is listed twice", r.template))
+            }
+            Ok(t) => routes.push(t),
+            Err(e) => bad(&format!("routes[{i}].template"), format!("{:?}: {e}", r.template)),
+        }
+    }
+
+    let header = raw.gray.header.unwrap_or(defaults.gray.header).to_ascii_lowercase();
+    if header.is_empty() || !header.bytes().all(crate::baggage::is_tchar) || header == "baggage" {
+        bad("gray.header", format!("must be an HTTP header name other than baggage, got {header:?}"));
+    }
+    let baggage_key = raw.gray.baggage_key.unwrap_or(defaults.gray.baggage_key);
+    if baggage_key.is_empty() || !baggage_key.bytes().all(crate::baggage::is_tchar) {
+        bad("gray.baggage_key", format!("must be a baggage key (an HTTP token), got {baggage_key:?}"));
+    }
+    let version_rule = "a version is 1-64 characters of [A-Za-z0-9._-]";
+    if let Some(v) = &raw.gray.default_version {
+        if !gray::is_valid(v) {
+            bad("gray.default_version", format!("{v:?} is not valid: {version_rule}"));
+        }
+    }
+    if let Some(list) = &raw.gray.allowed_versions {
+        if list.is_empty() {
+            bad("gray.allowed_versions", "must not be empty; omit it to allow any version".to_owned());
+        }
+        if list.len() > MAX_CAP {
+            bad("gray.allowed_versions", format!("at most {MAX_CAP} versions"));
+        }
+        for (i, v) in list.iter().enumerate() {
+            if !gray::is_valid(v) {
+                bad(&format!("gray.allowed_versions[{i}]"), format!("{v:?} is not valid: {version_rule}"));
+            } else if list[..i].contains(v) {
+                bad(&format!("gray.allowed_versions[{i}]"), format!("{v:?} is listed twice"));
+            }
+        }
+        if let Some(d) = &raw.gray.default_version {
+            if !list.contains(d) {
+                bad("gray.default_version", format!("{d:?} is not in gray.allowed_versions"));
+            }
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        direction: raw.direction,
+        service: raw.service,
+        max_interfaces,
+        routes,
+        gray: GrayConfig {
+            header,
+            baggage_key,
+            default_version: raw.gray.default_version,
+            allowed_versions: raw.gray.allowed_versions,
+            max_versions,
+        },
+        filter_state: raw.filter_state.unwrap_or(defaults.filter_state),
+    })
+}
+
+#[cfg(test)]
+mod tests;

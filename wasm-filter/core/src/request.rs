@@ -1,0 +1,122 @@
+//! The per-request decision, made once on the request headers: which interface is called, which gray version the
+//! request carries, what was refused, and how the `x-gray-version` and `baggage` headers must be rewritten.
+//!
+//! Precedence of the version: a valid header, else a valid baggage member, else the configured default. Whatever
+//! was invalid is reported (and counted by the caller) and never forwarded; the request itself always goes on.
+
+use crate::{
+    baggage,
+    config::Config,
+    gray::{self, Invalid, Source},
+    headers::Headers,
+    interface::Interface,
+};
+
+/// What to do with one request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// Forward as received (no hostcall).
+    Keep,
+    /// Replace every occurrence with this single value.
+    Set(String),
+    /// Remove every occurrence.
+    Remove,
+}
+
+/// Everything the filter decided about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub interface: Interface,
+    /// The version that is propagated and counted; `None` when the request has none.
+    pub version: Option<String>,
+    /// Refused candidates, in the order they were read.
+    pub invalid: Vec<(Source, Invalid)>,
+    pub baggage_dropped_malformed: usize,
+    pub baggage_dropped_over_limit: usize,
+    pub gray_header: Rewrite,
+    pub baggage_header: Rewrite,
+}
+
+/// Decides on a request from its headers.
+pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
+    let interface = Interface::identify(
+        &cfg.routes,
+        headers.first(":method").unwrap_or_default(),
+        headers.first(":path").unwrap_or_default(),
+        headers.first("content-type"),
+    );
+    let mut invalid = Vec::new();
+
+    let from_header = {
+        let mut values = headers.all(&cfg.gray.header);
+        match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                invalid.push((Source::Header, Invalid::Duplicated));
+                None
+            }
+            (Some(v), None) => gray::validate(v).map_err(|r| invalid.push((Source::Header, r))).ok(),
+        }
+    };
+
+    let parsed = baggage::parse(headers.all("baggage"));
+    let key = cfg.gray.baggage_key.as_str();
+    if parsed.malformed.iter().any(|m| m.key == Some(key)) {
+        invalid.push((Source::Baggage, Invalid::BadEncoding));
+    }
+    let from_baggage = {
+        let mut members = parsed.members.iter().filter(|m| m.key == key);
+        match (members.next(), members.next()) {
+            (None, _) => None,
+            (Some(_), Some(_)) => {
+                invalid.push((Source::Baggage, Invalid::Duplicated));
+                None
+            }
+            (Some(m), None) => match m.decoded_value() {
+                Some(v) => gray::validate(v.as_bytes())
+                    .map(str::to_owned)
+                    .map_err(|r| invalid.push((Source::Baggage, r)))
+                    .ok(),
+                None => {
+                    invalid.push((Source::Baggage, Invalid::BadEncoding));
+                    None
+                }
+            },
+        }
+    };
+
+    let version =
+        from_header.map(str::to_owned).or(from_baggage).or_else(|| cfg.gray.default_version.clone());
+
+    let gray_header = {
+        let mut values = headers.all(&cfg.gray.header);
+        let (first, second) = (values.next(), values.next());
+        match (&version, first, second) {
+            (Some(v), Some(only), None) if only == v.as_bytes() => Rewrite::Keep,
+            (Some(v), _, _) => Rewrite::Set(v.clone()),
+            (None, None, _) => Rewrite::Keep,
+            (None, Some(_), _) => Rewrite::Remove,
+        }
+    };
+
+    let rendered = baggage::render(&parsed.members, key, version.as_deref());
+    let baggage_header = match (rendered.header, parsed.headers) {
+        (None, 0) => Rewrite::Keep,
+        (None, _) => Rewrite::Remove,
+        (Some(h), 1) if headers.first("baggage") == Some(h.as_bytes()) => Rewrite::Keep,
+        (Some(h), _) => Rewrite::Set(h),
+    };
+
+    Decision {
+        interface,
+        version,
+        invalid,
+        baggage_dropped_malformed: parsed.malformed.len(),
+        baggage_dropped_over_limit: rendered.dropped_over_limit,
+        gray_header,
+        baggage_header,
+    }
+}
+
+#[cfg(test)]
+mod tests;
