@@ -1,1 +1,23 @@
-//! placeholder
+//! grayscope's proxy-wasm HTTP filter for Envoy: the thin shell around `wasm-filter-core`.
+//!
+//! Everything that decides something lives in the core crate; this crate only moves bytes between Envoy and it.
+//!
+//! # Layout
+//! - [`abi`]: the hostcalls, called so that no status can panic.
+//! - [`logger`]: `log` records and panics into Envoy's log.
+//! - [`root`]: the root context: parses the plugin configuration, owns the metrics, creates one context per request.
+//! - [`http`]: the per-request context: decides on the request headers, counts the call when it is logged.
+
+pub mod abi;
+mod http;
+mod logger;
+mod root;
+
+mod entry {
+    // `main!` expands to the `#[no_mangle]` `_initialize` export Envoy calls first.
+    #![allow(unsafe_code)]
+    proxy_wasm::main! {{
+        crate::logger::init();
+        proxy_wasm::set_root_context(|context_id| Box::new(crate::root::Root::new(context_id)));
+    }}
+}

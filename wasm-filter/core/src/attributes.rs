@@ -18,6 +18,9 @@ pub const HTTP_ROUTE: &str = attribute::HTTP_ROUTE;
 pub const HTTP_RESPONSE_STATUS_CODE: &str = attribute::HTTP_RESPONSE_STATUS_CODE;
 pub const NETWORK_PEER_ADDRESS: &str = attribute::NETWORK_PEER_ADDRESS;
 
+/// The gray version of the request (not a semantic convention; the name of its default baggage key).
+pub const GRAY_VERSION: &str = "gray.version";
+
 /// `rpc.system.name` value for gRPC.
 pub const RPC_SYSTEM_GRPC: &str = "grpc";
 

@@ -1,1 +1,287 @@
-//! placeholder
+//! The filter's metrics: names, labels, and the bounds that keep their cardinality fixed.
+//!
+//! Labels travel inside the stat name the way Istio's `extraStatTags` read them: each label is a
+//! `name=.=value;.;` segment, all segments come first and the metric name last, e.g.
+//! `direction=.=inbound;.;rpc_system=.=grpc;.;...;.;grayscope_interface_calls_total`. Envoy's `stats_tags` regex
+//! `(name=\.=(.*?);\.;)` turns each segment into a Prometheus label. Envoy keeps a value's bytes as they are except
+//! where they would end a segment early, so [`escape`] percent-encodes only those: `;` before `.`, `=` before
+//! `.=`, and control characters.
+//!
+//! Bounds: at most `max_interfaces` interfaces per VM (then service and method are `other`), and either an
+//! allowlist of versions (others are `unknown`) or at most `max_versions` (then `other`). Every call increments
+//! exactly one series of `grayscope_interface_calls_total`, so the sum over the series is the number of calls.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    config::{Config, Direction},
+    gray::{Invalid, Source},
+    interface::{Interface, RpcSystem},
+    status::Status,
+};
+
+pub const CALLS: &str = "grayscope_interface_calls_total";
+pub const DURATION: &str = "grayscope_interface_call_duration_milliseconds";
+pub const GRAY_INVALID: &str = "grayscope_gray_version_invalid_total";
+pub const GRAY_OVERFLOW: &str = "grayscope_gray_version_overflow_total";
+pub const INTERFACE_OVERFLOW: &str = "grayscope_interface_overflow_total";
+pub const BAGGAGE_DROPPED: &str = "grayscope_baggage_members_dropped_total";
+
+/// Label names, in the order they appear in stat names (and must appear in `stats_tags`).
+pub const LABELS: [&str; 9] =
+    ["direction", "rpc_system", "service", "method", "gray_version", "status", "source", "reason", "cause"];
+
+/// The `service`/`method` of calls past the interface cap, and the version label past the version cap.
+pub const OTHER: &str = "other";
+/// Version label of a request without a version.
+pub const NONE: &str = "none";
+/// Version label of a valid version outside the allowlist.
+pub const UNKNOWN: &str = "unknown";
+
+/// The host's metric store: Envoy's custom metrics in the wasm shell, a recorder in tests.
+pub trait MetricHost {
+    type Error: std::fmt::Display;
+    fn define(&mut self, kind: Kind, name: &str) -> Result<u32, Self::Error>;
+    fn increment(&mut self, id: u32, by: u64) -> Result<(), Self::Error>;
+    fn record(&mut self, id: u32, value: u64) -> Result<(), Self::Error>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Counter,
+    Histogram,
+}
+
+/// Which side of the workload the call was seen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    Inbound,
+    Outbound,
+    /// The listener does not say, and the configuration does not either.
+    Unspecified,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+            Self::Unspecified => "unspecified",
+        }
+    }
+
+    /// From the configuration, or else from Envoy's `xds.listener_direction` (1 inbound, 2 outbound).
+    pub fn resolve(configured: Direction, listener_direction: impl FnOnce() -> Option<u64>) -> Self {
+        match configured {
+            Direction::Inbound => Self::Inbound,
+            Direction::Outbound => Self::Outbound,
+            Direction::Auto => match listener_direction() {
+                Some(1) => Self::Inbound,
+                Some(2) => Self::Outbound,
+                _ => Self::Unspecified,
+            },
+        }
+    }
+}
+
+/// Why baggage members were dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dropped {
+    Malformed,
+    OverLimit,
+}
+
+impl Dropped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::OverLimit => "over_limit",
+        }
+    }
+}
+
+/// One finished call, as the metrics see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub side: Side,
+    pub interface: &'a Interface,
+    /// The `service` label of an HTTP interface (a gRPC interface names its own).
+    pub http_service: &'a str,
+    pub version: Option<&'a str>,
+    pub status: Status,
+    pub duration_ms: u64,
+}
+
+type InterfaceKey = (Side, RpcSystem, String, String);
+
+/// The filter's metric ids and bounds, one per VM.
+pub struct Metrics {
+    max_interfaces: usize,
+    allowed_versions: Option<HashSet<String>>,
+    max_versions: usize,
+    interfaces: HashSet<InterfaceKey>,
+    versions: HashSet<String>,
+    calls: HashMap<(InterfaceKey, String, Status), u32>,
+    durations: HashMap<(InterfaceKey, String), u32>,
+    gray_invalid: HashMap<(Source, Invalid), u32>,
+    baggage_dropped: HashMap<Dropped, u32>,
+    interface_overflow: u32,
+    gray_overflow: u32,
+}
+
+impl Metrics {
+    /// Defines the fixed counters up front, so they read 0 before anything happens.
+    pub fn new<H: MetricHost>(cfg: &Config, host: &mut H) -> Result<Self, H::Error> {
+        let mut gray_invalid = HashMap::new();
+        for source in Source::ALL {
+            for reason in Invalid::ALL {
+                let name = stat_name(GRAY_INVALID, &[("source", source.as_str()), ("reason", reason.as_str())]);
+                gray_invalid.insert((source, reason), host.define(Kind::Counter, &name)?);
+            }
+        }
+        let mut baggage_dropped = HashMap::new();
+        for cause in [Dropped::Malformed, Dropped::OverLimit] {
+            let name = stat_name(BAGGAGE_DROPPED, &[("cause", cause.as_str())]);
+            baggage_dropped.insert(cause, host.define(Kind::Counter, &name)?);
+        }
+        Ok(Self {
+            max_interfaces: cfg.max_interfaces,
+            allowed_versions: cfg.gray.allowed_versions.as_ref().map(|v| v.iter().cloned().collect()),
+            max_versions: cfg.gray.max_versions,
+            interfaces: HashSet::new(),
+            versions: HashSet::new(),
+            calls: HashMap::new(),
+            durations: HashMap::new(),
+            gray_invalid,
+            baggage_dropped,
+            interface_overflow: host.define(Kind::Counter, INTERFACE_OVERFLOW)?,
+            gray_overflow: host.define(Kind::Counter, GRAY_OVERFLOW)?,
+        })
+    }
+
+    pub fn gray_invalid<H: MetricHost>(&self, host: &mut H, source: Source, reason: Invalid) -> Result<(), H::Error> {
+        match self.gray_invalid.get(&(source, reason)) {
+            Some(&id) => host.increment(id, 1),
+            None => Ok(()),
+        }
+    }
+
+    pub fn baggage_dropped<H: MetricHost>(&self, host: &mut H, cause: Dropped, n: usize) -> Result<(), H::Error> {
+        match self.baggage_dropped.get(&cause) {
+            Some(&id) if n > 0 => host.increment(id, n as u64),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts one call and records its duration.
+    pub fn call<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<(), H::Error> {
+        let iface = self.bound_interface(host, call)?;
+        let version = self.bound_version(host, call.version)?;
+        let calls_key = (iface.clone(), version.clone(), call.status);
+        let id = match self.calls.get(&calls_key) {
+            Some(&id) => id,
+            None => {
+                let name = stat_name(CALLS, &series_labels(&iface, &version, Some(call.status)));
+                let id = host.define(Kind::Counter, &name)?;
+                self.calls.insert(calls_key, id);
+                id
+            }
+        };
+        host.increment(id, 1)?;
+        let duration_key = (iface, version);
+        let id = match self.durations.get(&duration_key) {
+            Some(&id) => id,
+            None => {
+                let name = stat_name(DURATION, &series_labels(&duration_key.0, &duration_key.1, None));
+                let id = host.define(Kind::Histogram, &name)?;
+                self.durations.insert(duration_key, id);
+                id
+            }
+        };
+        host.record(id, call.duration_ms)
+    }
+
+    fn bound_interface<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<InterfaceKey, H::Error> {
+        let (service, method) = match call.interface {
+            Interface::Grpc { service, method } => (service.clone(), method.clone()),
+            Interface::Http { .. } => (call.http_service.to_owned(), call.interface.method_label()),
+        };
+        let key = (call.side, call.interface.system(), service, method);
+        if self.interfaces.contains(&key) {
+            return Ok(key);
+        }
+        if self.interfaces.len() < self.max_interfaces {
+            self.interfaces.insert(key.clone());
+            return Ok(key);
+        }
+        host.increment(self.interface_overflow, 1)?;
+        Ok((call.side, call.interface.system(), OTHER.to_owned(), OTHER.to_owned()))
+    }
+
+    fn bound_version<H: MetricHost>(&mut self, host: &mut H, version: Option<&str>) -> Result<String, H::Error> {
+        let Some(v) = version else { return Ok(NONE.to_owned()) };
+        if let Some(allowed) = &self.allowed_versions {
+            return Ok(if allowed.contains(v) { v.to_owned() } else { UNKNOWN.to_owned() });
+        }
+        if self.versions.contains(v) {
+            return Ok(v.to_owned());
+        }
+        if self.versions.len() < self.max_versions {
+            self.versions.insert(v.to_owned());
+            return Ok(v.to_owned());
+        }
+        host.increment(self.gray_overflow, 1)?;
+        Ok(OTHER.to_owned())
+    }
+}
+
+fn series_labels<'a>(iface: &'a InterfaceKey, version: &'a str, status: Option<Status>) -> Vec<(&'static str, &'a str)> {
+    let (side, system, service, method) = iface;
+    let mut labels = vec![
+        ("direction", side.as_str()),
+        ("rpc_system", system.as_str()),
+        ("service", service.as_str()),
+        ("method", method.as_str()),
+        ("gray_version", version),
+    ];
+    if let Some(status) = status {
+        labels.push(("status", status.as_str()));
+    }
+    labels
+}
+
+/// `name=.=value;.;` for each label, then the metric name.
+pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(metric.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
+    for (key, value) in labels {
+        out.push_str(key);
+        out.push_str("=.=");
+        escape(value, &mut out);
+        out.push_str(";.;");
+    }
+    out.push_str(metric);
+    out
+}
+
+/// Appends `value`, percent-encoding only what would end its `name=.=value;.;` segment early or break the line:
+/// `;` followed by `.` (with the terminator that follows, `;.` would become `;.;`), `=` followed by `.=` (a tag
+/// opener), and control characters.
+pub fn escape(value: &str, out: &mut String) {
+    let bytes = value.as_bytes();
+    for (i, c) in value.char_indices() {
+        let next = bytes.get(i + 1).copied();
+        let encode = match c {
+            ';' => next == Some(b'.'),
+            '=' => next == Some(b'.') && bytes.get(i + 2) == Some(&b'='),
+            c => c.is_ascii_control(),
+        };
+        if encode {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,130 @@
+//! Where setting values come from: flags over environment over config file over defaults.
+//!
+//! [`Layers`] holds the raw text of each layer; reading the environment and the file happens in the helpers
+//! that build it, so [`super::parse_config`] stays pure and tests feed it maps.
+
+use std::{collections::HashMap, fmt, path::PathBuf};
+
+use super::{Field, FIELDS};
+
+/// Raw setting values by field.
+pub trait Source {
+    /// The value of `field` and where it came from, or `None` to use the default.
+    fn get(&self, field: Field) -> Option<(String, Origin)>;
+
+    /// Problems met while gathering values (unreadable file, unknown keys), reported with the bad values.
+    fn problems(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A command-line flag.
+    Flag(&'static str),
+    /// An environment variable.
+    Env(&'static str),
+    /// A key of the config file.
+    File { path: PathBuf, key: &'static str },
+}
+
+/// The layers, highest precedence first.
+#[derive(Clone, Debug, Default)]
+pub struct Layers {
+    /// Flags given on the command line, by field key.
+    pub flags: HashMap<&'static str, String>,
+    /// `GRAYSCOPE_*` environment variables, by variable name.
+    pub env: HashMap<String, String>,
+    /// Values of the config file, by key.
+    pub file: HashMap<String, String>,
+    /// The config file, when one was given.
+    pub file_path: Option<PathBuf>,
+    /// Problems reading the layers.
+    pub problems: Vec<String>,
+}
+
+// === impl Layers ===
+
+impl Layers {
+    /// Keeps the `GRAYSCOPE_*` variables of `vars`.
+    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.env = vars.into_iter().filter(|(k, _)| k.starts_with("GRAYSCOPE_")).collect();
+        self
+    }
+
+    /// Adds the config file's text (TOML: one `key = value` per setting, values strings or integers).
+    pub fn with_file_text(mut self, path: PathBuf, text: &str) -> Self {
+        match text.parse::<toml::Table>() {
+            Err(e) => self.problems.push(format!("config file {}: not valid TOML: {e}", path.display())),
+            Ok(table) => {
+                for (key, value) in table {
+                    if !FIELDS.iter().any(|f| f.key == key) {
+                        let known: Vec<_> = FIELDS.iter().map(|f| f.key).collect();
+                        self.problems.push(format!(
+                            "config file {}: unknown key {key:?} (known: {})",
+                            path.display(),
+                            known.join(", ")
+                        ));
+                        continue;
+                    }
+                    match value {
+                        toml::Value::String(s) => drop(self.file.insert(key, s)),
+                        toml::Value::Integer(i) => drop(self.file.insert(key, i.to_string())),
+                        other => self.problems.push(format!(
+                            "config file {}: key {key:?} must be a string or an integer, not a {}",
+                            path.display(),
+                            other.type_str()
+                        )),
+                    }
+                }
+            }
+        }
+        self.file_path = Some(path);
+        self
+    }
+
+    /// Reads the config file at `path`; a missing or unreadable file is reported as a problem.
+    pub fn with_file(self, path: PathBuf) -> Self {
+        match std::fs::read_to_string(&path) {
+            Ok(text) => self.with_file_text(path, &text),
+            Err(e) => {
+                let mut this = self;
+                this.problems.push(format!("config file {}: {e}", path.display()));
+                this.file_path = Some(path);
+                this
+            }
+        }
+    }
+}
+
+impl Source for Layers {
+    fn get(&self, field: Field) -> Option<(String, Origin)> {
+        if let Some(v) = self.flags.get(field.key) {
+            return Some((v.clone(), Origin::Flag(field.flag)));
+        }
+        if let Some(v) = self.env.get(field.env) {
+            return Some((v.clone(), Origin::Env(field.env)));
+        }
+        let v = self.file.get(field.key)?;
+        let path = self.file_path.clone().unwrap_or_default();
+        Some((v.clone(), Origin::File { path, key: field.key }))
+    }
+
+    fn problems(&self) -> Vec<String> {
+        self.problems.clone()
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("the default"),
+            Self::Flag(flag) => write!(f, "flag --{flag}"),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+            Self::File { path, key } => write!(f, "key {key} of config file {}", path.display()),
+        }
+    }
+}

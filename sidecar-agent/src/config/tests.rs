@@ -1,0 +1,108 @@
+use super::*;
+
+fn layers() -> Layers {
+    Layers::default()
+}
+
+#[test]
+fn defaults_are_valid() {
+    let c = Config::defaults().unwrap();
+    assert_eq!(c.socket, PathBuf::from("/run/grayscope/agent.sock"));
+    assert_eq!(c.metrics_addr, "0.0.0.0:9464".parse().unwrap());
+    assert_eq!(c.netns, NetnsFilter::Own);
+    assert_eq!(c.table_max_entries, 65536);
+    assert_eq!(c.closed_grace, Duration::from_secs(30));
+    assert_eq!(c.ring_buffer_bytes, 262144);
+}
+
+#[test]
+fn flags_beat_env_beat_file() {
+    let mut l = layers()
+        .with_env([
+            ("GRAYSCOPE_NETNS".to_owned(), "all".to_owned()),
+            ("GRAYSCOPE_CLOSED_GRACE".to_owned(), "5m".to_owned()),
+            ("PATH".to_owned(), "/bin".to_owned()),
+        ])
+        .with_file_text("/etc/g.toml".into(), "netns = \"self\"\nclosed_grace = \"1s\"\ntable_max_entries = 10\n");
+    l.flags.insert("closed_grace", "250ms".into());
+    let c = parse_config(&l).unwrap();
+    assert_eq!(c.netns, NetnsFilter::All);
+    assert_eq!(c.closed_grace, Duration::from_millis(250));
+    assert_eq!(c.table_max_entries, 10);
+    assert!(!l.env.contains_key("PATH"));
+}
+
+#[test]
+fn netns_forms() {
+    for (text, want) in [
+        ("self", NetnsFilter::Own),
+        ("all", NetnsFilter::All),
+        ("4026531840", NetnsFilter::Inode(4026531840)),
+        ("/run/netns/blue", NetnsFilter::Path("/run/netns/blue".into())),
+    ] {
+        assert_eq!(value::netns(text), Ok(want), "{text}");
+    }
+    for bad in ["", "0", "mine", "99999999999", "relative/path"] {
+        assert_eq!(value::netns(bad), Err(ParseError::Netns), "{bad:?}");
+    }
+}
+
+#[test]
+fn durations_and_sizes() {
+    let max = Duration::from_secs(86_400);
+    assert_eq!(value::duration("500ms", max), Ok(Duration::from_millis(500)));
+    assert_eq!(value::duration("30", max), Ok(Duration::from_secs(30)));
+    assert_eq!(value::duration("2h", max), Ok(Duration::from_secs(7200)));
+    assert!(value::duration("2d", max).is_err());
+    assert!(value::duration("25h", max).is_err());
+    assert!(value::duration("-1s", max).is_err());
+    assert_eq!(value::ring_size("4096"), Ok(4096));
+    assert_eq!(value::ring_size("256KiB"), Ok(262144));
+    assert_eq!(value::ring_size("1MiB"), Ok(1 << 20));
+    for bad in ["4095", "6000", "2048", "2GiB", "4096MiB", "x"] {
+        assert_eq!(value::ring_size(bad), Err(ParseError::RingSize), "{bad}");
+    }
+}
+
+#[test]
+fn reports_every_bad_value_with_field_and_origin() {
+    let mut l = layers()
+        .with_env([("GRAYSCOPE_TABLE_MAX_ENTRIES".to_owned(), "0".to_owned())])
+        .with_file_text("/etc/g.toml".into(), "ring_buffer_bytes = 1000\nbogus = 1\nlog = [1]\n");
+    l.flags.insert("metrics_addr", "localhost".into());
+    l.flags.insert("netns", "mine".into());
+    l.flags.insert("closed_grace", "soon".into());
+    let err = parse_config(&l).unwrap_err();
+    let text = err.to_string();
+    assert_eq!(err.problems.len(), 7, "{text}");
+    for needle in [
+        "metrics_addr = \"localhost\" (from flag --metrics-addr)",
+        "netns = \"mine\" (from flag --netns)",
+        "closed_grace = \"soon\" (from flag --closed-grace)",
+        "table_max_entries = \"0\" (from environment variable GRAYSCOPE_TABLE_MAX_ENTRIES)",
+        "ring_buffer_bytes = \"1000\" (from key ring_buffer_bytes of config file /etc/g.toml)",
+        "unknown key \"bogus\"",
+        "key \"log\" must be a string or an integer, not a array",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn bad_toml_and_missing_file_are_reported() {
+    let err = parse_config(&layers().with_file_text("/x.toml".into(), "netns = ")).unwrap_err();
+    assert!(err.problems[0].starts_with("config file /x.toml: not valid TOML"), "{err}");
+    let err = parse_config(&layers().with_file("/nonexistent/grayscope.toml".into())).unwrap_err();
+    assert!(err.problems[0].contains("/nonexistent/grayscope.toml"), "{err}");
+}
+
+#[test]
+fn socket_path_limit_and_log_filter() {
+    let mut l = layers();
+    l.flags.insert("socket", format!("/{}", "a".repeat(107)));
+    l.flags.insert("log", "info,,=[".into());
+    let err = parse_config(&l).unwrap_err();
+    assert_eq!(err.problems.len(), 2, "{err}");
+    assert!(err.problems[0].starts_with("socket = "), "{err}");
+    assert!(err.problems[1].starts_with("log = "), "{err}");
+}

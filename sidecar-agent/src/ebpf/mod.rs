@@ -1,0 +1,148 @@
+//! Loading and attaching the kernel programs, and access to what they produce.
+//!
+//! [`Probe::load`] runs the [`preflight`] checks, loads `conn_track.bpf.o` with the network namespace filter
+//! (`target_netns`) and the map sizes set at load time, attaches its three tracepoints and turns on the kernel's
+//! program statistics when it can. The ring buffer then goes to a [`reader::Reader`]; the counters stay
+//! reachable through [`KernelStats`].
+
+pub mod events;
+pub mod objects;
+pub mod preflight;
+pub mod reader;
+mod stats;
+
+use std::{
+    os::{fd::OwnedFd, unix::fs::MetadataExt},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    EbpfLoader,
+};
+
+pub use self::stats::{KernelCounters, KernelStats, ProgramRuns};
+use crate::{config::NetnsFilter, error::Error};
+
+/// The programs of `conn_track.bpf.o` and where they attach.
+const PROGRAMS: [(&str, &str, &str); 3] = [
+    ("handle_set_state", "sock", "inet_sock_set_state"),
+    ("handle_accept4_exit", "syscalls", "sys_exit_accept4"),
+    ("handle_accept_exit", "syscalls", "sys_exit_accept"),
+];
+
+/// Load-time knobs of the kernel programs.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Which network namespace to watch.
+    pub netns: NetnsFilter,
+    /// Size of the ring buffer in bytes (a power of two, at least a page).
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the in-kernel LRU map of open connections.
+    pub kernel_max_conns: u32,
+}
+
+/// The loaded and attached programs.
+pub struct Probe {
+    /// The ring buffer the programs write events into; taken by [`Probe::take_ring`].
+    ring: Option<RingBuf<MapData>>,
+    /// The produced/dropped counters and the programs (their links detach when this is dropped).
+    stats: Arc<KernelStats>,
+    /// Inode of the watched namespace, 0 for all.
+    netns: u32,
+}
+
+// === impl Probe ===
+
+impl Probe {
+    /// Checks the privileges, loads and attaches the programs.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, Error> {
+        preflight::check()?;
+        raise_memlock();
+        let netns = resolve_netns(&opts.netns)?;
+        let object = objects::conn_track()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("target_netns", &netns, true)
+            .map_max_entries("events", opts.ring_buffer_bytes)
+            .map_max_entries("conns", opts.kernel_max_conns)
+            .load(object)
+            .map_err(|e| Error::Load(Box::new(e)))?;
+        for (program, category, name) in PROGRAMS {
+            let prog_err = |source| Error::Program { program, source: Box::new(source) };
+            let tp: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or(Error::Map { name: program, detail: "program missing from the object".into() })?
+                .try_into()
+                .map_err(prog_err)?;
+            tp.load().map_err(prog_err)?;
+            tp.attach(category, name).map_err(prog_err)?;
+        }
+        let ring = take_map(&mut ebpf, "events", |m| RingBuf::try_from(m))?;
+        let counters = take_map(&mut ebpf, "stats", |m| PerCpuArray::<MapData, u64>::try_from(m))?;
+        let stats_fd = enable_program_stats();
+        tracing::info!(netns, program_stats = stats_fd.is_some(), "eBPF programs attached");
+        let stats = Arc::new(KernelStats::new(ebpf, counters, stats_fd, PROGRAMS.map(|p| p.0)));
+        Ok(Self { ring: Some(ring), stats, netns })
+    }
+
+    /// The ring buffer, for a [`reader::Reader`]; `None` after the first call.
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    /// The kernel-side counters and program statistics.
+    pub fn stats(&self) -> Arc<KernelStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Inode of the watched network namespace (0: all).
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+}
+
+fn take_map<T, E: std::fmt::Display>(
+    ebpf: &mut aya::Ebpf,
+    name: &'static str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
+) -> Result<T, Error> {
+    let map = ebpf.take_map(name).ok_or(Error::Map { name, detail: "missing from the object".into() })?;
+    convert(map).map_err(|e| Error::Map { name, detail: e.to_string() })
+}
+
+/// The inode of the network namespace to watch (0 for all).
+pub fn resolve_netns(filter: &NetnsFilter) -> Result<u32, Error> {
+    let path = match filter {
+        NetnsFilter::All => return Ok(0),
+        NetnsFilter::Inode(inode) => return Ok(*inode),
+        NetnsFilter::Own => PathBuf::from("/proc/thread-self/ns/net"),
+        NetnsFilter::Path(p) => p.clone(),
+    };
+    let meta = std::fs::metadata(&path).map_err(|source| Error::Netns { path: path.clone(), source })?;
+    u32::try_from(meta.ino()).map_err(|_| Error::Netns {
+        path,
+        source: std::io::Error::other(format!("inode {} does not fit a netns inode number", meta.ino())),
+    })
+}
+
+/// Before 5.11 BPF memory was charged to RLIMIT_MEMLOCK; later kernels charge the cgroup. Raise it when
+/// allowed, and carry on when not: on the kernels that need it, loading then reports the real error.
+fn raise_memlock() {
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        tracing::debug!(error = %e, "could not raise RLIMIT_MEMLOCK (not needed on kernels >= 5.11)");
+    }
+}
+
+/// `BPF_ENABLE_STATS`: the kernel counts program runs while the returned fd is open.
+fn enable_program_stats() -> Option<OwnedFd> {
+    match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            tracing::warn!(error = %e, "BPF_ENABLE_STATS refused: program run counts will not be reported");
+            None
+        }
+    }
+}

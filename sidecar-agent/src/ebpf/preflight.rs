@@ -1,0 +1,101 @@
+//! What the kernel programs need before loading, checked up front so a missing piece is named with its fix
+//! instead of surfacing as a bare `EPERM` from the loader.
+//!
+//! - capabilities: `CAP_BPF` (create maps, load programs) and `CAP_PERFMON` (attach tracepoints through
+//!   perf events, read kernel pointers) — or `CAP_SYS_ADMIN`, which implies both;
+//! - kernel BTF at `/sys/kernel/btf/vmlinux`, for the CO-RE relocations of the programs;
+//! - tracefs, where tracepoint ids are looked up; mounted at `/sys/kernel/tracing` when absent and permitted.
+
+use std::{fs, io, path::Path};
+
+use crate::error::Error;
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+pub(crate) const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+/// Runs every check; the first failure is returned.
+pub fn check() -> Result<(), Error> {
+    let status = fs::read_to_string("/proc/self/status").map_err(|e| Error::Io {
+        what: "reading /proc/self/status".into(),
+        source: e,
+    })?;
+    let missing = missing_capabilities(&status);
+    if !missing.is_empty() {
+        return Err(Error::Privilege { missing: missing.join(" and ") });
+    }
+    if !Path::new(BTF_PATH).exists() {
+        return Err(Error::NoBtf);
+    }
+    ensure_tracefs()
+}
+
+/// The capabilities the agent lacks, from the `CapEff:` line of `/proc/self/status`.
+pub fn missing_capabilities(proc_status: &str) -> Vec<&'static str> {
+    let eff = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Vec::new();
+    }
+    [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect()
+}
+
+/// Makes sure tracefs is reachable, mounting it at `/sys/kernel/tracing` when it is not.
+fn ensure_tracefs() -> Result<(), Error> {
+    if has_events(TRACEFS) || has_events(DEBUGFS_TRACING) {
+        return Ok(());
+    }
+    tracing::info!(path = TRACEFS, "tracefs is not mounted; mounting it");
+    nix::mount::mount(Some("nodev"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| Error::NoTracefs { source: io::Error::from(e) })?;
+    if has_events(TRACEFS) {
+        Ok(())
+    } else {
+        Err(Error::NoTracefs { source: io::Error::other("mounted, but it has no events/ directory") })
+    }
+}
+
+fn has_events(root: &str) -> bool {
+    Path::new(root).join("events").is_dir()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_root_has_everything() {
+        assert!(missing_capabilities("Name:\tx\nCapEff:\t000001ffffffffff\n").is_empty());
+    }
+
+    #[test]
+    fn bpf_and_perfmon_suffice() {
+        let eff = (1u64 << CAP_BPF) | (1u64 << CAP_PERFMON);
+        assert!(missing_capabilities(&format!("CapEff:\t{eff:016x}\n")).is_empty());
+    }
+
+    #[test]
+    fn sys_admin_alone_suffices() {
+        assert!(missing_capabilities(&format!("CapEff:\t{:016x}\n", 1u64 << CAP_SYS_ADMIN)).is_empty());
+    }
+
+    #[test]
+    fn unprivileged_misses_both() {
+        assert_eq!(missing_capabilities("CapEff:\t0000000000000000\n"), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(missing_capabilities("no such line"), ["CAP_BPF", "CAP_PERFMON"]);
+        let only_bpf = format!("CapEff:\t{:016x}\n", 1u64 << CAP_BPF);
+        assert_eq!(missing_capabilities(&only_bpf), ["CAP_PERFMON"]);
+    }
+}

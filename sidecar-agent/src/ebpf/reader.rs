@@ -1,0 +1,94 @@
+//! Drains the ring buffer asynchronously: the ring's fd is registered with tokio ([`AsyncFd`]), so the task
+//! sleeps until the kernel signals data, then reads every record, decodes it and hands it on.
+//!
+//! The reader can be paused ([`Reader::run`]'s `paused` channel): it then leaves the ring alone, the ring fills
+//! up and the kernel programs count what they cannot store. Every record taken from the ring counts as
+//! delivered, decodable or not, so `delivered + dropped == produced` holds once the ring is drained.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::{mpsc, watch},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::events::{self, ConnEvent};
+
+/// Counts kept by the reader.
+#[derive(Debug, Default)]
+pub struct ReaderCounters {
+    /// Records taken from the ring buffer.
+    pub delivered: AtomicU64,
+    /// Of those, records that did not decode (a build mismatch between the object and the agent).
+    pub decode_errors: AtomicU64,
+}
+
+/// Owns the ring buffer.
+pub struct Reader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: Arc<ReaderCounters>,
+}
+
+// === impl Reader ===
+
+impl Reader {
+    /// Registers the ring buffer with the tokio reactor (must be called inside a runtime).
+    pub fn new(ring: RingBuf<MapData>, counters: Arc<ReaderCounters>) -> std::io::Result<Self> {
+        Ok(Self { ring: AsyncFd::new(ring)?, counters })
+    }
+
+    /// Reads until `cancel` fires or the receiver of `tx` goes away. While `*paused.borrow()` is true the ring
+    /// is not read.
+    pub async fn run(
+        mut self,
+        tx: mpsc::Sender<ConnEvent>,
+        mut paused: watch::Receiver<bool>,
+        cancel: CancellationToken,
+    ) -> std::io::Result<()> {
+        let mut batch = Vec::new();
+        loop {
+            if *paused.borrow_and_update() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    changed = paused.changed() => if changed.is_err() { return Ok(()) },
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                changed = paused.changed() => if changed.is_err() { return Ok(()) },
+                ready = self.ring.readable_mut() => {
+                    let mut guard = ready?;
+                    self.drain(guard.get_inner_mut(), &mut batch);
+                    guard.clear_ready();
+                    // A record committed between the drain and clear_ready would leave the fd not ready while
+                    // data waits: drain once more (cheap when empty).
+                    self.drain(guard.get_inner_mut(), &mut batch);
+                }
+            }
+            for event in batch.drain(..) {
+                if tx.send(event).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn drain(&self, ring: &mut RingBuf<MapData>, batch: &mut Vec<ConnEvent>) {
+        while let Some(item) = ring.next() {
+            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+            match events::decode(&item) {
+                Ok(event) => batch.push(event),
+                Err(e) => {
+                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "undecodable event record");
+                }
+            }
+        }
+    }
+}

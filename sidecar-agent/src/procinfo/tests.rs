@@ -1,0 +1,81 @@
+use super::*;
+
+const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn start_ticks_survives_odd_comm() {
+    let stat = "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100 ...";
+    assert_eq!(start_ticks(stat), Some(987654));
+    assert_eq!(start_ticks("garbage"), None);
+    assert_eq!(start_ticks("1 (x) S 1 2"), None);
+}
+
+#[test]
+fn cmdline_splits_on_nul() {
+    assert_eq!(split_cmdline(b"/bin/bash\0-c\0echo hi\0"), ["/bin/bash", "-c", "echo hi"]);
+    assert!(split_cmdline(b"").is_empty());
+}
+
+#[test]
+fn container_ids_of_common_runtimes() {
+    for cgroup in [
+        format!("0::/system.slice/docker-{ID}.scope\n"),
+        format!("12:memory:/docker/{ID}\n0::/\n"),
+        format!("0::/kubepods.slice/kubepods-burstable.slice/kubepods-pod1.slice/cri-containerd-{ID}.scope\n"),
+        format!("0::/kubepods/besteffort/pod5f8c/{ID}\n"),
+        format!("0::/machine.slice/crio-{ID}.scope\n"),
+    ] {
+        assert_eq!(container_id(&cgroup).as_deref(), Some(ID), "{cgroup}");
+    }
+    assert_eq!(container_id("0::/user.slice/user-1000.slice/session-2.scope\n"), None);
+    assert_eq!(container_id(""), None);
+}
+
+fn fake_proc(root: &Path, pid: u32, start: u64) {
+    let dir = root.join(pid.to_string());
+    fs::create_dir_all(&dir).unwrap();
+    let stat = format!("{pid} (srv) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
+    fs::write(dir.join("stat"), stat).unwrap();
+    fs::write(dir.join("cmdline"), b"srv\0--port\0080\0").unwrap();
+    fs::write(dir.join("cgroup"), format!("0::/docker/{ID}\n")).unwrap();
+}
+
+#[test]
+fn cache_checks_start_time_and_rereads_reused_pid() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cache = ProcessCache::new(root.path(), 2);
+    let tick_ns = 1_000_000_000 / cache.ticks_per_sec;
+    fake_proc(root.path(), 42, 500);
+
+    let info = cache.lookup(42, 500 * tick_ns + 1).unwrap();
+    assert_eq!(info.cmdline, ["srv", "--port", "080"]);
+    assert_eq!(info.container_id.as_deref(), Some(ID));
+    assert_eq!(info.exe, None, "fake /proc has no exe link");
+
+    // An event of an older process with the same pid is not given the new one's identity.
+    let err = cache.lookup(42, 400 * tick_ns).unwrap_err();
+    assert!(matches!(err, EnrichError::Reused { pid: 42, expected: 400, found: 500 }), "{err}");
+
+    // The pid is reused: a new process, and the cache follows.
+    fake_proc(root.path(), 42, 900);
+    let info = cache.lookup(42, 900 * tick_ns).unwrap();
+    assert_eq!(info.start_ticks, 900);
+
+    assert_eq!(cache.lookup(7, 0).unwrap_err().reason(), "gone");
+    fake_proc(root.path(), 1, 1);
+    fake_proc(root.path(), 2, 2);
+    cache.lookup(1, tick_ns).unwrap();
+    cache.lookup(2, 2 * tick_ns).unwrap();
+    assert_eq!(cache.len(), 2, "bounded");
+}
+
+#[test]
+fn real_self_is_found() {
+    let pid = std::process::id();
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let ticks = start_ticks(&stat).unwrap();
+    let mut cache = ProcessCache::new("/proc", 8);
+    let tick_ns = 1_000_000_000 / cache.ticks_per_sec;
+    let info = cache.lookup(pid, ticks * tick_ns + tick_ns / 2).unwrap();
+    assert_eq!(info.exe, std::env::current_exe().ok());
+}

@@ -1,0 +1,181 @@
+//! The proxy-wasm hostcalls the filter makes, called directly so that no status can panic.
+//!
+//! The SDK's `hostcalls` wrappers `panic!` on any status they did not expect, and its trait methods `unwrap`; in a
+//! filter a panic kills the VM and Envoy then fails every request. These wrappers return every non-`Ok` status as
+//! an [`AbiError`] for the caller to log and move on. The raw functions are the ones the SDK itself links to
+//! (same import module and signatures); only the status is read as a plain `u32`, so an unknown status value from
+//! a future host is an error, not undefined behaviour.
+#![allow(unsafe_code)]
+
+use std::{fmt, ptr::null_mut};
+
+/// A hostcall returned a status other than `Ok` (see the proxy-wasm ABI for the codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AbiError {
+    pub call: &'static str,
+    pub status: u32,
+}
+
+impl fmt::Display for AbiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self.status {
+            1 => "NotFound",
+            2 => "BadArgument",
+            3 => "SerializationFailure",
+            7 => "Empty",
+            8 => "CasMismatch",
+            10 => "InternalFailure",
+            12 => "Unimplemented",
+            _ => "unknown status",
+        };
+        write!(f, "{} failed: {name} ({})", self.call, self.status)
+    }
+}
+
+const OK: u32 = 0;
+const NOT_FOUND: u32 = 1;
+
+/// `proxy_wasm::types::MapType::HttpRequestHeaders`.
+pub const REQUEST_HEADERS: u32 = 0;
+/// `proxy_wasm::types::BufferType::PluginConfiguration`.
+const PLUGIN_CONFIGURATION: u32 = 7;
+/// `proxy_wasm::types::MetricType`.
+pub const COUNTER: u32 = 0;
+pub const HISTOGRAM: u32 = 2;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_replace_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_property(path_data: *const u8, path_size: usize, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+fn check(call: &'static str, status: u32) -> Result<(), AbiError> {
+    if status == OK {
+        Ok(())
+    } else {
+        Err(AbiError { call, status })
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's `proxy_on_memory_allocate` (a boxed slice of
+/// exactly `size` bytes), so it is freed when dropped.
+fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+    if data.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host wrote `size` bytes into memory obtained from `proxy_on_memory_allocate(size)`, which leaks
+    // a `Box<[u8]>` of that exact length; rebuilding it with the same length and capacity returns it to the
+    // allocator. The SDK does the same in every getter.
+    unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Logs at a proxy-wasm level (0 trace .. 5 critical); a failure to log is ignored, there is nowhere to report it.
+pub fn log(level: u32, message: &str) {
+    // SAFETY: pointer and length describe a live `&str`.
+    unsafe {
+        proxy_log(level, message.as_ptr(), message.len());
+    }
+}
+
+pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, AbiError> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: out-pointers are valid locals; the returned buffer is taken over below.
+    let status = unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    if status == NOT_FOUND {
+        return Ok(Vec::new());
+    }
+    check("get_plugin_configuration", status)?;
+    Ok(take_host_buffer(data, len))
+}
+
+/// The serialized pairs of a header map (see `wasm_filter_core::headers`).
+pub fn header_pairs(map: u32) -> Result<Vec<u8>, AbiError> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut len) };
+    check("get_header_map_pairs", status)?;
+    Ok(take_host_buffer(data, len))
+}
+
+/// Replaces every value of `key` with `value`.
+pub fn set_header(map: u32, key: &str, value: &str) -> Result<(), AbiError> {
+    // SAFETY: pointers and lengths describe live `&str`s.
+    let status =
+        unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    check("replace_header_map_value", status)
+}
+
+pub fn remove_header(map: u32, key: &str) -> Result<(), AbiError> {
+    // SAFETY: as above.
+    let status = unsafe { proxy_remove_header_map_value(map, key.as_ptr(), key.len()) };
+    check("remove_header_map_value", status)
+}
+
+/// Reads a property by its dotted path segments (e.g. `["xds", "cluster_name"]`); `None` when absent.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, AbiError> {
+    let path = path.join("\0");
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut len) };
+    if status == NOT_FOUND {
+        return Ok(None);
+    }
+    check("get_property", status)?;
+    Ok(Some(take_host_buffer(data, len)))
+}
+
+/// A property holding an integer (Envoy encodes them as 8 bytes little-endian).
+pub fn property_u64(path: &[&str]) -> Result<Option<u64>, AbiError> {
+    Ok(property(path)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_le_bytes))
+}
+
+/// Sets filter state; Envoy stores it under `wasm.<key>`. The key is one segment, dots included, so access logs
+/// can read it as `%FILTER_STATE(wasm.<key>:PLAIN)%`.
+pub fn set_filter_state(key: &str, value: &[u8]) -> Result<(), AbiError> {
+    // SAFETY: as above.
+    let status = unsafe { proxy_set_property(key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    check("set_property", status)
+}
+
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, AbiError> {
+    let mut id = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    check("define_metric", status).map(|()| id)
+}
+
+pub fn increment_metric(id: u32, by: u64) -> Result<(), AbiError> {
+    let by = i64::try_from(by).unwrap_or(i64::MAX);
+    // SAFETY: plain integers.
+    check("increment_metric", unsafe { proxy_increment_metric(id, by) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), AbiError> {
+    // SAFETY: plain integers.
+    check("record_metric", unsafe { proxy_record_metric(id, value) })
+}
