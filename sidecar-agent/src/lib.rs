@@ -1,1 +1,34 @@
-//! stub
+//! grayscope sidecar agent: watches the TCP connections of its pod with eBPF and keeps a table of them with
+//! the process (pid, executable, command line, container) that owns each end.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags, `GRAYSCOPE_*` variables and a TOML file, validated by one pure function.
+//! - [`ebpf`]: loads `ebpf/conn_track.bpf.c` (tracepoints `sock:inet_sock_set_state` and
+//!   `syscalls:sys_exit_accept{,4}`), reads its ring buffer asynchronously, decodes the events.
+//! - [`procinfo`]: executable, command line and container id of a pid, once per process, checked against the
+//!   process start time.
+//! - [`table`]: the bounded connection table (live, plus closed ones for a grace period).
+//! - [`metrics`]: the Prometheus endpoint; [`control`]: the Unix socket.
+//! - [`agent`]: wires it together — [`run`] is the daemon; [`trace`] prints events like `tcplife`.
+//! - [`cli`]: the `grayscope-agent` command line (the binary only parses, binds and calls [`run`]).
+
+// `unsafe` is denied workspace-wide; the one exception is registering the ring buffer fd with tokio.
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod ebpf;
+pub mod error;
+pub mod metrics;
+pub mod procinfo;
+pub mod table;
+pub mod trace;
+
+pub use self::{
+    agent::{run, Agent, EventCounts, Listeners},
+    config::{parse_config, Config, NetnsFilter},
+    error::Error,
+};

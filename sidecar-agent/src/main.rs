@@ -1,1 +1,86 @@
-fn main() {}
+//! `grayscope-agent`: parses the command line and configuration, binds the sockets, and hands over to the
+//! library. Exit codes: 0 on a clean stop, 64 (EX_USAGE) for an invalid configuration, 1 for anything else.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use sidecar_agent::{
+    cli::{Cli, Command},
+    control,
+    ebpf::ProbeOptions,
+    parse_config, Config, Listeners,
+};
+
+/// sysexits.h EX_USAGE, as linkerd2-proxy uses for a bad configuration.
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match parse_config(&cli.command.layers(std::env::vars())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("grayscope-agent: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("grayscope-agent: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(&cli.command, &config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("grayscope-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) => {
+            let control = control::bind(&config.socket)?;
+            let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
+                .await
+                .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
+            tracing::info!(socket = %config.socket.display(), metrics = %config.metrics_addr, "listening");
+            sidecar_agent::run(config, Listeners { control, metrics }, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Trace(_) => {
+            let opts = ProbeOptions {
+                netns: config.netns.clone(),
+                ring_buffer_bytes: config.ring_buffer_bytes,
+                kernel_max_conns: config.kernel_max_conns,
+            };
+            sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what Kubernetes sends).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => drop(s.recv().await),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}

@@ -60,12 +60,14 @@ pub struct Evictions {
     pub live_for_room: u64,
 }
 
+#[derive(Debug)]
 struct Entry {
     conn: Connection,
     seq: u64,
 }
 
 /// The table.
+#[derive(Debug)]
 pub struct ConnTable {
     max_entries: usize,
     grace: Duration,

@@ -1,1 +1,20 @@
-//! harness
+//! The end-to-end harness: the real Envoy with the built filter, upstreams and clients run by the test.
+//!
+//! # Layout
+//! - [`paths`]: where the Envoy binary, the built filter and the Python peers are (and what to run if they are not).
+//! - [`envoy`]: start Envoy from a bootstrap template, wait until it is ready, learn its ports, kill it on drop.
+//! - [`upstream`]: an HTTP/1.1 upstream that records the exact request headers it received.
+//! - [`client`]: an HTTP/1.1 client that sends exactly the bytes a test asks for, hostile ones included.
+//! - [`grpc`]: real gRPC (Python grpcio) servers and clients.
+//! - [`stack`]: upstreams plus an Envoy with the filter, as most tests use them.
+//! - [`prom`]: the `/stats/prometheus` exposition: whole lines, sums, and a real parser's verdict.
+//!
+//! Tests panic with a message saying what to run when a prerequisite is missing: nothing is skipped silently.
+
+pub mod client;
+pub mod envoy;
+pub mod grpc;
+pub mod paths;
+pub mod prom;
+pub mod stack;
+pub mod upstream;

@@ -25,7 +25,7 @@ impl log::Log for EnvoyLog {
             log::Level::Warn => 3,
             log::Level::Error => 4,
         };
-        abi::log(level, &format!("grayscope: {}", record.args()));
+        abi::log(level, &record.args().to_string());
     }
 
     fn flush(&self) {}
@@ -38,5 +38,5 @@ pub fn init() {
     if log::set_logger(&LOGGER).is_ok() {
         log::set_max_level(log::LevelFilter::Debug);
     }
-    std::panic::set_hook(Box::new(|info| abi::log(5, &format!("grayscope: panic: {info}"))));
+    std::panic::set_hook(Box::new(|info| abi::log(5, &format!("panic: {info}"))));
 }

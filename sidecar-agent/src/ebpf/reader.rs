@@ -12,7 +12,7 @@ use std::sync::{
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{
-    io::unix::AsyncFd,
+    io::{unix::AsyncFd, Interest},
     sync::{mpsc, watch},
 };
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,11 @@ pub struct Reader {
 impl Reader {
     /// Registers the ring buffer with the tokio reactor (must be called inside a runtime).
     pub fn new(ring: RingBuf<MapData>, counters: Arc<ReaderCounters>) -> std::io::Result<Self> {
-        Ok(Self { ring: AsyncFd::new(ring)?, counters })
+        // SAFETY: the fd is the ring buffer map's, owned by the `RingBuf` (through its `MapData`) that the
+        // `AsyncFd` owns: it stays open, and `as_raw_fd` returns that same fd, until the `AsyncFd` is dropped.
+        #[allow(unsafe_code)]
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
+        Ok(Self { ring, counters })
     }
 
     /// Reads until `cancel` fires or the receiver of `tx` goes away. While `*paused.borrow()` is true the ring
@@ -64,11 +68,11 @@ impl Reader {
                 changed = paused.changed() => if changed.is_err() { return Ok(()) },
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready?;
-                    self.drain(guard.get_inner_mut(), &mut batch);
+                    drain(guard.get_inner_mut(), &self.counters, &mut batch);
                     guard.clear_ready();
                     // A record committed between the drain and clear_ready would leave the fd not ready while
                     // data waits: drain once more (cheap when empty).
-                    self.drain(guard.get_inner_mut(), &mut batch);
+                    drain(guard.get_inner_mut(), &self.counters, &mut batch);
                 }
             }
             for event in batch.drain(..) {
@@ -79,15 +83,16 @@ impl Reader {
         }
     }
 
-    fn drain(&self, ring: &mut RingBuf<MapData>, batch: &mut Vec<ConnEvent>) {
-        while let Some(item) = ring.next() {
-            self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-            match events::decode(&item) {
-                Ok(event) => batch.push(event),
-                Err(e) => {
-                    self.counters.decode_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "undecodable event record");
-                }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, counters: &ReaderCounters, batch: &mut Vec<ConnEvent>) {
+    while let Some(item) = ring.next() {
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        match events::decode(&item) {
+            Ok(event) => batch.push(event),
+            Err(e) => {
+                counters.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "undecodable event record");
             }
         }
     }

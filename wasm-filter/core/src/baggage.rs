@@ -181,11 +181,15 @@ pub struct Rendered {
 }
 
 /// Serialises `members` with the member `key=value` replacing every member named `key` (in the position of the
-/// first), or appended when there was none; `value: None` removes the key's members. `value` must already be a
+/// first, keeping its properties if its value was already `value`), or appended when there was none; `value: None` removes the key's members. `value` must already be a
 /// valid baggage value (gray versions are).
 pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendered {
-    let gray = value.map(|value| Member { key, value, properties: "" });
     let gray_pos = members.iter().position(|m| m.key == key);
+    // An existing member with the same value keeps its properties.
+    let gray = value.map(|value| match gray_pos.map(|i| &members[i]) {
+        Some(m) if m.decoded_value().as_deref() == Some(value) => m.clone(),
+        _ => Member { key, value, properties: "" },
+    });
     let (mut count, mut bytes) = match &gray {
         Some(g) => (1, g.encoded_len()),
         None => (0, 0),

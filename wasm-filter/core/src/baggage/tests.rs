@@ -95,6 +95,13 @@ fn gray_member_is_replaced_in_place_and_deduplicated() {
     assert_eq!(render(&[], "gray.version", None).header, None);
 }
 
+#[test]
+fn gray_member_keeps_its_properties_when_its_value_stands() {
+    let p = one("gray.version=v2;ttl=5,a=1");
+    assert_eq!(render(&p.members, "gray.version", Some("v2")).header.as_deref(), Some("gray.version=v2;ttl=5,a=1"));
+    assert_eq!(render(&p.members, "gray.version", Some("v3")).header.as_deref(), Some("gray.version=v3,a=1"));
+}
+
 fn members_of_len(n: usize, value_len: usize) -> String {
     (0..n).map(|i| format!("k{i:02}={}", "x".repeat(value_len))).collect::<Vec<_>>().join(",")
 }

@@ -1,0 +1,193 @@
+//! The daemon: kernel probe → ring buffer reader → enrichment and connection table, plus the metrics endpoint
+//! and the Unix socket, all stopped together.
+
+use std::{
+    future::Future,
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    control,
+    ebpf::{events::ConnEvent, reader::ReaderCounters, reader::Reader, KernelCounters, KernelStats, Probe, ProbeOptions},
+    error::Error,
+    metrics::{self, Metrics},
+    procinfo::ProcessCache,
+    table::ConnTable,
+};
+
+/// Sockets bound by the caller before the agent starts, so bind errors surface first and tests can bind
+/// ephemeral ones.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The agent's Unix socket (see [`control::bind`]).
+    pub control: UnixListener,
+    /// The metrics endpoint.
+    pub metrics: TcpListener,
+}
+
+/// Delivered, dropped and produced events at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Read from the ring buffer by the agent.
+    pub delivered: u64,
+    /// Lost in the kernel because the ring buffer was full.
+    pub dropped: u64,
+    /// Emitted by the kernel programs (delivered + dropped + still in the ring).
+    pub produced: u64,
+}
+
+/// A running agent.
+pub struct Agent {
+    /// The connection table, shared with the event task, the metrics and the socket.
+    table: Arc<Mutex<ConnTable>>,
+    /// Kernel counters and the loaded programs (they detach when the last reference goes).
+    kernel: Arc<KernelStats>,
+    /// The reader's counts.
+    reader: Arc<ReaderCounters>,
+    /// The metrics registry.
+    metrics: Arc<Metrics>,
+    /// True while the ring buffer reader is paused.
+    paused: watch::Sender<bool>,
+    /// Stops every task.
+    cancel: CancellationToken,
+    /// The tasks, awaited on [`Agent::stop`].
+    tasks: JoinSet<()>,
+    /// Inode of the watched netns (0: all).
+    netns: u32,
+}
+
+// === impl Agent ===
+
+impl Agent {
+    /// Loads the eBPF programs and starts the tasks. Must be called inside a tokio runtime.
+    pub async fn start(config: &Config, listeners: Listeners) -> Result<Self, Error> {
+        let mut probe = Probe::load(&ProbeOptions {
+            netns: config.netns.clone(),
+            ring_buffer_bytes: config.ring_buffer_bytes,
+            kernel_max_conns: config.kernel_max_conns,
+        })?;
+        let ring = probe.take_ring().ok_or(Error::Map { name: "events", detail: "ring buffer already taken".into() })?;
+        let reader_counters = Arc::new(ReaderCounters::default());
+        let reader = Reader::new(ring, Arc::clone(&reader_counters))
+            .map_err(|source| Error::Io { what: "registering the ring buffer with tokio".into(), source })?;
+        let kernel = probe.stats();
+        let table = Arc::new(Mutex::new(ConnTable::new(config.table_max_entries, config.closed_grace)));
+        let metrics = Arc::new(Metrics::new(Arc::clone(&reader_counters), Arc::clone(&kernel), Arc::clone(&table)));
+        let cancel = CancellationToken::new();
+        let (paused, paused_rx) = watch::channel(false);
+        let (tx, rx) = mpsc::channel(4096);
+        let mut tasks = JoinSet::new();
+
+        let c = cancel.clone();
+        tasks.spawn(async move {
+            if let Err(e) = reader.run(tx, paused_rx, c).await {
+                tracing::error!(error = %e, "ring buffer reader failed");
+            }
+        });
+        tasks.spawn(apply_events(rx, Arc::clone(&table), Arc::clone(&metrics), config.closed_grace, cancel.clone()));
+        let (m, c) = (Arc::clone(&metrics), cancel.clone());
+        let addr = listeners.metrics.local_addr().ok();
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(listeners.metrics, m, c).await {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+        tasks.spawn(control::serve(listeners.control, Arc::clone(&table), cancel.clone()));
+        tracing::info!(metrics = ?addr, netns = probe.netns(), "agent started");
+        Ok(Self { table, kernel, reader: reader_counters, metrics, paused, cancel, tasks, netns: probe.netns() })
+    }
+
+    /// Runs `f` on the connection table.
+    pub fn with_table<R>(&self, f: impl FnOnce(&ConnTable) -> R) -> R {
+        f(&self.table.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The event counters now. Once the ring buffer is drained, `delivered + dropped == produced`.
+    pub fn counts(&self) -> Result<EventCounts, Error> {
+        // Kernel first: anything delivered after this read was produced before it, never the reverse.
+        let KernelCounters { produced, dropped } =
+            self.kernel.counters().map_err(|e| Error::Map { name: "stats", detail: e.to_string() })?;
+        let delivered = self.reader.delivered.load(Ordering::Relaxed);
+        Ok(EventCounts { delivered, dropped, produced })
+    }
+
+    /// Stops reading the ring buffer (events pile up, then the kernel drops and counts them).
+    pub fn pause_reader(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Resumes reading the ring buffer.
+    pub fn resume_reader(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Inode of the watched network namespace (0: all).
+    pub fn netns(&self) -> u32 {
+        self.netns
+    }
+
+    /// Stops every task and detaches the programs.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the agent, runs it until `shutdown` completes, then stops it.
+pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future) -> Result<(), Error> {
+    let agent = Agent::start(config, listeners).await?;
+    shutdown.await;
+    tracing::info!("shutting down");
+    agent.stop().await;
+    Ok(())
+}
+
+/// Enriches each event's owner and applies it to the table; expires closed connections on a timer.
+async fn apply_events(
+    mut rx: mpsc::Receiver<ConnEvent>,
+    table: Arc<Mutex<ConnTable>>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    let mut processes = ProcessCache::new("/proc", 4096);
+    let period = (grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let e = table.lock().unwrap_or_else(PoisonError::into_inner).expire(Instant::now());
+                metrics.record_evictions(e);
+            }
+            event = rx.recv() => {
+                let Some(event) = event else { return };
+                let process = event.owner.as_ref().and_then(|o| match processes.lookup(o.pid, o.start_ns) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "enrichment failed");
+                        metrics.enrichment_failures.get_or_create(&[("reason", e.reason())]).inc();
+                        None
+                    }
+                });
+                let e = table.lock().unwrap_or_else(PoisonError::into_inner).apply(&event, process, Instant::now());
+                metrics.record_evictions(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The agent's own metrics in Prometheus text format, served at `/metrics`.
+//!
+//! Counters updated as things happen live in [`Metrics`]; values that live elsewhere (the reader's counts,
+//! the kernel's per-CPU counters and program statistics, the table's size) are read at scrape time by a
+//! [`Collector`], so a scrape always sees current numbers.
+
+use std::{
+    fmt,
+    sync::{atomic::Ordering, Arc, Mutex, PoisonError},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::ConstGauge,
+    },
+    registry::Registry,
+};
+
+use crate::{
+    ebpf::{reader::ReaderCounters, KernelStats},
+    table::{ConnTable, Evictions},
+};
+
+type Reason = [(&'static str, &'static str); 1];
+
+/// The registry and the counters the agent updates.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `/proc` lookups that failed, by reason.
+    pub enrichment_failures: Family<Reason, Counter>,
+    /// Table evictions, by reason.
+    pub evictions: Family<Reason, Counter>,
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every metric under the `grayscope_agent` prefix.
+    pub fn new(reader: Arc<ReaderCounters>, kernel: Arc<KernelStats>, table: Arc<Mutex<ConnTable>>) -> Self {
+        let mut registry = Registry::with_prefix("grayscope_agent");
+        let enrichment_failures = Family::<Reason, Counter>::default();
+        registry.register(
+            "enrichment_failures",
+            "Processes the agent could not describe from /proc, by reason",
+            enrichment_failures.clone(),
+        );
+        let evictions = Family::<Reason, Counter>::default();
+        registry.register(
+            "table_evictions",
+            "Connections removed from the table: expired after the grace period, or evicted for room",
+            evictions.clone(),
+        );
+        registry.register_collector(Box::new(Live { reader, kernel, table }));
+        Self { registry, enrichment_failures, evictions }
+    }
+
+    /// Counts the evictions of one table operation.
+    pub fn record_evictions(&self, e: Evictions) {
+        for (reason, n) in [("expired", e.expired), ("closed_for_room", e.closed_for_room), ("live_for_room", e.live_for_room)]
+        {
+            if n > 0 {
+                self.evictions.get_or_create(&[("reason", reason)]).inc_by(n);
+            }
+        }
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the values that live outside the registry.
+#[derive(Debug)]
+struct Live {
+    reader: Arc<ReaderCounters>,
+    kernel: Arc<KernelStats>,
+    table: Arc<Mutex<ConnTable>>,
+}
+
+impl Collector for Live {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        counter(&mut enc, "events_delivered", "Events read from the kernel ring buffer", self.reader.delivered.load(Ordering::Relaxed))?;
+        counter(
+            &mut enc,
+            "events_undecodable",
+            "Events read that did not decode (agent and eBPF object out of step)",
+            self.reader.decode_errors.load(Ordering::Relaxed),
+        )?;
+        match self.kernel.counters() {
+            Ok(k) => {
+                counter(&mut enc, "events_produced", "Events the kernel programs tried to emit", k.produced)?;
+                counter(&mut enc, "events_dropped", "Events lost because the ring buffer was full", k.dropped)?;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
+        }
+        let (len, live, max) = {
+            let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            (t.len(), t.live(), t.max_entries())
+        };
+        let tracked = ConstGauge::new(0i64);
+        let mut m = enc.encode_descriptor("connections_tracked", "Connections in the table, by state", None, tracked.metric_type())?;
+        for (state, n) in [("live", live), ("closed", len - live)] {
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m.encode_family(&[("state", state)])?)?;
+        }
+        let cap = ConstGauge::new(i64::try_from(max).unwrap_or(i64::MAX));
+        cap.encode(enc.encode_descriptor("connections_table_capacity", "Most connections the table holds", None, cap.metric_type())?)?;
+        if let Some(runs) = self.kernel.program_runs() {
+            let c = ConstCounter::new(0u64);
+            let mut m = enc.encode_descriptor("bpf_program_runs", "Runs of each eBPF program (BPF_ENABLE_STATS)", None, c.metric_type())?;
+            for r in &runs {
+                ConstCounter::new(r.runs).encode(m.encode_family(&[("program", r.program)])?)?;
+            }
+            let c = ConstCounter::new(0f64);
+            let mut m = enc.encode_descriptor("bpf_program_run_seconds", "Time spent in each eBPF program", None, c.metric_type())?;
+            for r in &runs {
+                ConstCounter::new(r.run_time.as_secs_f64()).encode(m.encode_family(&[("program", r.program)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    cancel: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get, Router};
+    let scrape = move || {
+        let metrics = Arc::clone(&metrics);
+        async move {
+            match metrics.encode() {
+                Ok(text) => ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            }
+        }
+    };
+    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+}

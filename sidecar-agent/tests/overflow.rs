@@ -1,0 +1,64 @@
+//! Ring buffer overflow: with a one-page ring and the reader paused, a burst of connections overflows it; the
+//! kernel counts every event it produced and every one it dropped, so after the reader resumes,
+//! `delivered + dropped == produced` exactly, and the agent still tracks new connections.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::{loopback_connection, privileged, start, wait_for, wait_some, Netns};
+use sidecar_agent::{Config, EventCounts, NetnsFilter};
+
+/// One ring buffer record: the 104-byte event plus the kernel's 8-byte header.
+const RECORD: u64 = 104 + 8;
+const RING: u32 = 4096;
+const CONNECTIONS: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_is_counted_exactly_and_the_agent_recovers() {
+    if !privileged() {
+        return;
+    }
+    // Its own namespace, so the counts hold this test's events only.
+    let ns = Netns::new("overflow");
+    let config = Config { ring_buffer_bytes: RING, ..common::config(NetnsFilter::Path(ns.path())) };
+    let agent = start(config).await;
+    let counts = || agent.agent.counts().unwrap();
+    agent.agent.pause_reader();
+
+    // Each connection gives 5 events (2 established, 1 accepted, 2 closed).
+    ns.run(|| (0..CONNECTIONS).for_each(|_| _ = loopback_connection()));
+    let capacity = u64::from(RING) / RECORD;
+    let want = 5 * CONNECTIONS as u64;
+    wait_for("the kernel to produce the burst's events", || counts().produced >= want).await;
+    let paused = counts();
+    assert!(paused.produced >= 8 * capacity, "the burst must be 8x the ring: {paused:?}, capacity {capacity}");
+    assert_eq!(paused.delivered, 0, "the reader was paused: {paused:?}");
+    assert!(paused.dropped > 0, "a full ring must drop: {paused:?}");
+
+    agent.agent.resume_reader();
+    let drained: EventCounts = wait_some("delivered + dropped == produced", || {
+        let c = counts();
+        (c.delivered + c.dropped == c.produced).then_some(c)
+    })
+    .await;
+    assert!(drained.delivered > 0 && drained.delivered <= capacity + 1, "{drained:?}");
+    assert_eq!(drained.produced, paused.produced, "nothing else happens in the test namespace");
+
+    // Still running: a new connection is delivered and tracked, and the books still balance.
+    let (client, server) = ns.run(loopback_connection);
+    let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));
+    let netns = ns.inode();
+    wait_for("the agent to track a connection made after the overflow", || {
+        agent.agent.with_table(|t| t.find(netns, lo(client), lo(server)).is_some_and(|c| c.closed.is_some()))
+    })
+    .await;
+    let after = wait_some("the books to balance again", || {
+        let c = counts();
+        (c.delivered + c.dropped == c.produced && c.produced == drained.produced + 5).then_some(c)
+    })
+    .await;
+    assert_eq!(after.dropped, drained.dropped, "a drained ring drops nothing: {after:?}");
+    agent.agent.stop().await;
+}

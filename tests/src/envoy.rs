@@ -1,0 +1,152 @@
+//! A real Envoy process for one test: rendered bootstrap, dynamic ports, readiness, kill on drop.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tempfile::TempDir;
+
+use crate::paths;
+
+/// How long Envoy may take to become ready (or to exit, when it should refuse its configuration).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running Envoy. Killed when dropped; its log stays readable until then.
+pub struct Envoy {
+    child: Child,
+    dir: TempDir,
+    pub admin: SocketAddr,
+    listeners: HashMap<String, SocketAddr>,
+}
+
+/// Envoy exited instead of becoming ready.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: ExitStatus,
+    pub log: String,
+}
+
+/// Replaces every `{{NAME}}` of `template` with its value; panics if one is left, so a typo cannot pass silently.
+pub fn render(template: &str, vars: &[(&str, String)]) -> String {
+    let mut out = template.to_owned();
+    for (name, value) in vars {
+        out = out.replace(&format!("{{{{{name}}}}}"), value);
+    }
+    assert!(!out.contains("{{"), "unrendered placeholder in bootstrap:\n{out}");
+    out
+}
+
+impl Envoy {
+    /// Starts Envoy with `bootstrap` (already rendered) and waits until its admin API says LIVE.
+    pub fn start(bootstrap: &str) -> Self {
+        match Self::try_start(bootstrap) {
+            Ok(envoy) => envoy,
+            Err(r) => panic!("Envoy exited with {} instead of starting; its log:\n{}", r.status, r.log),
+        }
+    }
+
+    /// Starts Envoy; `Err` with its exit status and log if it exits before it is ready.
+    pub fn try_start(bootstrap: &str) -> Result<Self, Refused> {
+        let dir = tempfile::Builder::new().prefix("grayscope-envoy").tempdir().expect("tempdir");
+        let config = dir.path().join("envoy.yaml");
+        fs::write(&config, bootstrap).expect("write bootstrap");
+        let admin_path = dir.path().join("admin.address");
+        let log = dir.path().join("envoy.log");
+        let mut child = Command::new(paths::envoy())
+            .arg("-c")
+            .arg(&config)
+            // One worker: one VM, so per-VM bounds are exact in the tests.
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info", "--log-path"])
+            .arg(&log)
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        let deadline = Instant::now() + START_TIMEOUT;
+        let admin = loop {
+            if let Some(status) = child.try_wait().expect("wait envoy") {
+                return Err(Refused { status, log: fs::read_to_string(&log).unwrap_or_default() });
+            }
+            assert!(Instant::now() < deadline, "Envoy not ready after {START_TIMEOUT:?}:\n{}", read(&log));
+            if let Some(addr) = fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
+                if http_get(addr, "/ready").is_some_and(|(code, body)| code == 200 && body.trim() == "LIVE") {
+                    break addr;
+                }
+            }
+            thread::sleep(Duration::from_millis(50));
+        };
+        let listeners = listeners(admin);
+        Ok(Self { child, dir, admin, listeners })
+    }
+
+    /// The address of a listener by name.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listeners))
+    }
+
+    /// GET on the admin API; panics unless it answers 200.
+    pub fn admin_get(&self, path: &str) -> String {
+        match http_get(self.admin, path) {
+            Some((200, body)) => body,
+            other => panic!("admin GET {path}: {other:?}"),
+        }
+    }
+
+    /// `/stats/prometheus`, after one flush so histograms are current (Envoy merges them one scrape late).
+    pub fn prometheus(&self) -> String {
+        self.admin_get("/stats?filter=^$");
+        self.admin_get("/stats/prometheus")
+    }
+
+    /// Envoy's log so far.
+    pub fn log(&self) -> String {
+        read(&self.dir.path().join("envoy.log"))
+    }
+
+    /// A path in this Envoy's scratch directory (for access logs).
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+fn listeners(admin: SocketAddr) -> HashMap<String, SocketAddr> {
+    let (_, body) = http_get(admin, "/listeners?format=json").expect("admin /listeners");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("listeners json");
+    let mut out = HashMap::new();
+    for l in json["listener_statuses"].as_array().expect("listener_statuses") {
+        let sa = &l["local_address"]["socket_address"];
+        let addr = format!("{}:{}", sa["address"].as_str().unwrap_or_default(), sa["port_value"]);
+        out.insert(l["name"].as_str().unwrap_or_default().to_owned(), addr.parse().expect("listener address"));
+    }
+    out
+}
+
+/// A one-shot HTTP/1.1 GET (Envoy refuses HTTP/1.0 by default), enough for Envoy's admin API.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+    let resp = crate::client::read_response(&mut BufReader::new(s))?;
+    Some((resp.status, String::from_utf8_lossy(&resp.body).into_owned()))
+}

@@ -1,0 +1,66 @@
+//! The usual test stack: the HTTP and gRPC upstreams and one Envoy with the filter in front of them
+//! (`tests/fixtures/envoy/grayscope.yaml`: listeners `ingress`, `egress` and the filterless `plain`).
+
+use std::{fs, path::PathBuf};
+
+use crate::{
+    envoy::{render, Envoy, Refused},
+    grpc::GrpcServer,
+    paths,
+    upstream::Upstream,
+};
+
+pub struct Stack {
+    pub envoy: Envoy,
+    pub http: Upstream,
+    pub grpc: GrpcServer,
+    access_log: PathBuf,
+}
+
+/// The test bootstrap with the given plugin configuration (JSON) and upstream ports.
+pub fn bootstrap(plugin_config: &str, http_port: u16, grpc_port: u16, access_log: &str) -> String {
+    let template = fs::read_to_string(paths::tests_file("fixtures/envoy/grayscope.yaml")).expect("fixture");
+    render(
+        &template,
+        &[
+            ("WASM", paths::wasm().display().to_string()),
+            // The value sits in a single-quoted YAML scalar.
+            ("PLUGIN_CONFIG", plugin_config.replace('\'', "''")),
+            ("HTTP_PORT", http_port.to_string()),
+            ("GRPC_PORT", grpc_port.to_string()),
+            ("ACCESS_LOG", access_log.to_owned()),
+        ],
+    )
+}
+
+impl Stack {
+    pub fn start(plugin_config: &str) -> Self {
+        match Self::try_start(plugin_config) {
+            Ok(s) => s,
+            Err(r) => panic!("Envoy exited with {}:\n{}", r.status, r.log),
+        }
+    }
+
+    pub fn try_start(plugin_config: &str) -> Result<Self, Refused> {
+        let http = Upstream::start();
+        let grpc = GrpcServer::start();
+        let dir = tempfile::Builder::new().prefix("grayscope-log").tempdir().expect("tempdir").keep();
+        let access_log = dir.join("access.log");
+        let yaml = bootstrap(plugin_config, http.addr.port(), grpc.addr.port(), &access_log.display().to_string());
+        let envoy = Envoy::try_start(&yaml)?;
+        Ok(Self { envoy, http, grpc, access_log })
+    }
+
+    /// Access log lines so far. Envoy flushes its access log buffer on a timer, so this waits for `want` lines.
+    pub fn access_log(&self, want: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = fs::read_to_string(&self.access_log).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            if lines.len() >= want || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
