@@ -69,19 +69,37 @@ fn find_clang() -> String {
         _ => vec!["clang-19".to_owned(), "clang".to_owned()],
     };
     for c in &candidates {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return c.clone();
         }
     }
-    fail(&format!("no C compiler for the eBPF programs (tried {}): {SETUP_HINT}", candidates.join(", ")))
+    fail(&format!(
+        "no C compiler for the eBPF programs (tried {}): {SETUP_HINT}",
+        candidates.join(", ")
+    ))
 }
 
 fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
     if !Path::new("/usr/include/bpf/bpf_helpers.h").exists() {
-        fail(&format!("libbpf headers (/usr/include/bpf/bpf_helpers.h) are missing: {SETUP_HINT}"));
+        fail(&format!(
+            "libbpf headers (/usr/include/bpf/bpf_helpers.h) are missing: {SETUP_HINT}"
+        ));
     }
     let status = Command::new(clang)
-        .args(["-g", "-O2", "-Wall", "-Werror", "-Werror=undef", "-target", "bpf", "-D__TARGET_ARCH_x86"])
+        .args([
+            "-g",
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-Werror=undef",
+            "-target",
+            "bpf",
+            "-D__TARGET_ARCH_x86",
+        ])
         .arg("-I")
         .arg(include)
         .args(["-I", "/usr/include/x86_64-linux-gnu", "-c"])
@@ -91,7 +109,10 @@ fn compile(clang: &str, src: &Path, include: &Path, obj: &Path) {
         .status();
     match status {
         Ok(s) if s.success() => {}
-        Ok(s) => fail(&format!("{clang} failed on {} ({s}); see the diagnostics above", src.display())),
+        Ok(s) => fail(&format!(
+            "{clang} failed on {} ({s}); see the diagnostics above",
+            src.display()
+        )),
         Err(e) => fail(&format!("cannot run {clang}: {e}: {SETUP_HINT}")),
     }
 }

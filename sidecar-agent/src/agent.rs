@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     control,
-    ebpf::{events::ConnEvent, reader::ReaderCounters, reader::Reader, KernelCounters, KernelStats, Probe, ProbeOptions},
+    ebpf::{
+        events::ConnEvent, reader::Reader, reader::ReaderCounters, KernelCounters, KernelStats, Probe, ProbeOptions,
+    },
     error::Error,
     metrics::{self, Metrics},
     procinfo::ProcessCache,
@@ -76,13 +78,25 @@ impl Agent {
             ring_buffer_bytes: config.ring_buffer_bytes,
             kernel_max_conns: config.kernel_max_conns,
         })?;
-        let ring = probe.take_ring().ok_or(Error::Map { name: "events", detail: "ring buffer already taken".into() })?;
+        let ring = probe.take_ring().ok_or(Error::Map {
+            name: "events",
+            detail: "ring buffer already taken".into(),
+        })?;
         let reader_counters = Arc::new(ReaderCounters::default());
-        let reader = Reader::new(ring, Arc::clone(&reader_counters))
-            .map_err(|source| Error::Io { what: "registering the ring buffer with tokio".into(), source })?;
+        let reader = Reader::new(ring, Arc::clone(&reader_counters)).map_err(|source| Error::Io {
+            what: "registering the ring buffer with tokio".into(),
+            source,
+        })?;
         let kernel = probe.stats();
-        let table = Arc::new(Mutex::new(ConnTable::new(config.table_max_entries, config.closed_grace)));
-        let metrics = Arc::new(Metrics::new(Arc::clone(&reader_counters), Arc::clone(&kernel), Arc::clone(&table)));
+        let table = Arc::new(Mutex::new(ConnTable::new(
+            config.table_max_entries,
+            config.closed_grace,
+        )));
+        let metrics = Arc::new(Metrics::new(
+            Arc::clone(&reader_counters),
+            Arc::clone(&kernel),
+            Arc::clone(&table),
+        ));
         let cancel = CancellationToken::new();
         let (paused, paused_rx) = watch::channel(false);
         let (tx, rx) = mpsc::channel(4096);
@@ -94,7 +108,13 @@ impl Agent {
                 tracing::error!(error = %e, "ring buffer reader failed");
             }
         });
-        tasks.spawn(apply_events(rx, Arc::clone(&table), Arc::clone(&metrics), config.closed_grace, cancel.clone()));
+        tasks.spawn(apply_events(
+            rx,
+            Arc::clone(&table),
+            Arc::clone(&metrics),
+            config.closed_grace,
+            cancel.clone(),
+        ));
         let (m, c) = (Arc::clone(&metrics), cancel.clone());
         let addr = listeners.metrics.local_addr().ok();
         tasks.spawn(async move {
@@ -104,7 +124,16 @@ impl Agent {
         });
         tasks.spawn(control::serve(listeners.control, Arc::clone(&table), cancel.clone()));
         tracing::info!(metrics = ?addr, netns = probe.netns(), "agent started");
-        Ok(Self { table, kernel, reader: reader_counters, metrics, paused, cancel, tasks, netns: probe.netns() })
+        Ok(Self {
+            table,
+            kernel,
+            reader: reader_counters,
+            metrics,
+            paused,
+            cancel,
+            tasks,
+            netns: probe.netns(),
+        })
     }
 
     /// Runs `f` on the connection table.
@@ -115,10 +144,16 @@ impl Agent {
     /// The event counters now. Once the ring buffer is drained, `delivered + dropped == produced`.
     pub fn counts(&self) -> Result<EventCounts, Error> {
         // Kernel first: anything delivered after this read was produced before it, never the reverse.
-        let KernelCounters { produced, dropped } =
-            self.kernel.counters().map_err(|e| Error::Map { name: "stats", detail: e.to_string() })?;
+        let KernelCounters { produced, dropped } = self.kernel.counters().map_err(|e| Error::Map {
+            name: "stats",
+            detail: e.to_string(),
+        })?;
         let delivered = self.reader.delivered.load(Ordering::Relaxed);
-        Ok(EventCounts { delivered, dropped, produced })
+        Ok(EventCounts {
+            delivered,
+            dropped,
+            produced,
+        })
     }
 
     /// Stops reading the ring buffer (events pile up, then the kernel drops and counts them).

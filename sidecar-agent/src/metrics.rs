@@ -56,13 +56,20 @@ impl Metrics {
             evictions.clone(),
         );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
-        Self { registry, enrichment_failures, evictions }
+        Self {
+            registry,
+            enrichment_failures,
+            evictions,
+        }
     }
 
     /// Counts the evictions of one table operation.
     pub fn record_evictions(&self, e: Evictions) {
-        for (reason, n) in [("expired", e.expired), ("closed_for_room", e.closed_for_room), ("live_for_room", e.live_for_room)]
-        {
+        for (reason, n) in [
+            ("expired", e.expired),
+            ("closed_for_room", e.closed_for_room),
+            ("live_for_room", e.live_for_room),
+        ] {
             if n > 0 {
                 self.evictions.get_or_create(&[("reason", reason)]).inc_by(n);
             }
@@ -87,7 +94,12 @@ struct Live {
 
 impl Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        counter(&mut enc, "events_delivered", "Events read from the kernel ring buffer", self.reader.delivered.load(Ordering::Relaxed))?;
+        counter(
+            &mut enc,
+            "events_delivered",
+            "Events read from the kernel ring buffer",
+            self.reader.delivered.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut enc,
             "events_undecodable",
@@ -96,8 +108,18 @@ impl Collector for Live {
         )?;
         match self.kernel.counters() {
             Ok(k) => {
-                counter(&mut enc, "events_produced", "Events the kernel programs tried to emit", k.produced)?;
-                counter(&mut enc, "events_dropped", "Events lost because the ring buffer was full", k.dropped)?;
+                counter(
+                    &mut enc,
+                    "events_produced",
+                    "Events the kernel programs tried to emit",
+                    k.produced,
+                )?;
+                counter(
+                    &mut enc,
+                    "events_dropped",
+                    "Events lost because the ring buffer was full",
+                    k.dropped,
+                )?;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
         }
@@ -106,20 +128,40 @@ impl Collector for Live {
             (t.len(), t.live(), t.max_entries())
         };
         let tracked = ConstGauge::new(0i64);
-        let mut m = enc.encode_descriptor("connections_tracked", "Connections in the table, by state", None, tracked.metric_type())?;
+        let mut m = enc.encode_descriptor(
+            "connections_tracked",
+            "Connections in the table, by state",
+            None,
+            tracked.metric_type(),
+        )?;
         for (state, n) in [("live", live), ("closed", len - live)] {
             ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m.encode_family(&[("state", state)])?)?;
         }
         let cap = ConstGauge::new(i64::try_from(max).unwrap_or(i64::MAX));
-        cap.encode(enc.encode_descriptor("connections_table_capacity", "Most connections the table holds", None, cap.metric_type())?)?;
+        cap.encode(enc.encode_descriptor(
+            "connections_table_capacity",
+            "Most connections the table holds",
+            None,
+            cap.metric_type(),
+        )?)?;
         if let Some(runs) = self.kernel.program_runs() {
             let c = ConstCounter::new(0u64);
-            let mut m = enc.encode_descriptor("bpf_program_runs", "Runs of each eBPF program (BPF_ENABLE_STATS)", None, c.metric_type())?;
+            let mut m = enc.encode_descriptor(
+                "bpf_program_runs",
+                "Runs of each eBPF program (BPF_ENABLE_STATS)",
+                None,
+                c.metric_type(),
+            )?;
             for r in &runs {
                 ConstCounter::new(r.runs).encode(m.encode_family(&[("program", r.program)])?)?;
             }
             let c = ConstCounter::new(0f64);
-            let mut m = enc.encode_descriptor("bpf_program_run_seconds", "Time spent in each eBPF program", None, c.metric_type())?;
+            let mut m = enc.encode_descriptor(
+                "bpf_program_run_seconds",
+                "Time spent in each eBPF program",
+                None,
+                c.metric_type(),
+            )?;
             for r in &runs {
                 ConstCounter::new(r.run_time.as_secs_f64()).encode(m.encode_family(&[("program", r.program)])?)?;
             }
@@ -149,6 +191,10 @@ pub async fn serve(
             }
         }
     };
-    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
 }

@@ -123,14 +123,31 @@ fn read_process(dir: &Path, pid: u32, expected: u64) -> Result<ProcessInfo, Enri
         return Err(EnrichError::Reused { pid, expected, found });
     }
     let exe = fs::read_link(dir.join("exe")).ok();
-    let cmdline = fs::read(dir.join("cmdline")).map(|b| split_cmdline(&b)).unwrap_or_default();
-    let container_id = fs::read_to_string(dir.join("cgroup")).ok().and_then(|c| container_id(&c));
+    let cmdline = fs::read(dir.join("cmdline"))
+        .map(|b| split_cmdline(&b))
+        .unwrap_or_default();
+    let container_id = fs::read_to_string(dir.join("cgroup"))
+        .ok()
+        .and_then(|c| container_id(&c));
     // Read stat again: if the pid was recycled while we read, the files above may describe the newcomer.
-    let again = fs::read_to_string(dir.join("stat")).ok().as_deref().and_then(start_ticks);
+    let again = fs::read_to_string(dir.join("stat"))
+        .ok()
+        .as_deref()
+        .and_then(start_ticks);
     if again != Some(expected) {
-        return Err(EnrichError::Reused { pid, expected, found: again.unwrap_or(0) });
+        return Err(EnrichError::Reused {
+            pid,
+            expected,
+            found: again.unwrap_or(0),
+        });
     }
-    Ok(ProcessInfo { pid, start_ticks: expected, exe, cmdline, container_id })
+    Ok(ProcessInfo {
+        pid,
+        start_ticks: expected,
+        exe,
+        cmdline,
+        container_id,
+    })
 }
 
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) may contain spaces and

@@ -1,7 +1,7 @@
 //! The connection table: live connections plus closed ones for a grace period, so call records that arrive
 //! late still find the connection and its process. Bounded: it never holds more than `max_entries`.
 //!
-//! Keyed by the kernel socket address (unique while the socket lives), with an index by
+//! Live connections are found by kernel socket address (unique while the socket lives), every connection by
 //! `(netns, local, remote)` for joining call records by 4-tuple. When full, an insert evicts the oldest closed
 //! connection, or when there is none the oldest live one. Time is passed in, so the logic is pure.
 
@@ -60,24 +60,23 @@ pub struct Evictions {
     pub live_for_room: u64,
 }
 
-#[derive(Debug)]
-struct Entry {
-    conn: Connection,
-    seq: u64,
-}
-
-/// The table.
+/// The table. Each connection gets an id that is never reused: the kernel recycles socket addresses as soon
+/// as a socket is freed, so a closed connection must not be found (or replaced) through its old address.
 #[derive(Debug)]
 pub struct ConnTable {
     max_entries: usize,
     grace: Duration,
-    entries: HashMap<u64, Entry>,
-    /// All entries by insertion sequence (oldest first).
-    order: BTreeMap<u64, u64>,
-    /// Closed entries in closing order: (closed at, seq, skaddr); stale items are skipped.
-    closed: VecDeque<(Instant, u64, u64)>,
+    /// Every connection by id; ids grow, so the first entry is the oldest.
+    entries: BTreeMap<u64, Connection>,
+    /// Live connections by socket address.
+    live: HashMap<u64, u64>,
+    /// The last closed connection of each socket address, with the kernel time of its close, so an event that
+    /// was emitted before the close but read after it still lands on the right connection.
+    last_closed: HashMap<u64, (u64, u64)>,
+    /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
+    closed: VecDeque<(Instant, u64)>,
     by_tuple: HashMap<(u32, SocketAddr, SocketAddr), u64>,
-    next_seq: u64,
+    next_id: u64,
 }
 
 // === impl ConnTable ===
@@ -88,73 +87,75 @@ impl ConnTable {
         Self {
             max_entries: max_entries.max(1),
             grace,
-            entries: HashMap::new(),
-            order: BTreeMap::new(),
+            entries: BTreeMap::new(),
+            live: HashMap::new(),
+            last_closed: HashMap::new(),
             closed: VecDeque::new(),
             by_tuple: HashMap::new(),
-            next_seq: 0,
+            next_id: 0,
         }
     }
 
     /// Applies one event; `process` is the enrichment of its owner, if any.
     pub fn apply(&mut self, ev: &ConnEvent, process: Option<Arc<ProcessInfo>>, now: Instant) -> Evictions {
-        let mut ev_out = Evictions::default();
-        if let Some(entry) = self.entries.get_mut(&ev.skaddr) {
-            let reused = entry.conn.closed.is_some() && ev.kind != EventKind::Closed;
-            if !reused {
-                let conn = &mut entry.conn;
-                if ev.owner.is_some() {
-                    conn.owner.clone_from(&ev.owner);
-                    conn.process = process;
+        let mut out = Evictions::default();
+        let late = self
+            .last_closed
+            .get(&ev.skaddr)
+            .filter(|&&(_, closed_ts)| ev.ts_ns <= closed_ts)
+            .map(|&(id, _)| id);
+        let existing = self.live.get(&ev.skaddr).copied().or(late);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                if self.entries.len() >= self.max_entries {
+                    self.make_room(&mut out);
                 }
-                if let (EventKind::Closed, Some(duration)) = (ev.kind, ev.duration) {
-                    if conn.closed.is_none() {
-                        conn.closed = Some(Closed { duration, at: now });
-                        self.closed.push_back((now, entry.seq, ev.skaddr));
-                    }
-                }
-                return ev_out;
+                let id = self.next_id;
+                self.next_id += 1;
+                let conn = Connection {
+                    skaddr: ev.skaddr,
+                    netns: ev.netns,
+                    role: ev.role,
+                    local: ev.local,
+                    remote: ev.remote,
+                    owner: None,
+                    process: None,
+                    closed: None,
+                };
+                self.by_tuple.insert((ev.netns, ev.local, ev.remote), id);
+                self.live.insert(ev.skaddr, id);
+                self.entries.insert(id, conn);
+                id
             }
-            // The kernel reused the address of a closed socket for a new one: the new connection replaces it.
-            self.remove(ev.skaddr);
-        }
-        if self.entries.len() >= self.max_entries {
-            self.make_room(&mut ev_out);
-        }
-        let closed = match (ev.kind, ev.duration) {
-            (EventKind::Closed, Some(duration)) => Some(Closed { duration, at: now }),
-            _ => None,
         };
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if closed.is_some() {
-            self.closed.push_back((now, seq, ev.skaddr));
-        }
-        let conn = Connection {
-            skaddr: ev.skaddr,
-            netns: ev.netns,
-            role: ev.role,
-            local: ev.local,
-            remote: ev.remote,
-            owner: ev.owner.clone(),
-            process: ev.owner.as_ref().and(process),
-            closed,
+        let Some(conn) = self.entries.get_mut(&id) else {
+            return out;
         };
-        self.by_tuple.insert((ev.netns, ev.local, ev.remote), ev.skaddr);
-        self.order.insert(seq, ev.skaddr);
-        self.entries.insert(ev.skaddr, Entry { conn, seq });
-        ev_out
+        if ev.owner.is_some() {
+            conn.owner.clone_from(&ev.owner);
+            conn.process = process;
+        }
+        if let (EventKind::Closed, Some(duration), None) = (ev.kind, ev.duration, conn.closed) {
+            conn.closed = Some(Closed { duration, at: now });
+            self.closed.push_back((now, id));
+            if self.live.get(&ev.skaddr) == Some(&id) {
+                self.live.remove(&ev.skaddr);
+            }
+            self.last_closed.insert(ev.skaddr, (id, ev.ts_ns));
+        }
+        out
     }
 
     /// Drops the closed connections whose grace period has ended by `now`.
     pub fn expire(&mut self, now: Instant) -> Evictions {
         let mut out = Evictions::default();
-        while let Some(&(at, seq, skaddr)) = self.closed.front() {
-            if self.is_current_closed(seq, skaddr) {
+        while let Some(&(at, id)) = self.closed.front() {
+            if self.entries.contains_key(&id) {
                 if now.saturating_duration_since(at) < self.grace {
                     break;
                 }
-                self.remove(skaddr);
+                self.remove(id);
                 out.expired += 1;
             }
             self.closed.pop_front();
@@ -163,46 +164,49 @@ impl ConnTable {
     }
 
     fn make_room(&mut self, out: &mut Evictions) {
-        while let Some((_, seq, skaddr)) = self.closed.pop_front() {
-            if self.is_current_closed(seq, skaddr) {
-                self.remove(skaddr);
+        while let Some((_, id)) = self.closed.pop_front() {
+            if self.entries.contains_key(&id) {
+                self.remove(id);
                 out.closed_for_room += 1;
                 return;
             }
         }
-        if let Some((_, skaddr)) = self.order.pop_first() {
-            self.remove(skaddr);
+        if let Some(&id) = self.entries.keys().next() {
+            self.remove(id);
             out.live_for_room += 1;
         }
     }
 
-    fn is_current_closed(&self, seq: u64, skaddr: u64) -> bool {
-        self.entries.get(&skaddr).is_some_and(|e| e.seq == seq && e.conn.closed.is_some())
-    }
-
-    fn remove(&mut self, skaddr: u64) {
-        if let Some(Entry { conn, seq }) = self.entries.remove(&skaddr) {
-            self.order.remove(&seq);
-            let key = (conn.netns, conn.local, conn.remote);
-            if self.by_tuple.get(&key) == Some(&skaddr) {
-                self.by_tuple.remove(&key);
-            }
+    fn remove(&mut self, id: u64) {
+        let Some(conn) = self.entries.remove(&id) else { return };
+        if self.live.get(&conn.skaddr) == Some(&id) {
+            self.live.remove(&conn.skaddr);
+        }
+        if self.last_closed.get(&conn.skaddr).is_some_and(|&(i, _)| i == id) {
+            self.last_closed.remove(&conn.skaddr);
+        }
+        let key = (conn.netns, conn.local, conn.remote);
+        if self.by_tuple.get(&key) == Some(&id) {
+            self.by_tuple.remove(&key);
         }
     }
 
-    /// The connection of socket `skaddr`.
-    pub fn get(&self, skaddr: u64) -> Option<&Connection> {
-        self.entries.get(&skaddr).map(|e| &e.conn)
+    /// The live connection of socket `skaddr`.
+    pub fn get_live(&self, skaddr: u64) -> Option<&Connection> {
+        self.live.get(&skaddr).and_then(|id| self.entries.get(id))
     }
 
-    /// The connection with this 4-tuple in namespace `netns`, seen from its local end.
+    /// The newest connection with this 4-tuple in namespace `netns`, seen from its local end (live, or closed
+    /// within the grace period).
     pub fn find(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
-        self.by_tuple.get(&(netns, local, remote)).and_then(|s| self.get(*s))
+        self.by_tuple
+            .get(&(netns, local, remote))
+            .and_then(|id| self.entries.get(id))
     }
 
     /// Every connection, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
-        self.order.values().filter_map(|s| self.get(*s))
+        self.entries.values()
     }
 
     /// Number of connections held.
@@ -217,7 +221,7 @@ impl ConnTable {
 
     /// Number of connections not closed yet.
     pub fn live(&self) -> usize {
-        self.entries.values().filter(|e| e.conn.closed.is_none()).count()
+        self.live.len()
     }
 
     /// The bound.

@@ -21,11 +21,21 @@ pub const HEADER: &str = "EVENT       ROLE    PID     COMM             LADDR    
 /// Loads the programs and writes one line per event to `out` until `shutdown` completes.
 pub async fn trace(opts: &ProbeOptions, mut out: impl Write, shutdown: impl Future) -> Result<(), Error> {
     let mut probe = Probe::load(opts)?;
-    let ring = probe.take_ring().ok_or(Error::Map { name: "events", detail: "ring buffer already taken".into() })?;
-    let reader = Reader::new(ring, Arc::new(ReaderCounters::default()))
-        .map_err(|source| Error::Io { what: "registering the ring buffer with tokio".into(), source })?;
-    let write_err = |source| Error::Io { what: "writing to stdout".into(), source };
-    writeln!(out, "{HEADER}").and_then(|()| out.flush()).map_err(write_err)?;
+    let ring = probe.take_ring().ok_or(Error::Map {
+        name: "events",
+        detail: "ring buffer already taken".into(),
+    })?;
+    let reader = Reader::new(ring, Arc::new(ReaderCounters::default())).map_err(|source| Error::Io {
+        what: "registering the ring buffer with tokio".into(),
+        source,
+    })?;
+    let write_err = |source| Error::Io {
+        what: "writing to stdout".into(),
+        source,
+    };
+    writeln!(out, "{HEADER}")
+        .and_then(|()| out.flush())
+        .map_err(write_err)?;
 
     let cancel = CancellationToken::new();
     let (_paused, paused_rx) = watch::channel(false);
@@ -44,8 +54,14 @@ pub async fn trace(opts: &ProbeOptions, mut out: impl Write, shutdown: impl Futu
     cancel.cancel();
     match reading.await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(Error::Io { what: "reading the ring buffer".into(), source }),
-        Err(e) => Err(Error::Io { what: "the reader task".into(), source: std::io::Error::other(e) }),
+        Ok(Err(source)) => Err(Error::Io {
+            what: "reading the ring buffer".into(),
+            source,
+        }),
+        Err(e) => Err(Error::Io {
+            what: "the reader task".into(),
+            source: std::io::Error::other(e),
+        }),
     }
 }
 
@@ -60,9 +76,18 @@ pub fn format_event(e: &ConnEvent) -> String {
         Role::Client => "client",
         Role::Server => "server",
     };
-    let (pid, comm) = e.owner.as_ref().map_or(("-".to_owned(), "-"), |o| (o.pid.to_string(), o.comm.as_str()));
-    let ms = e.duration.map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0));
-    format!("{kind:<11} {role:<7} {pid:<7} {comm:<16} {:<39} {:<39} {ms}", addr(e.local), addr(e.remote))
+    let (pid, comm) = e
+        .owner
+        .as_ref()
+        .map_or(("-".to_owned(), "-"), |o| (o.pid.to_string(), o.comm.as_str()));
+    let ms = e
+        .duration
+        .map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0));
+    format!(
+        "{kind:<11} {role:<7} {pid:<7} {comm:<16} {:<39} {:<39} {ms}",
+        addr(e.local),
+        addr(e.remote)
+    )
 }
 
 fn addr(a: SocketAddr) -> String {
@@ -86,19 +111,27 @@ mod tests {
             netns: 1,
             local: "127.0.0.1:40000".parse().unwrap(),
             remote: "[::1]:8080".parse().unwrap(),
-            owner: Some(Owner { pid: 4242, tid: 4243, comm: "curl".into(), start_ns: 0 }),
+            owner: Some(Owner {
+                pid: 4242,
+                tid: 4243,
+                comm: "curl".into(),
+                start_ns: 0,
+            }),
             duration: Some(Duration::from_micros(1500)),
         };
         let line = format_event(&e);
-        assert_eq!(line.split_whitespace().collect::<Vec<_>>(), [
-            "CLOSED",
-            "client",
-            "4242",
-            "curl",
-            "127.0.0.1:40000",
-            "[::1]:8080",
-            "1.500"
-        ]);
+        assert_eq!(
+            line.split_whitespace().collect::<Vec<_>>(),
+            [
+                "CLOSED",
+                "client",
+                "4242",
+                "curl",
+                "127.0.0.1:40000",
+                "[::1]:8080",
+                "1.500"
+            ]
+        );
         assert_eq!(line.find("4242"), HEADER.find("PID"), "columns line up");
         e.owner = None;
         e.kind = EventKind::Established;

@@ -15,8 +15,16 @@ use sidecar_agent::{ebpf::events::Role, table::Connection, NetnsFilter};
 
 /// Runs `bash`, which connects to `server` with its /dev/tcp redirection and waits for the server to close.
 fn bash_client(server: SocketAddr) -> std::process::Child {
-    let script = format!("exec 3<>/dev/tcp/{}/{}; read -t 60 -u 3 || true", server.ip(), server.port());
-    Command::new("bash").args(["-c", &script]).stdin(Stdio::null()).spawn().unwrap()
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{}; read -t 60 -u 3 || true",
+        server.ip(),
+        server.port()
+    );
+    Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
@@ -26,10 +34,15 @@ async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
     let server = SocketAddr::new(connect_to, listener.local_addr().unwrap().port());
     let mut child = bash_client(server);
     let child_pid = child.id();
-    let (stream, peer) = common::patiently("the child's connection", listener.accept()).await.unwrap();
+    let (stream, peer) = common::patiently("the child's connection", listener.accept())
+        .await
+        .unwrap();
     let local = stream.local_addr().unwrap();
     let plain = |a: SocketAddr| match a {
-        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().map_or(a, |v4| SocketAddr::new(v4.into(), v6.port())),
+        SocketAddr::V6(v6) => v6
+            .ip()
+            .to_ipv4_mapped()
+            .map_or(a, |v4| SocketAddr::new(v4.into(), v6.port())),
         v4 => v4,
     };
     let (local, peer) = (plain(local), plain(peer));
@@ -43,16 +56,25 @@ async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
     assert_eq!(owner.pid, child_pid, "client pid");
     assert_eq!(owner.comm, "bash", "client comm");
     assert_eq!(client.role, Role::Client);
-    assert_eq!((client.local.port(), client.remote.port()), (peer.port(), server.port()));
+    assert_eq!(
+        (client.local.port(), client.remote.port()),
+        (peer.port(), server.port())
+    );
     let process = client.process.as_ref().unwrap();
     assert_eq!(process.pid, child_pid);
     assert!(process.exe.as_ref().unwrap().ends_with("bash"), "{process:?}");
     assert_eq!(process.cmdline.first().map(String::as_str), Some("bash"));
 
-    let accepted: Connection =
-        wait_some("the server side named by accept", || find(local, peer).filter(|c| c.owner.is_some())).await;
+    let accepted: Connection = wait_some("the server side named by accept", || {
+        find(local, peer).filter(|c| c.owner.is_some())
+    })
+    .await;
     assert_eq!(accepted.role, Role::Server);
-    assert_eq!(accepted.owner.as_ref().unwrap().pid, std::process::id(), "server side names the test process");
+    assert_eq!(
+        accepted.owner.as_ref().unwrap().pid,
+        std::process::id(),
+        "server side names the test process"
+    );
     assert_eq!(accepted.local.port(), server.port());
 
     drop(stream); // bash reads EOF and exits
@@ -63,7 +85,10 @@ async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
         Some((c, s))
     })
     .await;
-    assert!(closed.0.duration >= closed.1.duration, "the client side opened first: {closed:?}");
+    assert!(
+        closed.0.duration >= closed.1.duration,
+        "the client side opened first: {closed:?}"
+    );
     agent.agent.stop().await;
 }
 
@@ -102,19 +127,30 @@ async fn metrics_endpoint_reports_events_table_and_program_runs() {
     let netns = agent.agent.netns();
     let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));
     wait_some("the connection to close in the table", || {
-        agent.agent.with_table(|t| t.find(netns, lo(client_port), lo(server_port)).and_then(|c| c.closed))
+        agent
+            .agent
+            .with_table(|t| t.find(netns, lo(client_port), lo(server_port)).and_then(|c| c.closed))
     })
     .await;
     let text = common::http_get(agent.metrics_addr, "/metrics").await;
     let value = |name: &str| -> u64 {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in:\n{text}"));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"));
         line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
     };
     assert!(value("grayscope_agent_events_delivered_total ") >= 3, "{text}");
     assert!(value("grayscope_agent_events_produced_total ") >= value("grayscope_agent_events_delivered_total "));
     assert_eq!(value("grayscope_agent_connections_table_capacity "), 65536);
-    assert!(value("grayscope_agent_connections_tracked{state=\"closed\"} ") >= 1, "{text}");
-    assert!(value("grayscope_agent_bpf_program_runs_total{program=\"handle_set_state\"} ") >= 1, "{text}");
+    assert!(
+        value("grayscope_agent_connections_tracked{state=\"closed\"} ") >= 1,
+        "{text}"
+    );
+    assert!(
+        value("grayscope_agent_bpf_program_runs_total{program=\"handle_set_state\"} ") >= 1,
+        "{text}"
+    );
     assert!(text.contains("grayscope_agent_events_dropped_total "), "{text}");
     assert_eq!(common::http_get(agent.metrics_addr, "/healthz").await, "ok\n");
     agent.agent.stop().await;

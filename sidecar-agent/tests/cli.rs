@@ -42,14 +42,27 @@ fn start_without_privilege_names_what_is_missing() {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut cmd = if root {
         let mut c = Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"]).arg(&bin);
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+        ])
+        .arg(&bin);
         c
     } else {
         Command::new(&bin)
     };
     let sock = dir.path().join("agent.sock");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = cmd.arg("run").arg("--socket").arg(&sock).args(["--metrics-addr", "127.0.0.1:0"]).output().unwrap();
+    let out = cmd
+        .arg("run")
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing privilege"), "{err}");

@@ -25,7 +25,9 @@ async fn other_namespace_is_invisible_by_default_and_visible_with_all() {
     let (inner_client, inner_server) = ns.run(loopback_connection);
     let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));
     let seen_in = |agent: &common::TestAgent, netns: u32, client: u16, server: u16| {
-        agent.agent.with_table(|t| t.find(netns, lo(client), lo(server)).and_then(|c| c.closed).is_some())
+        agent
+            .agent
+            .with_table(|t| t.find(netns, lo(client), lo(server)).and_then(|c| c.closed).is_some())
     };
     wait_some("`all` to see the connection in the other namespace", || {
         seen_in(&all, ns.inode(), inner_client, inner_server).then_some(())
@@ -40,10 +42,20 @@ async fn other_namespace_is_invisible_by_default_and_visible_with_all() {
     // has read everything the kernel gave it before, so the absence below is not a matter of waiting longer.
     let (client, server) = loopback_connection();
     let root = own.agent.netns();
-    wait_some("the default agent to see the sentinel", || seen_in(&own, root, client, server).then_some(())).await;
-    let leaked = own.agent.with_table(|t| t.iter().filter(|c| c.netns == ns.inode()).count());
-    assert_eq!(leaked, 0, "the default filter let connections of another namespace through");
-    let foreign = given.agent.with_table(|t| t.iter().filter(|c| c.netns != ns.inode()).count());
+    wait_some("the default agent to see the sentinel", || {
+        seen_in(&own, root, client, server).then_some(())
+    })
+    .await;
+    let leaked = own
+        .agent
+        .with_table(|t| t.iter().filter(|c| c.netns == ns.inode()).count());
+    assert_eq!(
+        leaked, 0,
+        "the default filter let connections of another namespace through"
+    );
+    let foreign = given
+        .agent
+        .with_table(|t| t.iter().filter(|c| c.netns != ns.inode()).count());
     assert_eq!(foreign, 0, "a namespace filter let other namespaces through");
     for a in [own, all, given] {
         a.agent.stop().await;

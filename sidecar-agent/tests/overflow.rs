@@ -22,7 +22,10 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     }
     // Its own namespace, so the counts hold this test's events only.
     let ns = Netns::new("overflow");
-    let config = Config { ring_buffer_bytes: RING, ..common::config(NetnsFilter::Path(ns.path())) };
+    let config = Config {
+        ring_buffer_bytes: RING,
+        ..common::config(NetnsFilter::Path(ns.path()))
+    };
     let agent = start(config).await;
     let counts = || agent.agent.counts().unwrap();
     agent.agent.pause_reader();
@@ -33,7 +36,10 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     let want = 5 * CONNECTIONS as u64;
     wait_for("the kernel to produce the burst's events", || counts().produced >= want).await;
     let paused = counts();
-    assert!(paused.produced >= 8 * capacity, "the burst must be 8x the ring: {paused:?}, capacity {capacity}");
+    assert!(
+        paused.produced >= 8 * capacity,
+        "the burst must be 8x the ring: {paused:?}, capacity {capacity}"
+    );
     assert_eq!(paused.delivered, 0, "the reader was paused: {paused:?}");
     assert!(paused.dropped > 0, "a full ring must drop: {paused:?}");
 
@@ -43,15 +49,24 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
         (c.delivered + c.dropped == c.produced).then_some(c)
     })
     .await;
-    assert!(drained.delivered > 0 && drained.delivered <= capacity + 1, "{drained:?}");
-    assert_eq!(drained.produced, paused.produced, "nothing else happens in the test namespace");
+    assert!(
+        drained.delivered > 0 && drained.delivered <= capacity + 1,
+        "{drained:?}"
+    );
+    assert_eq!(
+        drained.produced, paused.produced,
+        "nothing else happens in the test namespace"
+    );
 
     // Still running: a new connection is delivered and tracked, and the books still balance.
     let (client, server) = ns.run(loopback_connection);
     let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));
     let netns = ns.inode();
     wait_for("the agent to track a connection made after the overflow", || {
-        agent.agent.with_table(|t| t.find(netns, lo(client), lo(server)).is_some_and(|c| c.closed.is_some()))
+        agent.agent.with_table(|t| {
+            t.find(netns, lo(client), lo(server))
+                .is_some_and(|c| c.closed.is_some())
+        })
     })
     .await;
     let after = wait_some("the books to balance again", || {
@@ -59,6 +74,9 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
         (c.delivered + c.dropped == c.produced && c.produced == drained.produced + 5).then_some(c)
     })
     .await;
-    assert_eq!(after.dropped, drained.dropped, "a drained ring drops nothing: {after:?}");
+    assert_eq!(
+        after.dropped, drained.dropped,
+        "a drained ring drops nothing: {after:?}"
+    );
     agent.agent.stop().await;
 }

@@ -18,7 +18,9 @@ const BOUND: usize = 8;
 fn open(n: usize) -> (TcpListener, Vec<(TcpStream, TcpStream)>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let pairs = (0..n).map(|_| (TcpStream::connect(addr).unwrap(), listener.accept().unwrap().0)).collect();
+    let pairs = (0..n)
+        .map(|_| (TcpStream::connect(addr).unwrap(), listener.accept().unwrap().0))
+        .collect();
     (listener, pairs)
 }
 
@@ -29,10 +31,21 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
     }
     let ns = Netns::new("table");
     let netns = NetnsFilter::Path(ns.path());
-    let base = Config { table_max_entries: BOUND, ..common::config(netns) };
+    let base = Config {
+        table_max_entries: BOUND,
+        ..common::config(netns)
+    };
     // Same kernel events, two grace periods: one that outlives the test, one short.
-    let keeping = start(Config { closed_grace: Duration::from_secs(3600), ..base.clone() }).await;
-    let expiring = start(Config { closed_grace: Duration::from_millis(200), ..base }).await;
+    let keeping = start(Config {
+        closed_grace: Duration::from_secs(3600),
+        ..base.clone()
+    })
+    .await;
+    let expiring = start(Config {
+        closed_grace: Duration::from_millis(200),
+        ..base
+    })
+    .await;
     let len = |a: &common::TestAgent| a.agent.with_table(|t| t.len());
     let live = |a: &common::TestAgent| a.agent.with_table(|t| t.live());
 
@@ -47,12 +60,21 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
         keeping.agent.with_table(|t| t.len() == 4 && t.live() == 0)
     })
     .await;
-    wait_for("closed entries to leave after the short grace period", || len(&expiring) == 0).await;
+    wait_for("closed entries to leave after the short grace period", || {
+        len(&expiring) == 0
+    })
+    .await;
     let server = listener.local_addr().unwrap();
     let still_there = keeping.agent.with_table(|t| {
-        ports.iter().all(|&p| t.find(ns.inode(), SocketAddr::from(([127, 0, 0, 1], p)), server).is_some())
+        ports.iter().all(|&p| {
+            t.find(ns.inode(), SocketAddr::from(([127, 0, 0, 1], p)), server)
+                .is_some()
+        })
     });
-    assert!(still_there, "closed connections must stay findable by 4-tuple during the grace period");
+    assert!(
+        still_there,
+        "closed connections must stay findable by 4-tuple during the grace period"
+    );
 
     // Far more connections than the bound, kept open: the table evicts instead of growing.
     let (listener, pairs) = ns.run(|| open(3 * BOUND));
@@ -63,7 +85,9 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
         for a in [&keeping, &expiring] {
             max_seen = max_seen.max(len(a));
         }
-        [&keeping, &expiring].iter().all(|a| a.agent.with_table(|t| t.find(ns.inode(), last, server).is_some()))
+        [&keeping, &expiring]
+            .iter()
+            .all(|a| a.agent.with_table(|t| t.find(ns.inode(), last, server).is_some()))
     })
     .await;
     for a in [&keeping, &expiring] {
@@ -73,8 +97,14 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
     }
     assert!(max_seen <= BOUND, "the table exceeded its bound: {max_seen} > {BOUND}");
     let text = keeping.agent.metrics().encode().unwrap();
-    assert!(text.contains("grayscope_agent_table_evictions_total{reason=\"closed_for_room\"} 4"), "{text}");
-    assert!(text.contains("grayscope_agent_table_evictions_total{reason=\"live_for_room\"}"), "{text}");
+    assert!(
+        text.contains("grayscope_agent_table_evictions_total{reason=\"closed_for_room\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("grayscope_agent_table_evictions_total{reason=\"live_for_room\"}"),
+        "{text}"
+    );
     drop(pairs);
     keeping.agent.stop().await;
     expiring.agent.stop().await;

@@ -50,7 +50,9 @@ fn trace_prints_a_connection_made_while_it_runs() {
     };
     let (mut established, mut closed) = (None, None);
     while established.is_none() || closed.is_none() {
-        let line = lines.recv_timeout(PATIENCE).expect("the trace never printed the connection");
+        let line = lines
+            .recv_timeout(PATIENCE)
+            .expect("the trace never printed the connection");
         if want(&line, "ESTABLISHED", client, server) {
             established = Some(line);
         } else if want(&line, "CLOSED", client, server) {
@@ -62,7 +64,11 @@ fn trace_prints_a_connection_made_while_it_runs() {
     assert!(ms >= 0.0, "{closed}");
     assert!(established.unwrap().split_whitespace().nth(1) == Some("client"));
 
-    signal::kill(Pid::from_raw(i32::try_from(child.id()).unwrap()), signal::Signal::SIGTERM).unwrap();
+    signal::kill(
+        Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "trace must stop cleanly on SIGTERM: {status}");
 }

@@ -63,7 +63,9 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             // One worker: one VM, so per-VM bounds are exact in the tests.
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info", "--log-path"])
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            // Access log lines reach their file within 0.2 s (the default is 10 s).
+            .args(["--file-flush-interval-msec", "200", "--log-path"])
             .arg(&log)
             .arg("--admin-address-path")
             .arg(&admin_path)

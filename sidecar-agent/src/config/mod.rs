@@ -118,7 +118,12 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         match parse(&value) {
             Ok(v) => Some(v),
             Err(error) => {
-                let e = FieldError { field: field.key, origin, value, error };
+                let e = FieldError {
+                    field: field.key,
+                    origin,
+                    value,
+                    error,
+                };
                 problems.push(e.to_string());
                 None
             }
@@ -128,12 +133,23 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let metrics_addr = get(METRICS_ADDR, &|s| value::socket_addr(s).map(Value::Addr));
     let netns = get(NETNS, &|s| value::netns(s).map(Value::Netns));
     let table_max_entries = get(TABLE_MAX_ENTRIES, &|s| value::count(s, 1, 10_000_000).map(Value::Int));
-    let closed_grace = get(CLOSED_GRACE, &|s| value::duration(s, Duration::from_secs(86_400)).map(Value::Dur));
+    let closed_grace = get(CLOSED_GRACE, &|s| {
+        value::duration(s, Duration::from_secs(86_400)).map(Value::Dur)
+    });
     let ring_buffer_bytes = get(RING_BUFFER_BYTES, &|s| value::ring_size(s).map(Value::Int));
     let kernel_max_conns = get(KERNEL_MAX_CONNS, &|s| value::count(s, 1, 10_000_000).map(Value::Int));
     let log = get(LOG, &|s| value::log_filter(s).map(|()| Value::Text(s.to_owned())));
 
-    match (socket, metrics_addr, netns, table_max_entries, closed_grace, ring_buffer_bytes, kernel_max_conns, log) {
+    match (
+        socket,
+        metrics_addr,
+        netns,
+        table_max_entries,
+        closed_grace,
+        ring_buffer_bytes,
+        kernel_max_conns,
+        log,
+    ) {
         (
             Some(Value::Path(socket)),
             Some(Value::Addr(metrics_addr)),
@@ -169,7 +185,11 @@ enum Value {
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} = {:?} (from {}): {}", self.field, self.value, self.origin, self.error)
+        write!(
+            f,
+            "{} = {:?} (from {}): {}",
+            self.field, self.value, self.origin, self.error
+        )
     }
 }
 

@@ -58,7 +58,9 @@ impl Layers {
     /// Adds the config file's text (TOML: one `key = value` per setting, values strings or integers).
     pub fn with_file_text(mut self, path: PathBuf, text: &str) -> Self {
         match text.parse::<toml::Table>() {
-            Err(e) => self.problems.push(format!("config file {}: not valid TOML: {e}", path.display())),
+            Err(e) => self
+                .problems
+                .push(format!("config file {}: not valid TOML: {e}", path.display())),
             Ok(table) => {
                 for (key, value) in table {
                     if !FIELDS.iter().any(|f| f.key == key) {

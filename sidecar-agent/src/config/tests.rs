@@ -23,7 +23,10 @@ fn flags_beat_env_beat_file() {
             ("GRAYSCOPE_CLOSED_GRACE".to_owned(), "5m".to_owned()),
             ("PATH".to_owned(), "/bin".to_owned()),
         ])
-        .with_file_text("/etc/g.toml".into(), "netns = \"self\"\nclosed_grace = \"1s\"\ntable_max_entries = 10\n");
+        .with_file_text(
+            "/etc/g.toml".into(),
+            "netns = \"self\"\nclosed_grace = \"1s\"\ntable_max_entries = 10\n",
+        );
     l.flags.insert("closed_grace", "250ms".into());
     let c = parse_config(&l).unwrap();
     assert_eq!(c.netns, NetnsFilter::All);
@@ -91,7 +94,10 @@ fn reports_every_bad_value_with_field_and_origin() {
 #[test]
 fn bad_toml_and_missing_file_are_reported() {
     let err = parse_config(&layers().with_file_text("/x.toml".into(), "netns = ")).unwrap_err();
-    assert!(err.problems[0].starts_with("config file /x.toml: not valid TOML"), "{err}");
+    assert!(
+        err.problems[0].starts_with("config file /x.toml: not valid TOML"),
+        "{err}"
+    );
     let err = parse_config(&layers().with_file("/nonexistent/grayscope.toml".into())).unwrap_err();
     assert!(err.problems[0].contains("/nonexistent/grayscope.toml"), "{err}");
 }

@@ -26,11 +26,17 @@ pub enum ParseError {
 }
 
 pub(super) fn count(s: &str, min: u64, max: u64) -> Result<u64, ParseError> {
-    s.trim().parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or(ParseError::Count { min, max })
+    s.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(ParseError::Count { min, max })
 }
 
 pub(super) fn duration(s: &str, max: Duration) -> Result<Duration, ParseError> {
-    let err = ParseError::Duration { max_secs: max.as_secs() };
+    let err = ParseError::Duration {
+        max_secs: max.as_secs(),
+    };
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -57,7 +63,12 @@ pub(super) fn netns(s: &str) -> Result<NetnsFilter, ParseError> {
         "self" => Ok(NetnsFilter::Own),
         "all" => Ok(NetnsFilter::All),
         p if p.starts_with('/') => Ok(NetnsFilter::Path(PathBuf::from(p))),
-        n => n.parse::<u32>().ok().filter(|&n| n != 0).map(NetnsFilter::Inode).ok_or(ParseError::Netns),
+        n => n
+            .parse::<u32>()
+            .ok()
+            .filter(|&n| n != 0)
+            .map(NetnsFilter::Inode)
+            .ok_or(ParseError::Netns),
     }
 }
 

@@ -161,12 +161,22 @@ impl RawConnEvent {
             1 => EventKind::Established,
             2 => EventKind::Accepted,
             3 => EventKind::Closed,
-            v => return Err(DecodeError::Unknown { field: "kind", value: v.into() }),
+            v => {
+                return Err(DecodeError::Unknown {
+                    field: "kind",
+                    value: v.into(),
+                })
+            }
         };
         let role = match self.role {
             1 => Role::Client,
             2 => Role::Server,
-            v => return Err(DecodeError::Unknown { field: "role", value: v.into() }),
+            v => {
+                return Err(DecodeError::Unknown {
+                    field: "role",
+                    value: v.into(),
+                })
+            }
         };
         let local = SocketAddr::new(ip(self.family, &self.laddr)?, self.lport);
         let remote = SocketAddr::new(ip(self.family, &self.raddr)?, self.rport);
@@ -208,7 +218,10 @@ fn ip(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
             let v6 = Ipv6Addr::from(*bytes);
             Ok(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
         }
-        v => Err(DecodeError::Unknown { field: "family", value: v }),
+        v => Err(DecodeError::Unknown {
+            field: "family",
+            value: v,
+        }),
     }
 }
 

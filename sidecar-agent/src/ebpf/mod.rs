@@ -70,21 +70,31 @@ impl Probe {
             .load(object)
             .map_err(|e| Error::Load(Box::new(e)))?;
         for (program, category, name) in PROGRAMS {
-            let prog_err = |source| Error::Program { program, source: Box::new(source) };
+            let prog_err = |source| Error::Program {
+                program,
+                source: Box::new(source),
+            };
             let tp: &mut TracePoint = ebpf
                 .program_mut(program)
-                .ok_or(Error::Map { name: program, detail: "program missing from the object".into() })?
+                .ok_or(Error::Map {
+                    name: program,
+                    detail: "program missing from the object".into(),
+                })?
                 .try_into()
                 .map_err(prog_err)?;
             tp.load().map_err(prog_err)?;
             tp.attach(category, name).map_err(prog_err)?;
         }
-        let ring = take_map(&mut ebpf, "events", |m| RingBuf::try_from(m))?;
-        let counters = take_map(&mut ebpf, "stats", |m| PerCpuArray::<MapData, u64>::try_from(m))?;
+        let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
+        let counters = take_map(&mut ebpf, "stats", PerCpuArray::<MapData, u64>::try_from)?;
         let stats_fd = enable_program_stats();
         tracing::info!(netns, program_stats = stats_fd.is_some(), "eBPF programs attached");
         let stats = Arc::new(KernelStats::new(ebpf, counters, stats_fd, PROGRAMS.map(|p| p.0)));
-        Ok(Self { ring: Some(ring), stats, netns })
+        Ok(Self {
+            ring: Some(ring),
+            stats,
+            netns,
+        })
     }
 
     /// The ring buffer, for a [`reader::Reader`]; `None` after the first call.
@@ -108,8 +118,14 @@ fn take_map<T, E: std::fmt::Display>(
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
 ) -> Result<T, Error> {
-    let map = ebpf.take_map(name).ok_or(Error::Map { name, detail: "missing from the object".into() })?;
-    convert(map).map_err(|e| Error::Map { name, detail: e.to_string() })
+    let map = ebpf.take_map(name).ok_or(Error::Map {
+        name,
+        detail: "missing from the object".into(),
+    })?;
+    convert(map).map_err(|e| Error::Map {
+        name,
+        detail: e.to_string(),
+    })
 }
 
 /// The inode of the network namespace to watch (0 for all).
@@ -120,7 +136,10 @@ pub fn resolve_netns(filter: &NetnsFilter) -> Result<u32, Error> {
         NetnsFilter::Own => PathBuf::from("/proc/thread-self/ns/net"),
         NetnsFilter::Path(p) => p.clone(),
     };
-    let meta = std::fs::metadata(&path).map_err(|source| Error::Netns { path: path.clone(), source })?;
+    let meta = std::fs::metadata(&path).map_err(|source| Error::Netns {
+        path: path.clone(),
+        source,
+    })?;
     u32::try_from(meta.ino()).map_err(|_| Error::Netns {
         path,
         source: std::io::Error::other(format!("inode {} does not fit a netns inode number", meta.ino())),

@@ -8,7 +8,9 @@ static CONN_TRACK: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 /// The connection-tracking object, or an error when the build skipped it.
 pub fn conn_track() -> Result<&'static [u8], Error> {
     if CONN_TRACK.is_empty() {
-        return Err(Error::EmptyObject { name: "conn_track.bpf.o" });
+        return Err(Error::EmptyObject {
+            name: "conn_track.bpf.o",
+        });
     }
     Ok(CONN_TRACK)
 }

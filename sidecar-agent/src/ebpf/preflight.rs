@@ -26,7 +26,9 @@ pub fn check() -> Result<(), Error> {
     })?;
     let missing = missing_capabilities(&status);
     if !missing.is_empty() {
-        return Err(Error::Privilege { missing: missing.join(" and ") });
+        return Err(Error::Privilege {
+            missing: missing.join(" and "),
+        });
     }
     if !Path::new(BTF_PATH).exists() {
         return Err(Error::NoBtf);
@@ -58,12 +60,22 @@ fn ensure_tracefs() -> Result<(), Error> {
         return Ok(());
     }
     tracing::info!(path = TRACEFS, "tracefs is not mounted; mounting it");
-    nix::mount::mount(Some("nodev"), TRACEFS, Some("tracefs"), nix::mount::MsFlags::empty(), None::<&str>)
-        .map_err(|e| Error::NoTracefs { source: io::Error::from(e) })?;
+    nix::mount::mount(
+        Some("nodev"),
+        TRACEFS,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| Error::NoTracefs {
+        source: io::Error::from(e),
+    })?;
     if has_events(TRACEFS) {
         Ok(())
     } else {
-        Err(Error::NoTracefs { source: io::Error::other("mounted, but it has no events/ directory") })
+        Err(Error::NoTracefs {
+            source: io::Error::other("mounted, but it has no events/ directory"),
+        })
     }
 }
 
@@ -93,7 +105,10 @@ mod tests {
 
     #[test]
     fn unprivileged_misses_both() {
-        assert_eq!(missing_capabilities("CapEff:\t0000000000000000\n"), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(
+            missing_capabilities("CapEff:\t0000000000000000\n"),
+            ["CAP_BPF", "CAP_PERFMON"]
+        );
         assert_eq!(missing_capabilities("no such line"), ["CAP_BPF", "CAP_PERFMON"]);
         let only_bpf = format!("CapEff:\t{:016x}\n", 1u64 << CAP_BPF);
         assert_eq!(missing_capabilities(&only_bpf), ["CAP_PERFMON"]);

@@ -42,7 +42,8 @@ impl Reader {
         // SAFETY: the fd is the ring buffer map's, owned by the `RingBuf` (through its `MapData`) that the
         // `AsyncFd` owns: it stays open, and `as_raw_fd` returns that same fd, until the `AsyncFd` is dropped.
         #[allow(unsafe_code)]
-        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
         Ok(Self { ring, counters })
     }
 
@@ -82,7 +83,6 @@ impl Reader {
             }
         }
     }
-
 }
 
 fn drain(ring: &mut RingBuf<MapData>, counters: &ReaderCounters, batch: &mut Vec<ConnEvent>) {

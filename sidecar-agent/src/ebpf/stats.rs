@@ -57,7 +57,12 @@ impl KernelStats {
         program_stats: Option<OwnedFd>,
         programs: [&'static str; 3],
     ) -> Self {
-        Self { ebpf: Mutex::new(ebpf), counters: Mutex::new(counters), program_stats, programs }
+        Self {
+            ebpf: Mutex::new(ebpf),
+            counters: Mutex::new(counters),
+            program_stats,
+            programs,
+        }
     }
 
     /// Current produced/dropped totals over all CPUs.
@@ -66,7 +71,10 @@ impl KernelStats {
         let sum = |slot: u32| -> Result<u64, aya::maps::MapError> {
             Ok(map.get(&slot, 0)?.iter().copied().fold(0u64, u64::wrapping_add))
         };
-        Ok(KernelCounters { produced: sum(STAT_PRODUCED)?, dropped: sum(STAT_DROPPED)? })
+        Ok(KernelCounters {
+            produced: sum(STAT_PRODUCED)?,
+            dropped: sum(STAT_DROPPED)?,
+        })
     }
 
     /// Run counts of the programs, when the kernel keeps them (`BPF_ENABLE_STATS` accepted).
@@ -78,7 +86,11 @@ impl KernelStats {
             .iter()
             .filter_map(|&program| {
                 let info = ebpf.program(program)?.info().ok()?;
-                Some(ProgramRuns { program, runs: info.run_count(), run_time: info.run_time() })
+                Some(ProgramRuns {
+                    program,
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                })
             })
             .collect();
         Some(runs)
@@ -87,6 +99,8 @@ impl KernelStats {
 
 impl std::fmt::Debug for KernelStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KernelStats").field("program_stats", &self.program_stats.is_some()).finish_non_exhaustive()
+        f.debug_struct("KernelStats")
+            .field("program_stats", &self.program_stats.is_some())
+            .finish_non_exhaustive()
     }
 }

@@ -12,7 +12,10 @@ fn start_ticks_survives_odd_comm() {
 
 #[test]
 fn cmdline_splits_on_nul() {
-    assert_eq!(split_cmdline(b"/bin/bash\0-c\0echo hi\0"), ["/bin/bash", "-c", "echo hi"]);
+    assert_eq!(
+        split_cmdline(b"/bin/bash\0-c\0echo hi\0"),
+        ["/bin/bash", "-c", "echo hi"]
+    );
     assert!(split_cmdline(b"").is_empty());
 }
 
@@ -36,7 +39,7 @@ fn fake_proc(root: &Path, pid: u32, start: u64) {
     fs::create_dir_all(&dir).unwrap();
     let stat = format!("{pid} (srv) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0");
     fs::write(dir.join("stat"), stat).unwrap();
-    fs::write(dir.join("cmdline"), b"srv\0--port\0080\0").unwrap();
+    fs::write(dir.join("cmdline"), b"srv\0--port\x008080\0").unwrap();
     fs::write(dir.join("cgroup"), format!("0::/docker/{ID}\n")).unwrap();
 }
 
@@ -48,13 +51,23 @@ fn cache_checks_start_time_and_rereads_reused_pid() {
     fake_proc(root.path(), 42, 500);
 
     let info = cache.lookup(42, 500 * tick_ns + 1).unwrap();
-    assert_eq!(info.cmdline, ["srv", "--port", "080"]);
+    assert_eq!(info.cmdline, ["srv", "--port", "8080"]);
     assert_eq!(info.container_id.as_deref(), Some(ID));
     assert_eq!(info.exe, None, "fake /proc has no exe link");
 
     // An event of an older process with the same pid is not given the new one's identity.
     let err = cache.lookup(42, 400 * tick_ns).unwrap_err();
-    assert!(matches!(err, EnrichError::Reused { pid: 42, expected: 400, found: 500 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            EnrichError::Reused {
+                pid: 42,
+                expected: 400,
+                found: 500
+            }
+        ),
+        "{err}"
+    );
 
     // The pid is reused: a new process, and the cache follows.
     fake_proc(root.path(), 42, 900);

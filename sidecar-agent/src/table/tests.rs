@@ -1,17 +1,35 @@
 use super::*;
 
+fn lo(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 fn ev(kind: EventKind, skaddr: u64, port: u16) -> ConnEvent {
     ConnEvent {
         kind,
         role: Role::Client,
         skaddr,
-        ts_ns: 0,
+        ts_ns: 100,
         netns: 1,
-        local: SocketAddr::from(([127, 0, 0, 1], port)),
-        remote: SocketAddr::from(([127, 0, 0, 1], 80)),
-        owner: Some(Owner { pid: 10, tid: 10, comm: "curl".into(), start_ns: 5 }),
+        local: lo(port),
+        remote: lo(80),
+        owner: Some(Owner {
+            pid: 10,
+            tid: 10,
+            comm: "curl".into(),
+            start_ns: 5,
+        }),
         duration: (kind == EventKind::Closed).then(|| Duration::from_millis(3)),
     }
+}
+
+fn at(mut e: ConnEvent, ts_ns: u64) -> ConnEvent {
+    e.ts_ns = ts_ns;
+    e
+}
+
+fn has(t: &ConnTable, port: u16) -> bool {
+    t.find(1, lo(port), lo(80)).is_some()
 }
 
 #[test]
@@ -20,15 +38,24 @@ fn open_then_close_then_expire_after_grace() {
     let mut t = ConnTable::new(10, Duration::from_secs(30));
     t.apply(&ev(EventKind::Established, 1, 1000), None, t0);
     assert_eq!((t.len(), t.live()), (1, 1));
-    t.apply(&ev(EventKind::Closed, 1, 1000), None, t0 + Duration::from_secs(1));
+    assert!(t.get_live(1).is_some());
+    t.apply(
+        &at(ev(EventKind::Closed, 1, 1000), 200),
+        None,
+        t0 + Duration::from_secs(1),
+    );
     assert_eq!((t.len(), t.live()), (1, 0));
-    let local = SocketAddr::from(([127, 0, 0, 1], 1000));
-    let found = t.find(1, local, SocketAddr::from(([127, 0, 0, 1], 80))).unwrap();
+    assert!(t.get_live(1).is_none());
+    let found = t.find(1, lo(1000), lo(80)).unwrap();
     assert_eq!(found.closed.unwrap().duration, Duration::from_millis(3));
-    assert_eq!(t.expire(t0 + Duration::from_secs(30)), Evictions::default(), "still in its grace period");
+    assert_eq!(
+        t.expire(t0 + Duration::from_secs(30)),
+        Evictions::default(),
+        "still in its grace period"
+    );
     assert_eq!(t.expire(t0 + Duration::from_secs(31)).expired, 1);
     assert!(t.is_empty());
-    assert!(t.find(1, local, SocketAddr::from(([127, 0, 0, 1], 80))).is_none());
+    assert!(!has(&t, 1000));
 }
 
 #[test]
@@ -40,15 +67,28 @@ fn never_exceeds_bound_and_evicts_closed_first() {
     t.apply(&ev(EventKind::Established, 3, 1003), None, now);
     t.apply(&ev(EventKind::Closed, 2, 1002), None, now);
     let out = t.apply(&ev(EventKind::Established, 4, 1004), None, now);
-    assert_eq!(out.closed_for_room, 1);
-    assert!(t.get(2).is_none());
+    assert_eq!(
+        out,
+        Evictions {
+            closed_for_room: 1,
+            ..Default::default()
+        }
+    );
+    assert!(!has(&t, 1002));
     let out = t.apply(&ev(EventKind::Established, 5, 1005), None, now);
-    assert_eq!(out.live_for_room, 1);
-    assert!(t.get(1).is_none(), "the oldest live connection goes");
-    for i in 6..200 {
-        t.apply(&ev(EventKind::Established, i, 1000 + i as u16), None, now);
+    assert_eq!(
+        out,
+        Evictions {
+            live_for_room: 1,
+            ..Default::default()
+        }
+    );
+    assert!(!has(&t, 1001), "the oldest live connection goes");
+    assert!(has(&t, 1003) && has(&t, 1004) && has(&t, 1005));
+    for i in 6..200u16 {
+        t.apply(&ev(EventKind::Established, i.into(), 1000 + i), None, now);
         if i % 3 == 0 {
-            t.apply(&ev(EventKind::Closed, i, 1000 + i as u16), None, now);
+            t.apply(&at(ev(EventKind::Closed, i.into(), 1000 + i), 200), None, now);
         }
         assert!(t.len() <= 3);
     }
@@ -63,31 +103,51 @@ fn accepted_owner_fills_server_entry() {
     est.role = Role::Server;
     est.owner = None;
     t.apply(&est, None, now);
-    assert_eq!(t.get(7).unwrap().owner, None);
+    assert_eq!(t.get_live(7).unwrap().owner, None);
     let mut acc = ev(EventKind::Accepted, 7, 80);
     acc.role = Role::Server;
     t.apply(&acc, None, now);
-    assert_eq!(t.get(7).unwrap().owner.as_ref().unwrap().pid, 10);
+    assert_eq!(t.get_live(7).unwrap().owner.as_ref().unwrap().pid, 10);
     // A close without an owner keeps the accepted one.
-    let mut close = ev(EventKind::Closed, 7, 80);
+    let mut close = at(ev(EventKind::Closed, 7, 80), 200);
     close.owner = None;
     t.apply(&close, None, now);
-    assert_eq!(t.get(7).unwrap().owner.as_ref().unwrap().pid, 10);
+    assert_eq!(t.find(1, lo(80), lo(80)).unwrap().owner.as_ref().unwrap().pid, 10);
 }
 
 #[test]
-fn reused_socket_address_replaces_closed_entry() {
+fn reused_socket_address_does_not_replace_the_closed_connection() {
     let now = Instant::now();
     let mut t = ConnTable::new(10, Duration::from_secs(30));
-    t.apply(&ev(EventKind::Established, 9, 2000), None, now);
-    t.apply(&ev(EventKind::Closed, 9, 2000), None, now);
-    t.apply(&ev(EventKind::Established, 9, 3000), None, now);
-    assert_eq!(t.len(), 1);
-    let c = t.get(9).unwrap();
-    assert_eq!((c.local.port(), c.closed), (3000, None));
-    // The stale closing record of the old entry must not expire the new one.
-    assert_eq!(t.expire(now + Duration::from_secs(60)).expired, 0);
-    assert_eq!(t.len(), 1);
+    t.apply(&at(ev(EventKind::Established, 9, 2000), 100), None, now);
+    t.apply(&at(ev(EventKind::Closed, 9, 2000), 200), None, now);
+    t.apply(&at(ev(EventKind::Established, 9, 3000), 300), None, now);
+    assert_eq!((t.len(), t.live()), (2, 1));
+    assert_eq!(t.get_live(9).unwrap().local.port(), 3000);
+    assert!(
+        t.find(1, lo(2000), lo(80)).unwrap().closed.is_some(),
+        "the old one keeps its grace period"
+    );
+    assert_eq!(t.expire(now + Duration::from_secs(60)).expired, 1);
+    assert_eq!(t.get_live(9).unwrap().local.port(), 3000);
+    assert!(!has(&t, 2000));
+}
+
+#[test]
+fn event_read_after_the_close_it_preceded_lands_on_the_closed_connection() {
+    let now = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    let mut est = at(ev(EventKind::Established, 5, 5000), 100);
+    est.role = Role::Server;
+    est.owner = None;
+    t.apply(&est, None, now);
+    let mut close = at(ev(EventKind::Closed, 5, 5000), 300);
+    close.owner = None;
+    t.apply(&close, None, now);
+    // accept() ran before the close (ts 200) but its event was read after it.
+    t.apply(&at(ev(EventKind::Accepted, 5, 5000), 200), None, now);
+    assert_eq!((t.len(), t.live()), (1, 0));
+    assert_eq!(t.find(1, lo(5000), lo(80)).unwrap().owner.as_ref().unwrap().pid, 10);
 }
 
 #[test]

@@ -31,7 +31,10 @@ pub fn privileged() -> bool {
 
 /// The defaults with `netns` as the filter.
 pub fn config(netns: NetnsFilter) -> Config {
-    Config { netns, ..Config::defaults().unwrap() }
+    Config {
+        netns,
+        ..Config::defaults().unwrap()
+    }
 }
 
 /// An agent started in-process on a temporary Unix socket and an ephemeral metrics port.
@@ -48,10 +51,17 @@ pub async fn start(config: Config) -> TestAgent {
     let control = control::bind(&socket).unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
-    let agent = Agent::start(&config, Listeners { control, metrics }).await.unwrap_or_else(|e| {
-        panic!("the agent could not start ({e}); run the tests as root, or set {SKIP_VAR}=1 to skip them")
-    });
-    TestAgent { agent, metrics_addr, socket, _dir: dir }
+    let agent = Agent::start(&config, Listeners { control, metrics })
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the agent could not start ({e}); run the tests as root, or set {SKIP_VAR}=1 to skip them")
+        });
+    TestAgent {
+        agent,
+        metrics_addr,
+        socket,
+        _dir: dir,
+    }
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after [`PATIENCE`].
@@ -80,11 +90,15 @@ pub async fn wait_some<T>(what: &str, mut get: impl FnMut() -> Option<T>) -> T {
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 /// A network namespace made for one test (`ip netns add`), with loopback up; deleted on drop.
@@ -95,7 +109,11 @@ pub struct Netns {
 impl Netns {
     pub fn new(purpose: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("gs-{purpose}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "gs-{purpose}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         run("ip", &["netns", "add", &name]);
         let ns = Self { name };
         run("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
@@ -130,8 +148,15 @@ impl Drop for Netns {
 }
 
 fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One loopback connection on the calling thread's namespace: (client local port, server port). Both ends
@@ -149,5 +174,7 @@ pub fn loopback_connection() -> (u16, u16) {
 
 /// Waits for `future` at most [`PATIENCE`].
 pub async fn patiently<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future).await.unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }

@@ -38,7 +38,10 @@ fn decodes_ipv4_close() {
     assert_eq!(e.remote, "10.1.2.3:80".parse().unwrap());
     assert_eq!(e.duration, Some(Duration::from_micros(1500)));
     let owner = e.owner.unwrap();
-    assert_eq!((owner.pid, owner.tid, owner.comm.as_str(), owner.start_ns), (1234, 1235, "curl", 42));
+    assert_eq!(
+        (owner.pid, owner.tid, owner.comm.as_str(), owner.start_ns),
+        (1234, 1235, "curl", 42)
+    );
 }
 
 #[test]
@@ -69,8 +72,20 @@ fn rejects_bad_records() {
     assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Size(10)));
     let mut r = raw();
     r.family = 1;
-    assert_eq!(r.decode(), Err(DecodeError::Unknown { field: "family", value: 1 }));
+    assert_eq!(
+        r.decode(),
+        Err(DecodeError::Unknown {
+            field: "family",
+            value: 1
+        })
+    );
     let mut r = raw();
     r.kind = 9;
-    assert_eq!(r.decode(), Err(DecodeError::Unknown { field: "kind", value: 9 }));
+    assert_eq!(
+        r.decode(),
+        Err(DecodeError::Unknown {
+            field: "kind",
+            value: 9
+        })
+    );
 }
