@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -38,8 +39,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(&cli.command, &config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("grayscope-agent: error: {e:#}");
+            eprintln!("grayscope-agent: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
@@ -66,6 +66,21 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text its parent already shows.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&msg);
+        }
+    }
+    out
 }
 
 /// Ctrl-C or SIGTERM (what Kubernetes sends).

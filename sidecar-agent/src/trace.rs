@@ -47,7 +47,12 @@ pub async fn trace(opts: &ProbeOptions, mut out: impl Write, shutdown: impl Futu
             _ = &mut shutdown => break,
             event = rx.recv() => {
                 let Some(event) = event else { break };
-                writeln!(out, "{}", format_event(&event)).and_then(|()| out.flush()).map_err(write_err)?;
+                match writeln!(out, "{}", format_event(&event)).and_then(|()| out.flush()) {
+                    Ok(()) => {}
+                    // The reader of our output went away (`trace | head`): a normal end.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    Err(e) => return Err(write_err(e)),
+                }
             }
         }
     }

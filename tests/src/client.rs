@@ -48,7 +48,11 @@ impl Client {
             let conn = self.conn.as_mut().expect("connection");
             if conn.get_mut().write_all(request).is_ok() {
                 if let Some(resp) = read_response(conn) {
-                    if resp.headers.iter().any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close")) {
+                    if resp
+                        .headers
+                        .iter()
+                        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"))
+                    {
                         self.conn = None;
                     }
                     return resp;

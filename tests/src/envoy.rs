@@ -48,13 +48,19 @@ impl Envoy {
     pub fn start(bootstrap: &str) -> Self {
         match Self::try_start(bootstrap) {
             Ok(envoy) => envoy,
-            Err(r) => panic!("Envoy exited with {} instead of starting; its log:\n{}", r.status, r.log),
+            Err(r) => panic!(
+                "Envoy exited with {} instead of starting; its log:\n{}",
+                r.status, r.log
+            ),
         }
     }
 
     /// Starts Envoy; `Err` with its exit status and log if it exits before it is ready.
     pub fn try_start(bootstrap: &str) -> Result<Self, Refused> {
-        let dir = tempfile::Builder::new().prefix("grayscope-envoy").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("grayscope-envoy")
+            .tempdir()
+            .expect("tempdir");
         let config = dir.path().join("envoy.yaml");
         fs::write(&config, bootstrap).expect("write bootstrap");
         let admin_path = dir.path().join("admin.address");
@@ -77,9 +83,16 @@ impl Envoy {
         let deadline = Instant::now() + START_TIMEOUT;
         let admin = loop {
             if let Some(status) = child.try_wait().expect("wait envoy") {
-                return Err(Refused { status, log: fs::read_to_string(&log).unwrap_or_default() });
+                return Err(Refused {
+                    status,
+                    log: fs::read_to_string(&log).unwrap_or_default(),
+                });
             }
-            assert!(Instant::now() < deadline, "Envoy not ready after {START_TIMEOUT:?}:\n{}", read(&log));
+            assert!(
+                Instant::now() < deadline,
+                "Envoy not ready after {START_TIMEOUT:?}:\n{}",
+                read(&log)
+            );
             if let Some(addr) = fs::read_to_string(&admin_path).ok().and_then(|s| s.trim().parse().ok()) {
                 if http_get(addr, "/ready").is_some_and(|(code, body)| code == 200 && body.trim() == "LIVE") {
                     break addr;
@@ -88,12 +101,20 @@ impl Envoy {
             thread::sleep(Duration::from_millis(50));
         };
         let listeners = listeners(admin);
-        Ok(Self { child, dir, admin, listeners })
+        Ok(Self {
+            child,
+            dir,
+            admin,
+            listeners,
+        })
     }
 
     /// The address of a listener by name.
     pub fn listener(&self, name: &str) -> SocketAddr {
-        *self.listeners.get(name).unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listeners))
+        *self
+            .listeners
+            .get(name)
+            .unwrap_or_else(|| panic!("no listener {name} in {:?}", self.listeners))
     }
 
     /// GET on the admin API; panics unless it answers 200.
@@ -104,10 +125,22 @@ impl Envoy {
         }
     }
 
-    /// `/stats/prometheus`, after one flush so histograms are current (Envoy merges them one scrape late).
+    /// `/stats/prometheus` once the histograms have caught up with the counters.
+    ///
+    /// Envoy merges histograms on a stats flush (each admin request starts one, `stats_flush_on_admin`), and the
+    /// merge finishes after that response is written. Every counted call records one duration, so the exposition
+    /// is current when the duration counts add up to the call counts.
     pub fn prometheus(&self) -> String {
-        self.admin_get("/stats?filter=^$");
-        self.admin_get("/stats/prometheus")
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.admin_get("/stats/prometheus");
+            let calls = crate::prom::sum(&text, "grayscope_interface_calls_total");
+            let timed = crate::prom::sum(&text, "grayscope_interface_call_duration_milliseconds_count");
+            if calls == timed || Instant::now() > deadline {
+                return text;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Envoy's log so far.
@@ -139,7 +172,10 @@ fn listeners(admin: SocketAddr) -> HashMap<String, SocketAddr> {
     for l in json["listener_statuses"].as_array().expect("listener_statuses") {
         let sa = &l["local_address"]["socket_address"];
         let addr = format!("{}:{}", sa["address"].as_str().unwrap_or_default(), sa["port_value"]);
-        out.insert(l["name"].as_str().unwrap_or_default().to_owned(), addr.parse().expect("listener address"));
+        out.insert(
+            l["name"].as_str().unwrap_or_default().to_owned(),
+            addr.parse().expect("listener address"),
+        );
     }
     out
 }

@@ -23,9 +23,18 @@ impl GrpcServer {
             .spawn()
             .expect("spawn grpc server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read port");
-        let port: u16 = line.trim().strip_prefix("PORT ").and_then(|p| p.parse().ok()).expect("PORT line");
-        Self { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read port");
+        let port: u16 = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .expect("PORT line");
+        Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
     }
 }
 
@@ -48,22 +57,40 @@ pub struct Outcome {
 /// Makes `count` unary calls of `method` (`/pkg.Service/Method`) through `target` with `metadata`.
 pub fn call(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: usize) -> Vec<Outcome> {
     let mut cmd = Command::new(paths::python());
-    cmd.arg(paths::tests_file("peers/grpc_peer.py"))
-        .args(["call", "--target", &target.to_string(), "--method", method, "--count", &count.to_string()]);
+    cmd.arg(paths::tests_file("peers/grpc_peer.py")).args([
+        "call",
+        "--target",
+        &target.to_string(),
+        "--method",
+        method,
+        "--count",
+        &count.to_string(),
+    ]);
     for (k, v) in metadata {
         cmd.arg("--metadata").arg(format!("{k}={v}"));
     }
     let out = cmd.output().expect("run grpc client");
-    assert!(out.status.success(), "grpc client failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "grpc client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("client json");
             let metadata = v["body"]["metadata"]
                 .as_array()
-                .map(|m| m.iter().map(|kv| (kv[0].as_str().unwrap_or("").into(), kv[1].as_str().unwrap_or("").into())).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|kv| (kv[0].as_str().unwrap_or("").into(), kv[1].as_str().unwrap_or("").into()))
+                        .collect()
+                })
                 .unwrap_or_default();
-            Outcome { code: v["code"].as_str().unwrap_or("").to_owned(), metadata }
+            Outcome {
+                code: v["code"].as_str().unwrap_or("").to_owned(),
+                metadata,
+            }
         })
         .collect();
     assert_eq!(outcomes.len(), count, "grpc client printed {} outcomes", outcomes.len());

@@ -9,7 +9,11 @@ pub fn root() -> PathBuf {
 }
 
 fn existing(path: PathBuf, what: &str, fix: &str) -> PathBuf {
-    assert!(path.exists(), "{what} not found at {}: run `{fix}` first", path.display());
+    assert!(
+        path.exists(),
+        "{what} not found at {}: run `{fix}` first",
+        path.display()
+    );
     path
 }
 
@@ -31,7 +35,11 @@ pub fn wasm() -> PathBuf {
 
 /// The Python with grpcio and prometheus_client that `just setup` installed.
 pub fn python() -> PathBuf {
-    existing(root().join(".tools/venv/bin/python"), "the tools virtualenv", "just setup")
+    existing(
+        root().join(".tools/venv/bin/python"),
+        "the tools virtualenv",
+        "just setup",
+    )
 }
 
 /// A file under `tests/`.

@@ -19,12 +19,18 @@ pub fn assert_line(exposition: &str, line: &str) {
 
 /// Lines of one metric (samples only, no `# TYPE`), with labels and values.
 pub fn samples<'a>(exposition: &'a str, metric: &str) -> Vec<&'a str> {
-    exposition.lines().filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} "))).collect()
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .collect()
 }
 
 /// The sum of a metric's values over all its series.
 pub fn sum(exposition: &str, metric: &str) -> f64 {
-    samples(exposition, metric).iter().filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+    samples(exposition, metric)
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// One sample as the reference parser read it.
@@ -44,9 +50,18 @@ pub fn parse(exposition: &str) -> Vec<Sample> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn parser");
-    child.stdin.take().expect("stdin").write_all(exposition.as_bytes()).expect("write exposition");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write exposition");
     let out = child.wait_with_output().expect("parser output");
-    assert!(out.status.success(), "exposition does not parse: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exposition does not parse: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {

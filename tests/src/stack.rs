@@ -44,11 +44,25 @@ impl Stack {
     pub fn try_start(plugin_config: &str) -> Result<Self, Refused> {
         let http = Upstream::start();
         let grpc = GrpcServer::start();
-        let dir = tempfile::Builder::new().prefix("grayscope-log").tempdir().expect("tempdir").keep();
+        let dir = tempfile::Builder::new()
+            .prefix("grayscope-log")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
         let access_log = dir.join("access.log");
-        let yaml = bootstrap(plugin_config, http.addr.port(), grpc.addr.port(), &access_log.display().to_string());
+        let yaml = bootstrap(
+            plugin_config,
+            http.addr.port(),
+            grpc.addr.port(),
+            &access_log.display().to_string(),
+        );
         let envoy = Envoy::try_start(&yaml)?;
-        Ok(Self { envoy, http, grpc, access_log })
+        Ok(Self {
+            envoy,
+            http,
+            grpc,
+            access_log,
+        })
     }
 
     /// Access log lines so far. Envoy flushes its access log buffer on a timer, so this waits for `want` lines.

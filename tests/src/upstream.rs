@@ -21,7 +21,11 @@ pub struct Seen {
 impl Seen {
     /// Every value of a header, as text (lossy).
     pub fn all(&self, name: &str) -> Vec<String> {
-        self.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .collect()
     }
 }
 
@@ -50,8 +54,12 @@ impl Upstream {
     /// The request carrying `x-test-id: id`; panics if it never arrived.
     pub fn request(&self, id: &str) -> Seen {
         let seen = self.seen.lock().expect("upstream log");
-        let found = seen.iter().find(|s| s.all("x-test-id").first().map(String::as_str) == Some(id));
-        found.cloned().unwrap_or_else(|| panic!("upstream never saw x-test-id {id}"))
+        let found = seen
+            .iter()
+            .find(|s| s.all("x-test-id").first().map(String::as_str) == Some(id));
+        found
+            .cloned()
+            .unwrap_or_else(|| panic!("upstream never saw x-test-id {id}"))
     }
 
     /// How many requests arrived.
@@ -73,14 +81,21 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) {
         }
         let request_line = String::from_utf8_lossy(&line).trim_end().to_owned();
         let mut parts = request_line.split(' ');
-        let (method, path) = (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
+        let (method, path) = (
+            parts.next().unwrap_or("").to_owned(),
+            parts.next().unwrap_or("").to_owned(),
+        );
         let mut headers = Vec::new();
         loop {
             let mut h = Vec::new();
             if reader.read_until(b'\n', &mut h).unwrap_or(0) == 0 {
                 return;
             }
-            let h = h.strip_suffix(b"\r\n").or_else(|| h.strip_suffix(b"\n")).unwrap_or(&h).to_vec();
+            let h = h
+                .strip_suffix(b"\r\n")
+                .or_else(|| h.strip_suffix(b"\n"))
+                .unwrap_or(&h)
+                .to_vec();
             if h.is_empty() {
                 break;
             }
@@ -91,12 +106,20 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) {
             }
         }
         let seen = Seen { method, path, headers };
-        let length: usize = seen.all("content-length").first().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let length: usize = seen
+            .all("content-length")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0; length];
         if reader.read_exact(&mut body).is_err() {
             return;
         }
-        let status: u16 = seen.all("x-respond-status").first().and_then(|v| v.parse().ok()).unwrap_or(200);
+        let status: u16 = seen
+            .all("x-respond-status")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(200);
         log.lock().expect("upstream log").push(seen);
         let reply = format!("HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok");
         if writer.write_all(reply.as_bytes()).is_err() {

@@ -18,14 +18,27 @@ fn grpc_calls_are_counted_by_service_method_version_and_status() {
     assert!(md.contains(&("x-gray-version".into(), "v2".into())), "{md:?}");
     assert!(md.contains(&("baggage".into(), "gray.version=v2".into())), "{md:?}");
 
-    let nf = grpc::call(ingress, "/shop.v1.Orders/Get", &[("x-gray-version", "v2"), ("x-want-status", "NOT_FOUND")], 2);
+    let nf = grpc::call(
+        ingress,
+        "/shop.v1.Orders/Get",
+        &[("x-gray-version", "v2"), ("x-want-status", "NOT_FOUND")],
+        2,
+    );
     assert!(nf.iter().all(|o| o.code == "NOT_FOUND"), "{nf:?}");
 
-    let from_baggage = grpc::call(ingress, "/shop.v1.Orders/List", &[("baggage", "user=alice,gray.version=v3")], 1);
+    let from_baggage = grpc::call(
+        ingress,
+        "/shop.v1.Orders/List",
+        &[("baggage", "user=alice,gray.version=v3")],
+        1,
+    );
     assert_eq!(from_baggage[0].code, "OK");
     let md = &from_baggage[0].metadata;
     assert!(md.contains(&("x-gray-version".into(), "v3".into())), "{md:?}");
-    assert!(md.contains(&("baggage".into(), "user=alice,gray.version=v3".into())), "{md:?}");
+    assert!(
+        md.contains(&("baggage".into(), "user=alice,gray.version=v3".into())),
+        "{md:?}"
+    );
 
     let unlabelled = grpc::call(ingress, "/shop.v1.Orders/List", &[("x-want-status", "UNAVAILABLE")], 1);
     assert_eq!(unlabelled[0].code, "UNAVAILABLE");
@@ -39,14 +52,23 @@ fn grpc_calls_are_counted_by_service_method_version_and_status() {
     prom::assert_line(&text, "grayscope_interface_call_duration_milliseconds_count{direction=\"inbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Get\",gray_version=\"v2\"} 5");
 
     let log = s.access_log(7);
-    assert!(log.iter().any(|l| l.contains("gray=v2 route=- rpc=shop.v1.Orders/Get header=v2")), "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("gray=v2 route=- rpc=shop.v1.Orders/Get header=v2")),
+        "{log:#?}"
+    );
     prom::parse(&text);
 }
 
 #[test]
 fn outbound_listener_labels_the_direction() {
     let s = Stack::start("{}");
-    let out = grpc::call(s.envoy.listener("egress"), "/shop.v1.Orders/Get", &[("x-gray-version", "v1")], 2);
+    let out = grpc::call(
+        s.envoy.listener("egress"),
+        "/shop.v1.Orders/Get",
+        &[("x-gray-version", "v1")],
+        2,
+    );
     assert!(out.iter().all(|o| o.code == "OK"));
     let text = s.envoy.prometheus();
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"outbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Get\",gray_version=\"v1\",status=\"OK\"} 2");

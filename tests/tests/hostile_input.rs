@@ -5,14 +5,21 @@ use integration_tests::{client::Client, prom, stack::Stack};
 
 fn invalid(text: &str, source: &str, reason: &str) -> f64 {
     let prefix = format!("grayscope_gray_version_invalid_total{{source=\"{source}\",reason=\"{reason}\"}} ");
-    let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no series {prefix}"));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no series {prefix}"));
     line[prefix.len()..].parse().expect("value")
 }
 
 /// Envoy's log must show no VM failure: no panic, no critical line, no failed stream.
 fn assert_vm_healthy(log: &str) {
     for bad in ["panic", "[critical]", "wasm_fail_stream", "Failed to"] {
-        assert!(!log.contains(bad), "Envoy log contains {bad:?}:\n{}", log.lines().filter(|l| l.contains(bad)).collect::<Vec<_>>().join("\n"));
+        assert!(
+            !log.contains(bad),
+            "Envoy log contains {bad:?}:\n{}",
+            log.lines().filter(|l| l.contains(bad)).collect::<Vec<_>>().join("\n")
+        );
     }
 }
 
@@ -39,14 +46,25 @@ fn hostile_gray_headers_are_refused_counted_and_never_fail_the_request() {
         h.push(("x-test-id", id.as_bytes()));
         let with = ingress.get("/hostile", &h);
         let without = plain.get("/hostile", &h);
-        assert_eq!(with.status, without.status, "{id}: status differs from the filterless baseline");
+        assert_eq!(
+            with.status, without.status,
+            "{id}: status differs from the filterless baseline"
+        );
         assert!(with.status < 500, "{id}: {}", with.status);
         if with.status == 200 {
             reached += 1;
             // Nothing invalid reaches the upstream; the first matching request is the filtered one.
             let seen = s.http.request(id);
-            assert!(seen.all("x-gray-version").is_empty(), "{id}: forwarded {:?}", seen.all("x-gray-version"));
-            assert!(seen.all("baggage").is_empty(), "{id}: baggage {:?}", seen.all("baggage"));
+            assert!(
+                seen.all("x-gray-version").is_empty(),
+                "{id}: forwarded {:?}",
+                seen.all("x-gray-version")
+            );
+            assert!(
+                seen.all("baggage").is_empty(),
+                "{id}: baggage {:?}",
+                seen.all("baggage")
+            );
         }
     }
     // Envoy's codec answers 400 to control characters before any filter runs; everything else reached the filter.
@@ -67,19 +85,34 @@ fn hostile_gray_headers_are_refused_counted_and_never_fail_the_request() {
 fn hostile_baggage_is_cleaned_member_by_member() {
     let s = Stack::start("{}");
     let mut c = Client::new(s.envoy.listener("ingress"));
-    let at_limit: String =
-        (0..64).map(|i| format!("k{i:02}={}", "x".repeat(123))).collect::<Vec<_>>().join(",") + "y";
+    let at_limit: String = (0..64)
+        .map(|i| format!("k{i:02}={}", "x".repeat(123)))
+        .collect::<Vec<_>>()
+        .join(",")
+        + "y";
     assert_eq!(at_limit.len(), 8192);
-    let over_a: String = (0..40).map(|i| format!("k{i:02}={}", "x".repeat(123))).collect::<Vec<_>>().join(",");
-    let over_b: String =
-        (40..64).map(|i| format!("k{i:02}={}", "x".repeat(123))).collect::<Vec<_>>().join(",") + ",z=1";
+    let over_a: String = (0..40)
+        .map(|i| format!("k{i:02}={}", "x".repeat(123)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let over_b: String = (40..64)
+        .map(|i| format!("k{i:02}={}", "x".repeat(123)))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",z=1";
     let cases: Vec<(&str, Vec<(&str, &[u8])>)> = vec![
         ("malformed", vec![("baggage", b"a=1,garbage,=x,b=%ZZ,c=2")]),
         ("equals", vec![("baggage", b"k=v=w")]),
         ("utf8", vec![("baggage", b"k=%C3%28,ok=%C3%A9")]),
         ("at-limit", vec![("baggage", at_limit.as_bytes())]),
-        ("over-limit", vec![("baggage", over_a.as_bytes()), ("baggage", over_b.as_bytes())]),
-        ("with-version", vec![("x-gray-version", b"v2"), ("baggage", at_limit.as_bytes())]),
+        (
+            "over-limit",
+            vec![("baggage", over_a.as_bytes()), ("baggage", over_b.as_bytes())],
+        ),
+        (
+            "with-version",
+            vec![("x-gray-version", b"v2"), ("baggage", at_limit.as_bytes())],
+        ),
     ];
     for (id, headers) in &cases {
         let mut h = headers.clone();
@@ -92,8 +125,15 @@ fn hostile_baggage_is_cleaned_member_by_member() {
     assert_eq!(s.http.request("at-limit").all("baggage"), [at_limit.clone()]);
     let over = s.http.request("over-limit").all("baggage");
     assert_eq!(over.len(), 1, "several baggage headers are forwarded as one");
-    assert!(over[0].len() <= 8192 && over[0].split(',').count() == 64, "{} bytes", over[0].len());
-    assert!(over[0].split(',').all(|m| m.len() == 127), "a partial member was forwarded");
+    assert!(
+        over[0].len() <= 8192 && over[0].split(',').count() == 64,
+        "{} bytes",
+        over[0].len()
+    );
+    assert!(
+        over[0].split(',').all(|m| m.len() == 127),
+        "a partial member was forwarded"
+    );
     let with_version = s.http.request("with-version").all("baggage");
     assert!(with_version[0].ends_with(",gray.version=v2") && with_version[0].len() <= 8192);
     assert_eq!(with_version[0].split(',').count(), 64);
@@ -117,7 +157,13 @@ fn ten_thousand_distinct_paths_stay_within_the_interface_cap() {
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 10_000.0);
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"other\",method=\"other\",gray_version=\"none\",status=\"2xx\"} 9900");
     prom::assert_line(&text, "grayscope_interface_overflow_total{} 9900");
-    assert_eq!(prom::parse(&text).iter().filter(|x| x.name == "grayscope_interface_calls_total").count(), 101);
+    assert_eq!(
+        prom::parse(&text)
+            .iter()
+            .filter(|x| x.name == "grayscope_interface_calls_total")
+            .count(),
+        101
+    );
 }
 
 #[test]

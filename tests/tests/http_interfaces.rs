@@ -10,17 +10,35 @@ fn http_calls_are_counted_per_route_version_and_status() {
     let s = Stack::start(CONFIG);
     let mut ingress = Client::new(s.envoy.listener("ingress"));
     for n in 0..3 {
-        assert_eq!(ingress.get(&format!("/api/v1/orders/{n}?expand=1"), &[("x-gray-version", b"v2")]).status, 200);
+        assert_eq!(
+            ingress
+                .get(&format!("/api/v1/orders/{n}?expand=1"), &[("x-gray-version", b"v2")])
+                .status,
+            200
+        );
     }
     for n in 0..2 {
-        assert_eq!(ingress.get(&format!("/api/v1/orders/{}", 100 + n), &[("x-gray-version", b"v1")]).status, 200);
+        assert_eq!(
+            ingress
+                .get(&format!("/api/v1/orders/{}", 100 + n), &[("x-gray-version", b"v1")])
+                .status,
+            200
+        );
     }
     assert_eq!(ingress.get("/api/v1/orders/7", &[]).status, 200);
-    let failed = ingress.get("/api/v1/orders/8", &[("x-gray-version", b"v2"), ("x-respond-status", b"503")]);
+    let failed = ingress.get(
+        "/api/v1/orders/8",
+        &[("x-gray-version", b"v2"), ("x-respond-status", b"503")],
+    );
     assert_eq!(failed.status, 503);
     // No template: the normaliser replaces the identifier.
     let mut egress = Client::new(s.envoy.listener("egress"));
-    assert_eq!(egress.get("/users/3f2504e0-4f89-11d3-9a0c-0305e82c3301/cart", &[]).status, 200);
+    assert_eq!(
+        egress
+            .get("/users/3f2504e0-4f89-11d3-9a0c-0305e82c3301/cart", &[])
+            .status,
+        200
+    );
 
     let text = s.envoy.prometheus();
     let calls = |dir: &str, method: &str, version: &str, status: &str, n: u32| {
@@ -62,10 +80,28 @@ fn the_version_reaches_the_upstream_as_header_and_baggage() {
     let s = Stack::start(CONFIG);
     let mut c = Client::new(s.envoy.listener("ingress"));
     c.get("/a", &[("x-test-id", b"h"), ("x-gray-version", b" v2 ")]);
-    c.get("/a", &[("x-test-id", b"b"), ("baggage", b"user=alice,gray.version=v3;ttl=5")]);
-    c.get("/a", &[("x-test-id", b"both"), ("x-gray-version", b"v2"), ("baggage", b"gray.version=v1,k=v=w")]);
+    c.get(
+        "/a",
+        &[("x-test-id", b"b"), ("baggage", b"user=alice,gray.version=v3;ttl=5")],
+    );
+    c.get(
+        "/a",
+        &[
+            ("x-test-id", b"both"),
+            ("x-gray-version", b"v2"),
+            ("baggage", b"gray.version=v1,k=v=w"),
+        ],
+    );
     c.get("/a", &[("x-test-id", b"none"), ("baggage", b"a=1")]);
-    c.get("/a", &[("x-test-id", b"plain-dup"), ("x-gray-version", b"v1"), ("x-gray-version", b"v9"), ("baggage", b"gray.version=v4")]);
+    c.get(
+        "/a",
+        &[
+            ("x-test-id", b"plain-dup"),
+            ("x-gray-version", b"v1"),
+            ("x-gray-version", b"v9"),
+            ("baggage", b"gray.version=v4"),
+        ],
+    );
 
     let h = s.http.request("h");
     assert_eq!(h.all("x-gray-version"), ["v2"]);
@@ -93,11 +129,16 @@ fn access_log_reads_the_interface_and_version_from_filter_state() {
     c.get("/nothing/here", &[]);
     let log = s.access_log(2);
     assert!(
-        log.contains(&"path=/api/v1/orders/42 code=200 details=via_upstream gray=v2 route=/api/v1/orders/{id} rpc=- header=v2".to_owned()),
+        log.contains(
+            &"path=/api/v1/orders/42 code=200 details=via_upstream gray=v2 route=/api/v1/orders/{id} rpc=- header=v2"
+                .to_owned()
+        ),
         "{log:#?}"
     );
     assert!(
-        log.contains(&"path=/nothing/here code=200 details=via_upstream gray=- route=/nothing/here rpc=- header=-".to_owned()),
+        log.contains(
+            &"path=/nothing/here code=200 details=via_upstream gray=- route=/nothing/here rpc=- header=-".to_owned()
+        ),
         "{log:#?}"
     );
 }
@@ -113,5 +154,7 @@ fn label_values_with_dots_slashes_braces_spaces_and_semicolons_survive() {
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /v%3B./{id}\",gray_version=\"none\",status=\"2xx\"} 1");
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /m;x/a.b\",gray_version=\"none\",status=\"2xx\"} 1");
     let samples = prom::parse(&text);
-    assert!(samples.iter().any(|x| x.labels.get("method").and_then(|m| m.as_str()) == Some("GET /m;x/a.b")));
+    assert!(samples
+        .iter()
+        .any(|x| x.labels.get("method").and_then(|m| m.as_str()) == Some("GET /m;x/a.b")));
 }

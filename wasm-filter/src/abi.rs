@@ -125,8 +125,7 @@ pub fn header_pairs(map: u32) -> Result<Vec<u8>, AbiError> {
 /// Replaces every value of `key` with `value`.
 pub fn set_header(map: u32, key: &str, value: &str) -> Result<(), AbiError> {
     // SAFETY: pointers and lengths describe live `&str`s.
-    let status =
-        unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
+    let status = unsafe { proxy_replace_header_map_value(map, key.as_ptr(), key.len(), value.as_ptr(), value.len()) };
     check("replace_header_map_value", status)
 }
 
@@ -151,7 +150,9 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, AbiError> {
 
 /// A property holding an integer (Envoy encodes them as 8 bytes little-endian).
 pub fn property_u64(path: &[&str]) -> Result<Option<u64>, AbiError> {
-    Ok(property(path)?.and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok()).map(u64::from_le_bytes))
+    Ok(property(path)?
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map(u64::from_le_bytes))
 }
 
 /// Sets filter state; Envoy stores it under `wasm.<key>`. The key is one segment, dots included, so access logs

@@ -97,7 +97,9 @@ impl Call {
     }
 
     fn on_done(&mut self, shared: &Shared) -> Result<(), AbiError> {
-        let Some((decision, side)) = &self.seen else { return Ok(()) };
+        let Some((decision, side)) = &self.seen else {
+            return Ok(());
+        };
         let code = abi::property_u64(&["response", "code"])?;
         let status = match &decision.interface {
             // Envoy reports grpc_status 2 when there is none; with no response at all the call was never answered.

@@ -42,7 +42,10 @@ impl Root {
             config.gray.header,
             config.gray.baggage_key
         );
-        self.shared = Some(Rc::new(Shared { config, metrics: RefCell::new(metrics) }));
+        self.shared = Some(Rc::new(Shared {
+            config,
+            metrics: RefCell::new(metrics),
+        }));
         Ok(())
     }
 }

@@ -59,10 +59,10 @@ pub struct Probe {
 impl Probe {
     /// Checks the privileges, loads and attaches the programs.
     pub fn load(opts: &ProbeOptions) -> Result<Self, Error> {
+        let object = objects::conn_track()?;
         preflight::check()?;
         raise_memlock();
         let netns = resolve_netns(&opts.netns)?;
-        let object = objects::conn_track()?;
         let mut ebpf = EbpfLoader::new()
             .override_global("target_netns", &netns, true)
             .map_max_entries("events", opts.ring_buffer_bytes)

@@ -34,7 +34,11 @@ impl<'a> Member<'a> {
     }
 
     fn encoded_len(&self) -> usize {
-        let props = if self.properties.is_empty() { 0 } else { 1 + self.properties.len() };
+        let props = if self.properties.is_empty() {
+            0
+        } else {
+            1 + self.properties.len()
+        };
         self.key.len() + 1 + self.value.len() + props
     }
 
@@ -132,7 +136,10 @@ fn as_token(s: &[u8]) -> Option<&str> {
 
 pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
-        || matches!(b, b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~')
+        || matches!(
+            b,
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+        )
 }
 
 /// `baggage-octet = %x21 / %x23-2B / %x2D-3A / %x3C-5B / %x5D-7E`.
@@ -188,7 +195,11 @@ pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendere
     // An existing member with the same value keeps its properties.
     let gray = value.map(|value| match gray_pos.map(|i| &members[i]) {
         Some(m) if m.decoded_value().as_deref() == Some(value) => m.clone(),
-        _ => Member { key, value, properties: "" },
+        _ => Member {
+            key,
+            value,
+            properties: "",
+        },
     });
     let (mut count, mut bytes) = match &gray {
         Some(g) => (1, g.encoded_len()),
@@ -220,7 +231,10 @@ pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendere
         kept.insert(gray_index.unwrap_or(kept.len()).min(kept.len()), g);
     }
     if kept.is_empty() {
-        return Rendered { header: None, dropped_over_limit };
+        return Rendered {
+            header: None,
+            dropped_over_limit,
+        };
     }
     let mut out = String::with_capacity(bytes);
     for (i, m) in kept.iter().enumerate() {
@@ -229,7 +243,10 @@ pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendere
         }
         m.write(&mut out);
     }
-    Rendered { header: Some(out), dropped_over_limit }
+    Rendered {
+        header: Some(out),
+        dropped_over_limit,
+    }
 }
 
 #[cfg(test)]

@@ -141,14 +141,24 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
         Raw::default()
     } else if text.first() != Some(&b'{') {
         // serde would accept a JSON array as a struct, field by field; a configuration is an object.
-        let problem = Problem { field: "(root)".to_owned(), message: "must be a JSON object".to_owned() };
-        return Err(ConfigError { problems: vec![problem] });
+        let problem = Problem {
+            field: "(root)".to_owned(),
+            message: "must be a JSON object".to_owned(),
+        };
+        return Err(ConfigError {
+            problems: vec![problem],
+        });
     } else {
         let de = &mut serde_json::Deserializer::from_slice(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { "(root)".to_owned() } else { path };
-            ConfigError { problems: vec![Problem { field, message: e.into_inner().to_string() }] }
+            ConfigError {
+                problems: vec![Problem {
+                    field,
+                    message: e.into_inner().to_string(),
+                }],
+            }
         })?
     };
     validate(raw)
@@ -156,7 +166,12 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
 
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
-    let mut bad = |field: &str, message: String| problems.push(Problem { field: field.to_owned(), message });
+    let mut bad = |field: &str, message: String| {
+        problems.push(Problem {
+            field: field.to_owned(),
+            message,
+        })
+    };
     let defaults = Config::default();
 
     let cap = |field: &str, v: Option<usize>, default: usize, bad: &mut dyn FnMut(&str, String)| match v {
@@ -168,11 +183,19 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         }
     };
     let max_interfaces = cap("max_interfaces", raw.max_interfaces, DEFAULT_MAX_INTERFACES, &mut bad);
-    let max_versions = cap("gray.max_versions", raw.gray.max_versions, DEFAULT_MAX_VERSIONS, &mut bad);
+    let max_versions = cap(
+        "gray.max_versions",
+        raw.gray.max_versions,
+        DEFAULT_MAX_VERSIONS,
+        &mut bad,
+    );
 
     if let Some(s) = &raw.service {
         if s.is_empty() || s.len() > 253 || !s.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b'=') {
-            bad("service", format!("must be 1-253 printable characters without ';' or '=', got {s:?}"));
+            bad(
+                "service",
+                format!("must be 1-253 printable characters without ';' or '=', got {s:?}"),
+            );
         }
     }
 
@@ -186,8 +209,15 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             m => m.map(|m| m.to_ascii_uppercase()),
         };
         match Template::parse(&r.template, method) {
-            Ok(t) if routes.iter().any(|o: &Template| o.text == t.text && o.method == t.method) => {
-                bad(&format!("routes[{i}].template"), format!("{:?} is listed twice", r.template))
+            Ok(t)
+                if routes
+                    .iter()
+                    .any(|o: &Template| o.text == t.text && o.method == t.method) =>
+            {
+                bad(
+                    &format!("routes[{i}].template"),
+                    format!("{:?} is listed twice", r.template),
+                )
             }
             Ok(t) => routes.push(t),
             Err(e) => bad(&format!("routes[{i}].template"), format!("{:?}: {e}", r.template)),
@@ -196,11 +226,17 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
 
     let header = raw.gray.header.unwrap_or(defaults.gray.header).to_ascii_lowercase();
     if header.is_empty() || !header.bytes().all(crate::baggage::is_tchar) || header == "baggage" {
-        bad("gray.header", format!("must be an HTTP header name other than baggage, got {header:?}"));
+        bad(
+            "gray.header",
+            format!("must be an HTTP header name other than baggage, got {header:?}"),
+        );
     }
     let baggage_key = raw.gray.baggage_key.unwrap_or(defaults.gray.baggage_key);
     if baggage_key.is_empty() || !baggage_key.bytes().all(crate::baggage::is_tchar) {
-        bad("gray.baggage_key", format!("must be a baggage key (an HTTP token), got {baggage_key:?}"));
+        bad(
+            "gray.baggage_key",
+            format!("must be a baggage key (an HTTP token), got {baggage_key:?}"),
+        );
     }
     let version_rule = "a version is 1-64 characters of [A-Za-z0-9._-]";
     if let Some(v) = &raw.gray.default_version {
@@ -210,14 +246,20 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     }
     if let Some(list) = &raw.gray.allowed_versions {
         if list.is_empty() {
-            bad("gray.allowed_versions", "must not be empty; omit it to allow any version".to_owned());
+            bad(
+                "gray.allowed_versions",
+                "must not be empty; omit it to allow any version".to_owned(),
+            );
         }
         if list.len() > MAX_CAP {
             bad("gray.allowed_versions", format!("at most {MAX_CAP} versions"));
         }
         for (i, v) in list.iter().enumerate() {
             if !gray::is_valid(v) {
-                bad(&format!("gray.allowed_versions[{i}]"), format!("{v:?} is not valid: {version_rule}"));
+                bad(
+                    &format!("gray.allowed_versions[{i}]"),
+                    format!("{v:?} is not valid: {version_rule}"),
+                );
             } else if list[..i].contains(v) {
                 bad(&format!("gray.allowed_versions[{i}]"), format!("{v:?} is listed twice"));
             }

@@ -24,7 +24,13 @@ pub enum Invalid {
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 5] = [Self::Empty, Self::TooLong, Self::BadChar, Self::Duplicated, Self::BadEncoding];
+    pub const ALL: [Invalid; 5] = [
+        Self::Empty,
+        Self::TooLong,
+        Self::BadChar,
+        Self::Duplicated,
+        Self::BadEncoding,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -110,7 +116,17 @@ mod tests {
         assert_eq!(validate(b"  \t"), Err(Invalid::Empty));
         assert_eq!(validate("a".repeat(MAX_LEN + 1).as_bytes()), Err(Invalid::TooLong));
         assert_eq!(validate(&[b'a'; 1024]), Err(Invalid::TooLong));
-        for bad in [&b"v 2"[..], b"v2;x", b"v2,v3", b"v\x002", b"v\r\n2", b"\xff\xfe", "vü".as_bytes(), b"a=b", b"<s>"] {
+        for bad in [
+            &b"v 2"[..],
+            b"v2;x",
+            b"v2,v3",
+            b"v\x002",
+            b"v\r\n2",
+            b"\xff\xfe",
+            "vü".as_bytes(),
+            b"a=b",
+            b"<s>",
+        ] {
             assert_eq!(validate(bad), Err(Invalid::BadChar), "{bad:?}");
         }
     }

@@ -106,12 +106,14 @@ mod tests {
 
     #[test]
     fn round_trips_pairs_including_repeats_and_binary_values() {
-        let pairs: Vec<(&[u8], &[u8])> =
-            vec![(b":path", b"/a"), (b"baggage", b"a=1"), (b"baggage", b"b=\xff\x00")];
+        let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/a"), (b"baggage", b"a=1"), (b"baggage", b"b=\xff\x00")];
         let buf = serialize(&pairs);
         let h = Headers::parse(&buf).unwrap();
         assert_eq!(h.pairs(), &pairs[..]);
-        assert_eq!(h.all("baggage").collect::<Vec<_>>(), vec![&b"a=1"[..], &b"b=\xff\x00"[..]]);
+        assert_eq!(
+            h.all("baggage").collect::<Vec<_>>(),
+            vec![&b"a=1"[..], &b"b=\xff\x00"[..]]
+        );
         assert_eq!(h.first(":path"), Some(&b"/a"[..]));
         assert_eq!(h.first("x-none"), None);
     }
@@ -129,7 +131,10 @@ mod tests {
         }
         let mut huge = buf.clone();
         huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(Headers::parse(&huge).unwrap_err(), MalformedMap("pair count larger than the buffer"));
+        assert_eq!(
+            Headers::parse(&huge).unwrap_err(),
+            MalformedMap("pair count larger than the buffer")
+        );
         let mut no_nul = buf;
         let last = no_nul.len() - 1;
         no_nul[last] = b'x';

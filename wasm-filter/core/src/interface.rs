@@ -42,12 +42,21 @@ impl Interface {
     pub fn identify(templates: &[Template], method: &[u8], path: &[u8], content_type: Option<&[u8]>) -> Self {
         if content_type.is_some_and(is_grpc) {
             return match grpc_names(path) {
-                Some((service, method)) => Self::Grpc { service: service.to_owned(), method: method.to_owned() },
-                None => Self::Grpc { service: UNKNOWN.to_owned(), method: UNKNOWN.to_owned() },
+                Some((service, method)) => Self::Grpc {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                },
+                None => Self::Grpc {
+                    service: UNKNOWN.to_owned(),
+                    method: UNKNOWN.to_owned(),
+                },
             };
         }
         let verb = http_verb(method);
-        Self::Http { verb, route: route::route(templates, verb, path) }
+        Self::Http {
+            verb,
+            route: route::route(templates, verb, path),
+        }
     }
 
     pub fn system(&self) -> RpcSystem {
@@ -79,15 +88,22 @@ pub fn grpc_names(path: &[u8]) -> Option<(&str, &str)> {
     let ident = |s: &str, dots: bool| {
         !s.is_empty()
             && s.len() <= MAX_GRPC_NAME
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
     };
     (ident(service, true) && ident(method, false)).then_some((service, method))
 }
 
 /// The OTel `http.request.method` value: a known method, else `_OTHER`.
 pub fn http_verb(method: &[u8]) -> &'static str {
-    const KNOWN: [&str; 10] = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "QUERY"];
-    KNOWN.iter().find(|k| k.as_bytes() == method).copied().unwrap_or("_OTHER")
+    const KNOWN: [&str; 10] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "QUERY",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.as_bytes() == method)
+        .copied()
+        .unwrap_or("_OTHER")
 }
 
 #[cfg(test)]
@@ -97,16 +113,38 @@ mod tests {
     #[test]
     fn grpc_path_names_service_and_method() {
         let i = Interface::identify(&[], b"POST", b"/shop.v1.Orders/Get", Some(b"application/grpc+proto"));
-        assert_eq!(i, Interface::Grpc { service: "shop.v1.Orders".into(), method: "Get".into() });
+        assert_eq!(
+            i,
+            Interface::Grpc {
+                service: "shop.v1.Orders".into(),
+                method: "Get".into()
+            }
+        );
         assert_eq!(i.method_label(), "Get");
         assert_eq!(i.system().as_str(), "grpc");
     }
 
     #[test]
     fn malformed_grpc_paths_are_unknown() {
-        for path in [&b"/"[..], b"/svc", b"/svc/", b"/a/b/c", b"/a b/M", b"/svc/M;x", b"/\xff/M", b"no-slash/M"] {
+        for path in [
+            &b"/"[..],
+            b"/svc",
+            b"/svc/",
+            b"/a/b/c",
+            b"/a b/M",
+            b"/svc/M;x",
+            b"/\xff/M",
+            b"no-slash/M",
+        ] {
             let i = Interface::identify(&[], b"POST", path, Some(b"application/grpc"));
-            assert_eq!(i, Interface::Grpc { service: UNKNOWN.into(), method: UNKNOWN.into() }, "{path:?}");
+            assert_eq!(
+                i,
+                Interface::Grpc {
+                    service: UNKNOWN.into(),
+                    method: UNKNOWN.into()
+                },
+                "{path:?}"
+            );
         }
         let long = format!("/{}/M", "s".repeat(MAX_GRPC_NAME + 1));
         assert_eq!(grpc_names(long.as_bytes()), None);

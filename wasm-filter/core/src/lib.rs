@@ -18,6 +18,8 @@
 pub mod attributes;
 pub mod baggage;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gray;
 pub mod headers;
 pub mod interface;

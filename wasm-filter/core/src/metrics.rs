@@ -28,8 +28,17 @@ pub const INTERFACE_OVERFLOW: &str = "grayscope_interface_overflow_total";
 pub const BAGGAGE_DROPPED: &str = "grayscope_baggage_members_dropped_total";
 
 /// Label names, in the order they appear in stat names (and must appear in `stats_tags`).
-pub const LABELS: [&str; 9] =
-    ["direction", "rpc_system", "service", "method", "gray_version", "status", "source", "reason", "cause"];
+pub const LABELS: [&str; 9] = [
+    "direction",
+    "rpc_system",
+    "service",
+    "method",
+    "gray_version",
+    "status",
+    "source",
+    "reason",
+    "cause",
+];
 
 /// The `service`/`method` of calls past the interface cap, and the version label past the version cap.
 pub const OTHER: &str = "other";
@@ -135,7 +144,10 @@ impl Metrics {
         let mut gray_invalid = HashMap::new();
         for source in Source::ALL {
             for reason in Invalid::ALL {
-                let name = stat_name(GRAY_INVALID, &[("source", source.as_str()), ("reason", reason.as_str())]);
+                let name = stat_name(
+                    GRAY_INVALID,
+                    &[("source", source.as_str()), ("reason", reason.as_str())],
+                );
                 gray_invalid.insert((source, reason), host.define(Kind::Counter, &name)?);
             }
         }
@@ -221,7 +233,11 @@ impl Metrics {
     fn bound_version<H: MetricHost>(&mut self, host: &mut H, version: Option<&str>) -> Result<String, H::Error> {
         let Some(v) = version else { return Ok(NONE.to_owned()) };
         if let Some(allowed) = &self.allowed_versions {
-            return Ok(if allowed.contains(v) { v.to_owned() } else { UNKNOWN.to_owned() });
+            return Ok(if allowed.contains(v) {
+                v.to_owned()
+            } else {
+                UNKNOWN.to_owned()
+            });
         }
         if self.versions.contains(v) {
             return Ok(v.to_owned());
@@ -235,7 +251,11 @@ impl Metrics {
     }
 }
 
-fn series_labels<'a>(iface: &'a InterfaceKey, version: &'a str, status: Option<Status>) -> Vec<(&'static str, &'a str)> {
+fn series_labels<'a>(
+    iface: &'a InterfaceKey,
+    version: &'a str,
+    status: Option<Status>,
+) -> Vec<(&'static str, &'a str)> {
     let (side, system, service, method) = iface;
     let mut labels = vec![
         ("direction", side.as_str()),
@@ -252,7 +272,8 @@ fn series_labels<'a>(iface: &'a InterfaceKey, version: &'a str, status: Option<S
 
 /// `name=.=value;.;` for each label, then the metric name.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(metric.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
+    let mut out =
+        String::with_capacity(metric.len() + labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>());
     for (key, value) in labels {
         out.push_str(key);
         out.push_str("=.=");

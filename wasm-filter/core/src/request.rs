@@ -85,8 +85,10 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         }
     };
 
-    let version =
-        from_header.map(str::to_owned).or(from_baggage).or_else(|| cfg.gray.default_version.clone());
+    let version = from_header
+        .map(str::to_owned)
+        .or(from_baggage)
+        .or_else(|| cfg.gray.default_version.clone());
 
     let gray_header = {
         let mut values = headers.all(&cfg.gray.header);

@@ -66,7 +66,11 @@ impl Template {
                 return Err(TemplateError::BadChar(seg.to_owned()));
             }
         }
-        Ok(Self { text: text.to_owned(), method, segments })
+        Ok(Self {
+            text: text.to_owned(),
+            method,
+            segments,
+        })
     }
 
     fn matches(&self, method: &str, path: &str) -> bool {
@@ -88,7 +92,25 @@ impl Template {
 /// RFC 3986 `pchar` without percent-encoding: what a literal template segment may hold.
 fn is_path_char(b: u8) -> bool {
     b.is_ascii_alphanumeric()
-        || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@')
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+        )
 }
 
 /// The path without query or fragment.
@@ -124,7 +146,15 @@ pub fn normalise(path: &[u8]) -> String {
         }
         out.push('/');
         match std::str::from_utf8(seg) {
-            Ok(s) if !is_identifier_like(seg) => out.push_str(s),
+            Ok(s) if !is_identifier_like(seg) => match file_stem(s) {
+                // `/img/1234.png` is a route of files, not of each file: keep the extension only.
+                Some((stem, ext)) if is_identifier_like(stem.as_bytes()) => {
+                    out.push_str(PLACEHOLDER);
+                    out.push('.');
+                    out.push_str(ext);
+                }
+                _ => out.push_str(s),
+            },
             _ => out.push_str(PLACEHOLDER),
         }
     }
@@ -148,6 +178,13 @@ pub fn is_identifier_like(seg: &[u8]) -> bool {
         || !seg.iter().all(|&b| is_path_char(b))
 }
 
+/// `name.ext` with a short alphanumeric extension, split at the last dot.
+fn file_stem(seg: &str) -> Option<(&str, &str)> {
+    let (stem, ext) = seg.rsplit_once('.')?;
+    let short_ext = (1..=5).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric());
+    (!stem.is_empty() && short_ext).then_some((stem, ext))
+}
+
 fn is_uuid(seg: &[u8]) -> bool {
     seg.len() == 36
         && seg.iter().enumerate().all(|(i, b)| match i {
@@ -166,11 +203,18 @@ mod tests {
 
     #[test]
     fn templates_match_by_segments_and_method() {
-        let ts = [t("/api/v1/orders/{id}", Some("GET")), t("/api/v1/orders/{id}", None), t("/api/v1/orders", None)];
+        let ts = [
+            t("/api/v1/orders/{id}", Some("GET")),
+            t("/api/v1/orders/{id}", None),
+            t("/api/v1/orders", None),
+        ];
         assert_eq!(route(&ts, "GET", b"/api/v1/orders/42?x=1"), "/api/v1/orders/{id}");
         assert_eq!(route(&ts, "POST", b"/api/v1/orders"), "/api/v1/orders");
         assert_eq!(route(&ts, "DELETE", b"/api/v1/orders/abc/"), "/api/v1/orders/{id}");
-        assert_eq!(route(&ts, "GET", b"/api/v1/orders/42/items"), "/api/v1/orders/{id}/items");
+        assert_eq!(
+            route(&ts, "GET", b"/api/v1/orders/42/items"),
+            "/api/v1/orders/{id}/items"
+        );
     }
 
     #[test]
@@ -192,6 +236,10 @@ mod tests {
             (b"/t/eyJhbGciOiJIUzI1NiJ9abcdefghijklmno", "/t/{id}"),
             (b"/s/AbC123dEf456GhI7", "/s/{id}"),
             (b"/docs/report.pdf", "/docs/report.pdf"),
+            (b"/static/img/1234.png", "/static/img/{id}.png"),
+            (b"/dl/3f2504e0-4f89-11d3-9a0c-0305e82c3301.tar.gz", "/dl/{id}"),
+            (b"/dl/12345.tar.gz", "/dl/12345.tar.gz"),
+            (b"/v1.2/x", "/v1.2/x"),
             (b"/healthz?probe=1#x", "/healthz"),
             (b"//a///b/", "/a/b"),
             (b"/caf%C3%A9/menu", "/{id}/menu"),
@@ -216,8 +264,17 @@ mod tests {
     fn bad_templates_say_why() {
         assert_eq!(Template::parse("api", None).unwrap_err(), TemplateError::NoLeadingSlash);
         assert_eq!(Template::parse("/a?b=1", None).unwrap_err(), TemplateError::Query);
-        assert_eq!(Template::parse("/a/{}", None).unwrap_err(), TemplateError::BadParam("{}".into()));
-        assert_eq!(Template::parse("/a/x{id}", None).unwrap_err(), TemplateError::BadParam("x{id}".into()));
-        assert_eq!(Template::parse("/a b", None).unwrap_err(), TemplateError::BadChar("a b".into()));
+        assert_eq!(
+            Template::parse("/a/{}", None).unwrap_err(),
+            TemplateError::BadParam("{}".into())
+        );
+        assert_eq!(
+            Template::parse("/a/x{id}", None).unwrap_err(),
+            TemplateError::BadParam("x{id}".into())
+        );
+        assert_eq!(
+            Template::parse("/a b", None).unwrap_err(),
+            TemplateError::BadChar("a b".into())
+        );
     }
 }

@@ -47,8 +47,18 @@ fn percent_encoding_is_decoded_and_kept_encoded_on_the_wire() {
 fn malformed_members_are_dropped_one_by_one() {
     let p = one("a=1,garbage,=x,b=%ZZ,c=2");
     assert_eq!(keys(&p), ["a", "c"]);
-    assert_eq!(p.malformed, vec![Malformed { key: None }, Malformed { key: None }, Malformed { key: Some("b") }]);
-    assert_eq!(render(&p.members, "gray.version", None).header.as_deref(), Some("a=1,c=2"));
+    assert_eq!(
+        p.malformed,
+        vec![
+            Malformed { key: None },
+            Malformed { key: None },
+            Malformed { key: Some("b") }
+        ]
+    );
+    assert_eq!(
+        render(&p.members, "gray.version", None).header.as_deref(),
+        Some("a=1,c=2")
+    );
 }
 
 #[test]
@@ -60,7 +70,16 @@ fn invalid_utf8_after_decoding_drops_the_member() {
 
 #[test]
 fn bytes_outside_baggage_octet_drop_the_member() {
-    for bad in ["k=a b", "k=\"q\"", "k=a\\b", "k=caf\u{e9}", "k=\x01", "k e=v", "k=v;=p", "k=v;p q"] {
+    for bad in [
+        "k=a b",
+        "k=\"q\"",
+        "k=a\\b",
+        "k=caf\u{e9}",
+        "k=\x01",
+        "k e=v",
+        "k=v;=p",
+        "k=v;p q",
+    ] {
         let p = one(bad);
         assert!(p.members.is_empty(), "{bad:?} was kept");
         assert_eq!(p.malformed.len(), 1, "{bad:?}");
@@ -82,7 +101,10 @@ fn empty_members_and_whitespace_are_tolerated() {
 fn several_headers_form_one_list() {
     let p = parse([&b"a=1,b=2"[..], b"c=3"]);
     assert_eq!(p.headers, 2);
-    assert_eq!(render(&p.members, "g", Some("v2")).header.as_deref(), Some("a=1,b=2,c=3,g=v2"));
+    assert_eq!(
+        render(&p.members, "g", Some("v2")).header.as_deref(),
+        Some("a=1,b=2,c=3,g=v2")
+    );
 }
 
 #[test]
@@ -98,12 +120,21 @@ fn gray_member_is_replaced_in_place_and_deduplicated() {
 #[test]
 fn gray_member_keeps_its_properties_when_its_value_stands() {
     let p = one("gray.version=v2;ttl=5,a=1");
-    assert_eq!(render(&p.members, "gray.version", Some("v2")).header.as_deref(), Some("gray.version=v2;ttl=5,a=1"));
-    assert_eq!(render(&p.members, "gray.version", Some("v3")).header.as_deref(), Some("gray.version=v3,a=1"));
+    assert_eq!(
+        render(&p.members, "gray.version", Some("v2")).header.as_deref(),
+        Some("gray.version=v2;ttl=5,a=1")
+    );
+    assert_eq!(
+        render(&p.members, "gray.version", Some("v3")).header.as_deref(),
+        Some("gray.version=v3,a=1")
+    );
 }
 
 fn members_of_len(n: usize, value_len: usize) -> String {
-    (0..n).map(|i| format!("k{i:02}={}", "x".repeat(value_len))).collect::<Vec<_>>().join(",")
+    (0..n)
+        .map(|i| format!("k{i:02}={}", "x".repeat(value_len)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[test]
@@ -133,7 +164,11 @@ fn the_sixty_fifth_member_is_dropped_whole() {
 #[test]
 fn over_8192_bytes_across_two_headers_drops_whole_members_in_order() {
     let a = members_of_len(40, 123);
-    let b: String = (40..64).map(|i| format!("k{i:02}={}", "x".repeat(123))).collect::<Vec<_>>().join(",") + ",z=1";
+    let b: String = (40..64)
+        .map(|i| format!("k{i:02}={}", "x".repeat(123)))
+        .collect::<Vec<_>>()
+        .join(",")
+        + ",z=1";
     let p = parse([a.as_bytes(), b.as_bytes()]);
     assert_eq!(p.members.len(), 65);
     let r = render(&p.members, "gray.version", None);

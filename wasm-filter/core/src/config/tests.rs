@@ -57,12 +57,10 @@ fn wrong_types_are_named() {
 
 #[test]
 fn every_bad_value_is_reported_at_once() {
-    let e = err(
-        r#"{"max_interfaces":0,"service":"a;b",
+    let e = err(r#"{"max_interfaces":0,"service":"a;b",
             "routes":[{"template":"nope"},{"template":"/x","method":"FETCH"},{"template":"/y"},{"template":"/y"}],
             "gray":{"header":"bad header","baggage_key":"","default_version":"v 1",
-                    "allowed_versions":["v1","v1","x/y"],"max_versions":100000}}"#,
-    );
+                    "allowed_versions":["v1","v1","x/y"],"max_versions":100000}}"#);
     assert_eq!(
         fields(&e),
         [
@@ -81,12 +79,18 @@ fn every_bad_value_is_reported_at_once() {
         ]
     );
     let text = e.to_string();
-    assert!(text.starts_with("invalid grayscope plugin configuration: max_interfaces: must be between 1 and"), "{text}");
+    assert!(
+        text.starts_with("invalid grayscope plugin configuration: max_interfaces: must be between 1 and"),
+        "{text}"
+    );
 }
 
 #[test]
 fn empty_allowlist_and_default_outside_it_are_refused() {
-    assert_eq!(fields(&err(r#"{"gray":{"allowed_versions":[]}}"#)), ["gray.allowed_versions"]);
+    assert_eq!(
+        fields(&err(r#"{"gray":{"allowed_versions":[]}}"#)),
+        ["gray.allowed_versions"]
+    );
     assert_eq!(
         fields(&err(r#"{"gray":{"allowed_versions":["v2"],"default_version":"v1"}}"#)),
         ["gray.default_version"]

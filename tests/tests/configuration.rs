@@ -1,0 +1,81 @@
+//! The plugin configuration through the real Envoy: a bad one is refused with the field named, and every shipped
+//! bootstrap passes Envoy's own validation with the built filter.
+
+use std::process::Command;
+
+use integration_tests::{paths, stack::Stack};
+
+#[test]
+fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
+    let cases = [
+        (
+            r#"{"gray":{"max_versions":0}}"#,
+            "gray.max_versions: must be between 1 and 10000, got 0",
+        ),
+        (
+            r#"{"routes":[{"template":"orders"}]}"#,
+            "routes[0].template: \"orders\": must start with '/'",
+        ),
+        (r#"{"gray":{"headr":"x"}}"#, "gray.headr: unknown field `headr`"),
+        (
+            r#"{"gray":{"allowed_versions":["v 1"]}}"#,
+            "gray.allowed_versions[0]: \"v 1\" is not valid",
+        ),
+    ];
+    for (config, expected) in cases {
+        let refused = match Stack::try_start(config) {
+            Ok(_) => panic!("Envoy accepted {config}"),
+            Err(r) => r,
+        };
+        assert!(!refused.status.success(), "{config}: exit {}", refused.status);
+        let line = refused
+            .log
+            .lines()
+            .find(|l| l.contains("invalid grayscope plugin configuration"));
+        let line = line.unwrap_or_else(|| panic!("{config}: no configuration error in the log:\n{}", refused.log));
+        assert!(
+            line.contains("[error][wasm]") && line.contains(expected),
+            "{config}: {line}"
+        );
+        assert!(
+            refused.log.contains("Unable to create Wasm plugin grayscope"),
+            "{config}: {}",
+            refused.log
+        );
+    }
+}
+
+#[test]
+fn an_empty_object_is_a_valid_configuration() {
+    let s = Stack::start("{}");
+    assert!(s
+        .envoy
+        .log()
+        .contains("configured: 0 route templates, max_interfaces 256"));
+}
+
+#[test]
+fn shipped_bootstraps_pass_envoy_validation() {
+    let fixture = integration_tests::stack::bootstrap("{}", 8080, 50051, "/dev/null");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rendered = dir.path().join("fixture.yaml");
+    std::fs::write(&rendered, fixture).expect("write");
+    // The example refers to the filter as dist/grayscope_filter.wasm, relative to the workspace root.
+    for (config, cwd) in [
+        (rendered, dir.path().to_owned()),
+        (paths::root().join("wasm-filter/envoy.yaml"), paths::root()),
+    ] {
+        let out = Command::new(paths::envoy())
+            .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+            .arg(&config)
+            .current_dir(cwd)
+            .output()
+            .expect("envoy --mode validate");
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("OK"),
+            "{}: {text}",
+            config.display()
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! The bodies of the fuzz targets (`wasm-filter/core/fuzz`), shared with `cargo test`, which replays the seed
+//! corpus and every saved crash input through them. Each one checks the parser's promises, not only that it
+//! returns: a fuzzer then finds broken promises too.
+
+use crate::{baggage, config::Config, gray, headers::Headers, request, route};
+
+/// Baggage: whatever comes in, what goes out is within the W3C limits, made of whole members that parse again.
+pub fn baggage(data: &[u8]) {
+    let mut parts = data.splitn(2, |&b| b == b'\n');
+    let (first, second) = (parts.next().unwrap_or_default(), parts.next());
+    let parsed = baggage::parse(std::iter::once(first).chain(second));
+    let rendered = baggage::render(&parsed.members, "gray.version", Some("v2"));
+    let Some(out) = rendered.header else { return };
+    assert!(out.len() <= baggage::MAX_BYTES, "{} bytes", out.len());
+    let again = baggage::parse([out.as_bytes()]);
+    assert!(
+        again.malformed.is_empty(),
+        "re-parse of {out:?} found malformed members"
+    );
+    assert!(again.members.len() <= baggage::MAX_MEMBERS);
+    assert_eq!(again.members.iter().filter(|m| m.key == "gray.version").count(), 1);
+}
+
+/// The gray header: a value is accepted only as a token of the allowed alphabet and length, and the whole
+/// request decision never forwards anything else.
+pub fn gray_header(data: &[u8]) {
+    if let Ok(v) = gray::validate(data) {
+        assert!(!v.is_empty() && v.len() <= gray::MAX_LEN && gray::is_valid(v));
+    }
+    let pairs: Vec<(&[u8], &[u8])> = vec![(b":path", b"/"), (b"x-gray-version", data), (b"baggage", data)];
+    let d = request::decide(&Config::default(), &Headers::from_pairs(pairs));
+    if let Some(v) = &d.version {
+        assert!(gray::is_valid(v), "decided on invalid version {v:?}");
+    }
+    if let request::Rewrite::Set(v) = &d.gray_header {
+        assert!(gray::is_valid(v));
+    }
+    // The host's serialized map reader must not trust its input either.
+    let _ = Headers::parse(data);
+}
+
+/// The path normaliser: bounded output, only the placeholder for what was not plain path text.
+pub fn path(data: &[u8]) {
+    let out = route::normalise(data);
+    assert!(out.starts_with('/'));
+    assert!(out.split('/').filter(|s| !s.is_empty()).count() <= route::MAX_SEGMENTS + 1);
+    assert!(out.len() <= (route::MAX_SEGMENTS + 1) * 33, "{} bytes", out.len());
+    assert!(out.bytes().all(|b| b.is_ascii_graphic()), "{out:?}");
+}
