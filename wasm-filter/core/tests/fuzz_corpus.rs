@@ -1,7 +1,10 @@
 //! Replays every fuzz seed and every saved crash input (`fuzz/corpus/<target>`, `fuzz/regressions/<target>`)
 //! through the fuzz target bodies, so what the fuzzer once found stays fixed.
 
-#![allow(clippy::expect_used, reason = "a test that cannot read its corpus should stop loudly")]
+#![allow(
+    clippy::expect_used,
+    reason = "a test that cannot read its corpus should stop loudly"
+)]
 
 use std::{fs, path::Path};
 
