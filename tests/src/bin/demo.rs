@@ -91,10 +91,14 @@ fn labels(l: &serde_json::Map<String, serde_json::Value>) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
+/// (rpc_system, service, method, gray_version)
+type Row = (String, String, String, String);
+/// (calls, errors, duration count, duration sum)
+type Totals = (f64, f64, f64, f64);
+
 fn print_calls(samples: &[prom::Sample]) {
     let label = |x: &prom::Sample, k: &str| x.labels.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    // (system, service, method, version) -> (calls, errors, latency count, latency sum)
-    let mut rows: BTreeMap<(String, String, String, String), (f64, f64, f64, f64)> = BTreeMap::new();
+    let mut rows: BTreeMap<Row, Totals> = BTreeMap::new();
     for x in samples {
         let key = (
             label(x, "rpc_system"),
