@@ -15,10 +15,14 @@ pub struct Stack {
     pub http: Upstream,
     pub grpc: GrpcServer,
     access_log: PathBuf,
+    /// Where the filter expects the agent's Unix socket (nothing listens there unless a test starts an agent).
+    pub agent_socket: PathBuf,
+    /// Holds the access log and the socket; removed with the stack.
+    _dir: tempfile::TempDir,
 }
 
-/// The test bootstrap with the given plugin configuration (JSON) and upstream ports.
-pub fn bootstrap(plugin_config: &str, http_port: u16, grpc_port: u16, access_log: &str) -> String {
+/// The test bootstrap with the given plugin configuration (JSON), upstream ports, and files.
+pub fn bootstrap(plugin_config: &str, http_port: u16, grpc_port: u16, access_log: &str, agent_socket: &str) -> String {
     let template = fs::read_to_string(paths::tests_file("fixtures/envoy/grayscope.yaml")).expect("fixture");
     render(
         &template,
@@ -29,6 +33,7 @@ pub fn bootstrap(plugin_config: &str, http_port: u16, grpc_port: u16, access_log
             ("HTTP_PORT", http_port.to_string()),
             ("GRPC_PORT", grpc_port.to_string()),
             ("ACCESS_LOG", access_log.to_owned()),
+            ("AGENT_SOCKET", agent_socket.to_owned()),
         ],
     )
 }
@@ -45,16 +50,17 @@ impl Stack {
         let http = Upstream::start();
         let grpc = GrpcServer::start();
         let dir = tempfile::Builder::new()
-            .prefix("grayscope-log")
+            .prefix("grayscope-stack")
             .tempdir()
-            .expect("tempdir")
-            .keep();
-        let access_log = dir.join("access.log");
+            .expect("tempdir");
+        let access_log = dir.path().join("access.log");
+        let agent_socket = dir.path().join("agent.sock");
         let yaml = bootstrap(
             plugin_config,
             http.addr.port(),
             grpc.addr.port(),
             &access_log.display().to_string(),
+            &agent_socket.display().to_string(),
         );
         let envoy = Envoy::try_start(&yaml)?;
         Ok(Self {
@@ -62,6 +68,8 @@ impl Stack {
             http,
             grpc,
             access_log,
+            agent_socket,
+            _dir: dir,
         })
     }
 

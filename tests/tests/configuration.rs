@@ -56,7 +56,7 @@ fn an_empty_object_is_a_valid_configuration() {
 
 #[test]
 fn shipped_bootstraps_pass_envoy_validation() {
-    let fixture = integration_tests::stack::bootstrap("{}", 8080, 50051, "/dev/null");
+    let fixture = integration_tests::stack::bootstrap("{}", 8080, 50051, "/dev/null", "/tmp/agent.sock");
     let dir = tempfile::tempdir().expect("tempdir");
     let rendered = dir.path().join("fixture.yaml");
     std::fs::write(&rendered, fixture).expect("write");
@@ -77,5 +77,16 @@ fn shipped_bootstraps_pass_envoy_validation() {
             "{}: {text}",
             config.display()
         );
+    }
+}
+
+#[test]
+fn shipped_bootstraps_extract_every_label_the_filter_emits() {
+    for file in ["tests/fixtures/envoy/grayscope.yaml", "wasm-filter/envoy.yaml"] {
+        let text = std::fs::read_to_string(paths::root().join(file)).expect("bootstrap");
+        for label in wasm_filter_core::metrics::LABELS {
+            let entry = format!("- {{tag_name: {label}, regex: \"({label}=\\\\.=(.*?);\\\\.;)\"}}");
+            assert!(text.contains(&entry), "{file} lacks the stats_tags entry {entry}");
+        }
     }
 }

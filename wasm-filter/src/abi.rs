@@ -5,6 +5,10 @@
 //! an [`AbiError`] for the caller to log and move on. The raw functions are the ones the SDK itself links to
 //! (same import module and signatures); only the status is read as a plain `u32`, so an unknown status value from
 //! a future host is an error, not undefined behaviour.
+//!
+//! One call goes through the SDK: `dispatch_grpc_call`, because the SDK's dispatcher routes the answer only for
+//! calls it registered. Its wrapper panics on statuses other than Ok, ParseFailure and InternalFailure, which are
+//! the ones Envoy's `grpcCall` returns.
 #![allow(unsafe_code)]
 
 use std::{fmt, ptr::null_mut};
@@ -41,6 +45,7 @@ pub const REQUEST_HEADERS: u32 = 0;
 const PLUGIN_CONFIGURATION: u32 = 7;
 /// `proxy_wasm::types::MetricType`.
 pub const COUNTER: u32 = 0;
+pub const GAUGE: u32 = 1;
 pub const HISTOGRAM: u32 = 2;
 
 #[link(wasm_import_module = "env")]
@@ -72,6 +77,7 @@ extern "C" {
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
 fn check(call: &'static str, status: u32) -> Result<(), AbiError> {
@@ -171,12 +177,22 @@ pub fn define_metric(kind: u32, name: &str) -> Result<u32, AbiError> {
 }
 
 pub fn increment_metric(id: u32, by: u64) -> Result<(), AbiError> {
-    let by = i64::try_from(by).unwrap_or(i64::MAX);
+    add_to_metric(id, i64::try_from(by).unwrap_or(i64::MAX))
+}
+
+/// Adds a signed delta (a gauge may go down).
+pub fn add_to_metric(id: u32, delta: i64) -> Result<(), AbiError> {
     // SAFETY: plain integers.
-    check("increment_metric", unsafe { proxy_increment_metric(id, by) })
+    check("increment_metric", unsafe { proxy_increment_metric(id, delta) })
 }
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), AbiError> {
     // SAFETY: plain integers.
     check("record_metric", unsafe { proxy_record_metric(id, value) })
+}
+
+pub fn set_tick_period(ms: u64) -> Result<(), AbiError> {
+    let ms = u32::try_from(ms).unwrap_or(u32::MAX);
+    // SAFETY: a plain integer.
+    check("set_tick_period", unsafe { proxy_set_tick_period_milliseconds(ms) })
 }

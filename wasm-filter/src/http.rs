@@ -13,6 +13,7 @@ use wasm_filter_core::{
     headers::Headers,
     interface::Interface,
     metrics::{Call as CallMetrics, Dropped, Kind, MetricHost, Side},
+    report::{self, CallContext},
     request::{self, Decision, Rewrite},
     status::Status,
 };
@@ -30,6 +31,7 @@ impl MetricHost for EnvoyMetrics {
     fn define(&mut self, kind: Kind, name: &str) -> Result<u32, AbiError> {
         let kind = match kind {
             Kind::Counter => abi::COUNTER,
+            Kind::Gauge => abi::GAUGE,
             Kind::Histogram => abi::HISTOGRAM,
         };
         abi::define_metric(kind, name)
@@ -39,6 +41,9 @@ impl MetricHost for EnvoyMetrics {
     }
     fn record(&mut self, id: u32, value: u64) -> Result<(), AbiError> {
         abi::record_metric(id, value)
+    }
+    fn add(&mut self, id: u32, delta: i64) -> Result<(), AbiError> {
+        abi::add_to_metric(id, delta)
     }
 }
 
@@ -127,7 +132,39 @@ impl Call {
             status,
             duration_ms: duration_ns / 1_000_000,
         };
-        shared.metrics.borrow_mut().call(&mut EnvoyMetrics, &call)
+        shared.metrics.borrow_mut().call(&mut EnvoyMetrics, &call)?;
+        let Some(reporter) = &shared.reporter else {
+            return Ok(());
+        };
+        let service = match &decision.interface {
+            Interface::Grpc { service, .. } => service.as_str(),
+            Interface::Http { .. } => http_service,
+        };
+        let text = |path: &[&str]| -> Result<Option<String>, AbiError> {
+            Ok(abi::property(path)?.and_then(|b| String::from_utf8(b).ok()))
+        };
+        let (client, server) = (text(&["source", "address"])?, text(&["destination", "address"])?);
+        let (upstream_local, upstream_peer) = (text(&["upstream", "local_address"])?, text(&["upstream", "address"])?);
+        let ctx = CallContext {
+            start_time_unix_nano: abi::property_u64(&["request", "time"])?.unwrap_or(0),
+            duration_ns,
+            http_status: code,
+            client: client.as_deref(),
+            server: server.as_deref(),
+            upstream_local: upstream_local.as_deref(),
+            upstream_peer: upstream_peer.as_deref(),
+        };
+        let record = report::record(
+            *side,
+            &decision.interface,
+            service,
+            decision.version.as_deref(),
+            status,
+            decision.request_id.as_deref(),
+            decision.trace_id.as_deref(),
+            &ctx,
+        );
+        reporter.borrow_mut().push(&mut EnvoyMetrics, record)
     }
 
     fn check(&self, result: Result<(), AbiError>) {

@@ -7,7 +7,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::{gray, route::Template};
+use crate::{gray, report::ReportConfig, route::Template};
 
 /// Default of `max_interfaces`: distinct interfaces counted per VM before calls go to `other`.
 pub const DEFAULT_MAX_INTERFACES: usize = 256;
@@ -42,6 +42,8 @@ pub struct Config {
     pub gray: GrayConfig,
     /// Whether to publish the interface and gray version as filter state for access logs.
     pub filter_state: bool,
+    /// Sending call records to the agent.
+    pub report: ReportConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,7 @@ impl Default for Config {
                 max_versions: DEFAULT_MAX_VERSIONS,
             },
             filter_state: true,
+            report: ReportConfig::default(),
         }
     }
 }
@@ -115,6 +118,19 @@ struct Raw {
     routes: Vec<RawRoute>,
     gray: RawGray,
     filter_state: Option<bool>,
+    report: RawReport,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawReport {
+    enabled: Option<bool>,
+    cluster: Option<String>,
+    flush_interval_ms: Option<u64>,
+    max_batch: Option<usize>,
+    max_buffer: Option<usize>,
+    timeout_ms: Option<u64>,
+    max_in_flight: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +287,8 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         }
     }
 
+    let report = validate_report(raw.report, &mut bad);
+
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
@@ -287,7 +305,64 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             max_versions,
         },
         filter_state: raw.filter_state.unwrap_or(defaults.filter_state),
+        report,
     })
+}
+
+fn validate_report(raw: RawReport, bad: &mut dyn FnMut(&str, String)) -> ReportConfig {
+    let d = ReportConfig::default();
+    fn within<T: PartialOrd + fmt::Display + Copy>(
+        field: &str,
+        v: Option<T>,
+        default: T,
+        (lo, hi): (T, T),
+        bad: &mut dyn FnMut(&str, String),
+    ) -> T {
+        match v {
+            Some(n) if n < lo || n > hi => {
+                bad(field, format!("must be between {lo} and {hi}, got {n}"));
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+    let cluster = raw.cluster.unwrap_or(d.cluster.clone());
+    if cluster.is_empty() || cluster.len() > 253 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        bad(
+            "report.cluster",
+            format!("must be an Envoy cluster name, got {cluster:?}"),
+        );
+    }
+    let max_batch = within("report.max_batch", raw.max_batch, d.max_batch, (1, 10_000), bad);
+    let max_buffer = within(
+        "report.max_buffer",
+        raw.max_buffer,
+        d.max_buffer.max(max_batch),
+        (1, 1_000_000),
+        bad,
+    );
+    if max_buffer < max_batch {
+        bad(
+            "report.max_buffer",
+            format!("must be at least report.max_batch ({max_batch}), got {max_buffer}"),
+        );
+    }
+    ReportConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        cluster,
+        flush_interval_ms: within(
+            "report.flush_interval_ms",
+            raw.flush_interval_ms,
+            d.flush_interval_ms,
+            (10, 60_000),
+            bad,
+        ),
+        max_batch,
+        max_buffer,
+        timeout_ms: within("report.timeout_ms", raw.timeout_ms, d.timeout_ms, (10, 60_000), bad),
+        max_in_flight: within("report.max_in_flight", raw.max_in_flight, d.max_in_flight, (1, 64), bad),
+    }
 }
 
 #[cfg(test)]

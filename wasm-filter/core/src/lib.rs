@@ -13,6 +13,7 @@
 //! - [`status`]: gRPC status names and the HTTP to gRPC status mapping.
 //! - [`request`]: the per-request decision: interface, gray version, and the header rewrites to apply.
 //! - [`metrics`]: metric names, label encoding for Envoy's stat tags, and the cardinality bounds.
+//! - [`report`]: call records for the agent, their bounded buffer and batches, and the accounting of each record.
 //! - [`attributes`]: the OpenTelemetry attribute names the filter exposes to Envoy (filter state).
 
 pub mod attributes;
@@ -24,6 +25,7 @@ pub mod gray;
 pub mod headers;
 pub mod interface;
 pub mod metrics;
+pub mod report;
 pub mod request;
 pub mod route;
 pub mod status;

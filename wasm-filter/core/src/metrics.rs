@@ -53,11 +53,14 @@ pub trait MetricHost {
     fn define(&mut self, kind: Kind, name: &str) -> Result<u32, Self::Error>;
     fn increment(&mut self, id: u32, by: u64) -> Result<(), Self::Error>;
     fn record(&mut self, id: u32, value: u64) -> Result<(), Self::Error>;
+    /// Moves a gauge by `delta` (each VM adds its own share, so gauges sum across VMs).
+    fn add(&mut self, id: u32, delta: i64) -> Result<(), Self::Error>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Counter,
+    Gauge,
     Histogram,
 }
 
@@ -305,4 +308,4 @@ pub fn escape(value: &str, out: &mut String) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -35,6 +35,10 @@ pub struct Decision {
     pub baggage_dropped_over_limit: usize,
     pub gray_header: Rewrite,
     pub baggage_header: Rewrite,
+    /// Envoy's `x-request-id` (set before filters run), for the call record.
+    pub request_id: Option<String>,
+    /// The trace id of a valid W3C `traceparent`, for the call record.
+    pub trace_id: Option<String>,
 }
 
 /// Decides on a request from its headers.
@@ -117,6 +121,10 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         baggage_dropped_over_limit: rendered.dropped_over_limit,
         gray_header,
         baggage_header,
+        request_id: headers
+            .first("x-request-id")
+            .and_then(|v| String::from_utf8(v.to_vec()).ok()),
+        trace_id: headers.first("traceparent").and_then(crate::report::trace_id),
     }
 }
 

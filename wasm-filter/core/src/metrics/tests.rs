@@ -5,7 +5,7 @@ use crate::config;
 
 /// Stands in for Envoy's metric store: names by id, counter values and recorded samples.
 #[derive(Default)]
-struct Recorder {
+pub(crate) struct Recorder {
     names: Vec<(Kind, String)>,
     values: HashMap<u32, u64>,
     samples: HashMap<u32, Vec<u64>>,
@@ -28,10 +28,15 @@ impl MetricHost for Recorder {
         self.samples.entry(id).or_default().push(value);
         Ok(())
     }
+    fn add(&mut self, id: u32, delta: i64) -> Result<(), String> {
+        let v = self.values.entry(id).or_default();
+        *v = v.checked_add_signed(delta).ok_or("gauge below zero")?;
+        Ok(())
+    }
 }
 
 impl Recorder {
-    fn value(&self, name: &str) -> u64 {
+    pub(crate) fn value(&self, name: &str) -> u64 {
         let id = self
             .names
             .iter()
