@@ -107,7 +107,7 @@ impl Root {
 
     /// Logs the first failure, then one in a hundred.
     fn report_failure(&mut self, what: &str) {
-        if self.quiet_failures % 100 == 0 {
+        if self.quiet_failures.is_multiple_of(100) {
             log::warn!(
                 "#{} report to the agent failed ({} similar before): {what}",
                 self.id,
