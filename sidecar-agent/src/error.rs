@@ -32,6 +32,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// tracefs is mounted but this process cannot read it.
+    #[error(
+        "tracefs is mounted at {path} but this process cannot read its events/ directory (tracefs is root-only, \
+         mode 0700): run the agent as uid 0 (capabilities can still be limited to CAP_BPF and CAP_PERFMON), or \
+         add CAP_DAC_READ_SEARCH"
+    )]
+    TracefsUnreadable {
+        /// Where it is mounted.
+        path: String,
+    },
     /// The embedded object was built with `GRAYSCOPE_SKIP_EBPF_BUILD=1`.
     #[error(
         "the embedded eBPF object {name} is empty: this binary was built with GRAYSCOPE_SKIP_EBPF_BUILD=1 \

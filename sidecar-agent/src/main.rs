@@ -48,6 +48,8 @@ fn main() -> ExitCode {
 async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => {
+            // Say what privilege is missing before touching the sockets (whose directory may need it too).
+            sidecar_agent::ebpf::preflight::check()?;
             let control = control::bind(&config.socket)?;
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await

@@ -160,7 +160,11 @@ fn enable_program_stats() -> Option<OwnedFd> {
     match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
         Ok(fd) => Some(fd),
         Err(e) => {
-            tracing::warn!(error = %e, "BPF_ENABLE_STATS refused: program run counts will not be reported");
+            tracing::warn!(
+                error = %e,
+                "BPF_ENABLE_STATS refused (it needs CAP_SYS_ADMIN): program run counts are reported only if the \
+                 host sets the kernel.bpf_stats_enabled sysctl"
+            );
             None
         }
     }

@@ -54,10 +54,19 @@ pub fn missing_capabilities(proc_status: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// Makes sure tracefs is reachable, mounting it at `/sys/kernel/tracing` when it is not.
+/// Makes sure tracefs is mounted and readable, mounting it at `/sys/kernel/tracing` when it is not mounted.
 fn ensure_tracefs() -> Result<(), Error> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if let Some(mounted) = tracefs_mount(&mountinfo) {
+        // Mounted: the directory is root-only (mode 0700), so a non-root uid needs CAP_DAC_READ_SEARCH.
+        return if has_events(&mounted) {
+            Ok(())
+        } else {
+            Err(Error::TracefsUnreadable { path: mounted })
+        };
+    }
     if has_events(TRACEFS) || has_events(DEBUGFS_TRACING) {
-        return Ok(());
+        return Ok(()); // not in our mount table (another mount namespace view), but usable
     }
     tracing::info!(path = TRACEFS, "tracefs is not mounted; mounting it");
     nix::mount::mount(
@@ -73,10 +82,25 @@ fn ensure_tracefs() -> Result<(), Error> {
     if has_events(TRACEFS) {
         Ok(())
     } else {
-        Err(Error::NoTracefs {
-            source: io::Error::other("mounted, but it has no events/ directory"),
+        Err(Error::TracefsUnreadable {
+            path: TRACEFS.to_owned(),
         })
     }
+}
+
+/// Where tracefs is mounted, from `/proc/self/mountinfo` (`/sys/kernel/tracing` preferred).
+pub fn tracefs_mount(mountinfo: &str) -> Option<String> {
+    let mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "tracefs").then_some(left.split_whitespace().nth(4)?)
+        })
+        .collect();
+    [TRACEFS, DEBUGFS_TRACING]
+        .into_iter()
+        .find(|p| mounts.contains(p))
+        .map(str::to_owned)
 }
 
 fn has_events(root: &str) -> bool {
@@ -86,6 +110,16 @@ fn has_events(root: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_tracefs_in_mountinfo() {
+        let info = "22 26 0:21 / /sys rw,nosuid shared:7 - sysfs sysfs rw\n\
+                    40 22 0:12 / /sys/kernel/tracing rw,nosuid shared:20 - tracefs tracefs rw\n";
+        assert_eq!(tracefs_mount(info).as_deref(), Some(TRACEFS));
+        let debug = "41 22 0:12 / /sys/kernel/debug/tracing rw - tracefs nodev rw\n";
+        assert_eq!(tracefs_mount(debug).as_deref(), Some(DEBUGFS_TRACING));
+        assert_eq!(tracefs_mount("22 26 0:21 / /sys rw - sysfs sysfs rw\n"), None);
+    }
 
     #[test]
     fn full_root_has_everything() {

@@ -77,9 +77,12 @@ impl KernelStats {
         })
     }
 
-    /// Run counts of the programs, when the kernel keeps them (`BPF_ENABLE_STATS` accepted).
+    /// Run counts of the programs, when the kernel keeps them: `BPF_ENABLE_STATS` was accepted (it needs
+    /// CAP_SYS_ADMIN), or the host turned on the `kernel.bpf_stats_enabled` sysctl.
     pub fn program_runs(&self) -> Option<Vec<ProgramRuns>> {
-        self.program_stats.as_ref()?;
+        if self.program_stats.is_none() && !sysctl_stats_enabled() {
+            return None;
+        }
         let ebpf = self.ebpf.lock().unwrap_or_else(PoisonError::into_inner);
         let runs = self
             .programs
@@ -95,6 +98,10 @@ impl KernelStats {
             .collect();
         Some(runs)
     }
+}
+
+fn sysctl_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
 }
 
 impl std::fmt::Debug for KernelStats {
