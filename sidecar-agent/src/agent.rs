@@ -9,7 +9,7 @@ use std::{
 
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::{mpsc, watch},
+    sync::mpsc,
     task::JoinSet,
     time::Instant,
 };
@@ -19,7 +19,9 @@ use crate::{
     config::Config,
     control,
     ebpf::{
-        events::ConnEvent, reader::Reader, reader::ReaderCounters, KernelCounters, KernelStats, Probe, ProbeOptions,
+        events::ConnEvent,
+        reader::{self, PauseControl, Reader, ReaderCounters},
+        KernelCounters, KernelStats, Probe, ProbeOptions,
     },
     error::Error,
     metrics::{self, Metrics},
@@ -58,8 +60,8 @@ pub struct Agent {
     reader: Arc<ReaderCounters>,
     /// The metrics registry.
     metrics: Arc<Metrics>,
-    /// True while the ring buffer reader is paused.
-    paused: watch::Sender<bool>,
+    /// Pauses the ring buffer reader.
+    pause: PauseControl,
     /// Stops every task.
     cancel: CancellationToken,
     /// The tasks, awaited on [`Agent::stop`].
@@ -98,13 +100,13 @@ impl Agent {
             Arc::clone(&table),
         ));
         let cancel = CancellationToken::new();
-        let (paused, paused_rx) = watch::channel(false);
+        let (pause, switch) = reader::pause_switch();
         let (tx, rx) = mpsc::channel(4096);
         let mut tasks = JoinSet::new();
 
         let c = cancel.clone();
         tasks.spawn(async move {
-            if let Err(e) = reader.run(tx, paused_rx, c).await {
+            if let Err(e) = reader.run(tx, switch, c).await {
                 tracing::error!(error = %e, "ring buffer reader failed");
             }
         });
@@ -129,7 +131,7 @@ impl Agent {
             kernel,
             reader: reader_counters,
             metrics,
-            paused,
+            pause,
             cancel,
             tasks,
             netns: probe.netns(),
@@ -156,14 +158,15 @@ impl Agent {
         })
     }
 
-    /// Stops reading the ring buffer (events pile up, then the kernel drops and counts them).
-    pub fn pause_reader(&self) {
-        self.paused.send_replace(true);
+    /// Stops reading the ring buffer (events pile up, then the kernel drops and counts them); returns once the
+    /// reader has stopped.
+    pub async fn pause_reader(&self) {
+        self.pause.pause().await;
     }
 
     /// Resumes reading the ring buffer.
     pub fn resume_reader(&self) {
-        self.paused.send_replace(false);
+        self.pause.resume();
     }
 
     /// The metrics registry.

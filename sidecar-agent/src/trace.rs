@@ -2,13 +2,13 @@
 
 use std::{future::Future, io::Write, net::SocketAddr, sync::Arc};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     ebpf::{
         events::{ConnEvent, EventKind, Role},
-        reader::{Reader, ReaderCounters},
+        reader::{self, Reader, ReaderCounters},
         Probe, ProbeOptions,
     },
     error::Error,
@@ -38,9 +38,9 @@ pub async fn trace(opts: &ProbeOptions, mut out: impl Write, shutdown: impl Futu
         .map_err(write_err)?;
 
     let cancel = CancellationToken::new();
-    let (_paused, paused_rx) = watch::channel(false);
+    let (_pause, switch) = reader::pause_switch();
     let (tx, mut rx) = mpsc::channel(4096);
-    let reading = tokio::spawn(reader.run(tx, paused_rx, cancel.clone()));
+    let reading = tokio::spawn(reader.run(tx, switch, cancel.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

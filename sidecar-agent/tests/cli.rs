@@ -35,7 +35,8 @@ fn bad_configuration_exits_64_naming_every_field() {
 fn start_without_privilege_names_what_is_missing() {
     // As root, drop to `nobody` with no capabilities; as another user, run as is.
     let root = nix::unistd::geteuid().is_root();
-    let dir = tempfile::tempdir().unwrap();
+    // Under /tmp, which `nobody` can traverse whatever TMPDIR says.
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let bin = dir.path().join("grayscope-agent");
     std::fs::copy(BIN, &bin).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

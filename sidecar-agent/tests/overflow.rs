@@ -28,7 +28,7 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     };
     let agent = start(config).await;
     let counts = || agent.agent.counts().unwrap();
-    agent.agent.pause_reader();
+    agent.agent.pause_reader().await;
 
     // Each connection gives 5 events (2 established, 1 accepted, 2 closed).
     ns.run(|| (0..CONNECTIONS).for_each(|_| _ = loopback_connection()));

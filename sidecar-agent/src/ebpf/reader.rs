@@ -1,8 +1,8 @@
 //! Drains the ring buffer asynchronously: the ring's fd is registered with tokio ([`AsyncFd`]), so the task
 //! sleeps until the kernel signals data, then reads every record, decodes it and hands it on.
 //!
-//! The reader can be paused ([`Reader::run`]'s `paused` channel): it then leaves the ring alone, the ring fills
-//! up and the kernel programs count what they cannot store. Every record taken from the ring counts as
+//! The reader can be paused through a [`PauseControl`]: it then leaves the ring alone, the ring fills up and
+//! the kernel programs count what they cannot store. Every record taken from the ring counts as
 //! delivered, decodable or not, so `delivered + dropped == produced` holds once the ring is drained.
 
 use std::sync::{
@@ -28,6 +28,50 @@ pub struct ReaderCounters {
     pub decode_errors: AtomicU64,
 }
 
+/// The agent's side of the pause switch.
+#[derive(Debug)]
+pub struct PauseControl {
+    request: watch::Sender<bool>,
+    state: watch::Receiver<bool>,
+}
+
+/// The reader's side of the pause switch.
+#[derive(Debug)]
+pub struct PauseSwitch {
+    request: watch::Receiver<bool>,
+    state: watch::Sender<bool>,
+}
+
+/// A pause switch, not paused.
+pub fn pause_switch() -> (PauseControl, PauseSwitch) {
+    let (request, request_rx) = watch::channel(false);
+    let (state_tx, state) = watch::channel(false);
+    (
+        PauseControl { request, state },
+        PauseSwitch {
+            request: request_rx,
+            state: state_tx,
+        },
+    )
+}
+
+// === impl PauseControl ===
+
+impl PauseControl {
+    /// Asks the reader to stop reading and waits until it has (it finishes the batch it is reading first).
+    /// Returns at once if the reader is gone.
+    pub async fn pause(&self) {
+        self.request.send_replace(true);
+        let mut state = self.state.clone();
+        let _ = state.wait_for(|paused| *paused).await;
+    }
+
+    /// Lets the reader read again.
+    pub fn resume(&self) {
+        self.request.send_replace(false);
+    }
+}
+
 /// Owns the ring buffer.
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -47,26 +91,29 @@ impl Reader {
         Ok(Self { ring, counters })
     }
 
-    /// Reads until `cancel` fires or the receiver of `tx` goes away. While `*paused.borrow()` is true the ring
-    /// is not read.
+    /// Reads until `cancel` fires or the receiver of `tx` goes away; not while `switch` says pause.
     pub async fn run(
         mut self,
         tx: mpsc::Sender<ConnEvent>,
-        mut paused: watch::Receiver<bool>,
+        mut switch: PauseSwitch,
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let mut batch = Vec::new();
         loop {
-            if *paused.borrow_and_update() {
+            if *switch.request.borrow_and_update() {
+                switch.state.send_replace(true);
                 tokio::select! {
+                    biased;
                     _ = cancel.cancelled() => return Ok(()),
-                    changed = paused.changed() => if changed.is_err() { return Ok(()) },
+                    changed = switch.request.changed() => if changed.is_err() { return Ok(()) },
                 }
                 continue;
             }
+            switch.state.send_replace(false);
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => return Ok(()),
-                changed = paused.changed() => if changed.is_err() { return Ok(()) },
+                changed = switch.request.changed() => if changed.is_err() { return Ok(()) } else { continue },
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready?;
                     drain(guard.get_inner_mut(), &self.counters, &mut batch);
