@@ -45,5 +45,7 @@ struct gs_conn_event {
 };
 
 _Static_assert(sizeof(struct gs_conn_event) == 104, "gs_conn_event ABI changed: update events.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_event, laddr) == 56, "gs_conn_event ABI changed: update events.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_event, comm) == 88, "gs_conn_event ABI changed: update events.rs too");
 
 #endif /* __GRAYSCOPE_CONN_EVENT_H */
