@@ -23,7 +23,7 @@ setup:
     # rust-toolchain.toml pins the toolchain and the wasm target; this installs them when missing.
     rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
     rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
-    pkgs=(clang-19 libbpf-dev bpftool iproute2 python3-venv)
+    pkgs=(clang-19 libbpf-dev linux-libc-dev bpftool iproute2 python3-venv)
     missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -39,14 +39,17 @@ setup:
     ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
 
-# Build the filter (optimised) into dist/grayscope_filter.wasm.
+# Build the filter (optimised) into dist/grayscope_filter.wasm and the agent into dist/grayscope-agent.
 build:
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
+    cargo build --locked --release -p sidecar-agent --bin grayscope-agent
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
+    cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
     @ls -l {{root}}/dist
 
-# Run every test: unit tests, fuzz corpus replay, and the end-to-end tests through the real Envoy.
+# Run every test: unit tests, fuzz corpus replay, the agent's eBPF tests (as root), the end-to-end tests through
+# the real Envoy. Without root, GRAYSCOPE_SKIP_PRIVILEGED=1 skips the eBPF tests, and says which.
 test: setup build
     cargo test --locked --workspace --no-fail-fast
 
@@ -54,7 +57,7 @@ test: setup build
 demo: setup build
     cargo run --locked -q -p integration-tests --bin demo
 
-# Formatting and clippy, warnings denied, for the host and the wasm target.
+# Formatting and clippy, warnings denied, for the host and the wasm target (GRAYSCOPE_SKIP_EBPF_BUILD=1: no clang).
 lint:
     cargo fmt --all --check
     cargo clippy --locked --workspace --all-targets -- -D warnings
