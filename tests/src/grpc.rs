@@ -15,6 +15,11 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
+    /// The server's pid: the process the agent must name for inbound calls.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start() -> Self {
         let mut child = Command::new(paths::python())
             .arg(paths::tests_file("peers/grpc_peer.py"))
@@ -56,6 +61,16 @@ pub struct Outcome {
 
 /// Makes `count` unary calls of `method` (`/pkg.Service/Method`) through `target` with `metadata`.
 pub fn call(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: usize) -> Vec<Outcome> {
+    call_with_pid(target, method, metadata, count).0
+}
+
+/// As [`call`], from a client process whose pid is returned too (the process the agent must name).
+pub fn call_with_pid(
+    target: SocketAddr,
+    method: &str,
+    metadata: &[(&str, &str)],
+    count: usize,
+) -> (Vec<Outcome>, u32) {
     let mut cmd = Command::new(paths::python());
     cmd.arg(paths::tests_file("peers/grpc_peer.py")).args([
         "call",
@@ -69,7 +84,9 @@ pub fn call(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: 
     for (k, v) in metadata {
         cmd.arg("--metadata").arg(format!("{k}={v}"));
     }
-    let out = cmd.output().expect("run grpc client");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run grpc client");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("grpc client output");
     assert!(
         out.status.success(),
         "grpc client failed: {}",
@@ -94,5 +111,30 @@ pub fn call(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: 
         })
         .collect();
     assert_eq!(outcomes.len(), count, "grpc client printed {} outcomes", outcomes.len());
-    outcomes
+    (outcomes, pid)
+}
+
+/// `count` keep-alive HTTP/1.1 GETs from a Python client process; returns the statuses and the client's pid.
+pub fn http_get_with_pid(target: SocketAddr, path: &str, headers: &[(&str, &str)], count: usize) -> (Vec<u16>, u32) {
+    let mut cmd = Command::new(paths::python());
+    cmd.arg(paths::tests_file("peers/http_client.py")).args([
+        "--target",
+        &target.to_string(),
+        "--path",
+        path,
+        "--count",
+        &count.to_string(),
+    ]);
+    for (k, v) in headers {
+        cmd.arg("--header").arg(format!("{k}={v}"));
+    }
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run http client");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("http client output");
+    assert!(out.status.success(), "http client failed: {}", String::from_utf8_lossy(&out.stderr));
+    let statuses: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["status"].as_u64().unwrap_or(0) as u16)
+        .collect();
+    (statuses, pid)
 }

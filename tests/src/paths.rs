@@ -33,6 +33,14 @@ pub fn wasm() -> PathBuf {
     existing(path, "the built filter", "just build")
 }
 
+/// The agent built by `just build`.
+pub fn agent() -> PathBuf {
+    let path = std::env::var_os("GRAYSCOPE_AGENT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("dist/grayscope-agent"));
+    existing(path, "the built agent", "just build")
+}
+
 /// The Python with grpcio and prometheus_client that `just setup` installed.
 pub fn python() -> PathBuf {
     existing(

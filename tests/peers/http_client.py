@@ -1,0 +1,21 @@
+"""An HTTP/1.1 client process for the end-to-end tests: COUNT keep-alive GETs of PATH to TARGET with the given
+headers, one JSON line per response: {"status": N}. Its pid is what the agent must name."""
+import argparse
+import http.client
+import json
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--target", required=True)
+parser.add_argument("--path", required=True)
+parser.add_argument("--count", type=int, default=1)
+parser.add_argument("--header", action="append", default=[])
+args = parser.parse_args()
+host, port = args.target.rsplit(":", 1)
+headers = dict(h.split("=", 1) for h in args.header)
+conn = http.client.HTTPConnection(host, int(port), timeout=10)
+for _ in range(args.count):
+    conn.request("GET", args.path, headers=headers)
+    response = conn.getresponse()
+    response.read()
+    print(json.dumps({"status": response.status}), flush=True)
+conn.close()
