@@ -63,12 +63,19 @@ lint:
     cargo clippy --locked --workspace --all-targets -- -D warnings
     cargo clippy --locked -p wasm-filter -p wasm-filter-core --target {{wasm_target}} -- -D warnings
 
-# Fuzz each parser for SECONDS seconds (nightly + cargo-fuzz, installed when missing); crashes land in fuzz/artifacts.
+# Fuzz each parser for SECONDS seconds (nightly + cargo-fuzz, installed when missing). A crash is copied into
+# wasm-filter/core/fuzz/regressions/<target>/, where `cargo test` replays it from then on.
 fuzz seconds="60":
     #!/usr/bin/env bash
     set -euo pipefail
     cd {{root}}/wasm-filter/core/fuzz
     command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
     for target in baggage gray_header path; do
-        cargo +nightly fuzz run "$target" corpus/"$target" -- -max_total_time={{seconds}}
+        # New inputs go to a scratch corpus; the committed seeds in corpus/ are only read.
+        mkdir -p target/corpus/"$target"
+        if ! cargo +nightly fuzz run "$target" target/corpus/"$target" corpus/"$target" -- -max_total_time={{seconds}}; then
+            cp artifacts/"$target"/crash-* regressions/"$target"/ 2>/dev/null || true
+            echo "fuzz: $target failed; its crash input is now in regressions/$target (commit it with the fix)" >&2
+            exit 1
+        fi
     done
