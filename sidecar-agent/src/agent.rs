@@ -1,5 +1,6 @@
-//! The daemon: kernel probe → ring buffer reader → enrichment and connection table, plus the metrics endpoint
-//! and the Unix socket, all stopped together.
+//! The daemon: kernel probe → ring buffer reader → enrichment and connection table; the Collector service on the
+//! Unix socket (call records linked against the table, a timer retrying those that wait); the metrics endpoint.
+//! All stopped together.
 
 use std::{
     future::Future,
@@ -16,8 +17,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    collector::{Core, CoreSettings},
     config::Config,
-    control,
+    control::{self, ServeSettings},
     ebpf::{
         events::ConnEvent,
         reader::{self, PauseControl, Reader, ReaderCounters},
@@ -68,6 +70,8 @@ pub struct Agent {
     tasks: JoinSet<()>,
     /// Inode of the watched netns (0: all).
     netns: u32,
+    /// The Collector's state.
+    core: Arc<Core>,
 }
 
 // === impl Agent ===
@@ -124,7 +128,30 @@ impl Agent {
                 tracing::error!(error = %e, "metrics server failed");
             }
         });
-        tasks.spawn(control::serve(listeners.control, Arc::clone(&table), cancel.clone()));
+        let core = Core::new(
+            Arc::clone(&table),
+            Arc::clone(&metrics),
+            CoreSettings {
+                netns: Some(probe.netns()).filter(|&n| n != 0),
+                link_wait: config.link_wait,
+                link_pending_max: config.link_pending_max,
+                watch_queue: config.watch_queue,
+                methods_max_rows: config.methods_max_rows,
+            },
+        );
+        tasks.spawn(link_timer(Arc::clone(&core), config.link_wait, cancel.clone()));
+        tasks.spawn(control::serve(
+            listeners.control,
+            Arc::clone(&core),
+            ServeSettings {
+                allowed_uids: config.allowed_uids.clone(),
+                max_message_bytes: config.max_message_bytes,
+                max_connections: config.max_connections,
+                max_streams: config.max_streams,
+            },
+            Arc::clone(&metrics),
+            cancel.clone(),
+        ));
         tracing::info!(metrics = ?addr, netns = probe.netns(), "agent started");
         Ok(Self {
             table,
@@ -135,7 +162,13 @@ impl Agent {
             cancel,
             tasks,
             netns: probe.netns(),
+            core,
         })
+    }
+
+    /// The Collector's state (what the gRPC service serves).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
     }
 
     /// Runs `f` on the connection table.
@@ -193,6 +226,23 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future) -
     tracing::info!("shutting down");
     agent.stop().await;
     Ok(())
+}
+
+/// Retries the records waiting for their connection, a few times per link wait; on shutdown ends the watch
+/// streams so the gRPC server can drain.
+async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) {
+    let period = (wait / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                core.hub().close();
+                return;
+            }
+            _ = tick.tick() => core.tick(Instant::now()),
+        }
+    }
 }
 
 /// Enriches each event's owner and applies it to the table; expires closed connections on a timer.

@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, Layers, ENV_CONFIG};
 
-/// grayscope sidecar agent: TCP connections of the pod, with the process that owns each one.
+/// grayscope sidecar agent: TCP connections of the pod with the process that owns each one, and the Envoy
+/// filter's calls linked to those processes.
 #[derive(Debug, Parser)]
 #[command(name = "grayscope-agent", version, about, propagate_version = true)]
 pub struct Cli {
@@ -19,9 +20,40 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: track connections, serve the Unix socket and /metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print connection events as they happen, one line each (like tcplife).
     Trace(TraceArgs),
+    /// Stream the calls a running agent links to processes, one line each.
+    Tail(TailArgs),
+    /// Print the method table of a running agent: per interface x gray version x process.
+    Methods(ClientArgs),
+}
+
+/// How to reach a running agent.
+#[derive(Debug, Default, Args)]
+pub struct ClientArgs {
+    /// The agent's Unix socket [env: GRAYSCOPE_SOCKET] [default: /run/grayscope/agent.sock].
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<String>,
+}
+
+/// Settings of `tail`: which calls to show (all when none is given).
+#[derive(Debug, Default, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only calls of this service (`pkg.Service` for gRPC, the upstream cluster for HTTP).
+    #[arg(long, value_name = "S")]
+    pub service: Option<String>,
+    /// Only calls of this method: `Method`, `pkg.Service/Method`, or `VERB route` for HTTP.
+    #[arg(long, value_name = "M")]
+    pub method: Option<String>,
+    /// Only calls with this gray version.
+    #[arg(long, value_name = "V")]
+    pub gray_version: Option<String>,
+    /// Only calls linked to this process.
+    #[arg(long, value_name = "N")]
+    pub pid: Option<u32>,
 }
 
 /// Settings of `run`. Each also comes from a GRAYSCOPE_* environment variable or the config file.
@@ -44,6 +76,34 @@ pub struct RunArgs {
     /// How long closed connections stay in the table [env: GRAYSCOPE_CLOSED_GRACE] [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub closed_grace: Option<String>,
+    /// Octal mode of the socket file [env: GRAYSCOPE_SOCKET_MODE] [default: 0660].
+    #[arg(long, value_name = "MODE")]
+    pub socket_mode: Option<String>,
+    /// Peer uids allowed to call: `any`, or a list of uids and `self` [env: GRAYSCOPE_ALLOWED_UIDS]
+    /// [default: self,0].
+    #[arg(long, value_name = "UIDS")]
+    pub allowed_uids: Option<String>,
+    /// Largest gRPC message accepted [env: GRAYSCOPE_MAX_MESSAGE_BYTES] [default: 4MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<String>,
+    /// Connections served at once [env: GRAYSCOPE_MAX_CONNECTIONS] [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Concurrent calls per connection [env: GRAYSCOPE_MAX_STREAMS] [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_streams: Option<String>,
+    /// How long a call record waits for its connection [env: GRAYSCOPE_LINK_WAIT] [default: 500ms].
+    #[arg(long, value_name = "DURATION")]
+    pub link_wait: Option<String>,
+    /// Most call records waiting for their connection [env: GRAYSCOPE_LINK_PENDING_MAX] [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub link_pending_max: Option<String>,
+    /// Calls queued per watcher before it loses the oldest [env: GRAYSCOPE_WATCH_QUEUE] [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub watch_queue: Option<String>,
+    /// Most rows of the method table [env: GRAYSCOPE_METHODS_MAX_ROWS] [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub methods_max_rows: Option<String>,
 }
 
 /// Settings of `trace`.
@@ -82,9 +142,11 @@ impl Command {
     /// by `--config` or `GRAYSCOPE_CONFIG`.
     pub fn layers(&self, env: impl IntoIterator<Item = (String, String)>) -> Layers {
         let mut layers = Layers::default().with_env(env);
+        let none = KernelArgs::default();
         let (file, kernel) = match self {
             Self::Run(a) => (&a.config, &a.kernel),
             Self::Trace(a) => (&a.config, &a.kernel),
+            Self::Tail(_) | Self::Methods(_) => (&None, &none),
         };
         let mut flag = |field: config::Field, v: &Option<String>| {
             if let Some(v) = v {
@@ -100,6 +162,18 @@ impl Command {
             flag(config::METRICS_ADDR, &a.metrics_addr);
             flag(config::TABLE_MAX_ENTRIES, &a.table_max_entries);
             flag(config::CLOSED_GRACE, &a.closed_grace);
+            flag(config::SOCKET_MODE, &a.socket_mode);
+            flag(config::ALLOWED_UIDS, &a.allowed_uids);
+            flag(config::MAX_MESSAGE_BYTES, &a.max_message_bytes);
+            flag(config::MAX_CONNECTIONS, &a.max_connections);
+            flag(config::MAX_STREAMS, &a.max_streams);
+            flag(config::LINK_WAIT, &a.link_wait);
+            flag(config::LINK_PENDING_MAX, &a.link_pending_max);
+            flag(config::WATCH_QUEUE, &a.watch_queue);
+            flag(config::METHODS_MAX_ROWS, &a.methods_max_rows);
+        }
+        if let Self::Tail(TailArgs { client, .. }) | Self::Methods(client) = self {
+            flag(config::SOCKET, &client.socket);
         }
         let file = file.clone().or_else(|| layers.env.get(ENV_CONFIG).map(PathBuf::from));
         match file {

@@ -1,24 +1,51 @@
-//! The agent's Unix socket. The gRPC contract arrives in a later issue; until then every connection gets one
-//! health line (`ok <live> live <closed> closed`) and is closed.
+//! The agent's Unix socket: binding it (stale files replaced, live agents left alone, the mode set) and serving
+//! `grayscope.v1.Collector` on it with tonic over HTTP/2 (prior knowledge, as Envoy's gRPC client speaks it).
+//!
+//! Every call is checked against the peer's credentials (`SO_PEERCRED`): a uid that is not allowed gets
+//! PERMISSION_DENIED. Messages are bounded by `max_message_bytes` (larger: OUT_OF_RANGE), connections by
+//! `max_connections` (more wait in the listen backlog), streams per connection by `max_streams`.
 
 use std::{
-    fs,
+    fs, io,
     os::unix::fs::{FileTypeExt, PermissionsExt},
     path::Path,
-    sync::{Arc, Mutex, PoisonError},
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
 };
 
-use tokio::{io::AsyncWriteExt, net::UnixListener};
+use proto::v1::collector_server::CollectorServer;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{UnixListener, UnixStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_util::sync::CancellationToken;
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::server::{Connected, UdsConnectInfo},
+    Request, Status,
+};
 
-use crate::{error::Error, table::ConnTable};
+use crate::{
+    collector::{Core, Service},
+    config::AllowedUids,
+    error::Error,
+    metrics::Metrics,
+};
 
-/// Mode of the socket file: owner and group may connect (the proxy runs in the agent's group).
+/// Default mode of the socket file: owner and group may connect (the proxy runs in the agent's group).
 pub const SOCKET_MODE: u32 = 0o660;
 
-/// Binds the socket at `path`, replacing a stale socket file left by a dead agent, refusing to steal the
-/// socket of a live one, and setting [`SOCKET_MODE`]. Must be called inside a tokio runtime.
+/// [`bind_with_mode`] with [`SOCKET_MODE`].
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    bind_with_mode(path, SOCKET_MODE)
+}
+
+/// Binds the socket at `path`, replacing a stale socket file left by a dead agent, refusing to steal the
+/// socket of a live one, and setting `mode`. Must be called inside a tokio runtime.
+pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     let io = |what: String| move |source| Error::Io { what, source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
@@ -39,39 +66,159 @@ pub fn bind(path: &Path) -> Result<UnixListener, Error> {
         fs::remove_file(path).map_err(io(format!("removing stale socket {}", path.display())))?;
     }
     let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE))
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io(format!("setting the mode of {}", path.display())))?;
     Ok(listener)
 }
 
-/// Answers each connection with the health line until `cancel` fires.
-pub async fn serve(listener: UnixListener, table: Arc<Mutex<ConnTable>>, cancel: CancellationToken) {
-    loop {
-        let mut stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept on the agent socket failed");
-                    continue;
-                }
-            },
-        };
-        let line = {
-            let t = table.lock().unwrap_or_else(PoisonError::into_inner);
-            format!("ok {} live {} closed\n", t.live(), t.len() - t.live())
-        };
-        tokio::spawn(async move {
-            if let Err(e) = stream.write_all(line.as_bytes()).await {
-                tracing::debug!(error = %e, "health client went away");
+/// Limits of the gRPC server.
+#[derive(Clone, Debug)]
+pub struct ServeSettings {
+    /// Who may call.
+    pub allowed_uids: AllowedUids,
+    /// Largest message decoded.
+    pub max_message_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Concurrent streams per connection.
+    pub max_streams: u32,
+}
+
+/// Serves the Collector on `listener` until `cancel` fires (then open streams get a few seconds to end).
+pub async fn serve(
+    listener: UnixListener,
+    core: Arc<Core>,
+    settings: ServeSettings,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let own_uid = nix::unistd::geteuid().as_raw();
+    let allowed = settings.allowed_uids.clone();
+    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
+        let cred = req.extensions().get::<UdsConnectInfo>().and_then(|i| i.peer_cred);
+        match cred {
+            Some(c) if allowed.allows(c.uid(), own_uid) => Ok(req),
+            _ => {
+                metrics.permission_denied.inc();
+                let who = cred.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string());
+                Err(Status::permission_denied(format!(
+                    "uid {who} may not use the grayscope agent (allowed_uids)"
+                )))
             }
-        });
+        }
+    };
+    let service = CollectorServer::new(Service::new(core))
+        .max_decoding_message_size(settings.max_message_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let incoming = incoming(listener, Arc::new(Semaphore::new(settings.max_connections.max(1))));
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(settings.max_streams)
+        .add_service(InterceptedService::new(service, check))
+        .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
+    let forced = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    tokio::select! {
+        r = server => if let Err(e) = r {
+            tracing::error!(error = %e, "gRPC server failed");
+        },
+        () = forced => tracing::warn!("gRPC connections still open 5s after shutdown; closing them"),
+    }
+}
+
+/// Accepted connections, each holding one of the semaphore's permits while it lives: at most that many are
+/// served, the next ones wait in the listen backlog.
+fn incoming(
+    listener: UnixListener,
+    limit: Arc<Semaphore>,
+) -> impl futures_util::Stream<Item = io::Result<Limited>> + Send + 'static {
+    futures_util::stream::unfold((listener, limit), |(listener, limit)| async move {
+        let permit = Arc::clone(&limit).acquire_owned().await.ok()?;
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let conn = Limited {
+                        stream,
+                        _permit: permit,
+                    };
+                    return Some((Ok(conn), (listener, limit)));
+                }
+                Err(e) => {
+                    // Out of fds and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "accept on the agent socket failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// A connection counted against `max_connections`.
+#[derive(Debug)]
+pub struct Limited {
+    stream: UnixStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Limited {
+    type ConnectInfo = UdsConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Limited {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Limited {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uid_policy() {
+        let own = AllowedUids::Only {
+            own: true,
+            uids: vec![0],
+        };
+        assert!(own.allows(0, 1000) && own.allows(1000, 1000) && !own.allows(65534, 1000));
+        assert!(AllowedUids::Any.allows(65534, 0));
+        let list = AllowedUids::Only {
+            own: false,
+            uids: vec![12345],
+        };
+        assert!(!list.allows(0, 0) && list.allows(12345, 0));
+    }
 
     #[tokio::test]
     async fn replaces_stale_socket_refuses_live_one_and_sets_mode() {
@@ -83,7 +230,8 @@ mod tests {
         assert!(err.contains("another agent is serving"), "{err}");
         drop(first); // the file stays behind, like after a crash
         assert!(path.exists());
-        let _second = bind(&path).unwrap();
+        drop(bind_with_mode(&path, 0o600).unwrap());
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let plain = dir.path().join("plain");
         fs::write(&plain, "x").unwrap();
         assert!(bind(&plain).unwrap_err().to_string().contains("not a socket"));

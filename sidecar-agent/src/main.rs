@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use proto::v1::WatchRequest;
 use sidecar_agent::{
     cli::{Cli, Command},
-    control,
+    client, control,
     ebpf::ProbeOptions,
     parse_config, Config, Listeners,
 };
@@ -50,7 +51,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
         Command::Run(_) => {
             // Say what privilege is missing before touching the sockets (whose directory may need it too).
             sidecar_agent::ebpf::preflight::check()?;
-            let control = control::bind(&config.socket)?;
+            let control = control::bind_with_mode(&config.socket, config.socket_mode)?;
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await
                 .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
@@ -65,6 +66,20 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 kernel_max_conns: config.kernel_max_conns,
             };
             sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Tail(a) => {
+            let filter = WatchRequest {
+                service: a.service.clone().unwrap_or_default(),
+                method: a.method.clone().unwrap_or_default(),
+                gray_version: a.gray_version.clone().unwrap_or_default(),
+                pid: a.pid.unwrap_or(0),
+            };
+            client::tail(&config.socket, filter, std::io::stdout().lock(), shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Methods(_) => {
+            client::methods(&config.socket, std::io::stdout().lock()).await?;
             Ok(())
         }
     }

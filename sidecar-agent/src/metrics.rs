@@ -15,7 +15,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
     },
     registry::Registry,
 };
@@ -35,6 +35,24 @@ pub struct Metrics {
     pub enrichment_failures: Family<Reason, Counter>,
     /// Table evictions, by reason.
     pub evictions: Family<Reason, Counter>,
+    /// Call records received in `Report` batches that passed validation.
+    pub records_received: Counter,
+    /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
+    pub records: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Call records in batches refused as invalid.
+    pub records_rejected: Counter,
+    /// Records waiting for their connection.
+    pub link_pending: Gauge,
+    /// Watchers connected.
+    pub watchers: Gauge,
+    /// Calls dropped from slow watchers' queues.
+    pub watch_lost: Counter,
+    /// Calls and declarations the method table turned away because it was full.
+    pub methods_overflow: Counter,
+    /// Rows of the method table.
+    pub methods_rows: Gauge,
+    /// Calls refused because the peer's uid is not allowed.
+    pub permission_denied: Counter,
 }
 
 // === impl Metrics ===
@@ -55,11 +73,66 @@ impl Metrics {
             "Connections removed from the table: expired after the grace period, or evicted for room",
             evictions.clone(),
         );
+        let records_received = Counter::default();
+        registry.register(
+            "call_records_received",
+            "Call records received from the filter (valid batches)",
+            records_received.clone(),
+        );
+        let records = Family::default();
+        registry.register(
+            "call_records",
+            "Call records by how they were joined to a process",
+            records.clone(),
+        );
+        let records_rejected = Counter::default();
+        registry.register(
+            "call_records_rejected",
+            "Call records in Report batches refused as invalid",
+            records_rejected.clone(),
+        );
+        let link_pending = Gauge::default();
+        registry.register(
+            "link_pending",
+            "Call records waiting for their connection to appear",
+            link_pending.clone(),
+        );
+        let watchers = Gauge::default();
+        registry.register("watchers", "Watch streams open", watchers.clone());
+        let watch_lost = Counter::default();
+        registry.register(
+            "watch_lost",
+            "Calls dropped from the queue of a watcher that read too slowly",
+            watch_lost.clone(),
+        );
+        let methods_overflow = Counter::default();
+        registry.register(
+            "methods_overflow",
+            "Calls and declarations not aggregated because the method table was full",
+            methods_overflow.clone(),
+        );
+        let methods_rows = Gauge::default();
+        registry.register("methods_rows", "Rows of the method table", methods_rows.clone());
+        let permission_denied = Counter::default();
+        registry.register(
+            "grpc_permission_denied",
+            "gRPC calls refused because the peer's uid is not allowed",
+            permission_denied.clone(),
+        );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
         Self {
             registry,
             enrichment_failures,
             evictions,
+            records_received,
+            records,
+            records_rejected,
+            link_pending,
+            watchers,
+            watch_lost,
+            methods_overflow,
+            methods_rows,
+            permission_denied,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct Connection {
     pub process: Option<Arc<ProcessInfo>>,
     /// Set once the socket closed: how long it lived, and when the table learnt it.
     pub closed: Option<Closed>,
+    /// Kernel monotonic clock (ns) of the first event of this connection: when it was established.
+    pub first_ts_ns: u64,
 }
 
 /// The end of a connection.
@@ -76,6 +78,8 @@ pub struct ConnTable {
     /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
     closed: VecDeque<(Instant, u64)>,
     by_tuple: HashMap<(u32, SocketAddr, SocketAddr), u64>,
+    /// Every network namespace a connection was seen in (a handful: the pod's, or the node's pods).
+    namespaces: Vec<u32>,
     next_id: u64,
 }
 
@@ -92,6 +96,7 @@ impl ConnTable {
             last_closed: HashMap::new(),
             closed: VecDeque::new(),
             by_tuple: HashMap::new(),
+            namespaces: Vec::new(),
             next_id: 0,
         }
     }
@@ -122,7 +127,11 @@ impl ConnTable {
                     owner: None,
                     process: None,
                     closed: None,
+                    first_ts_ns: ev.ts_ns,
                 };
+                if !self.namespaces.contains(&ev.netns) {
+                    self.namespaces.push(ev.netns);
+                }
                 self.by_tuple.insert((ev.netns, ev.local, ev.remote), id);
                 self.live.insert(ev.skaddr, id);
                 self.entries.insert(id, conn);
@@ -201,6 +210,15 @@ impl ConnTable {
     pub fn find(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
         self.by_tuple
             .get(&(netns, local, remote))
+            .and_then(|id| self.entries.get(id))
+    }
+
+    /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
+    pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
+        self.namespaces
+            .iter()
+            .filter_map(|&ns| self.by_tuple.get(&(ns, local, remote)))
+            .max()
             .and_then(|id| self.entries.get(id))
     }
 

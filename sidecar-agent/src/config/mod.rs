@@ -42,6 +42,15 @@ fields! {
     RING_BUFFER_BYTES: "ring_buffer_bytes", "ring-buffer-bytes", "GRAYSCOPE_RING_BUFFER_BYTES", "262144";
     KERNEL_MAX_CONNS: "kernel_max_conns", "kernel-max-conns", "GRAYSCOPE_KERNEL_MAX_CONNS", "65536";
     LOG: "log", "log", "GRAYSCOPE_LOG", "info";
+    SOCKET_MODE: "socket_mode", "socket-mode", "GRAYSCOPE_SOCKET_MODE", "0660";
+    ALLOWED_UIDS: "allowed_uids", "allowed-uids", "GRAYSCOPE_ALLOWED_UIDS", "self,0";
+    MAX_MESSAGE_BYTES: "max_message_bytes", "max-message-bytes", "GRAYSCOPE_MAX_MESSAGE_BYTES", "4MiB";
+    MAX_CONNECTIONS: "max_connections", "max-connections", "GRAYSCOPE_MAX_CONNECTIONS", "64";
+    MAX_STREAMS: "max_streams", "max-streams", "GRAYSCOPE_MAX_STREAMS", "64";
+    LINK_WAIT: "link_wait", "link-wait", "GRAYSCOPE_LINK_WAIT", "500ms";
+    LINK_PENDING_MAX: "link_pending_max", "link-pending-max", "GRAYSCOPE_LINK_PENDING_MAX", "16384";
+    WATCH_QUEUE: "watch_queue", "watch-queue", "GRAYSCOPE_WATCH_QUEUE", "1024";
+    METHODS_MAX_ROWS: "methods_max_rows", "methods-max-rows", "GRAYSCOPE_METHODS_MAX_ROWS", "4096";
 }
 
 /// Environment variable naming the config file (also `--config`).
@@ -58,6 +67,32 @@ pub enum NetnsFilter {
     Inode(u32),
     /// The namespace behind this file, such as `/run/netns/<name>` or `/proc/<pid>/ns/net`.
     Path(PathBuf),
+}
+
+/// Which peer uids may use the agent's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedUids {
+    /// Anyone who can open the socket file (`any`).
+    Any,
+    /// These uids; `own` adds the agent's own effective uid (`self`).
+    Only {
+        /// Whether the agent's own uid is allowed.
+        own: bool,
+        /// Explicit uids.
+        uids: Vec<u32>,
+    },
+}
+
+// === impl AllowedUids ===
+
+impl AllowedUids {
+    /// Whether a peer with `uid` may call, the agent running as `own_uid`.
+    pub fn allows(&self, uid: u32, own_uid: u32) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Only { own, uids } => (*own && uid == own_uid) || uids.contains(&uid),
+        }
+    }
 }
 
 /// The validated configuration.
@@ -79,6 +114,24 @@ pub struct Config {
     pub kernel_max_conns: u32,
     /// `tracing` filter directives.
     pub log: String,
+    /// Mode of the socket file.
+    pub socket_mode: u32,
+    /// Peers allowed to call (checked against the socket's peer credentials).
+    pub allowed_uids: AllowedUids,
+    /// Largest gRPC message the agent decodes.
+    pub max_message_bytes: usize,
+    /// Most connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (calls) per connection.
+    pub max_streams: u32,
+    /// How long a call record waits for its connection to appear in the table.
+    pub link_wait: Duration,
+    /// Most records waiting for their connection; more are reported unlinked at once.
+    pub link_pending_max: usize,
+    /// Calls queued per watcher; a slower watcher loses its oldest.
+    pub watch_queue: usize,
+    /// Most rows of the method table (interface x gray version x process).
+    pub methods_max_rows: usize,
 }
 
 /// One bad value.
@@ -113,8 +166,106 @@ impl Config {
 /// Validates every setting of `source`. Pure: no file or environment access.
 pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let mut problems = source.problems();
-    let mut get = |field: Field, parse: &dyn Fn(&str) -> Result<Value, ParseError>| -> Option<Value> {
-        let (value, origin) = source.get(field).unwrap_or((field.default.to_owned(), Origin::Default));
+    let mut p = Parser {
+        source,
+        problems: &mut problems,
+    };
+    let max_day = Duration::from_secs(86_400);
+    let socket = p.get(SOCKET, value::socket_path);
+    let metrics_addr = p.get(METRICS_ADDR, value::socket_addr);
+    let netns = p.get(NETNS, value::netns);
+    let table_max_entries = p.get(TABLE_MAX_ENTRIES, |s| value::count(s, 1, 10_000_000));
+    let closed_grace = p.get(CLOSED_GRACE, |s| value::duration(s, max_day));
+    let ring_buffer_bytes = p.get(RING_BUFFER_BYTES, value::ring_size);
+    let kernel_max_conns = p.get(KERNEL_MAX_CONNS, |s| value::count(s, 1, 10_000_000));
+    let log = p.get(LOG, |s| value::log_filter(s).map(|()| s.to_owned()));
+    let socket_mode = p.get(SOCKET_MODE, value::mode);
+    let allowed_uids = p.get(ALLOWED_UIDS, value::uids);
+    let max_message_bytes = p.get(MAX_MESSAGE_BYTES, |s| value::bytes(s, 1024, 256 << 20));
+    let max_connections = p.get(MAX_CONNECTIONS, |s| value::count(s, 1, 65_536));
+    let max_streams = p.get(MAX_STREAMS, |s| value::count(s, 1, 65_536));
+    let link_wait = p.get(LINK_WAIT, |s| value::duration(s, Duration::from_secs(60)));
+    let link_pending_max = p.get(LINK_PENDING_MAX, |s| value::count(s, 1, 10_000_000));
+    let watch_queue = p.get(WATCH_QUEUE, |s| value::count(s, 1, 10_000_000));
+    let methods_max_rows = p.get(METHODS_MAX_ROWS, |s| value::count(s, 1, 10_000_000));
+
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let (
+        Some(socket),
+        Some(metrics_addr),
+        Some(netns),
+        Some(table_max_entries),
+        Some(closed_grace),
+        Some(ring_buffer_bytes),
+        Some(kernel_max_conns),
+        Some(log),
+        Some(socket_mode),
+        Some(allowed_uids),
+        Some(max_message_bytes),
+        Some(max_connections),
+        Some(max_streams),
+        Some(link_wait),
+        Some(link_pending_max),
+        Some(watch_queue),
+        Some(methods_max_rows),
+    ) = (
+        socket,
+        metrics_addr,
+        netns,
+        table_max_entries,
+        closed_grace,
+        ring_buffer_bytes,
+        kernel_max_conns,
+        log,
+        socket_mode,
+        allowed_uids,
+        max_message_bytes,
+        max_connections,
+        max_streams,
+        link_wait,
+        link_pending_max,
+        watch_queue,
+        methods_max_rows,
+    )
+    else {
+        return Err(ConfigError { problems });
+    };
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Config {
+        socket,
+        metrics_addr,
+        netns,
+        table_max_entries: size(table_max_entries),
+        closed_grace,
+        ring_buffer_bytes: u32::try_from(ring_buffer_bytes).unwrap_or(u32::MAX),
+        kernel_max_conns: u32::try_from(kernel_max_conns).unwrap_or(u32::MAX),
+        log,
+        socket_mode,
+        allowed_uids,
+        max_message_bytes: size(max_message_bytes),
+        max_connections: size(max_connections),
+        max_streams: u32::try_from(max_streams).unwrap_or(u32::MAX),
+        link_wait,
+        link_pending_max: size(link_pending_max),
+        watch_queue: size(watch_queue),
+        methods_max_rows: size(methods_max_rows),
+    })
+}
+
+/// Reads one field at a time, collecting every problem.
+struct Parser<'a, S> {
+    source: &'a S,
+    problems: &'a mut Vec<String>,
+}
+
+impl<S: Source> Parser<'_, S> {
+    fn get<T>(&mut self, field: Field, parse: impl Fn(&str) -> Result<T, ParseError>) -> Option<T> {
+        let (value, origin) = self
+            .source
+            .get(field)
+            .unwrap_or((field.default.to_owned(), Origin::Default));
         match parse(&value) {
             Ok(v) => Some(v),
             Err(error) => {
@@ -124,63 +275,11 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
                     value,
                     error,
                 };
-                problems.push(e.to_string());
+                self.problems.push(e.to_string());
                 None
             }
         }
-    };
-    let socket = get(SOCKET, &|s| value::socket_path(s).map(Value::Path));
-    let metrics_addr = get(METRICS_ADDR, &|s| value::socket_addr(s).map(Value::Addr));
-    let netns = get(NETNS, &|s| value::netns(s).map(Value::Netns));
-    let table_max_entries = get(TABLE_MAX_ENTRIES, &|s| value::count(s, 1, 10_000_000).map(Value::Int));
-    let closed_grace = get(CLOSED_GRACE, &|s| {
-        value::duration(s, Duration::from_secs(86_400)).map(Value::Dur)
-    });
-    let ring_buffer_bytes = get(RING_BUFFER_BYTES, &|s| value::ring_size(s).map(Value::Int));
-    let kernel_max_conns = get(KERNEL_MAX_CONNS, &|s| value::count(s, 1, 10_000_000).map(Value::Int));
-    let log = get(LOG, &|s| value::log_filter(s).map(|()| Value::Text(s.to_owned())));
-
-    match (
-        socket,
-        metrics_addr,
-        netns,
-        table_max_entries,
-        closed_grace,
-        ring_buffer_bytes,
-        kernel_max_conns,
-        log,
-    ) {
-        (
-            Some(Value::Path(socket)),
-            Some(Value::Addr(metrics_addr)),
-            Some(Value::Netns(netns)),
-            Some(Value::Int(table_max_entries)),
-            Some(Value::Dur(closed_grace)),
-            Some(Value::Int(ring_buffer_bytes)),
-            Some(Value::Int(kernel_max_conns)),
-            Some(Value::Text(log)),
-        ) if problems.is_empty() => Ok(Config {
-            socket,
-            metrics_addr,
-            netns,
-            table_max_entries: usize::try_from(table_max_entries).unwrap_or(usize::MAX),
-            closed_grace,
-            ring_buffer_bytes: u32::try_from(ring_buffer_bytes).unwrap_or(u32::MAX),
-            kernel_max_conns: u32::try_from(kernel_max_conns).unwrap_or(u32::MAX),
-            log,
-        }),
-        _ => Err(ConfigError { problems }),
     }
-}
-
-/// A parsed value, whatever its field.
-enum Value {
-    Path(PathBuf),
-    Addr(SocketAddr),
-    Netns(NetnsFilter),
-    Int(u64),
-    Dur(Duration),
-    Text(String),
 }
 
 impl fmt::Display for FieldError {

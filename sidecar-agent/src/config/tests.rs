@@ -112,3 +112,72 @@ fn socket_path_limit_and_log_filter() {
     assert!(err.problems[0].starts_with("socket = "), "{err}");
     assert!(err.problems[1].starts_with("log = "), "{err}");
 }
+
+#[test]
+fn serving_settings_defaults_and_forms() {
+    let c = Config::defaults().unwrap();
+    assert_eq!(c.socket_mode, 0o660);
+    assert_eq!(
+        c.allowed_uids,
+        AllowedUids::Only {
+            own: true,
+            uids: vec![0]
+        }
+    );
+    assert_eq!(c.max_message_bytes, 4 << 20);
+    assert_eq!((c.max_connections, c.max_streams), (64, 64));
+    assert_eq!(c.link_wait, Duration::from_millis(500));
+    assert_eq!(
+        (c.link_pending_max, c.watch_queue, c.methods_max_rows),
+        (16384, 1024, 4096)
+    );
+
+    let mut l = layers()
+        .with_env([("GRAYSCOPE_ALLOWED_UIDS".to_owned(), "any".to_owned())])
+        .with_file_text(
+            "/etc/g.toml".into(),
+            "socket_mode = \"0600\"\nlink_wait = \"2s\"\nwatch_queue = 8\n",
+        );
+    l.flags.insert("max_message_bytes", "64KiB".into());
+    let c = parse_config(&l).unwrap();
+    assert_eq!(c.allowed_uids, AllowedUids::Any);
+    assert_eq!(c.socket_mode, 0o600);
+    assert_eq!(c.link_wait, Duration::from_secs(2));
+    assert_eq!(c.watch_queue, 8);
+    assert_eq!(c.max_message_bytes, 65536);
+    assert_eq!(
+        value::uids(" self , 1000,0"),
+        Ok(AllowedUids::Only {
+            own: true,
+            uids: vec![1000, 0]
+        })
+    );
+}
+
+#[test]
+fn bad_serving_settings_are_reported_by_field() {
+    let mut l = layers().with_env([
+        ("GRAYSCOPE_SOCKET_MODE".to_owned(), "0999".to_owned()),
+        ("GRAYSCOPE_ALLOWED_UIDS".to_owned(), "root".to_owned()),
+    ]);
+    l.flags.insert("max_message_bytes", "1GiB".into());
+    l.flags.insert("max_connections", "0".into());
+    l.flags.insert("link_wait", "2m".into());
+    l.flags.insert("watch_queue", "-1".into());
+    let err = parse_config(&l).unwrap_err();
+    assert_eq!(err.problems.len(), 6, "{err}");
+    for needle in [
+        "socket_mode = \"0999\" (from environment variable GRAYSCOPE_SOCKET_MODE): expected an octal file mode",
+        "allowed_uids = \"root\" (from environment variable GRAYSCOPE_ALLOWED_UIDS): expected `any`",
+        "max_message_bytes = \"1GiB\" (from flag --max-message-bytes)",
+        "max_connections = \"0\" (from flag --max-connections)",
+        "link_wait = \"2m\" (from flag --link-wait): expected a duration such as 500ms, 30s, 5m or 1h, at most 60s",
+        "watch_queue = \"-1\" (from flag --watch-queue)",
+    ] {
+        assert!(err.to_string().contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert_eq!(value::mode("0o640"), Ok(0o640));
+    for bad in ["", "8", "0o", "1000", "rw"] {
+        assert_eq!(value::mode(bad), Err(ParseError::Mode), "{bad:?}");
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use super::NetnsFilter;
+use super::{AllowedUids, NetnsFilter};
 
 /// Why a value is invalid.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +19,12 @@ pub enum ParseError {
     SocketPath,
     #[error("expected a power of two between 4096 and 1073741824 (bytes; a KiB or MiB suffix is allowed)")]
     RingSize,
+    #[error("expected an octal file mode such as 0660, at most 0777")]
+    Mode,
+    #[error("expected `any`, or a comma-separated list of uids and `self` (the agent's own uid), such as `self,0`")]
+    Uids,
+    #[error("expected a size between {min} and {max} bytes (a KiB or MiB suffix is allowed)")]
+    Bytes { min: u64, max: u64 },
     #[error("not a valid log filter: {0}")]
     Log(String),
     #[error("{0}")]
@@ -79,7 +85,8 @@ pub(super) fn socket_path(s: &str) -> Result<PathBuf, ParseError> {
     Ok(PathBuf::from(s))
 }
 
-pub(super) fn ring_size(s: &str) -> Result<u64, ParseError> {
+/// `4096`, `256KiB`, `4MiB`.
+fn size(s: &str) -> Option<u64> {
     let s = s.trim();
     let (num, mult) = if let Some(n) = s.strip_suffix("KiB") {
         (n, 1024)
@@ -88,12 +95,46 @@ pub(super) fn ring_size(s: &str) -> Result<u64, ParseError> {
     } else {
         (s, 1)
     };
-    num.trim()
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
+    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult))
+}
+
+pub(super) fn ring_size(s: &str) -> Result<u64, ParseError> {
+    size(s)
         .filter(|n| n.is_power_of_two() && (4096..=1 << 30).contains(n))
         .ok_or(ParseError::RingSize)
+}
+
+pub(super) fn bytes(s: &str, min: u64, max: u64) -> Result<u64, ParseError> {
+    size(s)
+        .filter(|n| (min..=max).contains(n))
+        .ok_or(ParseError::Bytes { min, max })
+}
+
+pub(super) fn mode(s: &str) -> Result<u32, ParseError> {
+    let s = s.trim();
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(ParseError::Mode);
+    }
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|&m| m <= 0o777)
+        .ok_or(ParseError::Mode)
+}
+
+pub(super) fn uids(s: &str) -> Result<AllowedUids, ParseError> {
+    let s = s.trim();
+    if s == "any" {
+        return Ok(AllowedUids::Any);
+    }
+    let (mut own, mut uids) = (false, Vec::new());
+    for part in s.split(',').map(str::trim) {
+        match part {
+            "self" => own = true,
+            n => uids.push(n.parse::<u32>().map_err(|_| ParseError::Uids)?),
+        }
+    }
+    Ok(AllowedUids::Only { own, uids })
 }
 
 pub(super) fn log_filter(s: &str) -> Result<(), ParseError> {

@@ -69,16 +69,22 @@ fn ensure_tracefs() -> Result<(), Error> {
         return Ok(()); // not in our mount table (another mount namespace view), but usable
     }
     tracing::info!(path = TRACEFS, "tracefs is not mounted; mounting it");
-    nix::mount::mount(
+    let mounted = nix::mount::mount(
         Some("nodev"),
         TRACEFS,
         Some("tracefs"),
         nix::mount::MsFlags::empty(),
         None::<&str>,
-    )
-    .map_err(|e| Error::NoTracefs {
-        source: io::Error::from(e),
-    })?;
+    );
+    if let Err(e) = mounted {
+        // Another process (a second agent starting, a parallel test) may have mounted it in the meantime: EBUSY.
+        if has_events(TRACEFS) {
+            return Ok(());
+        }
+        return Err(Error::NoTracefs {
+            source: io::Error::from(e),
+        });
+    }
     if has_events(TRACEFS) {
         Ok(())
     } else {

@@ -5,14 +5,19 @@
 use std::{
     fs::File,
     future::Future,
+    net::SocketAddr,
     os::unix::fs::MetadataExt,
     path::PathBuf,
-    process::Command,
+    process::{Child, Command, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
+use proto::v1::{
+    collector_client::CollectorClient, CallRecord, Direction, ReportRequest, SocketAddress, WatchResponse,
+};
 use sidecar_agent::{control, Agent, Config, Listeners, NetnsFilter};
+use tonic::transport::Channel;
 
 /// Set to `1` to skip the tests that need root and a BPF-capable kernel (they fail loudly otherwise).
 pub const SKIP_VAR: &str = "GRAYSCOPE_SKIP_PRIVILEGED";
@@ -46,9 +51,11 @@ pub struct TestAgent {
 }
 
 pub async fn start(config: Config) -> TestAgent {
-    let dir = tempfile::tempdir().unwrap();
+    // Under /tmp and traversable, so a client run as another user can reach the socket.
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let socket = dir.path().join("agent.sock");
-    let control = control::bind(&socket).unwrap();
+    let control = control::bind_with_mode(&socket, config.socket_mode).unwrap();
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
     let agent = Agent::start(&config, Listeners { control, metrics })
@@ -62,6 +69,103 @@ pub async fn start(config: Config) -> TestAgent {
         socket,
         _dir: dir,
     }
+}
+
+impl TestAgent {
+    /// A gRPC client on the agent's socket.
+    pub async fn client(&self) -> CollectorClient<Channel> {
+        sidecar_agent::client::connect(&self.socket).await.unwrap()
+    }
+}
+
+/// A `python3` child running `script` with piped stdin (closing it ends the script) and stdout.
+pub fn python(script: &str) -> Child {
+    Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3: {e}"))
+}
+
+/// The first line the child prints.
+pub fn first_line(child: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// Ends a child started by [`python`]: closes its stdin and waits.
+pub fn finish(mut child: Child) {
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+fn sa(a: SocketAddr) -> Option<SocketAddress> {
+    Some(SocketAddress {
+        address: a.ip().to_string(),
+        port: u32::from(a.port()),
+    })
+}
+
+/// A gRPC call record as the filter sends it for an outbound call: the application at `client` called Envoy's
+/// listener at `server`.
+pub fn outbound(client: SocketAddr, server: SocketAddr, method: &str) -> CallRecord {
+    CallRecord {
+        direction: Direction::Outbound as i32,
+        rpc_system_name: "grpc".into(),
+        rpc_method: format!("test.Greeter/{method}"),
+        service: "test.Greeter".into(),
+        gray_version: "v2".into(),
+        status: "OK".into(),
+        rpc_grpc_status_code: 0,
+        http_response_status_code: 200,
+        duration_ns: 1_500_000,
+        start_time_unix_nano: 1_800_000_000_000_000_000,
+        client: sa(client),
+        server: sa(server),
+        upstream_local: sa("127.0.0.1:1".parse().unwrap()),
+        upstream_peer: sa("127.0.0.1:2".parse().unwrap()),
+        request_id: "req-1".into(),
+        ..CallRecord::default()
+    }
+}
+
+/// An inbound call: Envoy's upstream connection went from `upstream_local` to the application at
+/// `upstream_peer`.
+pub fn inbound(upstream_local: SocketAddr, upstream_peer: SocketAddr, method: &str) -> CallRecord {
+    CallRecord {
+        direction: Direction::Inbound as i32,
+        client: sa("10.9.9.9:40000".parse().unwrap()),
+        server: sa("127.0.0.1:15006".parse().unwrap()),
+        upstream_local: sa(upstream_local),
+        upstream_peer: sa(upstream_peer),
+        ..outbound(upstream_local, upstream_peer, method)
+    }
+}
+
+/// Sends one batch; returns `accepted`.
+pub async fn report(client: &mut CollectorClient<Channel>, calls: Vec<CallRecord>) -> u32 {
+    client
+        .report(ReportRequest {
+            reporter: "test".into(),
+            calls,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .accepted
+}
+
+/// The next message of a watch stream, within [`PATIENCE`].
+pub async fn next(stream: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
+    patiently("a watch message", stream.message())
+        .await
+        .unwrap()
+        .expect("the watch stream ended")
 }
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after [`PATIENCE`].

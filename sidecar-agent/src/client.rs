@@ -1,0 +1,328 @@
+//! A gRPC client of the agent over its Unix socket, and the output of `grayscope-agent tail` and `methods`.
+//!
+//! `tail` prints one line per call:
+//!
+//! ```text
+//! 2026-11-27T02:40:00.123Z  pid=4242 (python3)  outbound  grpc pkg.Greeter/SayHello  gray=v2  status=OK  1.234ms
+//! 2026-11-27T02:40:00.125Z  unlinked(no_connection)  inbound  http GET /items/{id}  gray=-  status=2xx  0.870ms
+//! -- lost 17 calls (this watcher read too slowly)
+//! ```
+
+use std::{
+    fmt::Write as _,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use hyper_util::rt::TokioIo;
+use proto::v1::{
+    collector_client::CollectorClient, CallRecord, Direction, LinkState, LinkedCall, ListMethodsRequest, MethodStats,
+    WatchRequest, WatchResponse,
+};
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest message the client decodes (a big method table).
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Why a client command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be connected.
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect {
+        /// The socket.
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The agent answered with an error.
+    #[error("the agent refused: {code:?}: {message}", code = .0.code(), message = .0.message())]
+    Status(#[from] tonic::Status),
+    /// Writing the output failed.
+    #[error("writing the output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A Collector client on the agent's Unix socket at `socket` (HTTP/2 over the socket; the URI is a placeholder).
+pub async fn connect(socket: impl AsRef<Path>) -> Result<CollectorClient<Channel>, ClientError> {
+    let path = socket.as_ref().to_path_buf();
+    let p = path.clone();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let p = p.clone();
+        async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(p).await?)) }
+    });
+    let channel = Endpoint::from_static("http://grayscope-agent.local")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ClientError::Connect { path, source })?;
+    Ok(CollectorClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+}
+
+/// Streams calls matching `filter` into `out`, one line each, until the agent ends the stream or `shutdown`
+/// completes.
+pub async fn tail(
+    socket: &Path,
+    filter: WatchRequest,
+    mut out: impl Write,
+    shutdown: impl std::future::Future,
+) -> Result<(), ClientError> {
+    let mut client = connect(socket).await?;
+    let mut stream = client.watch(filter).await?.into_inner();
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            m = stream.message() => m?,
+        };
+        let Some(msg) = msg else { return Ok(()) };
+        out.write_all(watch_lines(&msg).as_bytes())?;
+        out.flush()?;
+    }
+}
+
+/// Prints the method table into `out`.
+pub async fn methods(socket: &Path, mut out: impl Write) -> Result<(), ClientError> {
+    let mut client = connect(socket).await?;
+    let rows = client.list_methods(ListMethodsRequest {}).await?.into_inner().methods;
+    out.write_all(methods_table(&rows).as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The lines of one watch message: the lost-calls notice when there is one, then the call.
+pub fn watch_lines(msg: &WatchResponse) -> String {
+    let mut s = String::new();
+    if msg.lost > 0 {
+        let _ = writeln!(s, "-- lost {} calls (this watcher read too slowly)", msg.lost);
+    }
+    if let Some(call) = &msg.call {
+        s.push_str(&call_line(call));
+        s.push('\n');
+    }
+    s
+}
+
+/// One call: time, process, direction, interface, gray version, status, latency.
+pub fn call_line(call: &LinkedCall) -> String {
+    let c = call.call.clone().unwrap_or_default();
+    let time = rfc3339_millis(if c.start_time_unix_nano != 0 {
+        c.start_time_unix_nano
+    } else {
+        call.received_unix_nano
+    });
+    let process = match (&call.process, LinkState::try_from(call.link)) {
+        (Some(p), _) => format!("pid={} ({})", p.pid, p.command),
+        (None, Ok(LinkState::NoAddress)) => "unlinked(no_address)".to_owned(),
+        (None, _) => "unlinked(no_connection)".to_owned(),
+    };
+    format!(
+        "{time}  {process}  {}  {}  gray={}  status={}  {:.3}ms",
+        direction(c.direction),
+        interface(&c),
+        dash(&c.gray_version),
+        dash(&c.status),
+        ms(c.duration_ns),
+    )
+}
+
+/// `grpc pkg.Service/Method` or `http VERB route`.
+fn interface(c: &CallRecord) -> String {
+    if c.rpc_method.is_empty() {
+        format!("http {} {}", dash(&c.http_request_method), dash(&c.http_route))
+    } else {
+        format!("grpc {}", c.rpc_method)
+    }
+}
+
+fn direction(d: i32) -> &'static str {
+    match Direction::try_from(d) {
+        Ok(Direction::Inbound) => "inbound",
+        Ok(Direction::Outbound) => "outbound",
+        _ => "-",
+    }
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// The method table with aligned columns.
+pub fn methods_table(rows: &[MethodStats]) -> String {
+    let header = [
+        "SYSTEM", "SERVICE", "METHOD", "GRAY", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS", "P99_MS",
+        "MAX_MS", "PEERS", "DECLARED",
+    ];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
+    for r in rows {
+        let l = r.latency.unwrap_or_default();
+        let declared = r.declared.as_ref().map_or_else(
+            || "-".to_owned(),
+            |d| format!("{}->{}", dash(&d.input_type), dash(&d.output_type)),
+        );
+        let peers = if r.peers.is_empty() {
+            "-".to_owned()
+        } else {
+            r.peers.join(",")
+        };
+        table.push(vec![
+            dash(&r.rpc_system_name).to_owned(),
+            dash(&r.service).to_owned(),
+            dash(&r.method).to_owned(),
+            dash(&r.gray_version).to_owned(),
+            direction(r.direction).to_owned(),
+            r.process.as_ref().map_or_else(|| "-".to_owned(), |p| p.pid.to_string()),
+            r.process.as_ref().map_or("-", |p| dash(&p.command)).to_owned(),
+            r.calls.to_string(),
+            r.errors.to_string(),
+            format!("{:.3}", l.p50_ms),
+            format!("{:.3}", l.p99_ms),
+            format!("{:.3}", l.max_ms),
+            peers,
+            declared,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &table {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `2026-11-27T02:40:00.123Z` for ns since the Unix epoch (UTC, proleptic Gregorian).
+pub fn rfc3339_millis(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let millis = (unix_ns / 1_000_000) % 1000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use proto::v1::{LatencySummary, Process};
+
+    use super::*;
+
+    #[test]
+    fn times_are_utc_rfc3339() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_millis(951_782_400_123_000_000), "2000-02-29T00:00:00.123Z");
+        assert_eq!(rfc3339_millis(1_795_746_000_000_000_000), "2026-11-27T02:20:00.000Z");
+    }
+
+    #[test]
+    fn call_lines() {
+        let mut call = LinkedCall {
+            call: Some(CallRecord {
+                direction: Direction::Outbound as i32,
+                rpc_method: "pkg.Greeter/SayHello".into(),
+                gray_version: "v2".into(),
+                status: "OK".into(),
+                duration_ns: 1_234_000,
+                start_time_unix_nano: 1_000_000_000,
+                ..CallRecord::default()
+            }),
+            link: LinkState::Linked as i32,
+            process: Some(Process {
+                pid: 4242,
+                command: "python3".into(),
+                ..Process::default()
+            }),
+            ..LinkedCall::default()
+        };
+        assert_eq!(
+            call_line(&call),
+            "1970-01-01T00:00:01.000Z  pid=4242 (python3)  outbound  grpc pkg.Greeter/SayHello  gray=v2  status=OK  1.234ms"
+        );
+        call.process = None;
+        call.link = LinkState::NoConnection as i32;
+        let c = call.call.as_mut().unwrap();
+        c.rpc_method.clear();
+        c.http_request_method = "GET".into();
+        c.http_route = "/items".into();
+        c.gray_version.clear();
+        let text = watch_lines(&WatchResponse {
+            call: Some(call),
+            lost: 3,
+        });
+        assert_eq!(
+            text,
+            "-- lost 3 calls (this watcher read too slowly)\n\
+             1970-01-01T00:00:01.000Z  unlinked(no_connection)  outbound  http GET /items  gray=-  status=OK  1.234ms\n"
+        );
+    }
+
+    #[test]
+    fn the_method_table_is_aligned() {
+        let row = MethodStats {
+            rpc_system_name: "grpc".into(),
+            service: "pkg.Greeter".into(),
+            method: "SayHello".into(),
+            gray_version: "v2".into(),
+            direction: Direction::Inbound as i32,
+            process: Some(Process {
+                pid: 7,
+                command: "server".into(),
+                ..Process::default()
+            }),
+            calls: 12,
+            errors: 1,
+            latency: Some(LatencySummary {
+                p50_ms: 1.5,
+                p99_ms: 2.0,
+                max_ms: 2.25,
+                ..LatencySummary::default()
+            }),
+            ..MethodStats::default()
+        };
+        let text = methods_table(&[row]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(
+            lines[0].starts_with("SYSTEM  SERVICE      METHOD    GRAY  DIR      PID  COMMAND  CALLS"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("grpc    pkg.Greeter  SayHello  v2    inbound  7    server   12"),
+            "{text}"
+        );
+        assert_eq!(lines[0].find("P50_MS"), lines[1].find("1.500"), "{text}");
+    }
+}

@@ -1,0 +1,314 @@
+//! The `grayscope.v1.Collector` service: call records in, linked calls out (to watchers and the method table).
+//!
+//! [`Core`] holds the state and the logic, free of the transport: `Report` validates a batch, links what it can
+//! at once and queues the rest ([`crate::link::Pending`]); a timer ([`Core::tick`]) retries the queue. Every
+//! resolved record is counted, aggregated and published to the watchers; nothing here waits for a watcher.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use futures_util::{Stream, StreamExt as _};
+use proto::v1::{
+    collector_server::Collector, CallRecord, Direction, LinkedCall, ListMethodsRequest, ListMethodsResponse,
+    MethodMetadata, ReportMethodMetadataRequest, ReportMethodMetadataResponse, ReportRequest, ReportResponse,
+    WatchRequest, WatchResponse,
+};
+use tokio::time::Instant;
+use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
+
+use crate::{
+    link::{self, Clocks, Pending, Resolved, TableLookup},
+    methods::MethodTable,
+    metrics::Metrics,
+    table::ConnTable,
+    watch::{Filter, Hub},
+};
+
+/// Longest text field the agent accepts in a record or declaration, in bytes.
+pub const MAX_FIELD_BYTES: usize = 4096;
+
+/// Settings of the linking and fan-out.
+#[derive(Clone, Copy, Debug)]
+pub struct CoreSettings {
+    /// Namespace whose connections calls are joined to; `None`: any.
+    pub netns: Option<u32>,
+    /// See [`crate::Config::link_wait`].
+    pub link_wait: std::time::Duration,
+    /// See [`crate::Config::link_pending_max`].
+    pub link_pending_max: usize,
+    /// See [`crate::Config::watch_queue`].
+    pub watch_queue: usize,
+    /// See [`crate::Config::methods_max_rows`].
+    pub methods_max_rows: usize,
+}
+
+/// The service's state.
+#[derive(Debug)]
+pub struct Core {
+    table: Arc<Mutex<ConnTable>>,
+    netns: Option<u32>,
+    /// Records waiting for their connection. Locked before the table when both are.
+    pending: Mutex<Pending>,
+    hub: Arc<Hub>,
+    methods: Mutex<MethodTable>,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Core ===
+
+impl Core {
+    /// The state, joining against `table`.
+    pub fn new(table: Arc<Mutex<ConnTable>>, metrics: Arc<Metrics>, s: CoreSettings) -> Arc<Self> {
+        Arc::new(Self {
+            table,
+            netns: s.netns,
+            pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait)),
+            hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
+            methods: Mutex::new(MethodTable::new(s.methods_max_rows)),
+            metrics,
+        })
+    }
+
+    /// Takes a batch: validates all of it (an invalid record refuses the batch), then links or queues each
+    /// record. Returns how many were accepted.
+    pub fn report(&self, calls: Vec<CallRecord>, now: Instant) -> Result<u32, Status> {
+        if let Some((i, e)) = calls
+            .iter()
+            .enumerate()
+            .find_map(|(i, c)| validate(c).err().map(|e| (i, e)))
+        {
+            self.metrics.records_rejected.inc_by(calls.len() as u64);
+            return Err(Status::invalid_argument(format!("call record {i}: {e}")));
+        }
+        let n = u32::try_from(calls.len()).unwrap_or(u32::MAX);
+        self.metrics.records_received.inc_by(calls.len() as u64);
+        let received = unix_now();
+        let done: Vec<Resolved> = {
+            let mut pending = lock(&self.pending);
+            let table = lock(&self.table);
+            let lookup = TableLookup {
+                table: &table,
+                netns: self.netns,
+            };
+            let done = calls
+                .into_iter()
+                .filter_map(|c| pending.offer(&lookup, c, received, now))
+                .collect();
+            self.metrics.link_pending.set(gauge(pending.len()));
+            done
+        };
+        self.finish(done);
+        Ok(n)
+    }
+
+    /// Retries the waiting records; those linked now or out of time are reported.
+    pub fn tick(&self, now: Instant) {
+        let done = {
+            let mut pending = lock(&self.pending);
+            if pending.is_empty() {
+                return;
+            }
+            let table = lock(&self.table);
+            let done = pending.retry(
+                &TableLookup {
+                    table: &table,
+                    netns: self.netns,
+                },
+                now,
+            );
+            self.metrics.link_pending.set(gauge(pending.len()));
+            done
+        };
+        self.finish(done);
+    }
+
+    fn finish(&self, done: Vec<Resolved>) {
+        if done.is_empty() {
+            return;
+        }
+        let clocks = Clocks::now();
+        let calls: Vec<Arc<LinkedCall>> = done
+            .into_iter()
+            .map(|r| {
+                self.metrics
+                    .records
+                    .get_or_create(&[("outcome", r.outcome.label())])
+                    .inc();
+                Arc::new(link::linked_call(r, clocks))
+            })
+            .collect();
+        {
+            let mut methods = lock(&self.methods);
+            for c in &calls {
+                if !methods.observe(c) {
+                    self.metrics.methods_overflow.inc();
+                }
+            }
+            self.metrics.methods_rows.set(gauge(methods.len()));
+        }
+        for c in &calls {
+            self.hub.publish(c);
+        }
+    }
+
+    /// Records the interfaces process `pid` declares. Returns how many were accepted.
+    pub fn declare(&self, pid: u32, methods: Vec<MethodMetadata>) -> Result<u32, Status> {
+        for (i, m) in methods.iter().enumerate() {
+            for (name, v) in [
+                ("service", &m.service),
+                ("method", &m.method),
+                ("input_type", &m.input_type),
+                ("output_type", &m.output_type),
+                ("version", &m.version),
+            ] {
+                if v.len() > MAX_FIELD_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "method {i}: {name} is {} bytes (at most {MAX_FIELD_BYTES})",
+                        v.len()
+                    )));
+                }
+            }
+            if m.service.is_empty() || m.method.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "method {i}: service and method are required"
+                )));
+            }
+        }
+        let mut table = lock(&self.methods);
+        let mut accepted = 0;
+        for m in methods {
+            if table.declare(pid, m) {
+                accepted += 1;
+            } else {
+                self.metrics.methods_overflow.inc();
+            }
+        }
+        Ok(accepted)
+    }
+
+    /// The method table.
+    pub fn list(&self) -> Vec<proto::v1::MethodStats> {
+        lock(&self.methods).list()
+    }
+
+    /// The watchers.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Records waiting for their connection.
+    pub fn pending(&self) -> usize {
+        lock(&self.pending).len()
+    }
+}
+
+/// Why a record is refused: an unknown direction, or a text field longer than [`MAX_FIELD_BYTES`].
+pub fn validate(c: &CallRecord) -> Result<(), String> {
+    if Direction::try_from(c.direction).is_err() {
+        return Err(format!("unknown direction {}", c.direction));
+    }
+    for (name, v) in [
+        ("rpc_system_name", &c.rpc_system_name),
+        ("rpc_method", &c.rpc_method),
+        ("http_request_method", &c.http_request_method),
+        ("http_route", &c.http_route),
+        ("service", &c.service),
+        ("gray_version", &c.gray_version),
+        ("status", &c.status),
+        ("request_id", &c.request_id),
+        ("trace_id", &c.trace_id),
+    ] {
+        if v.len() > MAX_FIELD_BYTES {
+            return Err(format!("{name} is {} bytes (at most {MAX_FIELD_BYTES})", v.len()));
+        }
+    }
+    for (name, a) in [
+        ("client", &c.client),
+        ("server", &c.server),
+        ("upstream_local", &c.upstream_local),
+        ("upstream_peer", &c.upstream_peer),
+    ] {
+        if let Some(a) = a {
+            if a.address.len() > MAX_FIELD_BYTES || a.port > 65_535 {
+                return Err(format!("{name} is not an address"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The tonic service over a [`Core`].
+#[derive(Clone, Debug)]
+pub struct Service {
+    core: Arc<Core>,
+}
+
+impl Service {
+    /// Serves `core`.
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Collector for Service {
+    async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        let r = request.into_inner();
+        let n = r.calls.len();
+        let accepted = self.core.report(r.calls, Instant::now()).inspect_err(|e| {
+            tracing::debug!(reporter = %r.reporter, records = n, error = %e.message(), "refused a Report batch");
+        })?;
+        Ok(Response::new(ReportResponse { accepted }))
+    }
+
+    async fn report_method_metadata(
+        &self,
+        request: Request<ReportMethodMetadataRequest>,
+    ) -> Result<Response<ReportMethodMetadataResponse>, Status> {
+        let pid = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|i| i.peer_cred)
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok())
+            .unwrap_or(0);
+        let accepted = self.core.declare(pid, request.into_inner().methods)?;
+        Ok(Response::new(ReportMethodMetadataResponse { accepted }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let watcher = self.core.hub().subscribe(Filter::from(request.into_inner()));
+        Ok(Response::new(Box::pin(watcher.into_stream().map(Ok))))
+    }
+
+    async fn list_methods(
+        &self,
+        _request: Request<ListMethodsRequest>,
+    ) -> Result<Response<ListMethodsResponse>, Status> {
+        Ok(Response::new(ListMethodsResponse {
+            methods: self.core.list(),
+        }))
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

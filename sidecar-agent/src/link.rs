@@ -1,0 +1,313 @@
+//! Joining call records to connections: which process made (outbound) or served (inbound) each call.
+//!
+//! The filter reports Envoy's view of a call; the connection table holds the kernel's view. The join is on the
+//! 4-tuple of the *application's* socket, seen from the application's end:
+//!
+//! - **Outbound**: the application connected to Envoy. Its socket's local end is Envoy's downstream peer
+//!   (`client`) and its remote end is Envoy's listener address (`server`).
+//! - **Inbound**: Envoy connected to the application. The accepted socket's local end is the upstream host
+//!   (`upstream_peer`) and its remote end is Envoy's own end of that connection (`upstream_local`).
+//!
+//! A record whose connection is not in the table yet (its events may still be on their way from the kernel) waits
+//! in a bounded queue for at most the link wait, then is reported unlinked with the reason. Pure: the table is
+//! behind [`Lookup`], time is passed in.
+
+use std::{
+    collections::VecDeque,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use proto::v1::{self as pb, CallRecord, Direction, LinkState, LinkedCall};
+use tokio::time::Instant;
+
+use crate::table::{ConnTable, Connection};
+
+/// Finds a connection by its 4-tuple, seen from its local end.
+pub trait Lookup {
+    /// The newest connection whose local end is `local` and remote end is `remote`.
+    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
+}
+
+/// The real table, in one network namespace (`Some(inode)`) or any (`None`).
+#[derive(Debug)]
+pub struct TableLookup<'a> {
+    /// The table.
+    pub table: &'a ConnTable,
+    /// The namespace to look in; `None` for any.
+    pub netns: Option<u32>,
+}
+
+impl Lookup for TableLookup<'_> {
+    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+        match self.netns {
+            Some(ns) => self.table.find(ns, local, remote),
+            None => self.table.find_any(local, remote),
+        }
+        .cloned()
+    }
+}
+
+/// How a record ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The connection and its owner were found.
+    Linked(Connection),
+    /// The record lacks an address needed for the join.
+    NoAddress(String),
+    /// No connection (or no owner) turned up within the link wait.
+    NoConnection(String),
+    /// The queue of waiting records was full: reported at once.
+    QueueFull(String),
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// The `outcome` label of `grayscope_agent_call_records_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Linked(_) => "linked",
+            Self::NoAddress(_) => "unlinked_no_address",
+            Self::NoConnection(_) => "unlinked_no_connection",
+            Self::QueueFull(_) => "unlinked_queue_full",
+        }
+    }
+}
+
+/// A record with its outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Resolved {
+    /// The call as the filter reported it.
+    pub record: CallRecord,
+    /// When the agent received it, ns since the Unix epoch.
+    pub received_unix_nano: u64,
+    /// How it was joined.
+    pub outcome: Outcome,
+}
+
+/// The socket 4-tuple (local, remote) of the application's end of the call's connection.
+pub fn key(record: &CallRecord) -> Result<(SocketAddr, SocketAddr), String> {
+    let (local, remote, names) = match Direction::try_from(record.direction) {
+        Ok(Direction::Outbound) => (&record.client, &record.server, ("client", "server")),
+        Ok(Direction::Inbound) => (
+            &record.upstream_peer,
+            &record.upstream_local,
+            ("upstream_peer", "upstream_local"),
+        ),
+        _ => return Err("the record has no direction".to_owned()),
+    };
+    let local = address(local.as_ref()).ok_or_else(|| format!("no usable {} address", names.0))?;
+    let remote = address(remote.as_ref()).ok_or_else(|| format!("no usable {} address", names.1))?;
+    Ok((local, remote))
+}
+
+/// An IP address and a non-zero port; a v4-mapped IPv6 address is taken as IPv4, as the table stores it.
+fn address(a: Option<&pb::SocketAddress>) -> Option<SocketAddr> {
+    let a = a?;
+    let port = u16::try_from(a.port).ok().filter(|&p| p != 0)?;
+    let ip: IpAddr = a.address.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// One attempt: `Ok` when the record is done, `Err(reason)` when it should wait (the reason is reported if the
+/// wait runs out).
+fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String> {
+    let (local, remote) = match key(record) {
+        Ok(k) => k,
+        Err(reason) => return Ok(Outcome::NoAddress(reason)),
+    };
+    match lookup.lookup(local, remote) {
+        Some(conn) if conn.owner.is_some() => Ok(Outcome::Linked(conn)),
+        Some(_) => Err(format!(
+            "connection {local} -> {remote} is in the table but no process has accepted it"
+        )),
+        None => Err(format!("no connection {local} -> {remote} in the table")),
+    }
+}
+
+/// A record waiting for its connection.
+#[derive(Debug)]
+struct Waiting {
+    record: CallRecord,
+    received_unix_nano: u64,
+    deadline: Instant,
+    reason: String,
+}
+
+/// Records waiting for their connection, bounded; all wait the same time, so the queue is in deadline order.
+#[derive(Debug)]
+pub struct Pending {
+    max: usize,
+    wait: Duration,
+    queue: VecDeque<Waiting>,
+}
+
+// === impl Pending ===
+
+impl Pending {
+    /// At most `max` records, each waiting at most `wait`.
+    pub fn new(max: usize, wait: Duration) -> Self {
+        Self {
+            max: max.max(1),
+            wait,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Links `record` now, or queues it; returns it when it is done (linked, no address, no wait, queue full).
+    pub fn offer(
+        &mut self,
+        lookup: &impl Lookup,
+        record: CallRecord,
+        received_unix_nano: u64,
+        now: Instant,
+    ) -> Option<Resolved> {
+        let done = |record, outcome| {
+            Some(Resolved {
+                record,
+                received_unix_nano,
+                outcome,
+            })
+        };
+        match attempt(lookup, &record) {
+            Ok(outcome) => done(record, outcome),
+            Err(reason) if self.wait.is_zero() => done(record, Outcome::NoConnection(reason)),
+            Err(reason) if self.queue.len() >= self.max => done(
+                record,
+                Outcome::QueueFull(format!(
+                    "{reason}, and {} records already wait for theirs (link_pending_max)",
+                    self.queue.len()
+                )),
+            ),
+            Err(reason) => {
+                self.queue.push_back(Waiting {
+                    record,
+                    received_unix_nano,
+                    deadline: now + self.wait,
+                    reason,
+                });
+                None
+            }
+        }
+    }
+
+    /// Tries every waiting record again; returns those linked now and those whose wait ran out by `now`.
+    pub fn retry(&mut self, lookup: &impl Lookup, now: Instant) -> Vec<Resolved> {
+        let mut out = Vec::new();
+        let wait = self.wait;
+        self.queue.retain_mut(|w| {
+            let outcome = match attempt(lookup, &w.record) {
+                Ok(outcome) => outcome,
+                Err(reason) if now >= w.deadline => Outcome::NoConnection(format!("{reason} after waiting {wait:?}")),
+                Err(reason) => {
+                    w.reason = reason;
+                    return true;
+                }
+            };
+            out.push(Resolved {
+                record: std::mem::take(&mut w.record),
+                received_unix_nano: w.received_unix_nano,
+                outcome,
+            });
+            false
+        });
+        out
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether none waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
+/// Offsets between the kernel's clocks and the Unix epoch, read together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clocks {
+    /// Unix time minus `CLOCK_BOOTTIME` (process start times), ns.
+    pub boot_to_unix: i128,
+    /// Unix time minus `CLOCK_MONOTONIC` (`bpf_ktime_get_ns`, event times), ns.
+    pub mono_to_unix: i128,
+}
+
+// === impl Clocks ===
+
+impl Clocks {
+    /// The offsets now.
+    pub fn now() -> Self {
+        use nix::time::{clock_gettime, ClockId};
+        let ns = |id| {
+            clock_gettime(id)
+                .map(|t| i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec()))
+                .unwrap_or(0)
+        };
+        let real = ns(ClockId::CLOCK_REALTIME);
+        Self {
+            boot_to_unix: real - ns(ClockId::CLOCK_BOOTTIME),
+            mono_to_unix: real - ns(ClockId::CLOCK_MONOTONIC),
+        }
+    }
+
+    fn unix(offset: i128, ns: u64) -> u64 {
+        u64::try_from(offset + i128::from(ns)).unwrap_or(0)
+    }
+}
+
+/// The message for a resolved record.
+pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
+    let mut call = LinkedCall {
+        call: Some(r.record),
+        received_unix_nano: r.received_unix_nano,
+        ..LinkedCall::default()
+    };
+    match r.outcome {
+        Outcome::Linked(conn) => {
+            call.link = LinkState::Linked as i32;
+            call.process = conn.owner.as_ref().map(|owner| {
+                let info = conn.process.as_deref();
+                pb::Process {
+                    pid: owner.pid,
+                    executable_path: info
+                        .and_then(|p| p.exe.as_ref())
+                        .map(|e| e.display().to_string())
+                        .unwrap_or_default(),
+                    command_line: info.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
+                    command: owner.comm.clone(),
+                    container_id: info.and_then(|p| p.container_id.clone()).unwrap_or_default(),
+                    start_time_unix_nano: Clocks::unix(clocks.boot_to_unix, owner.start_ns),
+                }
+            });
+            let sa = |a: SocketAddr| pb::SocketAddress {
+                address: a.ip().to_string(),
+                port: u32::from(a.port()),
+            };
+            call.connection = Some(pb::Connection {
+                local: Some(sa(conn.local)),
+                remote: Some(sa(conn.remote)),
+                netns: u64::from(conn.netns),
+                established_unix_nano: Clocks::unix(clocks.mono_to_unix, conn.first_ts_ns),
+            });
+        }
+        Outcome::NoAddress(reason) => {
+            call.link = LinkState::NoAddress as i32;
+            call.unlinked_reason = reason;
+        }
+        Outcome::NoConnection(reason) | Outcome::QueueFull(reason) => {
+            call.link = LinkState::NoConnection as i32;
+            call.unlinked_reason = reason;
+        }
+    }
+    call
+}
+
+#[cfg(test)]
+mod tests;

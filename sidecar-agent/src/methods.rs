@@ -1,0 +1,298 @@
+//! The method table: calls aggregated per interface x gray version x direction x process, with what each
+//! process declared through `ReportMethodMetadata`. Bounded: at most `max_rows` rows (calls of a new row beyond
+//! that are counted as overflow), at most [`MAX_PEERS`] peers per row, at most `max_rows` declarations.
+//!
+//! Latency is kept in a log-linear histogram of microseconds (exact below 16 µs, then 8 buckets per power of
+//! two, so a percentile is within 12.5% of the true value); count, sum, min and max are exact.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proto::v1::{CallRecord, Direction, LatencySummary, LinkedCall, MethodMetadata, MethodStats, Process};
+
+/// Distinct peers kept per row.
+pub const MAX_PEERS: usize = 16;
+
+/// The `method` label: `Method` for gRPC (after the `/` of `rpc.method`), `VERB route` for HTTP.
+pub fn method_label(c: &CallRecord) -> String {
+    if !c.rpc_method.is_empty() {
+        return c
+            .rpc_method
+            .rsplit_once('/')
+            .map_or(c.rpc_method.as_str(), |(_, m)| m)
+            .to_owned();
+    }
+    format!("{} {}", c.http_request_method, c.http_route)
+}
+
+/// Whether the call failed: a gRPC status other than OK, an HTTP 5xx, or no response at all.
+pub fn is_error(c: &CallRecord) -> bool {
+    if c.status == "no_response" {
+        return true;
+    }
+    if c.rpc_system_name == "grpc" {
+        return c.status != "OK";
+    }
+    c.http_response_status_code >= 500 || c.status == "5xx"
+}
+
+/// The peer of the call: where an outbound call went (the upstream host, `ip:port`), or who made an inbound
+/// call (the downstream client's address, without its ephemeral port).
+fn peer(c: &CallRecord) -> Option<String> {
+    let a = if c.direction == Direction::Inbound as i32 {
+        return c.client.as_ref().map(|a| a.address.clone());
+    } else {
+        c.upstream_peer.as_ref().or(c.server.as_ref())?
+    };
+    Some(if a.address.contains(':') {
+        format!("[{}]:{}", a.address, a.port)
+    } else {
+        format!("{}:{}", a.address, a.port)
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    service: String,
+    method: String,
+    gray_version: String,
+    direction: i32,
+    rpc_system_name: String,
+    pid: u32,
+    start: u64,
+}
+
+#[derive(Debug)]
+struct Row {
+    process: Option<Process>,
+    calls: u64,
+    errors: u64,
+    latency: Histogram,
+    first_seen: u64,
+    last_seen: u64,
+    peers: Vec<String>,
+}
+
+/// The table.
+#[derive(Debug)]
+pub struct MethodTable {
+    max_rows: usize,
+    rows: HashMap<Key, Row>,
+    /// Declarations by (declaring pid, service, method).
+    declared: BTreeMap<(u32, String, String), MethodMetadata>,
+    overflow: u64,
+}
+
+// === impl MethodTable ===
+
+impl MethodTable {
+    /// An empty table of at most `max_rows` rows.
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            max_rows: max_rows.max(1),
+            rows: HashMap::new(),
+            declared: BTreeMap::new(),
+            overflow: 0,
+        }
+    }
+
+    /// Counts one call; false when it needed a new row and the table was full.
+    pub fn observe(&mut self, call: &LinkedCall) -> bool {
+        let Some(c) = &call.call else { return true };
+        let key = Key {
+            service: c.service.clone(),
+            method: method_label(c),
+            gray_version: c.gray_version.clone(),
+            direction: c.direction,
+            rpc_system_name: c.rpc_system_name.clone(),
+            pid: call.process.as_ref().map_or(0, |p| p.pid),
+            start: call.process.as_ref().map_or(0, |p| p.start_time_unix_nano),
+        };
+        if !self.rows.contains_key(&key) && self.rows.len() >= self.max_rows {
+            self.overflow += 1;
+            return false;
+        }
+        let seen = if c.start_time_unix_nano != 0 {
+            c.start_time_unix_nano
+        } else {
+            call.received_unix_nano
+        };
+        let row = self.rows.entry(key).or_insert_with(|| Row {
+            process: call.process.clone(),
+            calls: 0,
+            errors: 0,
+            latency: Histogram::default(),
+            first_seen: seen,
+            last_seen: seen,
+            peers: Vec::new(),
+        });
+        row.calls += 1;
+        row.errors += u64::from(is_error(c));
+        row.latency.record(c.duration_ns);
+        row.first_seen = row.first_seen.min(seen);
+        row.last_seen = row.last_seen.max(seen);
+        if let Some(p) = peer(c) {
+            if row.peers.len() < MAX_PEERS && !row.peers.contains(&p) {
+                row.peers.push(p);
+            }
+        }
+        true
+    }
+
+    /// Records what process `pid` declared; false when the table of declarations is full.
+    pub fn declare(&mut self, pid: u32, m: MethodMetadata) -> bool {
+        let key = (pid, m.service.clone(), m.method.clone());
+        if !self.declared.contains_key(&key) && self.declared.len() >= self.max_rows {
+            self.overflow += 1;
+            return false;
+        }
+        self.declared.insert(key, m);
+        true
+    }
+
+    /// Calls and declarations turned away because the table was full.
+    pub fn overflow(&self) -> u64 {
+        self.overflow
+    }
+
+    /// Rows now.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Every row, sorted by service, method, gray version, direction and pid; then declarations of processes
+    /// that have no call yet.
+    pub fn list(&self) -> Vec<MethodStats> {
+        let mut keys: Vec<&Key> = self.rows.keys().collect();
+        keys.sort();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let row = &self.rows[key];
+            let declared = self
+                .declared
+                .get(&(key.pid, key.service.clone(), key.method.clone()))
+                .cloned();
+            out.push(MethodStats {
+                rpc_system_name: key.rpc_system_name.clone(),
+                service: key.service.clone(),
+                method: key.method.clone(),
+                gray_version: key.gray_version.clone(),
+                direction: key.direction,
+                process: row.process.clone(),
+                calls: row.calls,
+                errors: row.errors,
+                latency: Some(row.latency.summary()),
+                first_seen_unix_nano: row.first_seen,
+                last_seen_unix_nano: row.last_seen,
+                peers: row.peers.clone(),
+                declared,
+            });
+        }
+        for ((pid, service, method), m) in &self.declared {
+            let called = self
+                .rows
+                .keys()
+                .any(|k| k.pid == *pid && &k.service == service && &k.method == method);
+            if !called {
+                out.push(MethodStats {
+                    service: service.clone(),
+                    method: method.clone(),
+                    gray_version: m.version.clone(),
+                    process: Some(Process {
+                        pid: *pid,
+                        ..Process::default()
+                    }),
+                    declared: Some(m.clone()),
+                    ..MethodStats::default()
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Latencies: exact count, sum, min and max; log-linear buckets of microseconds for the percentiles.
+#[derive(Debug, Default)]
+struct Histogram {
+    count: u64,
+    sum_ns: u128,
+    min_ns: u64,
+    max_ns: u64,
+    buckets: BTreeMap<u16, u64>,
+}
+
+impl Histogram {
+    fn record(&mut self, ns: u64) {
+        self.min_ns = if self.count == 0 { ns } else { self.min_ns.min(ns) };
+        self.max_ns = self.max_ns.max(ns);
+        self.count += 1;
+        self.sum_ns += u128::from(ns);
+        *self.buckets.entry(bucket(ns / 1000)).or_default() += 1;
+    }
+
+    /// The value of quantile `q`: the upper end of its bucket, within [min, max].
+    fn quantile_ns(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        // The rank of the quantile, 1-based: ceil(q * count), at least 1.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
+        let mut seen = 0;
+        for (&b, &n) in &self.buckets {
+            seen += n;
+            if seen >= rank {
+                return upper_us(b).saturating_mul(1000).clamp(self.min_ns, self.max_ns);
+            }
+        }
+        self.max_ns
+    }
+
+    fn summary(&self) -> LatencySummary {
+        #[allow(clippy::cast_precision_loss)]
+        let ms = |ns: u64| ns as f64 / 1e6;
+        #[allow(clippy::cast_precision_loss)]
+        let sum_ms = self.sum_ns as f64 / 1e6;
+        LatencySummary {
+            count: self.count,
+            sum_ms,
+            min_ms: ms(self.min_ns),
+            max_ms: ms(self.max_ns),
+            p50_ms: ms(self.quantile_ns(0.50)),
+            p90_ms: ms(self.quantile_ns(0.90)),
+            p99_ms: ms(self.quantile_ns(0.99)),
+        }
+    }
+}
+
+/// Bucket of `us` microseconds: 0..16 exact, then 8 per power of two.
+fn bucket(us: u64) -> u16 {
+    if us < 16 {
+        return u16::try_from(us).unwrap_or(0);
+    }
+    let exp = 63 - us.leading_zeros(); // >= 4
+    let sub = (us >> (exp - 3)) & 7;
+    u16::try_from(16 + (u64::from(exp) - 4) * 8 + sub).unwrap_or(u16::MAX)
+}
+
+/// Largest microsecond value of bucket `b`.
+fn upper_us(b: u16) -> u64 {
+    if b < 16 {
+        return u64::from(b);
+    }
+    let i = u64::from(b - 16);
+    let (exp, sub) = (i / 8 + 4, i % 8);
+    let upper = (u128::from(9 + sub) << (exp - 3)) - 1;
+    u64::try_from(upper).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+use proto::v1::SocketAddress;
+
+use super::*;
+
+fn grpc(method: &str, status: &str, ms: u64, pid: u32) -> LinkedCall {
+    LinkedCall {
+        call: Some(CallRecord {
+            direction: Direction::Outbound as i32,
+            rpc_system_name: "grpc".into(),
+            rpc_method: format!("pkg.Greeter/{method}"),
+            service: "pkg.Greeter".into(),
+            gray_version: "v2".into(),
+            status: status.into(),
+            duration_ns: ms * 1_000_000,
+            start_time_unix_nano: 1_000 + ms,
+            upstream_peer: Some(SocketAddress {
+                address: "10.0.0.9".into(),
+                port: 8080,
+            }),
+            ..CallRecord::default()
+        }),
+        process: (pid != 0).then(|| Process {
+            pid,
+            start_time_unix_nano: 7,
+            ..Process::default()
+        }),
+        ..LinkedCall::default()
+    }
+}
+
+#[test]
+fn aggregates_calls_errors_latency_and_peers_per_row() {
+    let mut t = MethodTable::new(10);
+    for ms in 1..=100 {
+        let status = if ms % 10 == 0 { "UNAVAILABLE" } else { "OK" };
+        assert!(t.observe(&grpc("SayHello", status, ms, 42)));
+    }
+    t.observe(&grpc("SayHello", "OK", 5, 0)); // unlinked: its own row
+    let rows = t.list();
+    assert_eq!(rows.len(), 2);
+    let r = rows.iter().find(|r| r.process.is_some()).unwrap();
+    assert_eq!((r.service.as_str(), r.method.as_str()), ("pkg.Greeter", "SayHello"));
+    assert_eq!((r.calls, r.errors), (100, 10));
+    assert_eq!(r.gray_version, "v2");
+    assert_eq!(r.peers, ["10.0.0.9:8080"]);
+    assert_eq!((r.first_seen_unix_nano, r.last_seen_unix_nano), (1_001, 1_100));
+    let l = r.latency.unwrap();
+    assert_eq!(l.count, 100);
+    assert_eq!((l.min_ms, l.max_ms, l.sum_ms), (1.0, 100.0, 5050.0));
+    for (got, want) in [(l.p50_ms, 50.0), (l.p90_ms, 90.0), (l.p99_ms, 99.0)] {
+        assert!(got >= want && got <= want * 1.125, "percentile {got} for {want}");
+    }
+}
+
+#[test]
+fn method_labels_and_errors() {
+    let mut http = CallRecord {
+        rpc_system_name: "http".into(),
+        http_request_method: "GET".into(),
+        http_route: "/items/{id}".into(),
+        http_response_status_code: 404,
+        status: "4xx".into(),
+        ..CallRecord::default()
+    };
+    assert_eq!(method_label(&http), "GET /items/{id}");
+    assert!(!is_error(&http));
+    http.http_response_status_code = 503;
+    assert!(is_error(&http));
+    http.status = "no_response".into();
+    http.http_response_status_code = 0;
+    assert!(is_error(&http));
+    let g = grpc("SayHello", "OK", 1, 1).call.unwrap();
+    assert_eq!(method_label(&g), "SayHello");
+    assert!(!is_error(&g));
+}
+
+#[test]
+fn rows_and_peers_are_bounded() {
+    let mut t = MethodTable::new(2);
+    assert!(t.observe(&grpc("A", "OK", 1, 1)));
+    assert!(t.observe(&grpc("B", "OK", 1, 1)));
+    assert!(!t.observe(&grpc("C", "OK", 1, 1)));
+    assert!(t.observe(&grpc("A", "OK", 1, 1)), "an existing row still counts");
+    assert_eq!((t.len(), t.overflow()), (2, 1));
+    let mut t = MethodTable::new(2);
+    for port in 0..40 {
+        let mut c = grpc("A", "OK", 1, 1);
+        c.call.as_mut().unwrap().upstream_peer.as_mut().unwrap().port = port;
+        t.observe(&c);
+    }
+    assert_eq!(t.list()[0].peers.len(), MAX_PEERS);
+}
+
+#[test]
+fn declarations_join_their_process_rows_or_stand_alone() {
+    let mut t = MethodTable::new(10);
+    let decl = |method: &str| MethodMetadata {
+        service: "pkg.Greeter".into(),
+        method: method.into(),
+        input_type: "pkg.HelloRequest".into(),
+        output_type: "pkg.HelloReply".into(),
+        version: "v2".into(),
+    };
+    t.observe(&grpc("SayHello", "OK", 1, 42));
+    assert!(t.declare(42, decl("SayHello")));
+    assert!(t.declare(42, decl("SayBye")));
+    assert!(t.declare(43, decl("SayHello")));
+    let rows = t.list();
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    assert_eq!(rows[0].declared.as_ref().unwrap().input_type, "pkg.HelloRequest");
+    let alone: Vec<_> = rows[1..]
+        .iter()
+        .map(|r| (r.process.as_ref().unwrap().pid, r.method.as_str(), r.calls))
+        .collect();
+    assert_eq!(alone, [(42, "SayBye", 0), (43, "SayHello", 0)]);
+}
+
+#[test]
+fn buckets_are_monotonic_and_cover_their_values() {
+    let mut last = 0;
+    for us in (0..100_000).chain([u64::MAX / 1000, u64::MAX]) {
+        let b = bucket(us);
+        assert!(b >= last, "{us}");
+        assert!(upper_us(b) >= us, "{us} above its bucket {b}");
+        last = b;
+    }
+}

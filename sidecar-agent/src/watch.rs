@@ -1,0 +1,227 @@
+//! Fan-out of linked calls to watchers, each with its own bounded queue.
+//!
+//! Publishing never waits for a watcher: it appends to each matching watcher's queue and, when the queue is
+//! full, drops that watcher's *oldest* entry and counts it. The next message the watcher reads carries how many
+//! it lost since its previous one. A watcher that never reads costs one full queue and nothing else.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError, Weak},
+};
+
+use futures_util::Stream;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+use proto::v1::{LinkedCall, WatchRequest, WatchResponse};
+use tokio::sync::Notify;
+
+/// Which calls a watcher wants; empty fields (and pid 0) match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Matches `CallRecord.service`.
+    pub service: String,
+    /// Matches the gRPC method name (`Method`), the full `rpc.method` (`pkg.Service/Method`) or the HTTP
+    /// `VERB route`.
+    pub method: String,
+    /// Matches the gray version.
+    pub gray_version: String,
+    /// Matches the linked process.
+    pub pid: u32,
+}
+
+// === impl Filter ===
+
+impl From<WatchRequest> for Filter {
+    fn from(r: WatchRequest) -> Self {
+        Self {
+            service: r.service,
+            method: r.method,
+            gray_version: r.gray_version,
+            pid: r.pid,
+        }
+    }
+}
+
+impl Filter {
+    /// Whether `call` is wanted.
+    pub fn matches(&self, call: &LinkedCall) -> bool {
+        let Some(c) = &call.call else { return false };
+        let method_ok = self.method.is_empty()
+            || c.rpc_method == self.method
+            || c.rpc_method.rsplit_once('/').is_some_and(|(_, m)| m == self.method)
+            || (!c.http_request_method.is_empty()
+                && self
+                    .method
+                    .split_once(' ')
+                    .is_some_and(|(v, r)| v == c.http_request_method && r == c.http_route));
+        (self.service.is_empty() || c.service == self.service)
+            && method_ok
+            && (self.gray_version.is_empty() || c.gray_version == self.gray_version)
+            && (self.pid == 0 || call.process.as_ref().is_some_and(|p| p.pid == self.pid))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Arc<LinkedCall>>,
+    lost: u64,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    filter: Filter,
+    queue: Mutex<Queue>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Watchers {
+    slots: Vec<Arc<Slot>>,
+    closed: bool,
+}
+
+/// The watchers.
+#[derive(Debug)]
+pub struct Hub {
+    capacity: usize,
+    watchers: Mutex<Watchers>,
+    /// `grayscope_agent_watchers`.
+    count: Gauge,
+    /// `grayscope_agent_watch_lost_total`.
+    lost: Counter,
+}
+
+// === impl Hub ===
+
+impl Hub {
+    /// A hub whose watchers queue at most `capacity` calls each; `count` and `lost` are its metrics.
+    pub fn new(capacity: usize, count: Gauge, lost: Counter) -> Arc<Self> {
+        Arc::new(Self {
+            capacity: capacity.max(1),
+            watchers: Mutex::new(Watchers::default()),
+            count,
+            lost,
+        })
+    }
+
+    /// A new watcher (already closed if the hub is).
+    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Watcher {
+        let slot = Arc::new(Slot {
+            filter,
+            queue: Mutex::new(Queue::default()),
+            notify: Notify::new(),
+        });
+        let mut w = lock(&self.watchers);
+        if w.closed {
+            lock(&slot.queue).closed = true;
+        } else {
+            w.slots.push(Arc::clone(&slot));
+            self.count.set(i64::try_from(w.slots.len()).unwrap_or(i64::MAX));
+        }
+        Watcher {
+            hub: Arc::downgrade(self),
+            slot,
+        }
+    }
+
+    /// Hands `call` to every watcher that wants it, without waiting for any.
+    pub fn publish(&self, call: &Arc<LinkedCall>) {
+        let w = lock(&self.watchers);
+        for slot in w.slots.iter().filter(|s| s.filter.matches(call)) {
+            let mut q = lock(&slot.queue);
+            q.items.push_back(Arc::clone(call));
+            if q.items.len() > self.capacity {
+                q.items.pop_front();
+                q.lost += 1;
+                self.lost.inc();
+            }
+            drop(q);
+            slot.notify.notify_one();
+        }
+    }
+
+    /// Ends every watcher's stream (after what it has queued) and refuses new ones.
+    pub fn close(&self) {
+        let mut w = lock(&self.watchers);
+        w.closed = true;
+        for slot in w.slots.drain(..) {
+            lock(&slot.queue).closed = true;
+            slot.notify.notify_one();
+        }
+        self.count.set(0);
+    }
+
+    /// Watchers now.
+    pub fn len(&self) -> usize {
+        lock(&self.watchers).slots.len()
+    }
+
+    /// Whether nobody watches.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove(&self, slot: &Arc<Slot>) {
+        let mut w = lock(&self.watchers);
+        w.slots.retain(|s| !Arc::ptr_eq(s, slot));
+        self.count.set(i64::try_from(w.slots.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// One watcher; leaves the hub when dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    hub: Weak<Hub>,
+    slot: Arc<Slot>,
+}
+
+// === impl Watcher ===
+
+impl Watcher {
+    /// The oldest queued call, with the calls lost since the previous one, if any is queued.
+    pub fn try_next(&self) -> Option<WatchResponse> {
+        let mut q = lock(&self.slot.queue);
+        let call = q.items.pop_front()?;
+        Some(WatchResponse {
+            call: Some(LinkedCall::clone(&call)),
+            lost: std::mem::take(&mut q.lost),
+        })
+    }
+
+    /// Waits for the next call; `None` once the hub is closed and the queue empty.
+    pub async fn next(&self) -> Option<WatchResponse> {
+        loop {
+            if let Some(r) = self.try_next() {
+                return Some(r);
+            }
+            if lock(&self.slot.queue).closed {
+                return None;
+            }
+            // notify_one keeps a permit when nobody waits, so a publish between the check and here is not missed.
+            self.slot.notify.notified().await;
+        }
+    }
+
+    /// The watcher as a stream of messages, for the gRPC response.
+    pub fn into_stream(self) -> impl Stream<Item = WatchResponse> + Send + 'static {
+        futures_util::stream::unfold(self, |w| async move {
+            let r = w.next().await?;
+            Some((r, w))
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.remove(&self.slot);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

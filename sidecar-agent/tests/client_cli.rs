@@ -1,0 +1,143 @@
+//! `grayscope-agent tail` and `grayscope-agent methods` run as a user would, as subprocesses against a running
+//! agent: tail prints a line per call (linked ones with the pid and command, unlinked ones with the reason) and
+//! stops cleanly on SIGTERM; methods prints the aligned table.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::mpsc,
+};
+
+use common::{finish, first_line, privileged, python, report, start, wait_for, PATIENCE};
+use nix::{sys::signal, unistd::Pid};
+use sidecar_agent::NetnsFilter;
+
+const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_and_methods_print_linked_calls() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut tail = Command::new(BIN)
+        .args(["tail", "--service", "test.Greeter", "--gray-version", "v2", "--socket"])
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(tail.stdout.take().unwrap());
+    std::thread::spawn(move || stdout.lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    let hub = std::sync::Arc::clone(agent.agent.core().hub());
+    wait_for("tail to subscribe", || hub.len() == 1).await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envoy = listener.local_addr().unwrap();
+    let mut child = python(&format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         print(s.getsockname()[1], flush=True)\n\
+         sys.stdin.read()\n",
+        envoy.port()
+    ));
+    let pid = child.id();
+    let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
+    let mut client = agent.client().await;
+    let mut other_version = common::outbound(local, envoy, "Filtered");
+    other_version.gray_version = "v1".into();
+    let mut unlinked = common::outbound(local, envoy, "Bare");
+    unlinked.server = None;
+    let calls = vec![other_version, common::outbound(local, envoy, "SayHello"), unlinked];
+    assert_eq!(report(&mut client, calls).await, 3);
+
+    let line = lines.recv_timeout(PATIENCE).expect("tail printed nothing");
+    // start_time_unix_nano 1_800_000_000_000_000_000 is 2027-01-15T08:00:00Z.
+    assert_eq!(
+        line,
+        format!(
+            "2027-01-15T08:00:00.000Z  pid={pid} (python3)  outbound  grpc test.Greeter/SayHello  gray=v2  \
+             status=OK  1.500ms"
+        )
+    );
+    let line = lines.recv_timeout(PATIENCE).expect("tail printed one line only");
+    assert_eq!(
+        line,
+        "2027-01-15T08:00:00.000Z  unlinked(no_address)  outbound  grpc test.Greeter/Bare  gray=v2  status=OK  \
+         1.500ms"
+    );
+
+    let out = Command::new(BIN)
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(
+        rows[0],
+        [
+            "SYSTEM", "SERVICE", "METHOD", "GRAY", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS", "P99_MS",
+            "MAX_MS", "PEERS", "DECLARED"
+        ],
+        "{text}"
+    );
+    let pid = pid.to_string();
+    let hello = rows
+        .iter()
+        .find(|r| r[2] == "SayHello")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        hello[..9],
+        [
+            "grpc",
+            "test.Greeter",
+            "SayHello",
+            "v2",
+            "outbound",
+            pid.as_str(),
+            "python3",
+            "1",
+            "0"
+        ],
+        "{text}"
+    );
+    assert_eq!(hello[11], "1.500", "{text}");
+    assert!(rows.iter().any(|r| r[2] == "Filtered" && r[3] == "v1"), "{text}");
+    assert!(rows.iter().any(|r| r[2] == "Bare" && r[5] == "-"), "{text}");
+    // The columns line up: every row's METHOD starts where the header's does.
+    let col = text.lines().next().unwrap().find("METHOD").unwrap();
+    for l in text.lines().skip(1) {
+        assert_eq!(l[col - 2..col].trim(), "", "{text}");
+    }
+
+    signal::kill(
+        Pid::from_raw(i32::try_from(tail.id()).unwrap()),
+        signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tail.wait().unwrap();
+    assert!(status.success(), "tail must stop cleanly on SIGTERM: {status}");
+    finish(child);
+    agent.agent.stop().await;
+}
+
+#[test]
+fn tail_without_an_agent_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["tail", "--socket"])
+        .arg(dir.path().join("none.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to the agent at"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

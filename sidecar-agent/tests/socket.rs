@@ -1,0 +1,292 @@
+//! The Unix-socket gRPC server under hostile or careless peers: a uid that is not allowed is refused on every
+//! call (and an allowed non-root uid is served); an oversized, a malformed and an invalid message each get an
+//! error status; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads
+//! it is told how many calls it lost. After each, the agent keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    process::{Command, Output},
+};
+
+use bytes::{Buf, BufMut};
+use common::{next, privileged, report, start};
+use proto::v1::{CallRecord, Direction, ListMethodsRequest, ReportRequest, WatchRequest};
+use sidecar_agent::{AllowedUids, Config, NetnsFilter};
+use tonic::{
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    Code, Status,
+};
+
+/// Runs the built binary's `methods` against `socket` as `uid`, from a copy under /tmp that any user can run.
+fn methods_as(uid: u32, socket: &std::path::Path) -> Output {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let bin = dir.path().join("grayscope-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_grayscope-agent"), &bin).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "--".into(),
+        ])
+        .arg(&bin)
+        .arg("methods")
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        socket_mode: 0o666,
+        allowed_uids: AllowedUids::Only {
+            own: false,
+            uids: vec![12345],
+        },
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let mode = std::fs::metadata(&agent.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666);
+    // We are root, and root is not in the list.
+    let mut client = agent.client().await;
+    let denied = |s: Status| {
+        assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+        assert!(s.message().contains("uid 0 may not use the grayscope agent"), "{s:?}");
+    };
+    denied(client.report(ReportRequest::default()).await.unwrap_err());
+    denied(client.watch(WatchRequest::default()).await.unwrap_err());
+    denied(client.list_methods(ListMethodsRequest {}).await.unwrap_err());
+
+    let out = methods_as(65534, &agent.socket);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("PermissionDenied") && err.contains("uid 65534"), "{err}");
+    // The allowed uid is served, by the same agent.
+    let out = methods_as(12345, &agent.socket);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.starts_with("SYSTEM  SERVICE"), "{text}");
+
+    let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "grayscope_agent_grpc_permission_denied_total 4"),
+        "{metrics}"
+    );
+    agent.agent.stop().await;
+}
+
+/// Sends raw bytes as the request message and ignores the answer's body: a client that speaks garbage.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let v = src.chunk().to_vec();
+        src.advance(v.len());
+        Ok(Some(v))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_malformed_and_invalid_messages_get_errors_and_the_agent_keeps_serving() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut client = agent.client().await;
+    let record = |request_id: String| CallRecord {
+        direction: Direction::Outbound as i32,
+        request_id,
+        ..CallRecord::default()
+    };
+
+    // 5 MiB, over the 4 MiB default.
+    let big = client
+        .report(ReportRequest {
+            reporter: "test".into(),
+            calls: vec![record("x".repeat(5 << 20))],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(big.code(), Code::OutOfRange, "{big:?}");
+    assert!(big.message().contains("message length too large"), "{big:?}");
+
+    // Not protobuf at all: a field with wire type 7 (invalid).
+    let channel = tonic::transport::Endpoint::from_static("http://agent")
+        .connect_with_connector(tower::service_fn({
+            let path = agent.socket.clone();
+            move |_| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            }
+        }))
+        .await
+        .unwrap();
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.unwrap();
+    let garbage = raw
+        .unary(
+            tonic::Request::new(vec![0xff, 0xff, 0xff, 0xff]),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/grayscope.v1.Collector/Report"),
+            RawCodec,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(garbage.code(), Code::Internal, "{garbage:?}");
+    assert!(garbage.message().contains("decode"), "{garbage:?}");
+
+    // Well-formed protobuf, absurd values: the batch is refused as a whole, and counted.
+    let mut bad = record("ok".into());
+    bad.direction = 7;
+    let invalid = client
+        .report(ReportRequest {
+            reporter: "test".into(),
+            calls: vec![record("ok".into()), bad],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    assert_eq!(invalid.message(), "call record 1: unknown direction 7");
+    let mut long = record("ok".into());
+    long.service = "s".repeat(5000);
+    let invalid = client
+        .report(ReportRequest {
+            reporter: "test".into(),
+            calls: vec![long],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+
+    // Still serving, on the same connection and on a new one.
+    assert_eq!(report(&mut client, vec![record("after".into())]).await, 1);
+    assert_eq!(report(&mut agent.client().await, vec![record("new".into())]).await, 1);
+    let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
+    for line in [
+        "grayscope_agent_call_records_received_total 2",
+        "grayscope_agent_call_records_rejected_total 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_never_reads_slows_nobody_and_learns_what_it_lost() {
+    if !privileged() {
+        return;
+    }
+    const BATCH: usize = 100;
+    const BATCHES: usize = 20;
+    let agent = start(Config {
+        watch_queue: 128,
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    // Each on its own connection, as separate programs would be.
+    let mut slow = agent
+        .client()
+        .await
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast = agent
+        .client()
+        .await
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut reporter = agent.client().await;
+    // ~4 KiB per call, so the slow watcher's HTTP/2 window fills after a few hundred and its queue overflows.
+    let padding = "p".repeat(4000);
+    let mut seq = 0u64;
+    for _ in 0..BATCHES {
+        let calls: Vec<CallRecord> = (0..BATCH)
+            .map(|_| {
+                seq += 1;
+                CallRecord {
+                    direction: Direction::Outbound as i32,
+                    duration_ns: seq,
+                    request_id: padding.clone(),
+                    ..CallRecord::default()
+                }
+            })
+            .collect();
+        let first = seq + 1 - BATCH as u64;
+        assert_eq!(report(&mut reporter, calls).await, BATCH as u32);
+        for i in 0..BATCH as u64 {
+            let m = next(&mut fast).await;
+            assert_eq!(m.lost, 0, "the reading watcher lost calls");
+            assert_eq!(m.call.unwrap().call.unwrap().duration_ns, first + i);
+        }
+    }
+    // Now the slow one reads: every call is either delivered or counted as lost, and some were lost.
+    let total = (BATCH * BATCHES) as u64;
+    let (mut received, mut lost, mut last) = (0u64, 0u64, 0u64);
+    while received + lost < total {
+        let m = next(&mut slow).await;
+        lost += m.lost;
+        received += 1;
+        let n = m.call.unwrap().call.unwrap().duration_ns;
+        assert!(n > last, "calls arrive in order, the oldest dropped first");
+        assert_eq!(n, last + 1 + m.lost, "lost counts exactly the calls skipped");
+        last = n;
+    }
+    assert_eq!(received + lost, total);
+    assert!(lost > 0, "the slow watcher lost nothing: raise the volume");
+    let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("grayscope_agent_watch_lost_total {lost}")),
+        "{metrics}"
+    );
+    agent.agent.stop().await;
+}
