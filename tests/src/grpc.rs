@@ -65,37 +65,14 @@ pub fn call(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: 
 }
 
 /// As [`call`], from a client process whose pid is returned too (the process the agent must name).
-pub fn call_with_pid(
-    target: SocketAddr,
-    method: &str,
-    metadata: &[(&str, &str)],
-    count: usize,
-) -> (Vec<Outcome>, u32) {
-    let mut cmd = Command::new(paths::python());
-    cmd.arg(paths::tests_file("peers/grpc_peer.py")).args([
-        "call",
-        "--target",
-        &target.to_string(),
-        "--method",
-        method,
-        "--count",
-        &count.to_string(),
-    ]);
-    for (k, v) in metadata {
-        cmd.arg("--metadata").arg(format!("{k}={v}"));
-    }
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run grpc client");
-    let pid = child.id();
-    let out = child.wait_with_output().expect("grpc client output");
-    assert!(
-        out.status.success(),
-        "grpc client failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("client json");
+pub fn call_with_pid(target: SocketAddr, method: &str, metadata: &[(&str, &str)], count: usize) -> (Vec<Outcome>, u32) {
+    let target = target.to_string();
+    let count_arg = count.to_string();
+    let args = ["call", "--target", &target, "--method", method, "--count", &count_arg];
+    let (lines, pid) = run_peer("peers/grpc_peer.py", &args, "--metadata", metadata);
+    let outcomes: Vec<Outcome> = lines
+        .iter()
+        .map(|v| {
             let metadata = v["body"]["metadata"]
                 .as_array()
                 .map(|m| {
@@ -116,25 +93,38 @@ pub fn call_with_pid(
 
 /// `count` keep-alive HTTP/1.1 GETs from a Python client process; returns the statuses and the client's pid.
 pub fn http_get_with_pid(target: SocketAddr, path: &str, headers: &[(&str, &str)], count: usize) -> (Vec<u16>, u32) {
+    let target = target.to_string();
+    let count_arg = count.to_string();
+    let args = ["--target", &target, "--path", path, "--count", &count_arg];
+    let (lines, pid) = run_peer("peers/http_client.py", &args, "--header", headers);
+    (
+        lines.iter().map(|v| v["status"].as_u64().unwrap_or(0) as u16).collect(),
+        pid,
+    )
+}
+
+/// Runs a Python peer to completion with `args` plus `flag k=v` per pair; returns its JSON lines and its pid.
+fn run_peer(script: &str, args: &[&str], flag: &str, pairs: &[(&str, &str)]) -> (Vec<serde_json::Value>, u32) {
     let mut cmd = Command::new(paths::python());
-    cmd.arg(paths::tests_file("peers/http_client.py")).args([
-        "--target",
-        &target.to_string(),
-        "--path",
-        path,
-        "--count",
-        &count.to_string(),
-    ]);
-    for (k, v) in headers {
-        cmd.arg("--header").arg(format!("{k}={v}"));
+    cmd.arg(paths::tests_file(script)).args(args);
+    for (k, v) in pairs {
+        cmd.arg(flag).arg(format!("{k}={v}"));
     }
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run http client");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run peer");
     let pid = child.id();
-    let out = child.wait_with_output().expect("http client output");
-    assert!(out.status.success(), "http client failed: {}", String::from_utf8_lossy(&out.stderr));
-    let statuses: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+    let out = child.wait_with_output().expect("peer output");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json")["status"].as_u64().unwrap_or(0) as u16)
+        .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    (statuses, pid)
+    (lines, pid)
 }

@@ -17,28 +17,37 @@ fn existing(path: PathBuf, what: &str, fix: &str) -> PathBuf {
     path
 }
 
+/// `var` if set, else `default` under the workspace root; panics saying what to run if it does not exist.
+fn overridable(var: &str, default: &str, what: &str, fix: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(default));
+    existing(path, what, fix)
+}
+
 /// The Envoy binary (`ENVOY_BIN`, else the one `just setup` installed).
 pub fn envoy() -> PathBuf {
-    let path = std::env::var_os("ENVOY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".tools/bin/envoy"));
-    existing(path, "Envoy", "just setup")
+    overridable("ENVOY_BIN", ".tools/bin/envoy", "Envoy", "just setup")
 }
 
-/// The filter built by `just build`.
+/// The filter built by `just build` (`GRAYSCOPE_WASM` overrides).
 pub fn wasm() -> PathBuf {
-    let path = std::env::var_os("GRAYSCOPE_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("dist/grayscope_filter.wasm"));
-    existing(path, "the built filter", "just build")
+    overridable(
+        "GRAYSCOPE_WASM",
+        "dist/grayscope_filter.wasm",
+        "the built filter",
+        "just build",
+    )
 }
 
-/// The agent built by `just build`.
+/// The agent built by `just build` (`GRAYSCOPE_AGENT` overrides).
 pub fn agent() -> PathBuf {
-    let path = std::env::var_os("GRAYSCOPE_AGENT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("dist/grayscope-agent"));
-    existing(path, "the built agent", "just build")
+    overridable(
+        "GRAYSCOPE_AGENT",
+        "dist/grayscope-agent",
+        "the built agent",
+        "just build",
+    )
 }
 
 /// The Python with grpcio and prometheus_client that `just setup` installed.
