@@ -1,7 +1,8 @@
 //! Call records joined to real connections over the real Unix-socket gRPC service: a child process with a
 //! known pid makes a real TCP connection; a record carrying that connection's 4-tuple is delivered by `Watch`
-//! linked to the child, `ListMethods` counts it, a record whose connection comes later still links, and one
-//! that never matches is reported unlinked with the reason and counted.
+//! linked to the child, `ListMethods` counts it, a record whose connection comes later still links, one that
+//! never matches is reported unlinked with the reason and counted, and a declaration joins the method table
+//! under the declaring process. Inbound records name the process that accepted the connection.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{finish, first_line, next, privileged, python, report, start};
-use proto::v1::{LinkState, ListMethodsRequest, WatchRequest};
+use proto::v1::{LinkState, ListMethodsRequest, MethodMetadata, ReportMethodMetadataRequest, WatchRequest};
 use sidecar_agent::{Config, NetnsFilter};
 
 fn config() -> Config {
@@ -146,6 +147,35 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
     assert_eq!(hello.peers, ["127.0.0.1:2"]);
     assert_eq!(row("Late", late_pid).calls, 1);
     assert_eq!(row("Nowhere", 0).calls, 1);
+
+    // What a process declares joins its rows, keyed by the declaring peer's pid (SO_PEERCRED): here, ours.
+    let declared = client
+        .report_method_metadata(ReportMethodMetadataRequest {
+            methods: vec![MethodMetadata {
+                service: "test.Greeter".into(),
+                method: "Declared".into(),
+                input_type: "test.In".into(),
+                output_type: "test.Out".into(),
+                version: "v3".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(declared.accepted, 1);
+    let rows = client
+        .list_methods(ListMethodsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .methods;
+    let row = rows
+        .iter()
+        .find(|r| r.method == "Declared")
+        .unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(row.process.as_ref().unwrap().pid, std::process::id());
+    assert_eq!((row.calls, row.gray_version.as_str()), (0, "v3"));
+    assert_eq!(row.declared.as_ref().unwrap().input_type, "test.In");
 
     let text = common::http_get(agent.metrics_addr, "/metrics").await;
     for line in [
