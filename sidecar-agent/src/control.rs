@@ -3,7 +3,8 @@
 //!
 //! Every call is checked against the peer's credentials (`SO_PEERCRED`): a uid that is not allowed gets
 //! PERMISSION_DENIED. Messages are bounded by `max_message_bytes` (larger: OUT_OF_RANGE), connections by
-//! `max_connections` (more wait in the listen backlog), streams per connection by `max_streams`.
+//! `max_connections` (more wait in the listen backlog), streams per connection by `max_streams`. Connections of
+//! refused peers live in a small pool of their own, so they cannot take the allowed peers' slots.
 
 use std::{
     fs, io,
@@ -15,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::gauge::Gauge;
 use proto::v1::collector_server::CollectorServer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -94,12 +96,13 @@ pub async fn serve(
 ) {
     let own_uid = nix::unistd::geteuid().as_raw();
     let allowed = settings.allowed_uids.clone();
+    let denied = metrics.permission_denied.clone();
     let check = move |req: Request<()>| -> Result<Request<()>, Status> {
         let cred = req.extensions().get::<UdsConnectInfo>().and_then(|i| i.peer_cred);
         match cred {
             Some(c) if allowed.allows(c.uid(), own_uid) => Ok(req),
             _ => {
-                metrics.permission_denied.inc();
+                denied.inc();
                 let who = cred.map_or_else(|| "unknown".to_owned(), |c| c.uid().to_string());
                 Err(Status::permission_denied(format!(
                     "uid {who} may not use the grayscope agent (allowed_uids)"
@@ -110,7 +113,16 @@ pub async fn serve(
     let service = CollectorServer::new(Service::new(core))
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(usize::MAX);
-    let incoming = incoming(listener, Arc::new(Semaphore::new(settings.max_connections.max(1))));
+    let incoming = incoming(
+        listener,
+        Pools {
+            allowed: Arc::new(Semaphore::new(settings.max_connections.max(1))),
+            refused: Arc::new(Semaphore::new(REFUSED_CONNECTIONS)),
+            policy: settings.allowed_uids.clone(),
+            own_uid,
+            metrics: Arc::clone(&metrics),
+        },
+    );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_streams)
         .add_service(InterceptedService::new(service, check))
@@ -127,29 +139,57 @@ pub async fn serve(
     }
 }
 
-/// Accepted connections, each holding one of the semaphore's permits while it lives: at most that many are
-/// served, the next ones wait in the listen backlog.
-fn incoming(
-    listener: UnixListener,
-    limit: Arc<Semaphore>,
-) -> impl futures_util::Stream<Item = io::Result<Limited>> + Send + 'static {
-    futures_util::stream::unfold((listener, limit), |(listener, limit)| async move {
-        let permit = Arc::clone(&limit).acquire_owned().await.ok()?;
+/// Connections of peers whose uid is not allowed that are kept open at once, so they can be told
+/// PERMISSION_DENIED; more are closed at once. They never take one of the `max_connections` slots.
+pub const REFUSED_CONNECTIONS: usize = 4;
+
+/// The connection pools: allowed peers wait for one of `max_connections` slots (in the listen backlog, since the
+/// accept loop waits too); refused peers get one of [`REFUSED_CONNECTIONS`] slots or are closed.
+#[derive(Clone, Debug)]
+struct Pools {
+    allowed: Arc<Semaphore>,
+    refused: Arc<Semaphore>,
+    policy: AllowedUids,
+    own_uid: u32,
+    metrics: Arc<Metrics>,
+}
+
+/// Accepted connections, each holding a permit of its pool while it lives.
+fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<Item = io::Result<Limited>> + Send {
+    futures_util::stream::unfold((listener, pools), |(listener, pools)| async move {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let conn = Limited {
-                        stream,
-                        _permit: permit,
-                    };
-                    return Some((Ok(conn), (listener, limit)));
-                }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
                 Err(e) => {
                     // Out of fds and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept on the agent socket failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
-            }
+            };
+            let allowed = stream
+                .peer_cred()
+                .is_ok_and(|c| pools.policy.allows(c.uid(), pools.own_uid));
+            let permit = if allowed {
+                Arc::clone(&pools.allowed).acquire_owned().await.ok()?
+            } else if let Ok(p) = Arc::clone(&pools.refused).try_acquire_owned() {
+                p
+            } else {
+                tracing::debug!("closing a connection of a refused peer: too many open");
+                continue;
+            };
+            let open = pools
+                .metrics
+                .connections
+                .get_or_create(&[("pool", if allowed { "allowed" } else { "refused" })])
+                .clone();
+            open.inc();
+            let conn = Limited {
+                stream,
+                _permit: permit,
+                open,
+            };
+            return Some((Ok(conn), (listener, pools)));
         }
     })
 }
@@ -159,6 +199,14 @@ fn incoming(
 pub struct Limited {
     stream: UnixStream,
     _permit: OwnedSemaphorePermit,
+    /// `grayscope_agent_grpc_connections{pool}`, decremented on drop.
+    open: Gauge,
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl Connected for Limited {

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub methods_rows: Gauge,
     /// Calls refused because the peer's uid is not allowed.
     pub permission_denied: Counter,
+    /// Open connections on the Unix socket, by pool (`allowed`, `refused`).
+    pub connections: Family<[(&'static str, &'static str); 1], Gauge>,
 }
 
 // === impl Metrics ===
@@ -119,8 +121,15 @@ impl Metrics {
             "gRPC calls refused because the peer's uid is not allowed",
             permission_denied.clone(),
         );
+        let connections = Family::default();
+        registry.register(
+            "grpc_connections",
+            "Open connections on the agent's socket, by pool: allowed peers, or refused ones (told PERMISSION_DENIED)",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
         Self {
+            connections,
             registry,
             enrichment_failures,
             evictions,

@@ -1,5 +1,6 @@
 //! The Unix-socket gRPC server under hostile or careless peers: a uid that is not allowed is refused on every
-//! call (and an allowed non-root uid is served); an oversized, a malformed and an invalid message each get an
+//! call, and its connections cannot crowd out allowed peers (an allowed non-root uid is served); connections beyond
+//! `max_connections` wait their turn; an oversized, a malformed and an invalid message each get an
 //! error status; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads
 //! it is told how many calls it lost. After each, the agent keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -14,7 +15,7 @@ use std::{
 use bytes::{Buf, BufMut};
 use common::{next, privileged, report, start};
 use proto::v1::{CallRecord, Direction, ListMethodsRequest, ReportRequest, WatchRequest};
-use sidecar_agent::{AllowedUids, Config, NetnsFilter};
+use sidecar_agent::{control::REFUSED_CONNECTIONS, AllowedUids, Config, NetnsFilter};
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
     Code, Status,
@@ -53,6 +54,8 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
             own: false,
             uids: vec![12345],
         },
+        // One slot for allowed peers: the refused connections below must not take it.
+        max_connections: 1,
         ..common::config(NetnsFilter::Own)
     })
     .await;
@@ -78,11 +81,42 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.starts_with("SYSTEM  SERVICE"), "{text}");
 
+    // Refused peers have a small pool of their own: `client` holds one slot, so of these extra connections the
+    // last one is closed instead of being told.
+    let open = |pool: &'static str| {
+        let m = agent.agent.metrics();
+        m.connections.get_or_create(&[("pool", pool)]).get()
+    };
+    common::wait_for("the subprocesses' connections to close", || {
+        open("refused") == 1 && open("allowed") == 0
+    })
+    .await;
+    let (mut extra, mut outcomes) = (Vec::new(), Vec::new());
+    for _ in 0..REFUSED_CONNECTIONS {
+        // The closed one may fail as early as the HTTP/2 handshake, or on its first call.
+        let outcome = match sidecar_agent::client::connect(&agent.socket).await {
+            Ok(mut c) => {
+                let code = c.list_methods(ListMethodsRequest {}).await.unwrap_err().code();
+                extra.push(c);
+                format!("{code:?}")
+            }
+            Err(e) => format!("closed: {e}"),
+        };
+        outcomes.push(outcome);
+    }
+    let told = outcomes.iter().filter(|o| *o == "PermissionDenied").count();
+    assert_eq!(told, REFUSED_CONNECTIONS - 1, "{outcomes:?}");
+    assert_ne!(outcomes.last().unwrap(), "PermissionDenied", "{outcomes:?}");
+    // ... and the allowed peer is still served while they are open.
+    let out = methods_as(12345, &agent.socket);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
+    let denied = 3 + 1 + REFUSED_CONNECTIONS - 1;
     assert!(
         metrics
             .lines()
-            .any(|l| l == "grayscope_agent_grpc_permission_denied_total 4"),
+            .any(|l| l == format!("grayscope_agent_grpc_permission_denied_total {denied}")),
         "{metrics}"
     );
     agent.agent.stop().await;
@@ -288,5 +322,31 @@ async fn a_watcher_that_never_reads_slows_nobody_and_learns_what_it_lost() {
             .any(|l| l == format!("grayscope_agent_watch_lost_total {lost}")),
         "{metrics}"
     );
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_limit_wait_their_turn() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        max_connections: 1,
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let mut first = agent.client().await;
+    first.list_methods(ListMethodsRequest {}).await.unwrap();
+    // The second connection is made (it waits in the listen backlog), but not served while the first lives.
+    let mut second = agent.client().await;
+    let waiting = tokio::spawn(async move { second.list_methods(ListMethodsRequest {}).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a second connection was served beyond max_connections = 1"
+    );
+    drop(first);
+    let answer = common::patiently("the second connection to be served", waiting).await;
+    answer.unwrap().unwrap();
     agent.agent.stop().await;
 }
