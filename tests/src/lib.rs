@@ -1,6 +1,7 @@
 //! The end-to-end harness: the real Envoy with the built filter, upstreams and clients run by the test.
 //!
 //! # Layout
+//! - [`agent`]: the real agent (`grayscope-agent run`, eBPF included) on a test's socket, with a gRPC client.
 //! - [`paths`]: where the Envoy binary, the built filter and the Python peers are (and what to run if they are not).
 //! - [`envoy`]: start Envoy from a bootstrap template, wait until it is ready, learn its ports, kill it on drop.
 //! - [`upstream`]: an HTTP/1.1 upstream that records the exact request headers it received.
@@ -11,6 +12,7 @@
 //!
 //! Tests panic with a message saying what to run when a prerequisite is missing: nothing is skipped silently.
 
+pub mod agent;
 pub mod client;
 pub mod envoy;
 pub mod grpc;

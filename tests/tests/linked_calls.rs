@@ -1,0 +1,197 @@
+//! The whole report path, for real: client processes with known pids call through Envoy with the filter; the
+//! filter reports each call over gRPC to the agent on its Unix socket; the agent, whose eBPF programs saw the
+//! connections, names the process that made (outbound) or served (inbound) each call.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    agent::{runtime, Agent},
+    grpc, prom,
+    stack::Stack,
+};
+use proto::v1::collector_client::CollectorClient;
+use proto::v1::{Direction, LinkState, LinkedCall, ListMethodsRequest, MethodStats, WatchRequest, WatchResponse};
+use tonic::{transport::Channel, Streaming};
+
+const CONFIG: &str = r#"{"report":{"flush_interval_ms":50}}"#;
+
+/// Opens a Watch stream; once this returns, the agent has registered the watcher.
+fn open_watch(rt: &tokio::runtime::Runtime, socket: &Path, request: WatchRequest) -> Watcher {
+    rt.block_on(async {
+        let mut client = sidecar_agent::client::connect(socket)
+            .await
+            .expect("connect to the agent");
+        let stream = client.watch(request).await.expect("watch").into_inner();
+        Watcher {
+            _client: client,
+            stream,
+        }
+    })
+}
+
+/// A Watch stream with the client it came from (kept alive as long as the stream is read).
+struct Watcher {
+    _client: CollectorClient<Channel>,
+    stream: Streaming<WatchResponse>,
+}
+
+/// Reads `want` calls from a Watch stream (panics after 60 s with what it got).
+async fn read_calls(mut w: Watcher, want: usize) -> Vec<LinkedCall> {
+    let mut calls = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while calls.len() < want {
+        match tokio::time::timeout_at(deadline, w.stream.message()).await {
+            Ok(Ok(Some(msg))) => calls.extend(msg.call),
+            other => panic!(
+                "watch ended after {} of {want} calls: {other:?}\n{calls:#?}",
+                calls.len()
+            ),
+        }
+    }
+    calls
+}
+
+fn methods(agent: &Agent) -> Vec<MethodStats> {
+    runtime().block_on(async {
+        agent
+            .client()
+            .await
+            .list_methods(ListMethodsRequest {})
+            .await
+            .expect("list methods")
+            .into_inner()
+            .methods
+    })
+}
+
+fn pid_of(call: &LinkedCall) -> u32 {
+    call.process.as_ref().map(|p| p.pid).unwrap_or(0)
+}
+
+#[test]
+fn outbound_calls_name_the_process_that_made_them() {
+    let s = Stack::start(CONFIG);
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let rt = runtime();
+    let egress = s.envoy.listener("egress");
+    let request = WatchRequest {
+        gray_version: "v2".into(),
+        ..WatchRequest::default()
+    };
+    let watcher = rt.spawn(read_calls(open_watch(&rt, &agent.socket, request), 5));
+    let (grpc_outcomes, grpc_pid) = grpc::call_with_pid(egress, "/shop.v1.Orders/Get", &[("x-gray-version", "v2")], 3);
+    assert!(grpc_outcomes.iter().all(|o| o.code == "OK"), "{grpc_outcomes:?}");
+    let (http_statuses, http_pid) =
+        grpc::http_get_with_pid(egress, "/api/v1/orders/42", &[("x-gray-version", "v2")], 2);
+    assert_eq!(http_statuses, [200, 200]);
+
+    let calls = rt.block_on(watcher).expect("watcher");
+    let by_pid = |pid: u32| calls.iter().filter(|c| pid_of(c) == pid).collect::<Vec<_>>();
+    let grpc_calls = by_pid(grpc_pid);
+    assert_eq!(grpc_calls.len(), 3, "{calls:#?}");
+    for c in &grpc_calls {
+        assert_eq!(c.link, LinkState::Linked as i32);
+        let p = c.process.as_ref().expect("process");
+        assert!(p.executable_path.contains("python"), "{p:?}");
+        assert!(p.command_line.contains("grpc_peer.py"), "{p:?}");
+        let r = c.call.as_ref().expect("record");
+        assert_eq!(
+            (r.rpc_method.as_str(), r.gray_version.as_str()),
+            ("shop.v1.Orders/Get", "v2")
+        );
+        assert_eq!(r.direction, Direction::Outbound as i32);
+    }
+    let http_calls = by_pid(http_pid);
+    assert_eq!(http_calls.len(), 2, "{calls:#?}");
+    assert!(http_calls
+        .iter()
+        .all(|c| c.call.as_ref().is_some_and(|r| r.http_route == "/api/v1/orders/{id}")));
+
+    // The agent's aggregate agrees with the call counts and with Envoy's own metrics.
+    let rows = methods(&agent);
+    let row = |pid: u32, method: &str| {
+        rows.iter()
+            .find(|m| m.process.as_ref().is_some_and(|p| p.pid == pid) && m.method == method && m.gray_version == "v2")
+            .unwrap_or_else(|| panic!("no method row for pid {pid} {method}: {rows:#?}"))
+    };
+    assert_eq!(row(grpc_pid, "Get").calls, 3);
+    assert_eq!(row(http_pid, "GET /api/v1/orders/{id}").calls, 2);
+    let text = s.envoy.prometheus();
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"outbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Get\",gray_version=\"v2\",status=\"OK\"} 3");
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"outbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /api/v1/orders/{id}\",gray_version=\"v2\",status=\"2xx\"} 2");
+}
+
+#[test]
+fn inbound_calls_name_the_process_that_served_them() {
+    let s = Stack::start(CONFIG);
+    // The agent starts before Envoy opens its first upstream connection, so it sees the server accept it.
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let rt = runtime();
+    let server_pid = s.grpc.pid();
+    let request = WatchRequest {
+        method: "Charge".into(),
+        ..WatchRequest::default()
+    };
+    let watcher = rt.spawn(read_calls(open_watch(&rt, &agent.socket, request), 4));
+    let outcomes = grpc::call(
+        s.envoy.listener("ingress"),
+        "/shop.v1.Payments/Charge",
+        &[("x-gray-version", "v1")],
+        4,
+    );
+    assert!(outcomes.iter().all(|o| o.code == "OK"));
+    let calls = rt.block_on(watcher).expect("watcher");
+    for c in &calls {
+        assert_eq!(c.link, LinkState::Linked as i32, "{c:#?}");
+        assert_eq!(pid_of(c), server_pid, "the serving process: {c:#?}");
+        assert_eq!(c.call.as_ref().map(|r| r.direction), Some(Direction::Inbound as i32));
+    }
+}
+
+#[test]
+fn reporting_resumes_by_itself_when_the_agent_starts_mid_run() {
+    let s = Stack::start(CONFIG);
+    let mut c = integration_tests::client::Client::new(s.envoy.listener("ingress"));
+    for n in 0..2000 {
+        assert_eq!(c.get(&format!("/early/{n}"), &[]).status, 200);
+    }
+    let agent = Agent::start(&s.agent_socket, &[]);
+    for n in 0..2000 {
+        assert_eq!(c.get(&format!("/late/{n}"), &[]).status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = s.envoy.prometheus();
+        let v = |o: &str| {
+            let series = format!("grayscope_report_records_total{{outcome=\"{o}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        let buffered = text
+            .lines()
+            .find_map(|l| l.strip_prefix("grayscope_report_records_buffered{} "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0);
+        let (produced, sent, dropped) = (v("produced"), v("sent"), v("dropped"));
+        assert_eq!(produced, 4000.0);
+        assert_eq!(
+            produced,
+            sent + dropped + buffered,
+            "produced == sent + dropped + buffered"
+        );
+        if buffered == 0.0 && sent >= 2000.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reporting did not resume: sent {sent}, dropped {dropped}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
