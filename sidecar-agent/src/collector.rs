@@ -55,6 +55,9 @@ pub struct Core {
     hub: Arc<Hub>,
     methods: Mutex<MethodTable>,
     metrics: Arc<Metrics>,
+    /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
+    /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
+    clocks: Clocks,
 }
 
 // === impl Core ===
@@ -69,6 +72,7 @@ impl Core {
             hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
             methods: Mutex::new(MethodTable::new(s.methods_max_rows)),
             metrics,
+            clocks: Clocks::now(),
         })
     }
 
@@ -129,7 +133,7 @@ impl Core {
         if done.is_empty() {
             return;
         }
-        let clocks = Clocks::now();
+        let clocks = self.clocks;
         let calls: Vec<Arc<LinkedCall>> = done
             .into_iter()
             .map(|r| {
