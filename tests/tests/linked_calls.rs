@@ -112,10 +112,16 @@ fn outbound_calls_name_the_process_that_made_them() {
 
     // The agent's aggregate agrees with the call counts and with Envoy's own metrics.
     let rows = methods(&agent);
+    // Exactly one row per interface, version and process, however many calls it counts.
     let row = |pid: u32, method: &str| {
-        rows.iter()
-            .find(|m| m.process.as_ref().is_some_and(|p| p.pid == pid) && m.method == method && m.gray_version == "v2")
-            .unwrap_or_else(|| panic!("no method row for pid {pid} {method}: {rows:#?}"))
+        let matching: Vec<&MethodStats> = rows
+            .iter()
+            .filter(|m| {
+                m.process.as_ref().is_some_and(|p| p.pid == pid) && m.method == method && m.gray_version == "v2"
+            })
+            .collect();
+        assert_eq!(matching.len(), 1, "rows for pid {pid} {method}: {rows:#?}");
+        matching[0]
     };
     assert_eq!(row(grpc_pid, "Get").calls, 3);
     assert_eq!(row(http_pid, "GET /api/v1/orders/{id}").calls, 2);
