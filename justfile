@@ -53,7 +53,8 @@ build:
 test: setup build
     cargo test --locked --workspace --no-fail-fast
 
-# Envoy with the filter in front of a demo HTTP and gRPC service, v1/v2/unlabelled traffic, the series as a table.
+# The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,
+# a live `grayscope-agent tail`, the agent's method table and the Prometheus series.
 demo: setup build
     cargo run --locked -q -p integration-tests --bin demo
 
