@@ -51,6 +51,12 @@ build:
 # Run every test: unit tests, fuzz corpus replay, the agent's eBPF tests (as root), the end-to-end tests through
 # the real Envoy. Without root, GRAYSCOPE_SKIP_PRIVILEGED=1 skips the eBPF tests, and says which.
 test: setup build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "${GRAYSCOPE_SKIP_PRIVILEGED:-}" = 1 ]; then
+        echo "just test: GRAYSCOPE_SKIP_PRIVILEGED=1, so the tests that load eBPF are skipped:" \
+            "sidecar-agent/tests/* and tests/tests/linked_calls.rs (each says 'skipping test' with --nocapture)"
+    fi
     cargo test --locked --workspace --no-fail-fast
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,

@@ -91,6 +91,16 @@ impl Drop for Agent {
     }
 }
 
+/// Whether tests that need the agent (root, eBPF) should run. `GRAYSCOPE_SKIP_PRIVILEGED=1` opts out, for a user
+/// without root, and the test says so; otherwise they run and fail loudly if the agent cannot start.
+pub fn privileged() -> bool {
+    if std::env::var("GRAYSCOPE_SKIP_PRIVILEGED").is_ok_and(|v| v == "1") {
+        eprintln!("skipping test - GRAYSCOPE_SKIP_PRIVILEGED=1: the agent needs root and a kernel with BPF and BTF");
+        return false;
+    }
+    true
+}
+
 /// A runtime for the gRPC clients of a synchronous test.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

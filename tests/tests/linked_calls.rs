@@ -8,7 +8,7 @@ use std::{
 };
 
 use integration_tests::{
-    agent::{runtime, Agent},
+    agent::{privileged, runtime, Agent},
     grpc, prom,
     stack::Stack,
 };
@@ -73,6 +73,9 @@ fn pid_of(call: &LinkedCall) -> u32 {
 
 #[test]
 fn outbound_calls_name_the_process_that_made_them() {
+    if !privileged() {
+        return;
+    }
     let s = Stack::start(CONFIG);
     let agent = Agent::start(&s.agent_socket, &[]);
     let rt = runtime();
@@ -132,6 +135,9 @@ fn outbound_calls_name_the_process_that_made_them() {
 
 #[test]
 fn inbound_calls_name_the_process_that_served_them() {
+    if !privileged() {
+        return;
+    }
     let s = Stack::start(CONFIG);
     // The agent starts before Envoy opens its first upstream connection, so it sees the server accept it.
     let agent = Agent::start(&s.agent_socket, &[]);
@@ -159,6 +165,9 @@ fn inbound_calls_name_the_process_that_served_them() {
 
 #[test]
 fn reporting_resumes_by_itself_when_the_agent_starts_mid_run() {
+    if !privileged() {
+        return;
+    }
     let s = Stack::start(CONFIG);
     let mut c = integration_tests::client::Client::new(s.envoy.listener("ingress"));
     for n in 0..2000 {
