@@ -124,17 +124,35 @@ pub struct Call<'a> {
     pub duration_ms: u64,
 }
 
+/// An interface as its labels show it: (direction, rpc_system, service, method).
 type InterfaceKey = (Side, RpcSystem, String, String);
 
+/// service → gRPC method or HTTP route → interface index.
+type ByService = HashMap<String, HashMap<String, u32>>;
+
 /// The filter's metric ids and bounds, one per VM.
+///
+/// Label values are interned: a call finds its interface and version through maps keyed by `&str`, and its series
+/// through small integer keys, so counting a call allocates nothing once its interface and version were seen.
 pub struct Metrics {
     max_interfaces: usize,
     allowed_versions: Option<HashSet<String>>,
     max_versions: usize,
-    interfaces: HashSet<InterfaceKey>,
-    versions: HashSet<String>,
-    calls: HashMap<(InterfaceKey, String, Status), u32>,
-    durations: HashMap<(InterfaceKey, String), u32>,
+    /// (direction, system, HTTP verb or "") → service → gRPC method or HTTP route → interface index.
+    interface_index: HashMap<(Side, RpcSystem, &'static str), ByService>,
+    /// The `other` interface of each (direction, system), once calls overflowed into it.
+    overflow_index: HashMap<(Side, RpcSystem), u32>,
+    /// Interface index → labels.
+    interfaces: Vec<InterfaceKey>,
+    /// Interfaces counted against `max_interfaces` (the `other` ones are not).
+    distinct_interfaces: usize,
+    /// Version label → index, and index → label.
+    version_index: HashMap<String, u32>,
+    versions: Vec<String>,
+    /// Versions counted against `max_versions`.
+    distinct_versions: usize,
+    calls: HashMap<(u32, u32, Status), u32>,
+    durations: HashMap<(u32, u32), u32>,
     gray_invalid: HashMap<(Source, Invalid), u32>,
     baggage_dropped: HashMap<Dropped, u32>,
     interface_overflow: u32,
@@ -163,8 +181,13 @@ impl Metrics {
             max_interfaces: cfg.max_interfaces,
             allowed_versions: cfg.gray.allowed_versions.as_ref().map(|v| v.iter().cloned().collect()),
             max_versions: cfg.gray.max_versions,
-            interfaces: HashSet::new(),
-            versions: HashSet::new(),
+            interface_index: HashMap::new(),
+            overflow_index: HashMap::new(),
+            interfaces: Vec::new(),
+            distinct_interfaces: 0,
+            version_index: HashMap::new(),
+            versions: Vec::new(),
+            distinct_versions: 0,
             calls: HashMap::new(),
             durations: HashMap::new(),
             gray_invalid,
@@ -190,67 +213,107 @@ impl Metrics {
 
     /// Counts one call and records its duration.
     pub fn call<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<(), H::Error> {
-        let iface = self.bound_interface(host, call)?;
-        let version = self.bound_version(host, call.version)?;
-        let calls_key = (iface.clone(), version.clone(), call.status);
-        let id = match self.calls.get(&calls_key) {
+        let iface = self.interface(host, call)?;
+        let version = self.version(host, call.version)?;
+        let id = match self.calls.get(&(iface, version, call.status)) {
             Some(&id) => id,
             None => {
-                let name = stat_name(CALLS, &series_labels(&iface, &version, Some(call.status)));
-                let id = host.define(Kind::Counter, &name)?;
-                self.calls.insert(calls_key, id);
+                let id = host.define(
+                    Kind::Counter,
+                    &self.series_name(CALLS, iface, version, Some(call.status)),
+                )?;
+                self.calls.insert((iface, version, call.status), id);
                 id
             }
         };
         host.increment(id, 1)?;
-        let duration_key = (iface, version);
-        let id = match self.durations.get(&duration_key) {
+        let id = match self.durations.get(&(iface, version)) {
             Some(&id) => id,
             None => {
-                let name = stat_name(DURATION, &series_labels(&duration_key.0, &duration_key.1, None));
-                let id = host.define(Kind::Histogram, &name)?;
-                self.durations.insert(duration_key, id);
+                let id = host.define(Kind::Histogram, &self.series_name(DURATION, iface, version, None))?;
+                self.durations.insert((iface, version), id);
                 id
             }
         };
         host.record(id, call.duration_ms)
     }
 
-    fn bound_interface<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<InterfaceKey, H::Error> {
-        let (service, method) = match call.interface {
-            Interface::Grpc { service, method } => (service.clone(), method.clone()),
-            Interface::Http { .. } => (call.http_service.to_owned(), call.interface.method_label()),
+    /// The interface index of a call: its own while under `max_interfaces`, else its direction's `other`.
+    fn interface<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<u32, H::Error> {
+        let system = call.interface.system();
+        let (verb, service, method) = match call.interface {
+            Interface::Grpc { service, method } => ("", service.as_str(), method.as_str()),
+            Interface::Http { verb, route } => (*verb, call.http_service, route.as_str()),
         };
-        let key = (call.side, call.interface.system(), service, method);
-        if self.interfaces.contains(&key) {
-            return Ok(key);
+        let outer = (call.side, system, verb);
+        let known = self
+            .interface_index
+            .get(&outer)
+            .and_then(|by_service| by_service.get(service)?.get(method));
+        if let Some(&i) = known {
+            return Ok(i);
         }
-        if self.interfaces.len() < self.max_interfaces {
-            self.interfaces.insert(key.clone());
-            return Ok(key);
+        if self.distinct_interfaces < self.max_interfaces {
+            self.distinct_interfaces += 1;
+            let i = self.push_interface((call.side, system, service.to_owned(), call.interface.method_label()));
+            let by_method = self
+                .interface_index
+                .entry(outer)
+                .or_default()
+                .entry(service.to_owned())
+                .or_default();
+            by_method.insert(method.to_owned(), i);
+            return Ok(i);
         }
         host.increment(self.interface_overflow, 1)?;
-        Ok((call.side, call.interface.system(), OTHER.to_owned(), OTHER.to_owned()))
+        if let Some(&i) = self.overflow_index.get(&(call.side, system)) {
+            return Ok(i);
+        }
+        let i = self.push_interface((call.side, system, OTHER.to_owned(), OTHER.to_owned()));
+        self.overflow_index.insert((call.side, system), i);
+        Ok(i)
     }
 
-    fn bound_version<H: MetricHost>(&mut self, host: &mut H, version: Option<&str>) -> Result<String, H::Error> {
-        let Some(v) = version else { return Ok(NONE.to_owned()) };
-        if let Some(allowed) = &self.allowed_versions {
-            return Ok(if allowed.contains(v) {
-                v.to_owned()
-            } else {
-                UNKNOWN.to_owned()
-            });
+    fn push_interface(&mut self, key: InterfaceKey) -> u32 {
+        self.interfaces.push(key);
+        (self.interfaces.len() - 1) as u32
+    }
+
+    /// The version label index: the version, or `none`, `unknown` (outside the allowlist), `other` (past the cap).
+    fn version<H: MetricHost>(&mut self, host: &mut H, version: Option<&str>) -> Result<u32, H::Error> {
+        let label = match (version, &self.allowed_versions) {
+            (None, _) => NONE,
+            (Some(v), Some(allowed)) => {
+                if allowed.contains(v) {
+                    v
+                } else {
+                    UNKNOWN
+                }
+            }
+            (Some(v), None) if self.version_index.contains_key(v) => v,
+            (Some(v), None) if self.distinct_versions < self.max_versions => {
+                self.distinct_versions += 1;
+                v
+            }
+            (Some(_), None) => {
+                host.increment(self.gray_overflow, 1)?;
+                OTHER
+            }
+        };
+        if let Some(&i) = self.version_index.get(label) {
+            return Ok(i);
         }
-        if self.versions.contains(v) {
-            return Ok(v.to_owned());
-        }
-        if self.versions.len() < self.max_versions {
-            self.versions.insert(v.to_owned());
-            return Ok(v.to_owned());
-        }
-        host.increment(self.gray_overflow, 1)?;
-        Ok(OTHER.to_owned())
+        self.versions.push(label.to_owned());
+        let i = (self.versions.len() - 1) as u32;
+        self.version_index.insert(label.to_owned(), i);
+        Ok(i)
+    }
+
+    fn series_name(&self, metric: &str, iface: u32, version: u32, status: Option<Status>) -> String {
+        let unknown = (Side::Unspecified, RpcSystem::Http, String::new(), String::new());
+        let iface = self.interfaces.get(iface as usize).unwrap_or(&unknown);
+        let version = self.versions.get(version as usize).map_or("", String::as_str);
+        stat_name(metric, &series_labels(iface, version, status))
     }
 }
 
