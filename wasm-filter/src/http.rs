@@ -85,8 +85,8 @@ impl Call {
                 self.check(abi::set_filter_state(attributes::GRAY_VERSION, v.as_bytes()));
             }
         }
-        {
-            let metrics = shared.metrics.borrow();
+        // `try_borrow`: callbacks never nest, but a filter must not panic even if a host one day made them.
+        if let Ok(metrics) = shared.metrics.try_borrow() {
             for &(source, reason) in &decision.invalid {
                 self.check(metrics.gray_invalid(&mut EnvoyMetrics, source, reason));
             }
@@ -132,7 +132,10 @@ impl Call {
             status,
             duration_ms: duration_ns / 1_000_000,
         };
-        shared.metrics.borrow_mut().call(&mut EnvoyMetrics, &call)?;
+        match shared.metrics.try_borrow_mut() {
+            Ok(mut metrics) => metrics.call(&mut EnvoyMetrics, &call)?,
+            Err(_) => log::warn!("#{} metrics busy; call not counted", self.id),
+        }
         let Some(reporter) = &shared.reporter else {
             return Ok(());
         };
@@ -164,7 +167,13 @@ impl Call {
             decision.trace_id.as_deref(),
             &ctx,
         );
-        reporter.borrow_mut().push(&mut EnvoyMetrics, record)
+        match reporter.try_borrow_mut() {
+            Ok(mut reporter) => reporter.push(&mut EnvoyMetrics, record),
+            Err(_) => {
+                log::warn!("#{} report buffer busy; record not produced", self.id);
+                Ok(())
+            }
+        }
     }
 
     fn check(&self, result: Result<(), AbiError>) {

@@ -81,7 +81,11 @@ impl Root {
     fn flush(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         let Some(reporter) = &shared.reporter else { return };
-        let mut reporter = reporter.borrow_mut();
+        // Callbacks never nest, so the buffer is free; `try_` keeps even a misbehaving host from causing a panic.
+        let Ok(mut reporter) = reporter.try_borrow_mut() else {
+            log::warn!("#{} report buffer busy; flush skipped", self.id);
+            return;
+        };
         let cfg = reporter.config().clone();
         for batch in reporter.tick(self.tick_ms) {
             let timeout = Duration::from_millis(cfg.timeout_ms);
@@ -123,9 +127,15 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else { return };
         let Some(reporter) = &shared.reporter else { return };
         // The status argument, not get_grpc_status(): the latter keeps an earlier failure's code.
-        let completed = reporter
-            .borrow_mut()
-            .completed(&mut EnvoyMetrics, token_id, status_code);
+        let Ok(mut reporter) = reporter.try_borrow_mut() else {
+            log::warn!(
+                "#{} report buffer busy; answer to call {token_id} not accounted",
+                self.id
+            );
+            return;
+        };
+        let completed = reporter.completed(&mut EnvoyMetrics, token_id, status_code);
+        drop(reporter);
         match completed {
             Ok(records) if status_code != 0 => {
                 self.report_failure(&format!("gRPC status {status_code}, {records} records dropped"))
