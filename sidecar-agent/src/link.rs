@@ -281,7 +281,12 @@ pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
                         .map(|e| e.display().to_string())
                         .unwrap_or_default(),
                     command_line: info.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
-                    command: owner.comm.clone(),
+                    // OTel `process.executable.name`: the base name of /proc/<pid>/exe. The kernel's comm is the
+                    // name of the *thread* that connected (grpcio's `event_engine`), so it is only the fallback.
+                    command: info
+                        .and_then(|p| p.exe.as_ref())
+                        .and_then(|e| e.file_name())
+                        .map_or_else(|| owner.comm.clone(), |n| n.to_string_lossy().into_owned()),
                     container_id: info.and_then(|p| p.container_id.clone()).unwrap_or_default(),
                     start_time_unix_nano: Clocks::unix(clocks.boot_to_unix, owner.start_ns),
                 }

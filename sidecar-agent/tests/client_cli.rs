@@ -56,11 +56,15 @@ async fn tail_and_methods_print_linked_calls() {
     assert_eq!(report(&mut client, calls).await, 3);
 
     let line = lines.recv_timeout(PATIENCE).expect("tail printed nothing");
+    // The command shown is the executable's base name (`python3` usually resolves to `python3.X`); read it now
+    // that the child has connected, so it has long been exec'd.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("child exe");
+    let exe = exe.file_name().expect("exe name").to_string_lossy().into_owned();
     // start_time_unix_nano 1_800_000_000_000_000_000 is 2027-01-15T08:00:00Z.
     assert_eq!(
         line,
         format!(
-            "2027-01-15T08:00:00.000Z  pid={pid} (python3)  outbound  grpc test.Greeter/SayHello  gray=v2  \
+            "2027-01-15T08:00:00.000Z  pid={pid} ({exe})  outbound  grpc test.Greeter/SayHello  gray=v2  \
              status=OK  1.500ms"
         )
     );
@@ -102,7 +106,7 @@ async fn tail_and_methods_print_linked_calls() {
             "v2",
             "outbound",
             pid.as_str(),
-            "python3",
+            exe.as_str(),
             "1",
             "0"
         ],
