@@ -186,7 +186,7 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
         "grayscope_agent_link_pending 0",
         "grayscope_agent_watchers 1",
     ] {
-        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        common::assert_metric(&text, line);
     }
     finish(child);
     finish(late_child);

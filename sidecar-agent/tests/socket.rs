@@ -113,11 +113,9 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
 
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
     let denied = 3 + 1 + REFUSED_CONNECTIONS - 1;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == format!("grayscope_agent_grpc_permission_denied_total {denied}")),
-        "{metrics}"
+    common::assert_metric(
+        &metrics,
+        &format!("grayscope_agent_grpc_permission_denied_total {denied}"),
     );
     agent.agent.stop().await;
 }
@@ -245,7 +243,7 @@ async fn oversized_malformed_and_invalid_messages_get_errors_and_the_agent_keeps
         "grayscope_agent_call_records_received_total 2",
         "grayscope_agent_call_records_rejected_total 3",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+        common::assert_metric(&metrics, line);
     }
     agent.agent.stop().await;
 }
@@ -316,12 +314,7 @@ async fn a_watcher_that_never_reads_slows_nobody_and_learns_what_it_lost() {
     assert_eq!(received + lost, total);
     assert!(lost > 0, "the slow watcher lost nothing: raise the volume");
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == format!("grayscope_agent_watch_lost_total {lost}")),
-        "{metrics}"
-    );
+    common::assert_metric(&metrics, &format!("grayscope_agent_watch_lost_total {lost}"));
     agent.agent.stop().await;
 }
 

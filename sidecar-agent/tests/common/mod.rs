@@ -282,3 +282,9 @@ pub async fn patiently<T>(what: &str, future: impl Future<Output = T>) -> T {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
 }
+
+/// Panics unless the exposition has `line` (name, labels and value) as a whole line.
+#[track_caller]
+pub fn assert_metric(exposition: &str, line: &str) {
+    assert!(exposition.lines().any(|l| l == line), "no {line:?} in:\n{exposition}");
+}
