@@ -65,7 +65,7 @@ impl Envoy {
         fs::write(&config, bootstrap).expect("write bootstrap");
         let admin_path = dir.path().join("admin.address");
         let log = dir.path().join("envoy.log");
-        let mut child = Command::new(paths::envoy())
+        let child = Command::new(paths::envoy())
             .arg("-c")
             .arg(&config)
             // One worker: one VM, so per-VM bounds are exact in the tests.
@@ -80,9 +80,17 @@ impl Envoy {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn envoy");
+        // Owned by the guard from the start: whatever fails below, dropping it kills Envoy.
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut envoy = Self {
+            child,
+            dir,
+            admin: unbound,
+            listeners: HashMap::new(),
+        };
         let deadline = Instant::now() + START_TIMEOUT;
-        let admin = loop {
-            if let Some(status) = child.try_wait().expect("wait envoy") {
+        envoy.admin = loop {
+            if let Some(status) = envoy.child.try_wait().expect("wait envoy") {
                 return Err(Refused {
                     status,
                     log: fs::read_to_string(&log).unwrap_or_default(),
@@ -100,13 +108,8 @@ impl Envoy {
             }
             thread::sleep(Duration::from_millis(50));
         };
-        let listeners = listeners(admin);
-        Ok(Self {
-            child,
-            dir,
-            admin,
-            listeners,
-        })
+        envoy.listeners = listeners(envoy.admin);
+        Ok(envoy)
     }
 
     /// The address of a listener by name.

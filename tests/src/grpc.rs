@@ -21,14 +21,19 @@ impl GrpcServer {
     }
 
     pub fn start() -> Self {
-        let mut child = Command::new(paths::python())
+        let child = Command::new(paths::python())
             .arg(paths::tests_file("peers/grpc_peer.py"))
             .arg("serve")
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn grpc server");
+        // Owned by the guard before anything can fail, so a failed start still kills the server.
+        let mut server = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
+        BufReader::new(server.child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("read port");
         let port: u16 = line
@@ -36,10 +41,8 @@ impl GrpcServer {
             .strip_prefix("PORT ")
             .and_then(|p| p.parse().ok())
             .expect("PORT line");
-        Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
+        server.addr.set_port(port);
+        server
     }
 }
 
