@@ -7,7 +7,8 @@
 //!   the list survives. Empty members (`a=1,,b=2`, a trailing comma) are skipped silently.
 //! - Kept members are re-emitted as `key=value` (value still percent-encoded, as received) plus their properties.
 //! - At most [`MAX_MEMBERS`] members and [`MAX_BYTES`] bytes leave the filter. The gray-version member is placed
-//!   first in the budget, since propagating it is the filter's job; the other members are kept in order until the
+//!   first in the budget, since propagating it is the filter's job, and is charged in full, properties included;
+//!   properties that would not fit leave it (the member itself always fits: a version is at most 64 bytes); the other members are kept in order until the
 //!   next one would cross a limit, and that one and all after it are dropped whole: never a partial member.
 
 use std::borrow::Cow;
@@ -192,9 +193,10 @@ pub struct Rendered {
 /// valid baggage value (gray versions are).
 pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendered {
     let gray_pos = members.iter().position(|m| m.key == key);
-    // An existing member with the same value keeps its properties.
+    // An existing member with the same value keeps its properties, as long as they fit: the gray member is charged
+    // to the budget like any other, and leaves without its properties rather than past the limit.
     let gray = value.map(|value| match gray_pos.map(|i| &members[i]) {
-        Some(m) if m.decoded_value().as_deref() == Some(value) => m.clone(),
+        Some(m) if m.decoded_value().as_deref() == Some(value) && m.encoded_len() <= MAX_BYTES => m.clone(),
         _ => Member {
             key,
             value,

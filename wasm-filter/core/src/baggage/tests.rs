@@ -130,6 +130,27 @@ fn gray_member_keeps_its_properties_when_its_value_stands() {
     );
 }
 
+#[test]
+fn the_gray_members_properties_are_charged_and_leave_it_when_they_do_not_fit() {
+    // 9,018 bytes with its properties: they go, the member and the others stay.
+    let huge = format!("gray.version=v2;p={},other=1", "x".repeat(9000));
+    let r = render(&one(&huge).members, "gray.version", Some("v2"));
+    assert_eq!(r.header.as_deref(), Some("gray.version=v2,other=1"));
+    assert_eq!(r.dropped_over_limit, 0);
+    // Exactly 8192 bytes with its properties: kept whole, and nothing else fits.
+    let props = "y".repeat(MAX_BYTES - "gray.version=v2;p=".len());
+    let exact = format!("a=1,gray.version=v2;p={props}");
+    let r = render(&one(&exact).members, "gray.version", Some("v2"));
+    let out = r.header.unwrap();
+    assert_eq!(out.len(), MAX_BYTES);
+    assert_eq!(out, format!("gray.version=v2;p={props}"));
+    assert_eq!(r.dropped_over_limit, 1);
+    // One byte more: the properties go.
+    let over = format!("a=1,gray.version=v2;p={props}y");
+    let r = render(&one(&over).members, "gray.version", Some("v2"));
+    assert_eq!(r.header.as_deref(), Some("a=1,gray.version=v2"));
+}
+
 fn members_of_len(n: usize, value_len: usize) -> String {
     (0..n)
         .map(|i| format!("k{i:02}={}", "x".repeat(value_len)))
