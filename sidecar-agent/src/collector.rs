@@ -1,7 +1,8 @@
 //! The `grayscope.v1.Collector` service: call records in, linked calls out (to watchers and the method table).
 //!
-//! [`Core`] holds the state and the logic, free of the transport: `Report` validates a batch, links what it can
-//! at once and queues the rest ([`crate::link::Pending`]); a timer ([`Core::tick`]) retries the queue. Every
+//! [`Core`] holds the state and the logic, free of the transport: `Report` validates each record of a batch (an
+//! invalid one is refused and counted by reason, never the batch around it), links what it can at once and queues
+//! the rest ([`crate::link::Pending`]); a timer ([`Core::tick`]) retries the queue. Every
 //! resolved record is counted, aggregated and published to the watchers; nothing here waits for a watcher.
 
 use std::{
@@ -76,16 +77,35 @@ impl Core {
         })
     }
 
-    /// Takes a batch: validates all of it (an invalid record refuses the batch), then links or queues each
-    /// record. Returns how many were accepted.
-    pub fn report(&self, calls: Vec<CallRecord>, now: Instant) -> Result<u32, Status> {
-        if let Some((i, e)) = calls
-            .iter()
+    /// Takes a batch: refuses each invalid record on its own (counted by reason), then links or queues each
+    /// valid one. Returns how many were accepted. One bad record never costs the others: a filter cannot know
+    /// every limit of every agent version, and one client-chosen value must not lose other calls' records.
+    pub fn report(&self, calls: Vec<CallRecord>, now: Instant) -> u32 {
+        let total = calls.len();
+        let mut refused = None;
+        let calls: Vec<CallRecord> = calls
+            .into_iter()
             .enumerate()
-            .find_map(|(i, c)| validate(c).err().map(|e| (i, e)))
-        {
-            self.metrics.records_rejected.inc_by(calls.len() as u64);
-            return Err(Status::invalid_argument(format!("call record {i}: {e}")));
+            .filter_map(|(i, c)| match validate(&c) {
+                Ok(()) => Some(c),
+                Err(e) => {
+                    self.metrics
+                        .records_rejected
+                        .get_or_create(&[("reason", e.reason())])
+                        .inc();
+                    refused.get_or_insert((i, e));
+                    None
+                }
+            })
+            .collect();
+        if let Some((i, e)) = refused {
+            tracing::debug!(
+                refused = total - calls.len(),
+                of = total,
+                first = i,
+                error = %e,
+                "refused invalid call records"
+            );
         }
         let n = u32::try_from(calls.len()).unwrap_or(u32::MAX);
         self.metrics.records_received.inc_by(calls.len() as u64);
@@ -105,7 +125,7 @@ impl Core {
             done
         };
         self.finish(done);
-        Ok(n)
+        n
     }
 
     /// Retries the waiting records; those linked now or out of time are reported.
@@ -209,12 +229,35 @@ impl Core {
     }
 }
 
-/// Why a record is refused: an unknown direction, or a text field longer than [`MAX_FIELD_BYTES`].
-pub fn validate(c: &CallRecord) -> Result<(), String> {
-    if Direction::try_from(c.direction).is_err() {
-        return Err(format!("unknown direction {}", c.direction));
+/// Why a record is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("unknown direction {0}")]
+    Direction(i32),
+    #[error("{field} is {len} bytes (at most {MAX_FIELD_BYTES})")]
+    TooLong { field: &'static str, len: usize },
+    #[error("{0} is not an address")]
+    Address(&'static str),
+}
+
+impl Invalid {
+    /// The `reason` label of `grayscope_agent_call_records_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Invalid::Direction(_) => "unknown_direction",
+            Invalid::TooLong { .. } => "field_too_long",
+            Invalid::Address(_) => "bad_address",
+        }
     }
-    for (name, v) in [
+}
+
+/// Why a record is refused: an unknown direction, a text field longer than [`MAX_FIELD_BYTES`], or an address
+/// that cannot be one.
+pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
+    if Direction::try_from(c.direction).is_err() {
+        return Err(Invalid::Direction(c.direction));
+    }
+    for (field, v) in [
         ("rpc_system_name", &c.rpc_system_name),
         ("rpc_method", &c.rpc_method),
         ("http_request_method", &c.http_request_method),
@@ -226,7 +269,7 @@ pub fn validate(c: &CallRecord) -> Result<(), String> {
         ("trace_id", &c.trace_id),
     ] {
         if v.len() > MAX_FIELD_BYTES {
-            return Err(format!("{name} is {} bytes (at most {MAX_FIELD_BYTES})", v.len()));
+            return Err(Invalid::TooLong { field, len: v.len() });
         }
     }
     for (name, a) in [
@@ -237,11 +280,28 @@ pub fn validate(c: &CallRecord) -> Result<(), String> {
     ] {
         if let Some(a) = a {
             if a.address.len() > MAX_FIELD_BYTES || a.port > 65_535 {
-                return Err(format!("{name} is not an address"));
+                return Err(Invalid::Address(name));
             }
         }
     }
     Ok(())
+}
+
+/// Counts the messages refused for their size. tonic refuses them (OUT_OF_RANGE) while decoding, before any
+/// handler runs, so the count is taken from the response: a trailers-only answer with `grpc-status: 11`. No
+/// handler of the service answers OUT_OF_RANGE itself.
+pub fn count_oversized<B>(
+    counter: prometheus_client::metrics::counter::Counter,
+) -> tower::util::MapResponseLayer<
+    impl Fn(tonic::codegen::http::Response<B>) -> tonic::codegen::http::Response<B> + Clone,
+> {
+    tower::util::MapResponseLayer::new(move |response: tonic::codegen::http::Response<B>| {
+        let code = response.headers().get("grpc-status").map(|v| v.as_bytes());
+        if code == Some(b"11".as_slice()) {
+            counter.inc();
+        }
+        response
+    })
 }
 
 /// The tonic service over a [`Core`].
@@ -264,9 +324,10 @@ impl Collector for Service {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
         let r = request.into_inner();
         let n = r.calls.len();
-        let accepted = self.core.report(r.calls, Instant::now()).inspect_err(|e| {
-            tracing::debug!(reporter = %r.reporter, records = n, error = %e.message(), "refused a Report batch");
-        })?;
+        let accepted = self.core.report(r.calls, Instant::now());
+        if (accepted as usize) < n {
+            tracing::debug!(reporter = %r.reporter, records = n, accepted, "refused invalid records of a Report batch");
+        }
         Ok(Response::new(ReportResponse { accepted }))
     }
 

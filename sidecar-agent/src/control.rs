@@ -125,6 +125,7 @@ pub async fn serve(
     );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_streams)
+        .layer(crate::collector::count_oversized(metrics.messages_oversized.clone()))
         .add_service(InterceptedService::new(service, check))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     let forced = async {

@@ -39,8 +39,10 @@ pub struct Metrics {
     pub records_received: Counter,
     /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
     pub records: Family<[(&'static str, &'static str); 1], Counter>,
-    /// Call records in batches refused as invalid.
-    pub records_rejected: Counter,
+    /// Call records refused as invalid, by reason (`unknown_direction`, `field_too_long`, `bad_address`).
+    pub records_rejected: Family<Reason, Counter>,
+    /// gRPC messages refused because they were larger than `max_message_bytes`.
+    pub messages_oversized: Counter,
     /// Records waiting for their connection.
     pub link_pending: Gauge,
     /// Watchers connected.
@@ -78,7 +80,7 @@ impl Metrics {
         let records_received = Counter::default();
         registry.register(
             "call_records_received",
-            "Call records received from the filter (valid batches)",
+            "Call records received from the filter and accepted (invalid ones are refused one by one)",
             records_received.clone(),
         );
         let records = Family::default();
@@ -87,11 +89,17 @@ impl Metrics {
             "Call records by how they were joined to a process",
             records.clone(),
         );
-        let records_rejected = Counter::default();
+        let records_rejected = Family::<Reason, Counter>::default();
         registry.register(
             "call_records_rejected",
-            "Call records in Report batches refused as invalid",
+            "Call records refused as invalid, one by one (the rest of their batch is accepted), by reason",
             records_rejected.clone(),
+        );
+        let messages_oversized = Counter::default();
+        registry.register(
+            "grpc_messages_oversized",
+            "gRPC messages refused (OUT_OF_RANGE) because they were larger than max_message_bytes",
+            messages_oversized.clone(),
         );
         let link_pending = Gauge::default();
         registry.register(
@@ -136,6 +144,7 @@ impl Metrics {
             records_received,
             records,
             records_rejected,
+            messages_oversized,
             link_pending,
             watchers,
             watch_lost,

@@ -1,7 +1,7 @@
 //! The Unix-socket gRPC server under hostile or careless peers: a uid that is not allowed is refused on every
 //! call, and its connections cannot crowd out allowed peers (an allowed non-root uid is served); connections beyond
-//! `max_connections` wait their turn; an oversized, a malformed and an invalid message each get an
-//! error status; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads
+//! `max_connections` wait their turn; an oversized and a malformed message each get an error status (the oversized
+//! one counted), an invalid record is refused on its own (counted by reason) and the rest of its batch accepted; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads
 //! it is told how many calls it lost. After each, the agent keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,7 +14,7 @@ use std::{
 
 use bytes::{Buf, BufMut};
 use common::{next, privileged, report, start};
-use proto::v1::{CallRecord, Direction, ListMethodsRequest, ReportRequest, WatchRequest};
+use proto::v1::{CallRecord, Direction, ListMethodsRequest, ReportRequest, SocketAddress, WatchRequest};
 use sidecar_agent::{control::REFUSED_CONNECTIONS, AllowedUids, Config, NetnsFilter};
 use tonic::{
     codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
@@ -161,7 +161,7 @@ impl Decoder for RawCodec {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_malformed_and_invalid_messages_get_errors_and_the_agent_keeps_serving() {
+async fn oversized_and_malformed_messages_get_errors_an_invalid_record_alone_is_refused() {
     if !privileged() {
         return;
     }
@@ -212,36 +212,30 @@ async fn oversized_malformed_and_invalid_messages_get_errors_and_the_agent_keeps
     assert_eq!(garbage.code(), Code::Internal, "{garbage:?}");
     assert!(garbage.message().contains("decode"), "{garbage:?}");
 
-    // Well-formed protobuf, absurd values: the batch is refused as a whole, and counted.
+    // Well-formed protobuf, absurd values: each bad record is refused on its own and counted by reason; the
+    // rest of its batch is accepted.
     let mut bad = record("ok".into());
     bad.direction = 7;
-    let invalid = client
-        .report(ReportRequest {
-            reporter: "test".into(),
-            calls: vec![record("ok".into()), bad],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
-    assert_eq!(invalid.message(), "call record 1: unknown direction 7");
     let mut long = record("ok".into());
     long.service = "s".repeat(5000);
-    let invalid = client
-        .report(ReportRequest {
-            reporter: "test".into(),
-            calls: vec![long],
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    let mut port = record("ok".into());
+    port.client = Some(SocketAddress {
+        address: "127.0.0.1".into(),
+        port: 70_000,
+    });
+    let batch = vec![record("first".into()), bad, long, port, record("last".into())];
+    assert_eq!(report(&mut client, batch).await, 2);
 
     // Still serving, on the same connection and on a new one.
     assert_eq!(report(&mut client, vec![record("after".into())]).await, 1);
     assert_eq!(report(&mut agent.client().await, vec![record("new".into())]).await, 1);
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
     for line in [
-        "grayscope_agent_call_records_received_total 2",
-        "grayscope_agent_call_records_rejected_total 3",
+        "grayscope_agent_call_records_received_total 4",
+        "grayscope_agent_call_records_rejected_total{reason=\"unknown_direction\"} 1",
+        "grayscope_agent_call_records_rejected_total{reason=\"field_too_long\"} 1",
+        "grayscope_agent_call_records_rejected_total{reason=\"bad_address\"} 1",
+        "grayscope_agent_grpc_messages_oversized_total 1",
     ] {
         common::assert_metric(&metrics, line);
     }
