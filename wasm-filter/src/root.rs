@@ -1,5 +1,10 @@
 //! The root context: one per VM and plugin configuration. It parses the configuration (refusing a bad one, so
 //! Envoy refuses the plugin), defines the fixed metrics, and hands each request a context sharing its state.
+//!
+//! It also owns the report path's calls: its timer dispatches the batches, the answers come back to it, and when
+//! the plugin goes away (a reload, a listener or configuration update) `on_done` drains the buffer: it dispatches
+//! everything buffered, and tells Envoy it is done (`proxy_done`) only once every call is answered or past its
+//! deadline, so the accounting stays exact across reloads.
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
@@ -11,7 +16,7 @@ use proxy_wasm::{
 use wasm_filter_core::{
     config::{self, Config},
     metrics::Metrics,
-    report::Reporter,
+    report::{Batch, Reporter},
 };
 
 use crate::{
@@ -36,6 +41,24 @@ pub struct Root {
     tick_ms: u64,
     /// Failed dispatches since the last one that was logged, so a dead agent does not flood Envoy's log.
     quiet_failures: u64,
+    /// `on_done` came: no new work, and `proxy_done` once the last call is settled.
+    draining: bool,
+}
+
+mod host {
+    //! `proxy_done`: the SDK's `hostcalls::done` panics on a status it did not expect, so this is the raw import
+    //! (as `abi.rs` does for the others), its status read as a plain `u32`.
+    #![allow(unsafe_code)]
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_done() -> u32;
+    }
+
+    pub fn done() -> u32 {
+        // SAFETY: a hostcall without arguments.
+        unsafe { proxy_done() }
+    }
 }
 
 impl Root {
@@ -45,6 +68,7 @@ impl Root {
             shared: None,
             tick_ms: MAX_TICK_MS,
             quiet_failures: 0,
+            draining: false,
         }
     }
 
@@ -77,17 +101,34 @@ impl Root {
         Ok(())
     }
 
-    /// Dispatches the batches that are due. Runs in the root context, so the answers come back to it.
+    /// Dispatches the batches that are due (all of them when draining), after giving up calls past their
+    /// deadline. Runs in the root context, so the answers come back to it.
     fn flush(&mut self) {
         let Some(shared) = self.shared.clone() else { return };
         let Some(reporter) = &shared.reporter else { return };
         // Callbacks never nest, so the buffer is free; `try_` keeps even a misbehaving host from causing a panic.
+        // A skipped tick loses nothing: the next one catches up, and calls in flight have their own deadline.
         let Ok(mut reporter) = reporter.try_borrow_mut() else {
             log::warn!("#{} report buffer busy; flush skipped", self.id);
             return;
         };
+        let (mut batches, result) = reporter.tick(&mut EnvoyMetrics, self.tick_ms);
+        if let Err(e) = result {
+            log::warn!("#{} {e}", self.id);
+        }
+        if self.draining {
+            batches.extend(reporter.drain());
+        }
+        self.dispatch(&mut reporter, batches);
+        if self.draining && reporter.is_idle() {
+            drop(reporter);
+            self.finish();
+        }
+    }
+
+    fn dispatch(&mut self, reporter: &mut Reporter, batches: Vec<Batch>) {
         let cfg = reporter.config().clone();
-        for batch in reporter.tick(self.tick_ms) {
+        for batch in batches {
             let timeout = Duration::from_millis(cfg.timeout_ms);
             let call = hostcalls::dispatch_grpc_call(
                 &cfg.cluster,
@@ -106,6 +147,19 @@ impl Root {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells Envoy this root context is done (once).
+    fn finish(&mut self) {
+        if !self.draining {
+            return;
+        }
+        self.draining = false;
+        log::info!("#{} drained: every record sent or counted as dropped", self.id);
+        let status = host::done();
+        if status != 0 {
+            log::warn!("#{} proxy_done failed with status {status}", self.id);
         }
     }
 
@@ -134,15 +188,44 @@ impl Context for Root {
             );
             return;
         };
-        let completed = reporter.completed(&mut EnvoyMetrics, token_id, status_code);
+        let (records, result) = reporter.completed(&mut EnvoyMetrics, token_id, status_code);
+        let idle = reporter.is_idle();
         drop(reporter);
-        match completed {
-            Ok(records) if status_code != 0 => {
-                self.report_failure(&format!("gRPC status {status_code}, {records} records dropped"))
-            }
-            Ok(_) => self.quiet_failures = 0,
-            Err(e) => log::warn!("#{} {e}", self.id),
+        if let Err(e) = result {
+            log::warn!("#{} {e}", self.id);
         }
+        if status_code != 0 {
+            self.report_failure(&format!("gRPC status {status_code}, {records} records dropped"));
+        } else {
+            self.quiet_failures = 0;
+        }
+        if self.draining && idle {
+            self.finish();
+        }
+    }
+
+    /// The plugin is going away: send what is buffered, and keep the context until every call is settled.
+    fn on_done(&mut self) -> bool {
+        let Some(shared) = self.shared.clone() else { return true };
+        let Some(reporter) = &shared.reporter else { return true };
+        let Ok(mut reporter) = reporter.try_borrow_mut() else {
+            // Cannot happen (callbacks never nest); the timer drains instead.
+            self.draining = true;
+            return false;
+        };
+        let batches = reporter.drain();
+        log::info!(
+            "#{} plugin done: draining {} buffered records, {} calls in flight",
+            self.id,
+            batches.iter().map(|b| b.records).sum::<usize>(),
+            reporter.in_flight()
+        );
+        self.dispatch(&mut reporter, batches);
+        if reporter.is_idle() {
+            return true;
+        }
+        self.draining = true;
+        false
     }
 }
 

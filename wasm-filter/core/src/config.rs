@@ -128,6 +128,7 @@ struct RawReport {
     cluster: Option<String>,
     flush_interval_ms: Option<u64>,
     max_batch: Option<usize>,
+    max_batch_bytes: Option<usize>,
     max_buffer: Option<usize>,
     timeout_ms: Option<u64>,
     max_in_flight: Option<usize>,
@@ -309,6 +310,11 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     })
 }
 
+/// The smallest `report.max_batch_bytes`: room for the largest record and the reporter's name.
+pub const MIN_BATCH_BYTES: usize = 2 * crate::report::MAX_RECORD_BYTES;
+/// The largest `report.max_batch_bytes`: the agent's default message limit (4 MiB).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
 fn validate_report(raw: RawReport, bad: &mut dyn FnMut(&str, String)) -> ReportConfig {
     let d = ReportConfig::default();
     fn within<T: PartialOrd + fmt::Display + Copy>(
@@ -348,6 +354,14 @@ fn validate_report(raw: RawReport, bad: &mut dyn FnMut(&str, String)) -> ReportC
             format!("must be at least report.max_batch ({max_batch}), got {max_buffer}"),
         );
     }
+    // Every record must fit in a batch, and a batch in the agent's default message limit (`--max-message-bytes`).
+    let max_batch_bytes = within(
+        "report.max_batch_bytes",
+        raw.max_batch_bytes,
+        d.max_batch_bytes,
+        (MIN_BATCH_BYTES, MAX_BATCH_BYTES),
+        bad,
+    );
     ReportConfig {
         enabled: raw.enabled.unwrap_or(d.enabled),
         cluster,
@@ -359,6 +373,7 @@ fn validate_report(raw: RawReport, bad: &mut dyn FnMut(&str, String)) -> ReportC
             bad,
         ),
         max_batch,
+        max_batch_bytes,
         max_buffer,
         timeout_ms: within("report.timeout_ms", raw.timeout_ms, d.timeout_ms, (10, 60_000), bad),
         max_in_flight: within("report.max_in_flight", raw.max_in_flight, d.max_in_flight, (1, 64), bad),

@@ -1,17 +1,25 @@
 //! Call records for the agent: built per call, buffered per VM, sent in batches, every record accounted for.
 //!
 //! The filter never waits for the agent. Records go into a bounded buffer; the root context's timer takes batches
-//! out (when one is full, or when the flush interval has passed) and dispatches them as unary `Report` calls.
-//! At every moment `produced == sent + dropped + buffered`, where buffered counts records in the buffer and in
-//! calls not yet answered. A record is dropped when the buffer is full, when a call cannot be dispatched, or when
-//! the agent answers with any status but OK (down, hung past the timeout, refusing): the batch is not retried,
-//! so a dead agent costs a bounded amount of memory and nothing else.
+//! out (when one is full, by count or by bytes, or when the flush interval has passed) and dispatches them as unary
+//! `Report` calls. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
+//! buffer and in calls not yet answered. A record is dropped when the buffer is full, when a call cannot be
+//! dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or when no
+//! answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of memory
+//! and nothing else.
+//!
+//! Batches respect a byte budget (`report.max_batch_bytes`) as well as a count: records are bounded
+//! ([`record`]), so a batch is split before it could pass the agent's message limit. When the plugin goes away
+//! (a reload, a listener update) the root context drains: [`Reporter::drain`] hands out everything buffered, and
+//! the answers, or the deadlines, settle the accounting.
+
+mod record;
 
 use std::collections::{HashMap, VecDeque};
 
-use prost::Message;
-use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
+pub use self::record::{Addr, Record, MAX_FIELD_BYTES, MAX_RECORD_BYTES, TRUNCATED};
 use crate::{
     interface::Interface,
     metrics::{Kind, MetricHost, Side},
@@ -20,6 +28,11 @@ use crate::{
 
 pub const PRODUCED: &str = "grayscope_report_records_total";
 pub const BUFFERED: &str = "grayscope_report_records_buffered";
+pub const TRUNCATED_FIELDS: &str = "grayscope_report_fields_truncated_total";
+
+/// How long past its timeout a call may stay unanswered before its records are counted as dropped and its slot
+/// is freed. Envoy answers every call by its timeout; this only guards against an answer the filter missed.
+pub const DEADLINE_GRACE_MS: u64 = 1000;
 
 /// The `report` section of the plugin configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +43,8 @@ pub struct ReportConfig {
     /// A partial batch is sent after this long.
     pub flush_interval_ms: u64,
     pub max_batch: usize,
+    /// Encoded bytes of one `Report` message at most; below the agent's `--max-message-bytes`.
+    pub max_batch_bytes: usize,
     /// Records held at most (buffer and unanswered calls together); more are dropped.
     pub max_buffer: usize,
     /// Timeout of one `Report` call.
@@ -45,6 +60,7 @@ impl Default for ReportConfig {
             cluster: "grayscope_agent".to_owned(),
             flush_interval_ms: 1000,
             max_batch: 256,
+            max_batch_bytes: 1 << 20,
             max_buffer: 4096,
             timeout_ms: 2000,
             max_in_flight: 4,
@@ -64,7 +80,7 @@ pub struct CallContext<'a> {
     pub upstream_peer: Option<&'a str>,
 }
 
-/// Builds the record of one call.
+/// Builds the record of one call, every field bounded (see [`Record`]).
 #[allow(clippy::too_many_arguments)]
 pub fn record(
     side: Side,
@@ -75,56 +91,8 @@ pub fn record(
     request_id: Option<&str>,
     trace_id: Option<&str>,
     ctx: &CallContext<'_>,
-) -> CallRecord {
-    let (rpc_method, http_request_method, http_route) = match interface {
-        Interface::Grpc { service, method } => (format!("{service}/{method}"), String::new(), String::new()),
-        Interface::Http { verb, route } => (String::new(), (*verb).to_owned(), route.clone()),
-    };
-    let direction = match side {
-        Side::Inbound => Direction::Inbound,
-        Side::Outbound => Direction::Outbound,
-        Side::Unspecified => Direction::Unspecified,
-    };
-    CallRecord {
-        direction: direction as i32,
-        rpc_system_name: interface.system().as_str().to_owned(),
-        rpc_method,
-        http_request_method,
-        http_route,
-        service: service.to_owned(),
-        gray_version: version.unwrap_or_default().to_owned(),
-        status: status.as_str().to_owned(),
-        http_response_status_code: ctx.http_status.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
-        rpc_grpc_status_code: match (interface, status) {
-            (Interface::Grpc { .. }, Status::Grpc(code)) => i32::from(code),
-            _ => -1,
-        },
-        duration_ns: ctx.duration_ns,
-        start_time_unix_nano: ctx.start_time_unix_nano,
-        client: ctx.client.map(socket_address),
-        server: ctx.server.map(socket_address),
-        upstream_local: ctx.upstream_local.map(socket_address),
-        upstream_peer: ctx.upstream_peer.map(socket_address),
-        request_id: request_id.unwrap_or_default().to_owned(),
-        trace_id: trace_id.unwrap_or_default().to_owned(),
-    }
-}
-
-/// `1.2.3.4:80`, `[::1]:80` → address and port; anything else (a pipe path) → the text with port 0.
-pub fn socket_address(text: &str) -> SocketAddress {
-    if let Some((host, port)) = text.rsplit_once(':') {
-        if let Ok(port) = port.parse::<u16>() {
-            let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-            return SocketAddress {
-                address: host.to_owned(),
-                port: u32::from(port),
-            };
-        }
-    }
-    SocketAddress {
-        address: text.to_owned(),
-        port: 0,
-    }
+) -> Record {
+    Record::new(side, interface, service, version, status, request_id, trace_id, ctx)
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); `None` unless well-formed and non-zero.
@@ -144,12 +112,25 @@ pub struct Batch {
     pub records: usize,
 }
 
+/// A dispatched call: its records, and how long it has been waiting for its answer.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    records: usize,
+    age_ms: u64,
+}
+
 /// The per-VM buffer and its accounting.
+///
+/// Metric hostcalls can fail: the reporter's own state (buffer, calls in flight, their slots) changes first and
+/// whatever the host says, so a failed hostcall costs at most a metric update, never a slot or a record. The first
+/// error is returned once the whole operation is done.
 pub struct Reporter {
     cfg: ReportConfig,
     reporter: String,
-    buffer: VecDeque<CallRecord>,
-    in_flight: HashMap<u32, usize>,
+    buffer: VecDeque<Record>,
+    /// Encoded bytes of the buffered records, framing included.
+    buffer_bytes: usize,
+    in_flight: HashMap<u32, InFlight>,
     since_flush_ms: u64,
     ids: Ids,
 }
@@ -159,6 +140,20 @@ struct Ids {
     sent: u32,
     dropped: u32,
     buffered: u32,
+    truncated: u32,
+}
+
+/// Keeps the first error of a sequence of hostcalls that must all be tried.
+fn first<E>(acc: &mut Result<(), E>, r: Result<(), E>) {
+    if acc.is_ok() {
+        *acc = r;
+    }
+}
+
+/// A record's bytes as an element of `ReportRequest.calls` (field 2).
+fn framed_len(record: &Record) -> usize {
+    let len = record.encoded_len();
+    key_len(2) + encoded_len_varint(len as u64) + len
 }
 
 impl Reporter {
@@ -169,11 +164,13 @@ impl Reporter {
             sent: host.define(Kind::Counter, &outcome("sent"))?,
             dropped: host.define(Kind::Counter, &outcome("dropped"))?,
             buffered: host.define(Kind::Gauge, BUFFERED)?,
+            truncated: host.define(Kind::Counter, TRUNCATED_FIELDS)?,
         };
         Ok(Self {
             cfg,
             reporter,
             buffer: VecDeque::new(),
+            buffer_bytes: 0,
             in_flight: HashMap::new(),
             since_flush_ms: 0,
             ids,
@@ -186,68 +183,155 @@ impl Reporter {
 
     /// Records held: in the buffer and in unanswered calls.
     pub fn buffered(&self) -> usize {
-        self.buffer.len() + self.in_flight.values().sum::<usize>()
+        self.buffer.len() + self.in_flight.values().map(|c| c.records).sum::<usize>()
+    }
+
+    /// Calls dispatched and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Nothing buffered, nothing in flight: a draining reporter is done.
+    pub fn is_idle(&self) -> bool {
+        self.buffer.is_empty() && self.in_flight.is_empty()
     }
 
     /// Takes one record; drops it (counted) when the buffer is full.
-    pub fn push<H: MetricHost>(&mut self, host: &mut H, record: CallRecord) -> Result<(), H::Error> {
-        host.increment(self.ids.produced, 1)?;
-        if self.buffered() >= self.cfg.max_buffer {
-            return host.increment(self.ids.dropped, 1);
+    pub fn push<H: MetricHost>(&mut self, host: &mut H, record: Record) -> Result<(), H::Error> {
+        let truncated = u64::from(record.truncated);
+        let mut result = host.increment(self.ids.produced, 1);
+        if truncated > 0 {
+            first(&mut result, host.increment(self.ids.truncated, truncated));
         }
+        if self.buffered() >= self.cfg.max_buffer {
+            first(&mut result, host.increment(self.ids.dropped, 1));
+            return result;
+        }
+        self.buffer_bytes += framed_len(&record);
         self.buffer.push_back(record);
-        host.add(self.ids.buffered, 1)
+        first(&mut result, host.add(self.ids.buffered, 1));
+        result
     }
 
-    /// Called by the root's timer every `elapsed_ms`: the batches to dispatch now.
-    pub fn tick(&mut self, elapsed_ms: u64) -> Vec<Batch> {
+    /// Called by the root's timer every `elapsed_ms`: calls past their deadline are given up (their records
+    /// dropped, their slots freed), then the batches to dispatch now are returned.
+    pub fn tick<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> (Vec<Batch>, Result<(), H::Error>) {
+        let result = self.expire(host, elapsed_ms);
         self.since_flush_ms = self.since_flush_ms.saturating_add(elapsed_ms);
         let due = self.since_flush_ms >= self.cfg.flush_interval_ms;
         let mut batches = Vec::new();
         while !self.buffer.is_empty()
             && self.in_flight.len() + batches.len() < self.cfg.max_in_flight
-            && (due || self.buffer.len() >= self.cfg.max_batch)
+            && (due || self.buffer.len() >= self.cfg.max_batch || self.buffer_bytes >= self.batch_budget())
         {
-            let n = self.buffer.len().min(self.cfg.max_batch);
-            let calls: Vec<CallRecord> = self.buffer.drain(..n).collect();
-            let message = ReportRequest {
-                reporter: self.reporter.clone(),
-                calls,
-            }
-            .encode_to_vec();
-            batches.push(Batch { message, records: n });
+            batches.push(self.take_batch());
         }
         if due {
             self.since_flush_ms = 0;
         }
+        (batches, result)
+    }
+
+    /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight.
+    pub fn drain(&mut self) -> Vec<Batch> {
+        let mut batches = Vec::new();
+        while !self.buffer.is_empty() {
+            batches.push(self.take_batch());
+        }
         batches
     }
 
-    /// A batch was dispatched as call `token`; its records stay buffered until the answer.
+    /// Bytes the records of one batch may take: the budget less the `reporter` field.
+    fn batch_budget(&self) -> usize {
+        let reporter = key_len(1) + encoded_len_varint(self.reporter.len() as u64) + self.reporter.len();
+        self.cfg.max_batch_bytes.saturating_sub(reporter)
+    }
+
+    /// The next batch: records in order until the count or the byte budget is reached (at least one record,
+    /// which always fits: the configuration keeps the budget above [`MAX_RECORD_BYTES`]).
+    fn take_batch(&mut self) -> Batch {
+        let budget = self.batch_budget();
+        let mut message = Vec::with_capacity(self.buffer_bytes.min(budget) + self.reporter.len() + 8);
+        if !self.reporter.is_empty() {
+            encode_key(1, WireType::LengthDelimited, &mut message);
+            encode_varint(self.reporter.len() as u64, &mut message);
+            message.extend_from_slice(self.reporter.as_bytes());
+        }
+        let (mut records, mut bytes) = (0, 0);
+        while let Some(next) = self.buffer.front() {
+            let len = next.encoded_len();
+            let framed = key_len(2) + encoded_len_varint(len as u64) + len;
+            if records > 0 && (records >= self.cfg.max_batch || bytes + framed > budget) {
+                break;
+            }
+            encode_key(2, WireType::LengthDelimited, &mut message);
+            encode_varint(len as u64, &mut message);
+            next.encode(&mut message);
+            self.buffer.pop_front();
+            self.buffer_bytes = self.buffer_bytes.saturating_sub(framed);
+            records += 1;
+            bytes += framed;
+        }
+        Batch { message, records }
+    }
+
+    /// Ages the calls in flight; those past the timeout and [`DEADLINE_GRACE_MS`] are dropped.
+    fn expire<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> Result<(), H::Error> {
+        let deadline = self.cfg.timeout_ms.saturating_add(DEADLINE_GRACE_MS);
+        let mut expired = 0;
+        self.in_flight.retain(|_, call| {
+            call.age_ms = call.age_ms.saturating_add(elapsed_ms);
+            let keep = call.age_ms <= deadline;
+            if !keep {
+                expired += call.records;
+            }
+            keep
+        });
+        self.settle(host, self.ids.dropped, expired)
+    }
+
+    /// A batch was dispatched as call `token`; its records stay buffered until the answer or the deadline.
     pub fn dispatched(&mut self, token: u32, records: usize) {
-        *self.in_flight.entry(token).or_default() += records;
+        let call = self
+            .in_flight
+            .entry(token)
+            .or_insert(InFlight { records: 0, age_ms: 0 });
+        call.records += records;
     }
 
     /// A batch could not be dispatched: its records are dropped.
     pub fn dispatch_failed<H: MetricHost>(&mut self, host: &mut H, records: usize) -> Result<(), H::Error> {
-        host.increment(self.ids.dropped, records as u64)?;
-        host.add(self.ids.buffered, -(records as i64))
+        self.settle(host, self.ids.dropped, records)
     }
 
     /// The answer to call `token`: gRPC status 0 means the agent has the records, anything else drops them.
-    /// Returns how many records the call carried (0 for a token this reporter does not know).
-    pub fn completed<H: MetricHost>(&mut self, host: &mut H, token: u32, grpc_status: u32) -> Result<usize, H::Error> {
-        let Some(records) = self.in_flight.remove(&token) else {
-            return Ok(0);
+    /// Returns how many records the call carried (0 for a token this reporter does not know, or no longer: an
+    /// answer after the deadline was already counted as dropped).
+    pub fn completed<H: MetricHost>(
+        &mut self,
+        host: &mut H,
+        token: u32,
+        grpc_status: u32,
+    ) -> (usize, Result<(), H::Error>) {
+        let Some(call) = self.in_flight.remove(&token) else {
+            return (0, Ok(()));
         };
         let outcome = if grpc_status == 0 {
             self.ids.sent
         } else {
             self.ids.dropped
         };
-        host.increment(outcome, records as u64)?;
-        host.add(self.ids.buffered, -(records as i64))?;
-        Ok(records)
+        (call.records, self.settle(host, outcome, call.records))
+    }
+
+    /// Counts `records` that left the buffer under `outcome`.
+    fn settle<H: MetricHost>(&mut self, host: &mut H, outcome: u32, records: usize) -> Result<(), H::Error> {
+        if records == 0 {
+            return Ok(());
+        }
+        let mut result = host.increment(outcome, records as u64);
+        first(&mut result, host.add(self.ids.buffered, -(records as i64)));
+        result
     }
 }
 

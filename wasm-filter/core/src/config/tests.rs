@@ -97,3 +97,28 @@ fn empty_allowlist_and_default_outside_it_are_refused() {
     );
     assert_eq!(fields(&err(r#"{"gray":{"header":"baggage"}}"#)), ["gray.header"]);
 }
+
+#[test]
+fn report_settings_that_cannot_work_are_refused() {
+    // A budget no record fits in, or over the agent's default message limit.
+    let e = err(r#"{"report":{"max_batch_bytes":1000}}"#);
+    assert_eq!(fields(&e), ["report.max_batch_bytes"]);
+    assert!(
+        e.to_string().contains(&format!(
+            "must be between {MIN_BATCH_BYTES} and {MAX_BATCH_BYTES}, got 1000"
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        fields(&err(r#"{"report":{"max_batch_bytes":8388608}}"#)),
+        ["report.max_batch_bytes"]
+    );
+    // A full batch the buffer can never hold.
+    assert_eq!(
+        fields(&err(r#"{"report":{"max_batch":500,"max_buffer":100}}"#)),
+        ["report.max_buffer"]
+    );
+    let ok = parse(br#"{"report":{"max_batch_bytes":65536}}"#).unwrap();
+    assert_eq!(ok.report.max_batch_bytes, 65536);
+    assert_eq!(Config::default().report.max_batch_bytes, 1 << 20);
+}

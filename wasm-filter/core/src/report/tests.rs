@@ -1,3 +1,6 @@
+use prost::Message;
+use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
+
 use super::*;
 use crate::metrics::tests::Recorder;
 
@@ -11,11 +14,38 @@ fn cfg(max_batch: usize, max_buffer: usize, max_in_flight: usize) -> ReportConfi
     }
 }
 
-fn rec(n: u32) -> CallRecord {
-    CallRecord {
-        http_response_status_code: n,
-        ..CallRecord::default()
+fn http() -> Interface {
+    Interface::Http {
+        verb: "GET",
+        route: "/orders/{id}".into(),
     }
+}
+
+fn rec(n: u32) -> Record {
+    let ctx = CallContext {
+        http_status: Some(u64::from(n)),
+        ..CallContext::default()
+    };
+    record(
+        Side::Inbound,
+        &http(),
+        "svc",
+        None,
+        Status::http(Some(200)),
+        None,
+        None,
+        &ctx,
+    )
+}
+
+fn decode(batch: &Batch) -> ReportRequest {
+    ReportRequest::decode(batch.message.as_slice()).unwrap()
+}
+
+fn ticked<H: MetricHost>(r: &mut Reporter, host: &mut H, ms: u64) -> Vec<Batch> {
+    let (batches, result) = r.tick(host, ms);
+    assert!(result.is_ok());
+    batches
 }
 
 /// produced == sent + dropped + buffered, as the metrics say and as the reporter says.
@@ -33,9 +63,9 @@ fn full_batches_leave_at_once_partial_ones_on_the_interval() {
     for n in 0..7 {
         r.push(&mut host, rec(n)).unwrap();
     }
-    let batches = r.tick(100);
+    let batches = ticked(&mut r, &mut host, 100);
     assert_eq!(batches.iter().map(|b| b.records).collect::<Vec<_>>(), [3, 3]);
-    let decoded = ReportRequest::decode(batches[0].message.as_slice()).unwrap();
+    let decoded = decode(&batches[0]);
     assert_eq!(decoded.reporter, "test");
     assert_eq!(
         decoded
@@ -49,8 +79,12 @@ fn full_batches_leave_at_once_partial_ones_on_the_interval() {
         r.dispatched(token as u32, b.records);
     }
     assert_accounted(&host, &r);
-    assert!(r.tick(100).is_empty(), "the last record waits for the interval");
-    assert_eq!(r.tick(800).iter().map(|b| b.records).collect::<Vec<_>>(), [1]);
+    assert!(
+        ticked(&mut r, &mut host, 100).is_empty(),
+        "the last record waits for the interval"
+    );
+    let last = ticked(&mut r, &mut host, 800);
+    assert_eq!(last.iter().map(|b| b.records).collect::<Vec<_>>(), [1]);
 }
 
 #[test]
@@ -60,17 +94,17 @@ fn answers_settle_the_accounting() {
     for n in 0..6 {
         r.push(&mut host, rec(n)).unwrap();
     }
-    let batches = r.tick(1000);
+    let batches = ticked(&mut r, &mut host, 1000);
     assert_eq!(batches.len(), 3);
     r.dispatched(1, 2);
     r.dispatched(2, 2);
     r.dispatch_failed(&mut host, 2).unwrap();
     assert_accounted(&host, &r);
-    assert_eq!(r.completed(&mut host, 1, 0).unwrap(), 2);
-    assert_eq!(r.completed(&mut host, 2, 14).unwrap(), 2);
-    assert_eq!(r.completed(&mut host, 99, 0).unwrap(), 0, "unknown token");
+    assert_eq!(r.completed(&mut host, 1, 0).0, 2);
+    assert_eq!(r.completed(&mut host, 2, 14).0, 2);
+    assert_eq!(r.completed(&mut host, 99, 0).0, 0, "unknown token");
     assert_accounted(&host, &r);
-    assert_eq!(r.buffered(), 0);
+    assert!(r.is_idle());
     assert_eq!(host.value("outcome=.=sent;.;grayscope_report_records_total"), 2);
     assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 4);
 }
@@ -82,22 +116,125 @@ fn the_buffer_is_bounded_and_in_flight_calls_count_against_it() {
     for n in 0..10 {
         r.push(&mut host, rec(n)).unwrap();
     }
-    let batches = r.tick(1000);
+    let batches = ticked(&mut r, &mut host, 1000);
     assert_eq!(batches.len(), 1, "max_in_flight");
     r.dispatched(7, 5);
     for n in 0..100 {
         r.push(&mut host, rec(n)).unwrap();
     }
     assert_eq!(r.buffered(), 10);
-    assert!(r.tick(1000).is_empty(), "still one call in flight");
+    assert!(ticked(&mut r, &mut host, 1000).is_empty(), "still one call in flight");
     assert_accounted(&host, &r);
     assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 100);
-    r.completed(&mut host, 7, 4).unwrap();
-    assert_eq!(r.tick(1000).len(), 1);
+    r.completed(&mut host, 7, 4).1.unwrap();
+    assert_eq!(ticked(&mut r, &mut host, 1000).len(), 1);
 }
 
 #[test]
-fn records_carry_the_call() {
+fn batches_are_split_by_bytes_and_a_budget_full_of_records_leaves_at_once() {
+    let mut host = Recorder::default();
+    let c = ReportConfig {
+        max_batch_bytes: 20_000,
+        ..cfg(10_000, 10_000, 64)
+    };
+    let mut r = Reporter::new(c, "grayscope/1".into(), &mut host).unwrap();
+    let long = "/x".repeat(400);
+    let iface = Interface::Http {
+        verb: "GET",
+        route: long.clone(),
+    };
+    for _ in 0..100 {
+        let ctx = CallContext::default();
+        let rec = record(Side::Inbound, &iface, "svc", None, Status::http(None), None, None, &ctx);
+        r.push(&mut host, rec).unwrap();
+    }
+    // Not due, not 10,000 records: the bytes alone make the batches full.
+    let batches = ticked(&mut r, &mut host, 10);
+    assert!(batches.len() >= 4, "{} batches", batches.len());
+    let mut total = 0;
+    for b in &batches {
+        assert!(b.message.len() <= 20_000, "{} bytes", b.message.len());
+        let decoded = decode(b);
+        assert_eq!(decoded.calls.len(), b.records);
+        assert!(decoded.calls.iter().all(|c| c.http_route == long));
+        total += b.records;
+    }
+    // What is left is less than a budget: it waits for the interval.
+    let rest = ticked(&mut r, &mut host, 1000);
+    total += rest.iter().map(|b| b.records).sum::<usize>();
+    assert_eq!(total, 100);
+}
+
+#[test]
+fn every_field_is_bounded_with_a_visible_marker_and_counted() {
+    let mut host = Recorder::default();
+    let mut r = Reporter::new(cfg(10, 10, 1), "t".into(), &mut host).unwrap();
+    let long_id = "é".repeat(3000); // 6,000 bytes, two per char: the cut must land on a boundary
+    let iface = Interface::Grpc {
+        service: "s".repeat(2000),
+        method: "M".into(),
+    };
+    let ctx = CallContext {
+        client: Some("/a/very/long/pipe/path"),
+        ..CallContext::default()
+    };
+    let rec = record(
+        Side::Outbound,
+        &iface,
+        &"s".repeat(2000),
+        Some("v2"),
+        Status::Grpc(0),
+        Some(&long_id),
+        None,
+        &ctx,
+    );
+    assert_eq!(rec.truncated, 3);
+    r.push(&mut host, rec).unwrap();
+    assert_eq!(host.value(TRUNCATED_FIELDS), 3);
+    let batch = r.drain().pop().unwrap();
+    let call = &decode(&batch).calls[0];
+    for text in [&call.request_id, &call.rpc_method, &call.service] {
+        assert!(text.len() <= MAX_FIELD_BYTES, "{} bytes", text.len());
+        assert!(text.ends_with(TRUNCATED), "{text:?}");
+    }
+    assert_eq!(call.client.as_ref().unwrap().address, "/a/very/long/pipe/path");
+}
+
+#[test]
+fn the_largest_possible_record_is_within_max_record_bytes() {
+    let big = "x".repeat(10_000);
+    let iface = Interface::Http {
+        verb: "_OTHER",
+        route: big.clone(),
+    };
+    let ctx = CallContext {
+        start_time_unix_nano: u64::MAX,
+        duration_ns: u64::MAX,
+        http_status: Some(u64::from(u32::MAX)),
+        client: Some(&big),
+        server: Some(&big),
+        upstream_local: Some(&big),
+        upstream_peer: Some(&big),
+    };
+    let rec = record(
+        Side::Outbound,
+        &iface,
+        &big,
+        Some(&big),
+        Status::http(Some(599)),
+        Some(&big),
+        Some(&big),
+        &ctx,
+    );
+    let mut buf = Vec::new();
+    rec.encode(&mut buf);
+    assert_eq!(buf.len(), rec.encoded_len());
+    assert!(buf.len() + 4 <= MAX_RECORD_BYTES, "{} bytes", buf.len());
+    assert!(CallRecord::decode(buf.as_slice()).is_ok());
+}
+
+#[test]
+fn records_carry_the_call_and_encode_as_prost_would() {
     let iface = Interface::Grpc {
         service: "shop.v1.Orders".into(),
         method: "Get".into(),
@@ -118,48 +255,181 @@ fn records_carry_the_call() {
         Some("v2"),
         Status::Grpc(5),
         Some("rid"),
-        None,
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
         &ctx,
     );
-    assert_eq!(r.direction, Direction::Outbound as i32);
-    assert_eq!(
-        (r.rpc_system_name.as_str(), r.rpc_method.as_str()),
-        ("grpc", "shop.v1.Orders/Get")
-    );
-    assert_eq!(
-        (r.status.as_str(), r.rpc_grpc_status_code, r.http_response_status_code),
-        ("NOT_FOUND", 5, 200)
-    );
-    assert_eq!(
-        r.client,
-        Some(SocketAddress {
+    let mut buf = Vec::new();
+    r.encode(&mut buf);
+    assert_eq!(buf.len(), r.encoded_len());
+    let want = CallRecord {
+        direction: Direction::Outbound as i32,
+        rpc_system_name: "grpc".into(),
+        rpc_method: "shop.v1.Orders/Get".into(),
+        http_request_method: String::new(),
+        http_route: String::new(),
+        service: "shop.v1.Orders".into(),
+        gray_version: "v2".into(),
+        status: "NOT_FOUND".into(),
+        http_response_status_code: 200,
+        rpc_grpc_status_code: 5,
+        duration_ns: 1_500_000,
+        start_time_unix_nano: 5,
+        client: Some(SocketAddress {
             address: "10.0.0.7".into(),
-            port: 41234
-        })
-    );
-    assert_eq!(
-        r.server,
-        Some(SocketAddress {
+            port: 41234,
+        }),
+        server: Some(SocketAddress {
             address: "::1".into(),
-            port: 15001
-        })
+            port: 15001,
+        }),
+        upstream_local: Some(SocketAddress {
+            address: "127.0.0.1".into(),
+            port: 50000,
+        }),
+        upstream_peer: None,
+        request_id: "rid".into(),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    };
+    assert_eq!(CallRecord::decode(buf.as_slice()).unwrap(), want);
+    // And a plain HTTP call with nothing known: -1 for the gRPC code, no addresses.
+    let h = rec(0);
+    let mut buf = Vec::new();
+    h.encode(&mut buf);
+    let got = CallRecord::decode(buf.as_slice()).unwrap();
+    assert_eq!(
+        (
+            got.rpc_system_name.as_str(),
+            got.http_request_method.as_str(),
+            got.http_route.as_str()
+        ),
+        ("http", "GET", "/orders/{id}")
     );
-    assert_eq!(r.upstream_peer, None);
-    assert_eq!((r.gray_version.as_str(), r.request_id.as_str()), ("v2", "rid"));
+    assert_eq!((got.rpc_grpc_status_code, got.status.as_str()), (-1, "2xx"));
+    assert_eq!(got.direction, Direction::Inbound as i32);
 }
 
 #[test]
-fn traceparent_parsing() {
-    let tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    assert_eq!(trace_id(tp).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-    assert_eq!(
-        trace_id(b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
-        None
+fn a_call_never_answered_is_dropped_at_its_deadline_and_frees_its_slot() {
+    let mut host = Recorder::default();
+    let mut r = Reporter::new(cfg(2, 100, 1), "t".into(), &mut host).unwrap();
+    for n in 0..4 {
+        r.push(&mut host, rec(n)).unwrap();
+    }
+    let batches = ticked(&mut r, &mut host, 1000);
+    assert_eq!(batches.len(), 1);
+    r.dispatched(1, 2);
+    // The answer is lost (say the root was busy when it came): within the deadline nothing moves.
+    let deadline = r.config().timeout_ms + DEADLINE_GRACE_MS;
+    assert!(
+        ticked(&mut r, &mut host, deadline).is_empty(),
+        "the slot is still taken"
     );
+    assert_eq!(r.in_flight(), 1);
+    // Past it, the records are dropped and the slot serves the next batch.
+    let next = ticked(&mut r, &mut host, 1000);
+    assert_eq!(next.iter().map(|b| b.records).collect::<Vec<_>>(), [2]);
+    assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 2);
+    r.dispatched(2, 2);
+    assert_accounted(&host, &r);
+    // A late answer to the expired call changes nothing.
+    assert_eq!(r.completed(&mut host, 1, 0).0, 0);
+    assert_accounted(&host, &r);
+}
+
+#[test]
+fn drain_hands_out_everything_whatever_the_interval_and_the_slots() {
+    let mut host = Recorder::default();
+    let mut r = Reporter::new(cfg(3, 100, 1), "t".into(), &mut host).unwrap();
+    for n in 0..8 {
+        r.push(&mut host, rec(n)).unwrap();
+    }
+    r.dispatched(9, 0);
+    let batches = r.drain();
+    assert_eq!(batches.iter().map(|b| b.records).collect::<Vec<_>>(), [3, 3, 2]);
+    assert!(r.drain().is_empty());
+    for (token, b) in (10..).zip(&batches) {
+        r.dispatched(token, b.records);
+    }
+    for token in 10..13 {
+        r.completed(&mut host, token, 0).1.unwrap();
+    }
+    r.completed(&mut host, 9, 0).1.unwrap();
+    assert!(r.is_idle());
+    assert_accounted(&host, &r);
+    assert_eq!(host.value("outcome=.=sent;.;grayscope_report_records_total"), 8);
+}
+
+/// A host whose every metric hostcall can be made to fail.
+#[derive(Default)]
+struct Failing {
+    inner: Recorder,
+    fail: bool,
+    failures: usize,
+}
+
+impl MetricHost for Failing {
+    type Error = String;
+    fn define(&mut self, kind: Kind, name: &str) -> Result<u32, String> {
+        self.inner.define(kind, name)
+    }
+    fn increment(&mut self, id: u32, by: u64) -> Result<(), String> {
+        if self.fail {
+            self.failures += 1;
+            return Err("increment failed".into());
+        }
+        self.inner.increment(id, by)
+    }
+    fn record(&mut self, id: u32, value: u64) -> Result<(), String> {
+        if self.fail {
+            self.failures += 1;
+            return Err("record failed".into());
+        }
+        self.inner.record(id, value)
+    }
+    fn add(&mut self, id: u32, delta: i64) -> Result<(), String> {
+        if self.fail {
+            self.failures += 1;
+            return Err("add failed".into());
+        }
+        self.inner.add(id, delta)
+    }
+}
+
+#[test]
+fn failing_hostcalls_cost_a_metric_update_never_a_slot_nor_a_record() {
+    let mut host = Failing::default();
+    let mut r = Reporter::new(cfg(2, 4, 1), "t".into(), &mut host).unwrap();
+    host.fail = true;
+    for n in 0..5 {
+        let result = r.push(&mut host, rec(n));
+        assert!(result.is_err(), "the error is reported");
+    }
     assert_eq!(
-        trace_id(b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
-        None
+        r.buffered(),
+        4,
+        "the records are buffered all the same, the fifth dropped"
     );
-    assert_eq!(trace_id(b"garbage"), None);
-    assert_eq!(socket_address("/var/run/agent.sock").port, 0);
+    let (batches, _) = r.tick(&mut host, 1000);
+    assert_eq!(batches.len(), 1);
+    r.dispatched(1, 2);
+    // Every path that settles records, with every hostcall failing: the state moves on regardless.
+    assert!(r.dispatch_failed(&mut host, 0).is_ok(), "nothing to count, no hostcall");
+    let (records, result) = r.completed(&mut host, 1, 0);
+    assert_eq!(records, 2);
+    assert!(result.is_err());
+    assert_eq!(r.in_flight(), 0, "the slot came back");
+    let (batches, _) = r.tick(&mut host, 1000);
+    assert_eq!(batches.len(), 1, "and serves the next batch");
+    r.dispatched(2, 2);
+    let (_, result) = r.tick(&mut host, r.config().timeout_ms + DEADLINE_GRACE_MS + 1);
+    assert!(result.is_err(), "the expiry's counting failed, and says so");
+    assert!(r.is_idle(), "but the call is gone and its slot free");
+    assert!(r.dispatch_failed(&mut host, 3).is_err());
+    assert!(host.failures >= 10, "{} hostcalls failed", host.failures);
+    // The host recovers: the reporter works as before.
+    host.fail = false;
+    r.push(&mut host, rec(9)).unwrap();
+    let (batches, result) = r.tick(&mut host, 1000);
+    assert!(result.is_ok());
+    assert_eq!(batches.len(), 1);
 }

@@ -1,0 +1,143 @@
+//! A plugin reload under load loses no record: Envoy's file-based ECDS replaces the grayscope plugin while
+//! requests flow; the old plugin's root context drains (sends what it buffered, waits for the answers), so
+//! `produced == sent` exactly, the buffered gauge returns to zero, and the agent received every record.
+
+use std::{
+    fs,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    agent::{privileged, Agent},
+    client::Client,
+    envoy::{render, Envoy},
+    paths, prom,
+    upstream::Upstream,
+};
+
+fn value(text: &str, series: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(series))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"));
+    line[series.len()..].trim().parse().expect("value")
+}
+
+/// Writes the ECDS resource with `config` atomically (Envoy watches for a rename into place).
+fn publish(ecds: &Path, version: &str, config: &str) {
+    let template = fs::read_to_string(paths::tests_file("fixtures/envoy/ecds-grayscope.yaml")).expect("fixture");
+    let yaml = render(
+        &template,
+        &[
+            ("VERSION", version.to_owned()),
+            ("WASM", paths::wasm().display().to_string()),
+            ("PLUGIN_CONFIG", config.replace('\'', "''")),
+        ],
+    );
+    let tmp = ecds.with_extension("tmp");
+    fs::write(&tmp, yaml).expect("write ECDS resource");
+    fs::rename(&tmp, ecds).expect("move ECDS resource into place");
+}
+
+#[test]
+fn a_plugin_reload_under_load_drains_every_buffered_record() {
+    if !privileged() {
+        return;
+    }
+    let http = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ecds = dir.path().join("grayscope.yaml");
+    let socket = dir.path().join("agent.sock");
+    // The first plugin never flushes on its own (a minute's interval, batches bigger than the run): whatever it
+    // reports, it reports while draining.
+    publish(
+        &ecds,
+        "1",
+        r#"{"report":{"flush_interval_ms":60000,"max_batch":10000,"max_buffer":10000}}"#,
+    );
+    let template = fs::read_to_string(paths::tests_file("fixtures/envoy/ecds.yaml")).expect("fixture");
+    let yaml = render(
+        &template,
+        &[
+            ("ECDS", ecds.display().to_string()),
+            ("HTTP_PORT", http.addr.port().to_string()),
+            ("AGENT_SOCKET", socket.display().to_string()),
+        ],
+    );
+    let envoy = Envoy::start(&yaml);
+    let agent = Agent::start(&socket, &[]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (stop, sent, addr) = (stop.clone(), sent.clone(), envoy.listener("ingress"));
+        thread::spawn(move || {
+            let mut c = Client::new(addr);
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200, "request {n}");
+                n += 1;
+                sent.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while sent.load(Ordering::Relaxed) < n {
+            assert!(Instant::now() < deadline, "load stalled");
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(300);
+    publish(&ecds, "2", r#"{"report":{"flush_interval_ms":50}}"#);
+    // The new plugin is in place once its records start to be sent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = envoy.prometheus();
+        let sent_series = "grayscope_report_records_total{outcome=\"sent\"}";
+        if text.contains(sent_series) && value(&text, sent_series) > 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new plugin never reported:\n{}",
+            envoy.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    wait_for(sent.load(Ordering::Relaxed) + 300);
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    let requests = sent.load(Ordering::Relaxed);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = envoy.prometheus();
+        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    prom::assert_line(
+        &text,
+        &format!("grayscope_report_records_total{{outcome=\"produced\"}} {requests}"),
+    );
+    prom::assert_line(
+        &text,
+        &format!("grayscope_report_records_total{{outcome=\"sent\"}} {requests}"),
+    );
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    prom::assert_line(&text, "grayscope_report_records_buffered{} 0");
+    let mut c = Client::new(agent.metrics_addr.parse().expect("metrics address"));
+    let metrics = String::from_utf8(c.get("/metrics", &[]).body).expect("utf-8");
+    prom::assert_line(
+        &metrics,
+        &format!("grayscope_agent_call_records_received_total {requests}"),
+    );
+}
