@@ -5,12 +5,13 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    agent::{privileged, Agent},
+    agent::{privileged, runtime, Agent},
     client::Client,
     envoy::Envoy,
     prom,
     stack::Stack,
 };
+use proto::v1::WatchRequest;
 
 fn value(text: &str, series: &str) -> f64 {
     let line = text
@@ -45,11 +46,20 @@ fn a_5000_byte_request_id_is_truncated_and_loses_no_other_record() {
     }
     let s = Stack::start(r#"{"report":{"flush_interval_ms":50}}"#);
     let agent = Agent::start(&s.agent_socket, &[]);
+    // The long call alone carries the version `long`, so a watcher can pick it out.
+    let rt = runtime();
+    let mut watch = rt.block_on(async {
+        let request = WatchRequest {
+            gray_version: "long".into(),
+            ..WatchRequest::default()
+        };
+        agent.client().await.watch(request).await.expect("watch").into_inner()
+    });
     let mut c = Client::new(s.envoy.listener("ingress"));
     let long = "r".repeat(5000);
     for n in 0..1001 {
         let headers: &[(&str, &[u8])] = if n == 500 {
-            &[("x-request-id", long.as_bytes())]
+            &[("x-request-id", long.as_bytes()), ("x-gray-version", b"long")]
         } else {
             &[]
         };
@@ -62,6 +72,18 @@ fn a_5000_byte_request_id_is_truncated_and_loses_no_other_record() {
     prom::assert_line(&text, "grayscope_report_fields_truncated_total{} 1");
     let m = agent_metrics(&agent);
     prom::assert_line(&m, "grayscope_agent_call_records_received_total 1001");
+    // The agent has the long call, its request id cut to 1024 bytes with the visible marker.
+    let got = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), watch.message())
+            .await
+            .expect("the long call reaches the watcher")
+            .expect("watch stream")
+            .and_then(|m| m.call)
+            .and_then(|c| c.call)
+            .expect("a call")
+    });
+    assert_eq!(got.request_id.len(), 1024);
+    assert_eq!(got.request_id, format!("{}…", "r".repeat(1021)));
 }
 
 #[test]
