@@ -39,13 +39,16 @@ setup:
     ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
 
-# Build the filter (optimised) into dist/grayscope_filter.wasm and the agent into dist/grayscope-agent.
+# Build the filter (optimised) into dist/grayscope_filter.wasm, the agent into dist/grayscope-agent and the
+# webhook into dist/grayscope-injector.
 build:
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent
+    cargo build --locked --release -p sidecar-agent-injector --bin grayscope-injector
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
+    cp {{root}}/target/release/grayscope-injector {{root}}/dist/grayscope-injector
     @ls -l {{root}}/dist
 
 # Run every test: unit tests, fuzz corpus replay, the agent's eBPF tests (as root), the end-to-end tests through
