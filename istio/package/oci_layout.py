@@ -128,7 +128,8 @@ def binary_image(out, name, tag, binary, user):
     files = [(f"usr/local/bin/{name}", open(binary, "rb").read(), 0o755)]
     for lib in shared_libraries(binary):
         files.append((lib.lstrip("/"), open(os.path.realpath(lib), "rb").read(), 0o755))
-    config = {"Entrypoint": [f"/usr/local/bin/{name}"], "User": user, "WorkingDir": "/"}
+    # PATH: so that `kubectl exec ... -- grayscope-agent tail` finds the binary.
+    config = {"Entrypoint": [f"/usr/local/bin/{name}"], "Env": ["PATH=/usr/local/bin"], "User": user, "WorkingDir": "/"}
     labels = {"org.opencontainers.image.title": name, "org.opencontainers.image.version": tag}
     config["Labels"] = labels
     return image(Layout(os.path.join(out, name)), tag, files, config)
