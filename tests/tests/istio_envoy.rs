@@ -9,6 +9,7 @@
 //!
 //! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines.
 //! The same Envoy with Istio's default stats settings shows none: the mesh config is what makes them appear.
+//! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -95,6 +96,48 @@ fn bootstrap(stats: &ProxyStats, upstream_port: u16, socket: &str) -> String {
             .map(|(_, v)| v.clone())
             .expect(ctx)
     };
+    bootstrap_with(
+        stats,
+        upstream_port,
+        socket,
+        &by_context("SIDECAR_INBOUND"),
+        &by_context("SIDECAR_OUTBOUND"),
+    )
+}
+
+/// The HTTP filter Istio builds from `istio/03-wasmplugin.yaml` once istio-agent has fetched the module to a local
+/// file (pilot's WasmPlugin conversion): filter config named `<namespace>.<name>`, `root_id` = `pluginName`, the
+/// `pluginConfig` as a JSON `StringValue`, `fail_open` from `failStrategy`.
+fn wasmplugin_filter() -> Value {
+    let plugin = doc("03-wasmplugin.yaml");
+    let spec = &plugin["spec"];
+    let name = format!(
+        "{}.{}",
+        plugin["metadata"]["namespace"].as_str().expect("ns"),
+        plugin["metadata"]["name"].as_str().expect("name")
+    );
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": spec["pluginName"],
+                "fail_open": spec["failStrategy"] == "FAIL_OPEN",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": paths::wasm().display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": spec["pluginConfig"].to_string()
+                }
+            }
+        }
+    })
+}
+
+fn bootstrap_with(stats: &ProxyStats, upstream_port: u16, socket: &str, inbound: &Value, outbound: &Value) -> String {
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         // Not in Istio's bootstrap: makes histograms current on each admin read, so the test needs no timing.
@@ -102,8 +145,8 @@ fn bootstrap(stats: &ProxyStats, upstream_port: u16, socket: &str) -> String {
         "stats_config": istio_stats_config(stats),
         "static_resources": {
             "listeners": [
-                listener("virtualInbound", "INBOUND", &by_context("SIDECAR_INBOUND"), INBOUND_CLUSTER),
-                listener("virtualOutbound", "OUTBOUND", &by_context("SIDECAR_OUTBOUND"), OUTBOUND_CLUSTER),
+                listener("virtualInbound", "INBOUND", inbound, INBOUND_CLUSTER),
+                listener("virtualOutbound", "OUTBOUND", outbound, OUTBOUND_CLUSTER),
             ],
             "clusters": [
                 upstream_cluster(INBOUND_CLUSTER, upstream_port),
@@ -233,4 +276,27 @@ fn with_istios_default_stats_settings_no_grayscope_series_survives() {
     );
     // The filter did run (it adds the version as a baggage member); only the stats matcher hides its series.
     assert_eq!(upstream.request("default").all("baggage"), ["gray.version=v2"]);
+}
+
+#[test]
+fn the_wasmplugin_as_istio_renders_it_counts_calls_with_all_their_labels() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let stats = mesh_values().mesh_config.default_config;
+    let filter = wasmplugin_filter();
+    let envoy = Envoy::start(&bootstrap_with(&stats, upstream.addr.port(), &socket, &filter, &filter));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    assert_eq!(
+        inbound.get("/api/v1/orders/1", &[("x-gray-version", b"v3")]).status,
+        200
+    );
+    let mut outbound = Client::new(envoy.listener("virtualOutbound"));
+    assert_eq!(
+        outbound.get("/api/v1/carts/2", &[("x-gray-version", b"v3")]).status,
+        200
+    );
+    let text = envoy.prometheus();
+    prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"http\",service=\"{INBOUND_CLUSTER}\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
+    prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"outbound\",rpc_system=\"http\",service=\"{OUTBOUND_CLUSTER}\",method=\"GET /api/v1/carts/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
 }
