@@ -1,11 +1,11 @@
 //! HTTPS: `POST /mutate` answers AdmissionReviews, `GET /healthz` answers probes. One task per connection; the
 //! TLS certificate comes from [`ReloadingCert`] at every handshake.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -14,6 +14,9 @@ use crate::{inject::Settings, review, tls::ReloadingCert};
 
 /// Kubernetes caps request objects at a few MiB; a larger body is refused before it is read.
 const MAX_BODY: usize = 8 << 20;
+/// A client that does not finish its TLS handshake, or its request head, in this time is dropped, so idle or
+/// slow connections cannot pile up (the API server's own timeout is `timeoutSeconds`, 5 s here).
+const SLOW_CLIENT: Duration = Duration::from_secs(10);
 
 /// The TLS acceptor serving `certs` (TLS 1.2 and 1.3, HTTP/1.1).
 pub fn acceptor(
@@ -41,18 +44,21 @@ pub async fn serve(listener: TcpListener, tls: TlsAcceptor, settings: Arc<Settin
         let tls = tls.clone();
         let settings = settings.clone();
         tokio::spawn(async move {
-            let stream = match tls.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
+            let stream = match tokio::time::timeout(SLOW_CLIENT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
             };
             let service = service_fn(move |req| route(req, settings.clone()));
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let mut http = http1::Builder::new();
+            http.timer(TokioTimer::new()).header_read_timeout(SLOW_CLIENT);
+            if let Err(e) = http.serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
