@@ -9,7 +9,8 @@
 //!
 //! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines.
 //! The same Envoy with Istio's default stats settings shows none: the mesh config is what makes them appear.
-//! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way.
+//! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way. With the real
+//! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -299,4 +300,55 @@ fn the_wasmplugin_as_istio_renders_it_counts_calls_with_all_their_labels() {
     let text = envoy.prometheus();
     prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"http\",service=\"{INBOUND_CLUSTER}\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
     prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"outbound\",rpc_system=\"http\",service=\"{OUTBOUND_CLUSTER}\",method=\"GET /api/v1/carts/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
+}
+
+#[test]
+fn the_agent_cluster_patch_carries_the_reports_to_the_real_agent() {
+    if !integration_tests::agent::privileged() {
+        return;
+    }
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock");
+    let agent = integration_tests::agent::Agent::start(&socket, &[]);
+    let stats = mesh_values().mesh_config.default_config;
+    let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket.display().to_string()));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    for n in 0..4 {
+        assert_eq!(
+            inbound
+                .get(&format!("/api/v1/orders/{n}"), &[("x-gray-version", b"v2")])
+                .status,
+            200
+        );
+    }
+    let sent = "grayscope_report_records_total{outcome=\"sent\"} 4";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = envoy.prometheus();
+        if text.lines().any(|l| l == sent) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    prom::assert_line(&text, sent);
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    // The agent has the calls in its method table, under the interface the filter named.
+    let rt = integration_tests::agent::runtime();
+    let methods = rt.block_on(async {
+        agent
+            .client()
+            .await
+            .list_methods(proto::v1::ListMethodsRequest {})
+            .await
+            .expect("ListMethods")
+            .into_inner()
+    });
+    let calls: u64 = methods
+        .methods
+        .iter()
+        .filter(|m| m.service == INBOUND_CLUSTER && m.method == "GET /api/v1/orders/{id}" && m.gray_version == "v2")
+        .map(|m| m.calls)
+        .sum();
+    assert_eq!(calls, 4, "{:#?}", methods.methods);
 }
