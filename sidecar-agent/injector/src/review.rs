@@ -63,7 +63,7 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, settings: &Settings) -
     match decide(&pod, namespace, settings) {
         Decision::Skip(reason) => {
             tracing::info!(namespace, pod = name, dry_run = request.dry_run, reason, "not injected");
-            response
+            audit(response, format!("skipped: {reason}"))
         }
         Decision::Inject(injected) => {
             // The patch is the difference between the typed pod before and after, both serialised the same way,
@@ -76,9 +76,16 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, settings: &Settings) -
             let patch = json_patch::diff(&before, &after);
             tracing::info!(namespace, pod = name, dry_run = request.dry_run, "injected");
             match response.clone().with_patch(patch) {
-                Ok(patched) => patched,
+                Ok(patched) => audit(patched, "injected".to_owned()),
                 Err(e) => response.deny(format!("the patch does not serialize: {e}")),
             }
         }
     }
+}
+
+/// The audit annotation `decision` (the API server records it as `<webhook name>/decision` in the audit log), so
+/// that why a pod was or was not injected can be looked up afterwards.
+fn audit(mut response: AdmissionResponse, decision: String) -> AdmissionResponse {
+    response.audit_annotations.insert("decision".to_owned(), decision);
+    response
 }

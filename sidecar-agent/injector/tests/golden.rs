@@ -1,6 +1,7 @@
 //! Golden tests in the manner of Istio's injector: every `testdata/inject/<name>.yaml` pod, sent as an
 //! AdmissionReview, with the answer's patch applied, equals `<name>.yaml.injected`. Pods named `skip-*` must come
-//! back unchanged (no patch). Each injected pod, reviewed again, gets an empty patch (idempotency). A golden file
+//! back unchanged (no patch). Each input's `# decision:` comment is the audit annotation the answer must carry, so
+//! every skip case is skipped for its own reason. Each injected pod, reviewed again, gets an empty patch (idempotency). A golden file
 //! without its input, or an input without its golden, fails the run. `REFRESH_GOLDEN=1` rewrites the golden files.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -16,15 +17,21 @@ fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/inject")
 }
 
-fn review_pod(pod: &Value) -> (Value, bool) {
+/// The patched pod, whether there was a patch, and the answer's `decision` audit annotation.
+fn review_pod(pod: &Value) -> (Value, bool, String) {
     let body = serde_json::to_vec(&common::create_review(pod, false)).expect("review json");
     let answer = serde_json::to_value(review::handle(&body, &common::settings())).expect("answer json");
+    let response = common::response(&answer);
     assert_eq!(
-        common::response(&answer)["uid"],
-        "705ab4f5-6393-11e8-b7cc-42010a800002",
+        response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002",
         "the answer echoes the request's uid"
     );
-    common::apply(pod, &answer)
+    let decision = response["auditAnnotations"]["decision"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (out, patched) = common::apply(pod, &answer);
+    (out, patched, decision)
 }
 
 #[test]
@@ -47,10 +54,17 @@ fn every_input_pod_patched_equals_its_golden_pod_and_injection_is_idempotent() {
     names.sort();
     assert!(names.len() >= 7, "inputs: {names:?}");
     for name in &names {
-        let input: Value =
-            serde_norway::from_str(&fs::read_to_string(dir().join(format!("{name}.yaml"))).expect("input"))
-                .expect("input yaml");
-        let (output, patched) = review_pod(&input);
+        let text = fs::read_to_string(dir().join(format!("{name}.yaml"))).expect("input");
+        let input: Value = serde_norway::from_str(&text).expect("input yaml");
+        // Each input says why it is (not) injected, in a `# decision: ...` comment.
+        let want = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# decision: "))
+            .unwrap_or_else(|| panic!("{name}.yaml: no `# decision:` line"));
+        let (output, patched, decision) = review_pod(&input);
+        if decision != want {
+            problems.push(format!("{name}: decision {decision:?}, the input says {want:?}"));
+        }
         let golden_path = dir().join(format!("{name}.yaml.injected"));
         if refresh {
             fs::write(&golden_path, serde_norway::to_string(&output).expect("yaml")).expect("write golden");
@@ -75,7 +89,10 @@ fn every_input_pod_patched_equals_its_golden_pod_and_injection_is_idempotent() {
             assert!(patched, "{name}: an injected pod must get a patch");
         }
         // Idempotency: the webhook may be called again (reinvocationPolicy: IfNeeded) on its own output.
-        let (again, patched_again) = review_pod(&output);
+        let (again, patched_again, decision_again) = review_pod(&output);
+        if !skip {
+            assert_eq!(decision_again, "skipped: already injected", "{name}");
+        }
         assert!(
             !patched_again,
             "{name}: reviewing the injected pod again must give an empty patch"
