@@ -151,7 +151,11 @@ fn the_layouts_are_deterministic_and_what_istio_and_a_container_runtime_expect()
             "{name}"
         );
         assert_eq!(config["config"]["User"], user, "{name}");
-        assert_eq!(config["config"]["Env"], serde_json::json!(["PATH=/usr/local/bin"]), "{name}");
+        assert_eq!(
+            config["config"]["Env"],
+            serde_json::json!(["PATH=/usr/local/bin"]),
+            "{name}"
+        );
         assert_eq!(
             (config["os"].as_str(), config["architecture"].as_str()),
             (Some("linux"), Some("amd64"))
