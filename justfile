@@ -24,6 +24,7 @@ setup:
     rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
     rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
     pkgs=(clang-19 libbpf-dev linux-libc-dev bpftool iproute2 python3-venv)
+    pkgs+=(skopeo umoci) # the OCI layouts of `just package`, inspected by tests/tests/package.rs
     missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
     if [ ${#missing[@]} -gt 0 ]; then
@@ -39,14 +40,37 @@ setup:
     ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
 
-# Build the filter (optimised) into dist/grayscope_filter.wasm and the agent into dist/grayscope-agent.
+# Build the filter (optimised) into dist/grayscope_filter.wasm, the agent into dist/grayscope-agent and the
+# webhook into dist/grayscope-injector.
 build:
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent
+    cargo build --locked --release -p sidecar-agent-injector --bin grayscope-injector
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
+    cp {{root}}/target/release/grayscope-injector {{root}}/dist/grayscope-injector
     @ls -l {{root}}/dist
+
+# Write the images as OCI image layouts under dist/oci (the filter for Istio's WasmPlugin, the agent, the webhook;
+# deterministic: same inputs, same digests), and under dist/istio the manifests that name them, with REGISTRY and
+# the filter's manifest digest filled in. Push with `skopeo copy oci:dist/oci/<name>:VERSION docker://REGISTRY/grayscope/<image>:VERSION`.
+package registry="REGISTRY" version="0.1.0": build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd {{root}}
+    rm -rf dist/oci dist/istio && mkdir -p dist/oci dist/istio
+    python3 istio/package/oci_layout.py dist/oci {{version}} dist/grayscope_filter.wasm dist/grayscope-agent \
+        dist/grayscope-injector > dist/oci/digests.txt
+    digest=$(awk '$1 == "grayscope-filter" {sub("sha256:", "", $2); print $2}' dist/oci/digests.txt)
+    sed -e 's|^  sha256: .*|  sha256: "'"$digest"'"|' -e 's|REGISTRY|{{registry}}|g' -e 's|:0\.1\.0|:{{version}}|g' \
+        istio/03-wasmplugin.yaml > dist/istio/03-wasmplugin.yaml
+    sed -e 's|REGISTRY|{{registry}}|g' -e 's|:0\.1\.0|:{{version}}|g' istio/injector/05-injector.yaml > dist/istio/05-injector.yaml
+    cat dist/oci/digests.txt
+    echo "WasmPlugin sha256 (in dist/istio/03-wasmplugin.yaml): $digest"
+    for image in filter:grayscope-filter agent:grayscope-agent injector:grayscope-injector; do
+        echo "push: skopeo copy oci:dist/oci/${image#*:}:{{version}} docker://{{registry}}/grayscope/${image%%:*}:{{version}}"
+    done
 
 # Run every test: unit tests, fuzz corpus replay, the agent's eBPF tests (as root), the end-to-end tests through
 # the real Envoy. Without root, GRAYSCOPE_SKIP_PRIVILEGED=1 skips the eBPF tests, and says which.

@@ -1,0 +1,252 @@
+//! When a pod is injected, and what it gets: the agent container (least privilege), the `emptyDir` that holds the
+//! agent's Unix socket, and the annotations with which Istio's own injector mounts that volume into `istio-proxy`
+//! and configures the proxy's stats for grayscope's series. A pure function of the pod, its namespace and
+//! [`Settings`], so the golden tests cover it whole.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HostPathVolumeSource, Pod, ResourceRequirements,
+        SeccompProfile, SecurityContext, Volume, VolumeMount,
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use serde_json::{json, Map, Value};
+
+/// The injected container's name; its presence marks a pod as injected.
+pub const AGENT_CONTAINER: &str = "grayscope-agent";
+/// The `emptyDir` shared by the agent and `istio-proxy`.
+pub const SOCKET_VOLUME: &str = "grayscope-socket";
+/// The host's tracefs, read-only: the agent resolves tracepoint ids there.
+pub const TRACEFS_VOLUME: &str = "grayscope-tracefs";
+/// Where both containers see the socket volume (the path in `istio/02-agent-cluster.yaml`).
+pub const SOCKET_DIR: &str = "/var/run/grayscope";
+/// Pod label: `"true"` opts a pod in (in any namespace), `"false"` opts it out.
+pub const INJECT_LABEL: &str = "grayscope.io/inject";
+/// The uid of Istio's proxy, which must be allowed on the agent's socket.
+pub const ISTIO_PROXY_UID: i64 = 1337;
+/// Namespaces that are never injected, whatever their labels say.
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+/// The stats inclusion rule without which Istio's bootstrap drops every grayscope series (`istio/01-stats-meshconfig.yaml`).
+pub const STATS_INCLUSION_REGEX: &str = r"wasmcustom\..*grayscope_.*";
+/// Every label the filter emits, as Istio `extraStatTags`.
+pub const STAT_TAGS: [&str; 10] = [
+    "direction",
+    "rpc_system",
+    "service",
+    "method",
+    "gray_version",
+    "status",
+    "source",
+    "reason",
+    "cause",
+    "outcome",
+];
+
+const PROXY_CONFIG: &str = "proxy.istio.io/config";
+const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+
+/// What the webhook was started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The agent's image, e.g. `registry.example/grayscope/agent:0.1.0`.
+    pub agent_image: String,
+    /// The webhook's own namespace, never injected (the webhook must not depend on itself).
+    pub own_namespace: String,
+}
+
+/// The outcome for one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The pod as it should be created.
+    Inject(Box<Pod>),
+    /// Left alone, and why.
+    Skip(String),
+}
+
+/// Decides for `pod`, created in `namespace`.
+pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
+    if let Some(reason) = skip_reason(pod, namespace, settings) {
+        return Decision::Skip(reason);
+    }
+    let mut out = pod.clone();
+    let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    if let Err(reason) = annotate(annotations) {
+        return Decision::Skip(reason);
+    }
+    let spec = out.spec.get_or_insert_with(Default::default);
+    spec.containers.push(agent_container(&settings.agent_image));
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
+        name: SOCKET_VOLUME.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".to_owned()),
+            size_limit: Some(Quantity("1Mi".to_owned())),
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: TRACEFS_VOLUME.to_owned(),
+        host_path: Some(HostPathVolumeSource {
+            path: "/sys/kernel/tracing".to_owned(),
+            type_: Some("Directory".to_owned()),
+        }),
+        ..Default::default()
+    });
+    Decision::Inject(Box::new(out))
+}
+
+fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String> {
+    if SYSTEM_NAMESPACES.contains(&namespace) {
+        return Some(format!("namespace {namespace} is never injected"));
+    }
+    if namespace == settings.own_namespace {
+        return Some(format!("namespace {namespace} is the injector's own"));
+    }
+    let label = pod.metadata.labels.as_ref().and_then(|l| l.get(INJECT_LABEL));
+    if label.is_some_and(|v| v == "false") {
+        return Some(format!("opted out by the label {INJECT_LABEL}=false"));
+    }
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return Some("hostNetwork pods share the node's network: not injected".to_owned());
+    }
+    let injected = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER)
+        || spec.volumes.iter().flatten().any(|v| v.name == SOCKET_VOLUME);
+    injected.then(|| "already injected".to_owned())
+}
+
+/// The agent: runs as uid 0 for its eBPF capabilities but with group 1337, so its socket (mode 0660) is
+/// reachable by istio-proxy (uid/gid 1337), and the agent checks the peer's uid too (`--allowed-uids self,1337`).
+fn agent_container(image: &str) -> Container {
+    let quantities = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ]))
+    };
+    Container {
+        name: AGENT_CONTAINER.to_owned(),
+        image: Some(image.to_owned()),
+        args: Some(
+            [
+                "run",
+                "--socket",
+                &format!("{SOCKET_DIR}/agent.sock"),
+                "--socket-mode",
+                "0660",
+                "--allowed-uids",
+                &format!("self,{ISTIO_PROXY_UID}"),
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("gs-metrics".to_owned()),
+            container_port: 9464,
+            protocol: Some("TCP".to_owned()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: quantities("20m", "32Mi"),
+            limits: quantities("200m", "128Mi"),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_user: Some(0),
+            run_as_group: Some(ISTIO_PROXY_UID),
+            run_as_non_root: Some(false),
+            // BPF: load programs and maps; PERFMON: attach tracepoints. tracefs is read through the read-only
+            // hostPath mount below, as uid 0 (its owner), so no DAC override is needed.
+            capabilities: Some(Capabilities {
+                add: Some(vec!["BPF".to_owned(), "PERFMON".to_owned()]),
+                drop: Some(vec!["ALL".to_owned()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: SOCKET_VOLUME.to_owned(),
+                mount_path: SOCKET_DIR.to_owned(),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: TRACEFS_VOLUME.to_owned(),
+                mount_path: "/sys/kernel/tracing".to_owned(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        ..Default::default()
+    }
+}
+
+/// Adds grayscope's entries to the Istio annotations, keeping whatever the pod already says in them.
+fn annotate(annotations: &mut BTreeMap<String, String>) -> Result<(), String> {
+    let mut proxy = parse_annotation(annotations, PROXY_CONFIG)?;
+    let matcher = object_entry(&mut proxy, "proxyStatsMatcher", PROXY_CONFIG)?;
+    append_unique(matcher, "inclusionRegexps", &[STATS_INCLUSION_REGEX], PROXY_CONFIG)?;
+    append_unique(&mut proxy, "extraStatTags", &STAT_TAGS, PROXY_CONFIG)?;
+
+    let mut volumes = parse_annotation(annotations, USER_VOLUME)?;
+    volumes.insert(
+        SOCKET_VOLUME.to_owned(),
+        json!({"emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    );
+    let mut mounts = parse_annotation(annotations, USER_VOLUME_MOUNT)?;
+    mounts.insert(SOCKET_VOLUME.to_owned(), json!({"mountPath": SOCKET_DIR}));
+
+    for (key, value) in [
+        (PROXY_CONFIG, proxy),
+        (USER_VOLUME, volumes),
+        (USER_VOLUME_MOUNT, mounts),
+    ] {
+        annotations.insert(key.to_owned(), Value::Object(value).to_string());
+    }
+    Ok(())
+}
+
+/// The annotation's mapping (Istio reads these annotations as YAML, of which JSON is a part); empty if absent.
+fn parse_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Map<String, Value>, String> {
+    let Some(text) = annotations.get(key) else {
+        return Ok(Map::new());
+    };
+    match serde_norway::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err(format!("annotation {key} is not a mapping: left alone")),
+        Err(e) => Err(format!("annotation {key} does not parse ({e}): left alone")),
+    }
+}
+
+fn object_entry<'a>(
+    map: &'a mut Map<String, Value>,
+    field: &str,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    match map.entry(field).or_insert_with(|| Value::Object(Map::new())) {
+        Value::Object(inner) => Ok(inner),
+        _ => Err(format!("annotation {key}: {field} is not a mapping: left alone")),
+    }
+}
+
+fn append_unique(map: &mut Map<String, Value>, field: &str, items: &[&str], key: &str) -> Result<(), String> {
+    let Value::Array(list) = map.entry(field).or_insert_with(|| Value::Array(Vec::new())) else {
+        return Err(format!("annotation {key}: {field} is not a list: left alone"));
+    };
+    for item in items {
+        if !list.iter().any(|v| v == item) {
+            list.push(Value::String((*item).to_owned()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! grayscope-injector: the Kubernetes mutating admission webhook that adds the grayscope agent to the pods that opt
+//! in. It needs no eBPF rights and no Kubernetes API access: everything it decides comes from the review itself.
+//!
+//! # Layout
+//! - [`inject`]: the pure part: when a pod is left alone, and what an injected pod gets (agent container, socket
+//!   volume, Istio annotations).
+//! - [`review`]: `admission.k8s.io/v1` AdmissionReview in, AdmissionReview with a JSONPatch out; malformed input
+//!   gets a well-formed refusal.
+//! - [`tls`]: the serving certificate, reloaded when its files change (cert-manager rotates them in place).
+//! - [`server`]: HTTPS (rustls) with `POST /mutate` and `GET /healthz`.
+
+pub mod inject;
+pub mod review;
+pub mod server;
+pub mod tls;

@@ -1,0 +1,354 @@
+//! The Envoy configuration that `istio/` installs, loaded by the real Envoy with the built filter, under the stats
+//! configuration Istio's bootstrap gives every sidecar:
+//! - the HTTP filter patches of `istio/03-envoyfilter-http-filter.yaml` on an INBOUND and an OUTBOUND listener,
+//!   each before the router, as Istio inserts them (`INSERT_BEFORE envoy.filters.http.router`);
+//! - the `grayscope_agent` cluster of `istio/02-agent-cluster.yaml`, its socket path moved into a temp dir;
+//! - `stats_config` rendered from `istio/01-stats-meshconfig.yaml` the way Istio's bootstrap template renders it
+//!   (Istio's own tag rules and inclusion list, plus ours);
+//! - upstream clusters named the way Istio names them (`outbound|8080||orders.shop.svc.cluster.local`).
+//!
+//! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines.
+//! The same Envoy with Istio's default stats settings shows none: the mesh config is what makes them appear.
+//! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way. With the real
+//! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod istio_support;
+
+use integration_tests::{client::Client, envoy::Envoy, paths, prom, upstream::Upstream};
+use istio_support::{doc, istio_stats_config, mesh_values, ProxyStats};
+use serde_json::{json, Value};
+
+const OUTBOUND_CLUSTER: &str = "outbound|8080||orders.shop.svc.cluster.local";
+const INBOUND_CLUSTER: &str = "inbound|8080||";
+
+/// The HTTP filter each EnvoyFilter patch inserts, by match context, with the module path of this machine.
+fn filter_patches() -> Vec<(String, Value)> {
+    let filter = doc("03-envoyfilter-http-filter.yaml");
+    let mut out = Vec::new();
+    for patch in filter["spec"]["configPatches"].as_array().expect("patches") {
+        assert_eq!(patch["applyTo"], "HTTP_FILTER");
+        assert_eq!(patch["patch"]["operation"], "INSERT_BEFORE");
+        assert_eq!(
+            patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"],
+            "envoy.filters.http.router"
+        );
+        let mut value = patch["patch"]["value"].clone();
+        value["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] =
+            json!(paths::wasm().display().to_string());
+        out.push((patch["match"]["context"].as_str().expect("context").to_owned(), value));
+    }
+    out
+}
+
+/// The `grayscope_agent` cluster of the CLUSTER patch, its socket moved to `socket`.
+fn agent_cluster(socket: &str) -> Value {
+    let patch = &doc("02-agent-cluster.yaml")["spec"]["configPatches"][0];
+    assert_eq!(
+        (patch["applyTo"].as_str(), patch["patch"]["operation"].as_str()),
+        (Some("CLUSTER"), Some("ADD"))
+    );
+    let mut cluster = patch["patch"]["value"].clone();
+    cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"] =
+        json!(socket);
+    cluster
+}
+
+fn listener(name: &str, direction: &str, filter: &Value, cluster: &str) -> Value {
+    json!({
+        "name": name,
+        "traffic_direction": direction,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "10s"}}
+                ]}]},
+                "http_filters": [filter, {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
+                }]
+            }
+        }]}]
+    })
+}
+
+fn upstream_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+            {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}
+    })
+}
+
+/// The bootstrap: Istio's stats_config for `stats`, the two patched listeners, the agent cluster, the upstreams.
+fn bootstrap(stats: &ProxyStats, upstream_port: u16, socket: &str) -> String {
+    let patches = filter_patches();
+    let by_context = |ctx: &str| {
+        patches
+            .iter()
+            .find(|(c, _)| c == ctx)
+            .map(|(_, v)| v.clone())
+            .expect(ctx)
+    };
+    bootstrap_with(
+        stats,
+        upstream_port,
+        socket,
+        &by_context("SIDECAR_INBOUND"),
+        &by_context("SIDECAR_OUTBOUND"),
+    )
+}
+
+/// The HTTP filter Istio builds from `istio/03-wasmplugin.yaml` once istio-agent has fetched the module to a local
+/// file (pilot's WasmPlugin conversion): filter config named `<namespace>.<name>`, `root_id` = `pluginName`, the
+/// `pluginConfig` as a JSON `StringValue`, `fail_open` from `failStrategy`.
+fn wasmplugin_filter() -> Value {
+    let plugin = doc("03-wasmplugin.yaml");
+    let spec = &plugin["spec"];
+    let name = format!(
+        "{}.{}",
+        plugin["metadata"]["namespace"].as_str().expect("ns"),
+        plugin["metadata"]["name"].as_str().expect("name")
+    );
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": spec["pluginName"],
+                "fail_open": spec["failStrategy"] == "FAIL_OPEN",
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": paths::wasm().display().to_string()}}
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": spec["pluginConfig"].to_string()
+                }
+            }
+        }
+    })
+}
+
+fn bootstrap_with(stats: &ProxyStats, upstream_port: u16, socket: &str, inbound: &Value, outbound: &Value) -> String {
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        // Not in Istio's bootstrap: makes histograms current on each admin read, so the test needs no timing.
+        "stats_flush_on_admin": true,
+        "stats_config": istio_stats_config(stats),
+        "static_resources": {
+            "listeners": [
+                listener("virtualInbound", "INBOUND", inbound, INBOUND_CLUSTER),
+                listener("virtualOutbound", "OUTBOUND", outbound, OUTBOUND_CLUSTER),
+            ],
+            "clusters": [
+                upstream_cluster(INBOUND_CLUSTER, upstream_port),
+                upstream_cluster(OUTBOUND_CLUSTER, upstream_port),
+                agent_cluster(socket),
+            ]
+        }
+    });
+    // JSON is YAML: the harness writes it as the bootstrap file.
+    serde_json::to_string_pretty(&config).expect("bootstrap json")
+}
+
+/// Sends the traffic every series needs; returns the exposition.
+fn run_traffic(envoy: &Envoy) -> String {
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    for n in 0..3 {
+        assert_eq!(
+            inbound
+                .get(&format!("/api/v1/orders/{n}"), &[("x-gray-version", b"v2")])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        inbound
+            .get(
+                "/api/v1/orders/9",
+                &[("x-gray-version", b"v2"), ("x-respond-status", b"503")]
+            )
+            .status,
+        503
+    );
+    // An invalid version in the header, and a malformed baggage member: counted, requests unaffected.
+    assert_eq!(
+        inbound
+            .get("/api/v1/orders/5", &[("x-gray-version", b"bad version!")])
+            .status,
+        200
+    );
+    let mut outbound = Client::new(envoy.listener("virtualOutbound"));
+    assert_eq!(
+        outbound
+            .get("/api/v1/carts/17", &[("baggage", b"gray.version=v1,=broken")])
+            .status,
+        200
+    );
+    envoy.prometheus()
+}
+
+#[test]
+fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with_all_its_labels() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let stats = mesh_values().mesh_config.default_config;
+    let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket));
+    let text = run_traffic(&envoy);
+
+    let calls = |dir: &str, svc: &str, method: &str, version: &str, status: &str, n: u32| {
+        format!("grayscope_interface_calls_total{{direction=\"{dir}\",rpc_system=\"http\",service=\"{svc}\",method=\"{method}\",gray_version=\"{version}\",status=\"{status}\"}} {n}")
+    };
+    let lines = [
+        calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "v2", "2xx", 3),
+        calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "v2", "5xx", 1),
+        calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "none", "2xx", 1),
+        calls("outbound", OUTBOUND_CLUSTER, "GET /api/v1/carts/{id}", "v1", "2xx", 1),
+        format!("grayscope_interface_call_duration_milliseconds_count{{direction=\"inbound\",rpc_system=\"http\",service=\"{INBOUND_CLUSTER}\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v2\"}} 4"),
+        format!("grayscope_interface_call_duration_milliseconds_bucket{{direction=\"outbound\",rpc_system=\"http\",service=\"{OUTBOUND_CLUSTER}\",method=\"GET /api/v1/carts/{{id}}\",gray_version=\"v1\",le=\"+Inf\"}} 1"),
+        "grayscope_gray_version_invalid_total{source=\"header\",reason=\"bad_char\"} 1".to_owned(),
+        "grayscope_gray_version_invalid_total{source=\"baggage\",reason=\"empty\"} 0".to_owned(),
+        "grayscope_baggage_members_dropped_total{cause=\"malformed\"} 1".to_owned(),
+        "grayscope_gray_version_overflow_total{} 0".to_owned(),
+        "grayscope_interface_overflow_total{} 0".to_owned(),
+        "grayscope_report_records_total{outcome=\"produced\"} 6".to_owned(),
+    ];
+    for line in &lines {
+        prom::assert_line(&text, line);
+    }
+    // Nothing of ours is left with a label glued into its name (a missing tag rule) or dropped by the matcher.
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("grayscope")).collect();
+    let mangled: Vec<&&str> = ours
+        .iter()
+        .filter(|l| !l.starts_with("grayscope_") && !l.starts_with("# TYPE grayscope_"))
+        .collect();
+    assert!(
+        mangled.is_empty(),
+        "series whose labels were not extracted:\n{mangled:#?}"
+    );
+    assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
+    // The agent is not there: the reports fail fast and are dropped (requests were unaffected: all answered
+    // above). Waits for the batch to come back as UNAVAILABLE, then the report series are exact too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let dropped = "grayscope_report_records_total{outcome=\"dropped\"} 6";
+    let text = loop {
+        let text = envoy.prometheus();
+        if text.lines().any(|l| l == dropped) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    prom::assert_line(&text, dropped);
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 0");
+    prom::assert_line(&text, "grayscope_report_records_buffered{} 0");
+    let parsed = prom::parse(&text);
+    assert!(
+        parsed.iter().any(|s| s.name == "grayscope_report_records_total"),
+        "the exposition parses with our series"
+    );
+}
+
+#[test]
+fn with_istios_default_stats_settings_no_grayscope_series_survives() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let envoy = Envoy::start(&bootstrap(&ProxyStats::default(), upstream.addr.port(), &socket));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    let answer = inbound.get(
+        "/api/v1/orders/1",
+        &[("x-test-id", b"default"), ("x-gray-version", b"v2")],
+    );
+    assert_eq!(answer.status, 200);
+    let text = envoy.admin_get("/stats/prometheus");
+    assert!(
+        !text.contains("grayscope"),
+        "Istio's default inclusion list should drop our series:\n{text}"
+    );
+    // The filter did run (it adds the version as a baggage member); only the stats matcher hides its series.
+    assert_eq!(upstream.request("default").all("baggage"), ["gray.version=v2"]);
+}
+
+#[test]
+fn the_wasmplugin_as_istio_renders_it_counts_calls_with_all_their_labels() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let stats = mesh_values().mesh_config.default_config;
+    let filter = wasmplugin_filter();
+    let envoy = Envoy::start(&bootstrap_with(&stats, upstream.addr.port(), &socket, &filter, &filter));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    assert_eq!(
+        inbound.get("/api/v1/orders/1", &[("x-gray-version", b"v3")]).status,
+        200
+    );
+    let mut outbound = Client::new(envoy.listener("virtualOutbound"));
+    assert_eq!(
+        outbound.get("/api/v1/carts/2", &[("x-gray-version", b"v3")]).status,
+        200
+    );
+    let text = envoy.prometheus();
+    prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"http\",service=\"{INBOUND_CLUSTER}\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
+    prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"outbound\",rpc_system=\"http\",service=\"{OUTBOUND_CLUSTER}\",method=\"GET /api/v1/carts/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
+}
+
+#[test]
+fn the_agent_cluster_patch_carries_the_reports_to_the_real_agent() {
+    if !integration_tests::agent::privileged() {
+        return;
+    }
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock");
+    let agent = integration_tests::agent::Agent::start(&socket, &[]);
+    let stats = mesh_values().mesh_config.default_config;
+    let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket.display().to_string()));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    for n in 0..4 {
+        assert_eq!(
+            inbound
+                .get(&format!("/api/v1/orders/{n}"), &[("x-gray-version", b"v2")])
+                .status,
+            200
+        );
+    }
+    let sent = "grayscope_report_records_total{outcome=\"sent\"} 4";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = envoy.prometheus();
+        if text.lines().any(|l| l == sent) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    prom::assert_line(&text, sent);
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    // The agent has the calls in its method table, under the interface the filter named.
+    let rt = integration_tests::agent::runtime();
+    let methods = rt.block_on(async {
+        agent
+            .client()
+            .await
+            .list_methods(proto::v1::ListMethodsRequest {})
+            .await
+            .expect("ListMethods")
+            .into_inner()
+    });
+    let calls: u64 = methods
+        .methods
+        .iter()
+        .filter(|m| m.service == INBOUND_CLUSTER && m.method == "GET /api/v1/orders/{id}" && m.gray_version == "v2")
+        .map(|m| m.calls)
+        .sum();
+    assert_eq!(calls, 4, "{:#?}", methods.methods);
+}
