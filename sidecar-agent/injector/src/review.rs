@@ -10,8 +10,35 @@ use kube_core::{
 
 use crate::inject::{decide, Decision, Settings};
 
-/// The answer to a request body, always a well-formed `admission.k8s.io/v1` AdmissionReview.
-pub fn handle(body: &[u8], settings: &Settings) -> AdmissionReview<DynamicObject> {
+/// The answer to a request body as it goes on the wire: always a well-formed `admission.k8s.io/v1`
+/// AdmissionReview, its `patch` base64-encoded.
+pub fn handle(body: &[u8], settings: &Settings) -> serde_json::Value {
+    wire(review(body, settings))
+}
+
+/// kube-core serialises `AdmissionResponse.patch` (a Go `[]byte`) as an array of numbers (kube-rs/kube#1781).
+/// The API server's documented wire form for `[]byte` is a base64 string, so that is what we send.
+fn wire(review: AdmissionReview<DynamicObject>) -> serde_json::Value {
+    use base64::Engine as _;
+    let mut answer = match serde_json::to_value(&review) {
+        Ok(answer) => answer,
+        Err(e) => return invalid(format!("the answer does not serialize: {e}")),
+    };
+    if let Some(patch) = answer.pointer_mut("/response/patch") {
+        let Ok(bytes) = serde_json::from_value::<Vec<u8>>(patch.take()) else {
+            return invalid("the patch is not a byte array".to_owned());
+        };
+        *patch = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+    }
+    answer
+}
+
+/// A refusal that cannot fail to serialise (it carries no patch).
+fn invalid(reason: String) -> serde_json::Value {
+    serde_json::to_value(AdmissionResponse::invalid(reason).into_review()).unwrap_or_default()
+}
+
+fn review(body: &[u8], settings: &Settings) -> AdmissionReview<DynamicObject> {
     let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
         Ok(review) => review,
         Err(e) => {

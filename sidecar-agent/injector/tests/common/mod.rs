@@ -43,10 +43,14 @@ pub fn response(answer: &Value) -> &Value {
     &answer["response"]
 }
 
-/// The JSONPatch of a response (`None` when it has none). kube-core writes the `[]byte` field as an array of
-/// numbers, which Go's encoding/json (and so the API server) decodes like the usual base64 string.
+/// The JSONPatch of a response (`None` when it has none). On the wire `patch` is a `[]byte`, which the API
+/// server's JSON decoding (and the admission API reference) takes as a base64 string.
 pub fn patch_of(response: &Value) -> Option<json_patch::Patch> {
-    let bytes: Vec<u8> = serde_json::from_value(response.get("patch")?.clone()).expect("patch is a byte array");
+    use base64::Engine as _;
+    let text = response.get("patch")?.as_str().expect("patch is a base64 string");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .expect("patch is valid base64");
     assert_eq!(response["patchType"], "JSONPatch");
     Some(serde_json::from_slice(&bytes).expect("patch is a JSONPatch"))
 }
