@@ -1,0 +1,67 @@
+//! Argo Rollouts' side of a measurement, mirrored: resolving args and evaluating the conditions.
+//!
+//! Args: Argo marshals the metric to JSON and replaces each `{{args.NAME}}` (the tag trimmed of spaces) with the
+//! argument's value; an unknown tag is an error. The values here need no JSON quoting.
+//!
+//! Result: Argo's Prometheus provider turns a vector into a list of its sample values (labels dropped, order kept)
+//! and a scalar into a number, and binds it to `result`.
+//!
+//! Conditions are expr-lang programs (Argo: `expr.Compile(cond, expr.Env(env), expr.AsBool())`), evaluated here by
+//! the Rust implementation of expr with the same built-ins (`len`, `all`, `any`, the `#` predicate argument);
+//! a result that is not a bool is an error, as `AsBool` makes it. Then Argo's `EvaluateResult`: with both
+//! conditions set, failure wins, success if only success holds, Inconclusive when neither holds.
+
+use expr::{Context, Value};
+
+/// Replaces `{{args.NAME}}` tags; panics on a tag without an argument, as Argo refuses the run.
+pub fn resolve(text: &str, args: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let close = rest[open..]
+            .find("}}")
+            .unwrap_or_else(|| panic!("unclosed tag in {text}"));
+        let tag = rest[open + 2..open + close].trim();
+        let value = tag
+            .strip_prefix("args.")
+            .and_then(|name| args.iter().find(|(n, _)| *n == name))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("failed to resolve {{{{{tag}}}}}"));
+        out.push_str(value);
+        rest = &rest[open + close + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Successful,
+    Failed,
+    Inconclusive,
+}
+
+fn condition(cond: &str, result: &[f64]) -> bool {
+    let mut ctx = Context::default();
+    ctx.insert(
+        "result",
+        Value::Array(result.iter().map(|v| Value::Float(*v)).collect()),
+    );
+    match expr::eval(cond, &ctx) {
+        Ok(Value::Bool(b)) => b,
+        other => panic!("condition {cond:?} on {result:?}: {other:?} (Argo: AnalysisPhaseError)"),
+    }
+}
+
+/// Argo's `EvaluateResult` for a vector result.
+pub fn evaluate(result: &[f64], success: &str, failure: &str) -> Phase {
+    let (ok, failed) = (condition(success, result), condition(failure, result));
+    if failed {
+        Phase::Failed
+    } else if ok {
+        Phase::Successful
+    } else {
+        Phase::Inconclusive
+    }
+}
