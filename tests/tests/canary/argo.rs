@@ -10,6 +10,11 @@
 //! the Rust implementation of expr with the same built-ins (`len`, `all`, `any`, the `#` predicate argument);
 //! a result that is not a bool is an error, as `AsBool` makes it. Then Argo's `EvaluateResult`: with both
 //! conditions set, failure wins, success if only success holds, Inconclusive when neither holds.
+//!
+//! Not mirrored: the functions Argo adds to the environment (`asInt`, `asFloat`, and in newer releases `isNaN`,
+//! `isInf`, `default`...). The shipped conditions use none; one that did would fail here loudly, not pass. Nor is
+//! the run level (`count`, `failureLimit`, `inconclusiveLimit` over successive measurements): this judges one
+//! measurement.
 
 use expr::{Context, Value};
 

@@ -6,141 +6,35 @@
 //!
 //! Time is compressed: scrape and evaluation every 1 s, and an 8 s window where a cluster would use minutes (the
 //! templates' `interval`/`window` variable, and `[1m]` of the recording rules rewritten to `[8s]` for this
-//! Prometheus only). Each phase lasts 11 s, so its last 8 s hold only its own traffic.
+//! Prometheus only). Each phase lasts 11 s, so its last 8 s hold only its own traffic (see `traffic`).
 //!
-//! Every stream makes 20 calls/s, paced. The service answers after 30 ms, so each call lands in Envoy's (25, 50] ms
-//! bucket with 20 ms of slack for a noisy machine. In the broken phase, `shop.v1.Payments/Charge` of `v2` answers
-//! after 80 ms ((50, 100] bucket: 50 ms slower) and fails every 5th call with UNAVAILABLE (20 %, exactly).
+//! # Layout
+//! - `traffic`: the demo service and the three phases of traffic.
+//! - `shipped`: the files of `istio/canary/`, made ready to run (rendered, resolved, substituted).
+//! - `flagger`, `argo`: how Flagger and Argo Rollouts render, resolve and judge, mirrored.
+//! - `names`: every metric and label a query names must exist in Prometheus.
 
 mod argo;
 mod flagger;
 mod names;
+mod shipped;
+mod traffic;
 
-use std::{
-    collections::BTreeMap,
-    fs,
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use integration_tests::{
     agent::{self, Agent},
     envoy::Envoy,
-    paths,
     prometheus::{Prometheus, Sample},
     stack,
 };
-use serde_json::json;
+use shipped::{argo_metrics, dashboard_exprs, dashboard_variables, documents, flagger_checks, read};
+use traffic::{drive, Service, RATE};
 
-const WINDOW: &str = "8s";
-const PHASE_SECONDS: f64 = 11.0;
-const RATE: f64 = 20.0;
+/// The rate window of every query: minutes on a cluster, 8 s of 1 s scrapes here.
+pub const WINDOW: &str = "8s";
 /// Calls an interface needs in the window, per version, for a verdict (the shipped default).
-const MIN_CALLS: &str = "20";
-
-/// The demo service (gRPC and HTTP, `tests/peers/canary_peer.py serve`); killed on drop.
-struct Service {
-    child: Child,
-    grpc_port: u16,
-    http_port: u16,
-}
-
-impl Service {
-    fn start() -> Self {
-        let child = Command::new(paths::python())
-            .arg(paths::tests_file("peers/canary_peer.py"))
-            .arg("serve")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn canary_peer serve");
-        let mut s = Self {
-            child,
-            grpc_port: 0,
-            http_port: 0,
-        };
-        let mut line = String::new();
-        BufReader::new(s.child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("read ports");
-        let ports: Vec<u16> = line
-            .trim()
-            .strip_prefix("PORTS ")
-            .map(|p| p.split(' ').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_default();
-        assert_eq!(ports.len(), 2, "canary_peer said {line:?}");
-        (s.grpc_port, s.http_port) = (ports[0], ports[1]);
-        s
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn stream(name: &str, kind: &str, path: &str, version: &str, delay_ms: u32, fail_every: u32) -> serde_json::Value {
-    json!({"name": name, "kind": kind, "path": path, "version": version, "delay_ms": delay_ms,
-           "fail_every": fail_every, "rate": RATE, "threads": 2})
-}
-
-/// The streams of one phase: three interfaces; `v2` as given (None: no v2 traffic at all).
-fn streams(v2_charge: Option<(u32, u32)>) -> Vec<serde_json::Value> {
-    let mut s = vec![
-        stream("get-v1", "grpc", "/shop.v1.Orders/Get", "v1", 30, 0),
-        stream("charge-v1", "grpc", "/shop.v1.Payments/Charge", "v1", 30, 0),
-        stream("http-v1", "http", "/api/v1/orders/42", "v1", 30, 0),
-    ];
-    if let Some((delay, fail_every)) = v2_charge {
-        s.push(stream("get-v2", "grpc", "/shop.v1.Orders/Get", "v2", 30, 0));
-        s.push(stream(
-            "charge-v2",
-            "grpc",
-            "/shop.v1.Payments/Charge",
-            "v2",
-            delay,
-            fail_every,
-        ));
-        s.push(stream("http-v2", "http", "/api/v1/orders/42", "v2", 30, 0));
-    }
-    s
-}
-
-/// Runs the traffic plan through Envoy; returns each phase's end (unix seconds) and the driver's report.
-fn drive(envoy: &Envoy) -> Vec<(f64, serde_json::Value)> {
-    let phase = |streams| json!({"seconds": PHASE_SECONDS, "streams": streams});
-    let plan = json!({
-        // For the dashboard's counters: an invalid version, and a malformed baggage member.
-        "extras": [{"path": "/api/v1/orders/1", "headers": {"x-gray-version": "v 2"}},
-                   {"path": "/api/v1/orders/1", "headers": {"baggage": "a=1,garbage"}}],
-        "phases": [phase(streams(Some((80, 5)))), phase(streams(Some((30, 0)))), phase(streams(None))],
-    });
-    let out = Command::new(paths::python())
-        .arg(paths::tests_file("peers/canary_peer.py"))
-        .args([
-            "drive",
-            "--target",
-            &envoy.listener("ingress").to_string(),
-            "--plan",
-            &plan.to_string(),
-        ])
-        .output()
-        .expect("run canary_peer drive");
-    assert!(
-        out.status.success(),
-        "driver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("driver json");
-            (v["start"].as_f64().expect("start") + PHASE_SECONDS, v)
-        })
-        .collect()
-}
+pub const MIN_CALLS: &str = "20";
 
 fn prometheus_config(envoy: &Envoy, agent: Option<&Agent>) -> String {
     // namespace and app: what Istio's Prometheus scrape configuration puts on a pod's series.
@@ -160,18 +54,6 @@ fn prometheus_config(envoy: &Envoy, agent: Option<&Agent>) -> String {
         ));
     }
     config
-}
-
-fn read(rel: &str) -> String {
-    fs::read_to_string(paths::root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-/// The YAML documents of a manifest file, as JSON.
-fn documents(rel: &str) -> Vec<serde_json::Value> {
-    use serde::Deserialize;
-    serde_norway::Deserializer::from_str(&read(rel))
-        .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
-        .collect()
 }
 
 /// An instant query at `t` that must succeed and must not return NaN.
@@ -204,117 +86,39 @@ const GET: &str = "shop.v1.Orders/Get";
 const CHARGE: &str = "shop.v1.Payments/Charge";
 const HTTP: &str = "orders/GET /api/v1/orders/{id}";
 
+/// Prometheus's `histogram_quantile` for one series of (upper bound, cumulative rate) buckets
+/// (`bucketQuantile` in promql/quantile.go): sorted by bound, made monotonic, linear inside the bucket of the rank.
+fn histogram_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut max = 0.0_f64;
+    for b in &mut buckets {
+        max = max.max(b.1);
+        b.1 = max;
+    }
+    let n = buckets.len();
+    if n < 2 || buckets[n - 1].0 != f64::INFINITY || buckets[n - 1].1 == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank = q * buckets[n - 1].1;
+    let b = buckets[..n - 1].iter().position(|b| b.1 >= rank).unwrap_or(n - 1);
+    if b == n - 1 {
+        return buckets[n - 2].0;
+    }
+    if b == 0 && buckets[0].0 <= 0.0 {
+        return buckets[0].0;
+    }
+    let (mut start, end, mut count) = (0.0, buckets[b].0, buckets[b].1);
+    if b > 0 {
+        start = buckets[b - 1].0;
+        count -= buckets[b - 1].1;
+        rank -= buckets[b - 1].1;
+    }
+    start + (end - start) * (rank / count)
+}
+
 #[track_caller]
 fn assert_within(what: &str, got: f64, lo: f64, hi: f64) {
     assert!((lo..=hi).contains(&got), "{what}: {got} not in [{lo}, {hi}]");
-}
-
-/// The shipped MetricTemplates and the example Canary's analysis, rendered for this test's window.
-struct FlaggerCheck {
-    name: String,
-    query: String,
-    min: Option<f64>,
-    max: Option<f64>,
-}
-
-fn flagger_checks() -> Vec<FlaggerCheck> {
-    let templates = documents("istio/canary/flagger/metric-templates.yaml");
-    let canary = &documents("istio/canary/flagger/canary.yaml")[0];
-    let canary_name = canary["metadata"]["name"].as_str().expect("canary name");
-    let namespace = canary["metadata"]["namespace"].as_str().expect("canary namespace");
-    let target = canary["spec"]["targetRef"]["name"].as_str().expect("targetRef");
-    canary["spec"]["analysis"]["metrics"]
-        .as_array()
-        .expect("metrics")
-        .iter()
-        .map(|m| {
-            let tname = m["templateRef"]["name"].as_str().expect("templateRef");
-            let template = templates
-                .iter()
-                .find(|t| t["metadata"]["name"] == tname)
-                .unwrap_or_else(|| panic!("no MetricTemplate {tname}"));
-            let mut variables: BTreeMap<String, String> =
-                serde_json::from_value(m["templateVariables"].clone()).expect("templateVariables");
-            // Time compression: the window, and the minimum calls for it.
-            variables.insert("min_calls".into(), MIN_CALLS.into());
-            let model = flagger::Model {
-                name: canary_name,
-                namespace,
-                target,
-                interval: WINDOW,
-                variables,
-            };
-            FlaggerCheck {
-                name: m["name"].as_str().expect("name").to_owned(),
-                query: flagger::render(template["spec"]["query"].as_str().expect("query"), &model),
-                min: m["thresholdRange"]["min"].as_f64(),
-                max: m["thresholdRange"]["max"].as_f64(),
-            }
-        })
-        .collect()
-}
-
-/// The shipped AnalysisTemplate's metrics, args resolved: (name, query, successCondition, failureCondition).
-fn argo_metrics() -> Vec<(String, String, String, String)> {
-    let t = &documents("istio/canary/argo-rollouts/analysis-template.yaml")[0];
-    let mut args: Vec<(String, String)> = t["spec"]["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(|a| Some((a["name"].as_str()?.to_owned(), a["value"].as_str()?.to_owned())))
-        .collect();
-    for (k, v) in [
-        ("namespace", "shop"),
-        ("app", "orders"),
-        ("canary-version", "v2"),
-        ("baseline-version", "v1"),
-        ("window", WINDOW),
-        ("min-calls", MIN_CALLS),
-    ] {
-        args.retain(|(n, _)| n != k);
-        args.push((k.to_owned(), v.to_owned()));
-    }
-    let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    t["spec"]["metrics"]
-        .as_array()
-        .expect("metrics")
-        .iter()
-        .map(|m| {
-            let s = |v: &serde_json::Value| argo::resolve(v.as_str().expect("string"), &args);
-            (
-                m["name"].as_str().expect("name").to_owned(),
-                s(&m["provider"]["prometheus"]["query"]),
-                s(&m["successCondition"]),
-                s(&m["failureCondition"]),
-            )
-        })
-        .collect()
-}
-
-/// The dashboard's expressions with its variables substituted as Grafana would for this selection.
-fn dashboard_exprs(agent_running: bool) -> Vec<(String, String)> {
-    let d: serde_json::Value = serde_json::from_str(&read("istio/canary/grafana/grayscope-canary.json")).expect("json");
-    let subst = |e: &str| {
-        e.replace("$__rate_interval", WINDOW)
-            .replace("$service", "shop.v1.Payments")
-            .replace("$method", "Charge")
-            .replace("$canary", "v2")
-            .replace("$baseline", "v1")
-    };
-    let mut out = Vec::new();
-    for p in d["panels"].as_array().expect("panels") {
-        let title = p["title"].as_str().expect("title");
-        if title == "Agent health" && !agent_running {
-            eprintln!("skipping the Agent health panel - no agent (GRAYSCOPE_SKIP_PRIVILEGED=1)");
-            continue;
-        }
-        for t in p["targets"].as_array().expect("targets") {
-            let expr = subst(t["expr"].as_str().expect("expr"));
-            assert!(!expr.contains('$'), "unsubstituted variable in {expr}");
-            out.push((format!("{title} {}", t["refId"]), expr));
-        }
-    }
-    out
 }
 
 #[test]
@@ -374,27 +178,48 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
     assert_eq!(errors.len(), 6, "{errors:?}");
     for (k, ratio) in &errors {
         if k == &format!("{CHARGE} v2") {
-            // Every 5th call fails; the window holds ~160 calls, so the ratio is 0.2 within a call or two.
-            assert_within(&format!("error ratio of {k}"), *ratio, 0.18, 0.22);
+            // Every 5th call of each thread fails; the window holds ~80 calls, so 0.2 within a call or two.
+            assert_within(&format!("error ratio of {k}"), *ratio, 0.17, 0.23);
         } else {
             assert_eq!(*ratio, 0.0, "error ratio of {k}");
         }
     }
-    for q in ["p50", "p90", "p99"] {
+    // Quantiles: exactly what Prometheus's histogram_quantile makes of the recorded bucket rates of the same
+    // evaluation, and within the bucket of the service's delay.
+    let buckets = query(
+        &prom,
+        "interface_version:grayscope_interface_call_duration_milliseconds_bucket:rate1m",
+        broken,
+    );
+    for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
         let quantiles = by_interface(&query(
             &prom,
-            &format!("interface_version:grayscope_interface_call_duration_milliseconds:{q}_rate1m"),
+            &format!("interface_version:grayscope_interface_call_duration_milliseconds:{name}_rate1m"),
             broken,
         ));
         assert_eq!(quantiles.len(), 6, "{quantiles:?}");
         for (k, ms) in &quantiles {
-            // Within the bucket of the service's delay: (25, 50] for 30 ms, (50, 100] for 80 ms.
+            let mine: Vec<(f64, f64)> = buckets
+                .iter()
+                .filter(|b| by_interface(std::slice::from_ref(b)).contains_key(k))
+                .map(|b| (b.label("le").to_ascii_lowercase().parse().expect("le"), b.value))
+                .collect();
+            let expected = histogram_quantile(q, mine.clone());
+            assert!(
+                (ms - expected).abs() < 1e-9,
+                "{name} of {k}: {ms}, buckets say {expected}"
+            );
+            // The service's delay is a floor: 62 ms is in (50, 100], 112 ms in (100, 250]. A noisy machine can
+            // only push calls up, so only the median is held to the bucket.
             let (lo, hi) = if k == &format!("{CHARGE} v2") {
-                (50.0, 100.0)
+                (100.0, 250.0)
             } else {
-                (25.0, 50.0)
+                (50.0, 100.0)
             };
-            assert_within(&format!("{q} of {k}"), *ms, lo, hi);
+            assert!(*ms >= lo, "{name} of {k}: {ms} < {lo}; buckets {mine:?}");
+            if name == "p50" {
+                assert_within(&format!("{name} of {k}"), *ms, lo, hi);
+            }
         }
     }
     let delta = by_interface(&query(
@@ -403,14 +228,14 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         broken,
     ));
     assert_eq!(delta.len(), 3, "{delta:?}");
-    assert_within("error ratio delta of Charge", delta[CHARGE], 0.18, 0.22);
+    assert_within("error ratio delta of Charge", delta[CHARGE], 0.17, 0.23);
     assert_eq!((delta[GET], delta[HTTP]), (0.0, 0.0));
     let p99 = by_interface(&query(&prom, "interface:grayscope_canary_p99_ratio:rate1m", broken));
     assert_eq!(p99.len(), 3, "{p99:?}");
-    // All in (50, 100] against all in (25, 50]: 99.5 / 49.75 = 2.
-    assert_within("p99 ratio of Charge", p99[CHARGE], 1.5, 4.0);
-    assert_within("p99 ratio of Get", p99[GET], 0.5, 1.5);
-    assert_within("p99 ratio of HTTP", p99[HTTP], 0.5, 1.5);
+    // All in (100, 250] against all in (50, 100]: 248.5 / 99.5 = 2.5.
+    assert_within("p99 ratio of Charge", p99[CHARGE], 1.5, 5.0);
+    assert_within("p99 ratio of Get", p99[GET], 0.4, 1.5);
+    assert_within("p99 ratio of HTTP", p99[HTTP], 0.4, 1.5);
     assert!(query(&prom, "interface:grayscope_canary_not_enough_data:rate1m", broken).is_empty());
     // Healthy: no delta; no v2: "not enough data" for every interface, and no delta at all.
     let delta = by_interface(&query(
@@ -442,8 +267,8 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         );
         match (c.name.contains("success-rate"), at(broken)) {
             // Only Charge fails, 20 %: the worst interface's success rate is 80 %.
-            (true, flagger::Verdict::Fail(v)) => assert_within(&c.name, v, 78.0, 82.0),
-            (false, flagger::Verdict::Fail(v)) => assert_within(&c.name, v, 1.5, 4.0),
+            (true, flagger::Verdict::Fail(v)) => assert_within(&c.name, v, 77.0, 83.0),
+            (false, flagger::Verdict::Fail(v)) => assert_within(&c.name, v, 1.5, 5.0),
             (_, other) => panic!("{}: broken canary gave {other:?}\n{}", c.name, c.query),
         }
         assert!(
@@ -501,6 +326,22 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         assert!(
             !query(&prom, expr, broken).is_empty(),
             "dashboard panel {what} has no data:\n{expr}"
+        );
+    }
+    for (name, selector, label) in dashboard_variables() {
+        let unknown = names::unknown(&prom, &selector, 600);
+        assert!(
+            unknown.is_empty(),
+            "variable {name} names what Prometheus never saw: {unknown:?}"
+        );
+        let values: Vec<String> = query(&prom, &selector, broken)
+            .iter()
+            .map(|s| s.label(&label).to_owned())
+            .filter(|v| !v.is_empty())
+            .collect();
+        assert!(
+            !values.is_empty(),
+            "variable {name}: no values of {label} in {selector}"
         );
     }
     // The check can fail: a misspelt metric, or a label the filter does not emit, is caught.
