@@ -70,3 +70,21 @@ pub fn evaluate(result: &[f64], success: &str, failure: &str) -> Phase {
         Phase::Inconclusive
     }
 }
+
+#[test]
+fn resolves_and_evaluates_as_argo_does() {
+    assert_eq!(resolve("{{args.a}}-{{ args.b }}", &[("a", "1"), ("b", "2")]), "1-2");
+    assert!(std::panic::catch_unwind(|| resolve("{{args.c}}", &[("a", "1")])).is_err());
+    let (ok, bad) = (
+        "len(result) > 0 && all(result, {# >= 99})",
+        "len(result) > 0 && any(result, {# < 99})",
+    );
+    assert_eq!(evaluate(&[100.0, 99.0], ok, bad), Phase::Successful);
+    assert_eq!(evaluate(&[100.0, 80.0], ok, bad), Phase::Failed);
+    assert_eq!(evaluate(&[], ok, bad), Phase::Inconclusive);
+    // Unguarded, an empty result would pass: all() of an empty list is true.
+    assert_eq!(
+        evaluate(&[], "all(result, {# >= 99})", "any(result, {# < 99})"),
+        Phase::Successful
+    );
+}

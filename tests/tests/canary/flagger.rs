@@ -76,3 +76,36 @@ pub fn judge(result: &[Sample], min: Option<f64>, max: Option<f64>) -> Verdict {
         Verdict::Pass(v)
     }
 }
+
+#[test]
+fn renders_and_judges_as_flagger_does() {
+    let m = Model {
+        name: "orders",
+        namespace: "shop",
+        target: "orders",
+        interval: "1m",
+        variables: [("canary_version".to_owned(), "v2".to_owned())].into(),
+    };
+    assert_eq!(
+        render(
+            "{{ namespace }}/{{target}}-{{ name }}[{{ interval }}] {{ variables.canary_version }}",
+            &m
+        ),
+        "shop/orders-orders[1m] v2"
+    );
+    assert!(std::panic::catch_unwind(|| render("{{ variables.nope }}", &m)).is_err());
+    assert!(std::panic::catch_unwind(|| render("{{ .Target }}", &m)).is_err());
+    let s = |v: f64| Sample {
+        labels: BTreeMap::new(),
+        value: v,
+    };
+    assert_eq!(judge(&[], Some(99.0), None), Verdict::NoData);
+    // The last sample counts.
+    assert_eq!(judge(&[s(50.0), s(99.5)], Some(99.0), None), Verdict::Pass(99.5));
+    assert_eq!(judge(&[s(1.6)], None, Some(1.5)), Verdict::Fail(1.6));
+    // NaN compares false both ways: Flagger passes it, which is why the queries must never give one.
+    assert!(matches!(
+        judge(&[s(f64::NAN)], Some(99.0), Some(100.0)),
+        Verdict::Pass(_)
+    ));
+}

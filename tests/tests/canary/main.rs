@@ -116,6 +116,19 @@ fn histogram_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
     start + (end - start) * (rank / count)
 }
 
+#[test]
+fn histogram_quantile_interpolates_as_prometheus_does() {
+    // The promtool unit tests' numbers: all calls in (10, 25], or all in (50, 100].
+    let inf = f64::INFINITY;
+    let low = vec![(10.0, 0.0), (25.0, 1.0), (50.0, 1.0), (inf, 1.0)];
+    assert!((histogram_quantile(0.99, low) - 24.85).abs() < 1e-9);
+    let high = vec![(inf, 2.0), (50.0, 0.0), (100.0, 2.0)];
+    assert!((histogram_quantile(0.5, high) - 75.0).abs() < 1e-9);
+    // Above the last finite bound: that bound. No calls: NaN.
+    assert_eq!(histogram_quantile(0.99, vec![(50.0, 0.0), (inf, 1.0)]), 50.0);
+    assert!(histogram_quantile(0.5, vec![(50.0, 0.0), (inf, 0.0)]).is_nan());
+}
+
 #[track_caller]
 fn assert_within(what: &str, got: f64, lo: f64, hi: f64) {
     assert!((lo..=hi).contains(&got), "{what}: {got} not in [{lo}, {hi}]");
