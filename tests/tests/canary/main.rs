@@ -160,31 +160,45 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
 
     let phases = drive(&envoy);
     assert_eq!(phases.len(), 3, "{phases:?}");
-    let (broken, healthy, no_v2) = (phases[0].0, phases[1].0, phases[2].0);
+    let at = Ends {
+        broken: phases[0].0,
+        healthy: phases[1].0,
+        no_v2: phases[2].0,
+    };
     // Everything up to the last phase's end is scraped and evaluated once a rule has run 1 s past it.
     prom.wait_for("timestamp(grayscope:canary_min_calls)", Duration::from_secs(30), |s| {
-        s.first().is_some_and(|s| s.value > no_v2 + 1.0)
+        s.first().is_some_and(|s| s.value > at.no_v2 + 1.0)
     });
-    let report = |i: usize| phases[i].1.to_string();
 
-    // --- recording rules, at the end of the broken phase --------------------------------------------------------
+    recording_rules(&prom, &at, &phases[0].1.to_string());
+    let mut exprs = flagger_verdicts(&prom, &at);
+    exprs.extend(argo_verdicts(&prom, &at));
+    names_and_panels(&prom, &at, exprs, agent.is_some());
+}
+
+/// When each phase ended (unix seconds): the queries run at these instants.
+#[derive(Clone, Copy)]
+struct Ends {
+    broken: f64,
+    healthy: f64,
+    no_v2: f64,
+}
+
+/// The recorded rates, error ratios, quantiles and deltas, against the traffic sent.
+fn recording_rules(prom: &Prometheus, at: &Ends, report: &str) {
+    let Ends { broken, healthy, no_v2 } = *at;
     let calls = by_interface(&query(
-        &prom,
+        prom,
         "interface_version:grayscope_interface_calls:rate1m",
         broken,
     ));
     assert_eq!(calls.len(), 6, "{calls:?}");
     for (k, rate) in &calls {
-        // Paced at 20 calls/s; rate() over 8 s of 1 s scrapes.
-        assert_within(
-            &format!("calls/s of {k} ({})", report(0)),
-            *rate,
-            RATE * 0.8,
-            RATE * 1.2,
-        );
+        // Paced at RATE calls/s; rate() over 8 s of 1 s scrapes.
+        assert_within(&format!("calls/s of {k} ({report})"), *rate, RATE * 0.8, RATE * 1.2);
     }
     let errors = by_interface(&query(
-        &prom,
+        prom,
         "interface_version:grayscope_interface_error_ratio:rate1m",
         broken,
     ));
@@ -200,13 +214,13 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
     // Quantiles: exactly what Prometheus's histogram_quantile makes of the recorded bucket rates of the same
     // evaluation, and within the bucket of the service's delay.
     let buckets = query(
-        &prom,
+        prom,
         "interface_version:grayscope_interface_call_duration_milliseconds_bucket:rate1m",
         broken,
     );
     for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
         let quantiles = by_interface(&query(
-            &prom,
+            prom,
             &format!("interface_version:grayscope_interface_call_duration_milliseconds:{name}_rate1m"),
             broken,
         ));
@@ -236,41 +250,40 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         }
     }
     let delta = by_interface(&query(
-        &prom,
+        prom,
         "interface:grayscope_canary_error_ratio_delta:rate1m",
         broken,
     ));
     assert_eq!(delta.len(), 3, "{delta:?}");
     assert_within("error ratio delta of Charge", delta[CHARGE], 0.17, 0.23);
     assert_eq!((delta[GET], delta[HTTP]), (0.0, 0.0));
-    let p99 = by_interface(&query(&prom, "interface:grayscope_canary_p99_ratio:rate1m", broken));
+    let p99 = by_interface(&query(prom, "interface:grayscope_canary_p99_ratio:rate1m", broken));
     assert_eq!(p99.len(), 3, "{p99:?}");
     // All in (100, 250] against all in (50, 100]: 248.5 / 99.5 = 2.5.
     assert_within("p99 ratio of Charge", p99[CHARGE], 1.5, 5.0);
     assert_within("p99 ratio of Get", p99[GET], 0.4, 1.5);
     assert_within("p99 ratio of HTTP", p99[HTTP], 0.4, 1.5);
-    assert!(query(&prom, "interface:grayscope_canary_not_enough_data:rate1m", broken).is_empty());
+    assert!(query(prom, "interface:grayscope_canary_not_enough_data:rate1m", broken).is_empty());
     // Healthy: no delta; no v2: "not enough data" for every interface, and no delta at all.
     let delta = by_interface(&query(
-        &prom,
+        prom,
         "interface:grayscope_canary_error_ratio_delta:rate1m",
         healthy,
     ));
     assert!(delta.values().all(|d| *d == 0.0) && delta.len() == 3, "{delta:?}");
-    assert!(query(&prom, "interface:grayscope_canary_error_ratio_delta:rate1m", no_v2).is_empty());
-    assert!(query(&prom, "interface:grayscope_canary_p99_ratio:rate1m", no_v2).is_empty());
-    let not_enough = by_interface(&query(
-        &prom,
-        "interface:grayscope_canary_not_enough_data:rate1m",
-        no_v2,
-    ));
+    assert!(query(prom, "interface:grayscope_canary_error_ratio_delta:rate1m", no_v2).is_empty());
+    assert!(query(prom, "interface:grayscope_canary_p99_ratio:rate1m", no_v2).is_empty());
+    let not_enough = by_interface(&query(prom, "interface:grayscope_canary_not_enough_data:rate1m", no_v2));
     assert_eq!(not_enough.len(), 3, "{not_enough:?}");
+}
 
-    // --- Flagger ------------------------------------------------------------------------------------------------
+/// The Flagger checks' verdicts in each phase; returns their queries.
+fn flagger_verdicts(prom: &Prometheus, at: &Ends) -> Vec<(String, String)> {
+    let Ends { broken, healthy, no_v2 } = *at;
     let checks = flagger_checks();
     assert_eq!(checks.len(), 2);
     for c in &checks {
-        let at = |t| flagger::judge(&query(&prom, &c.query, t), c.min, c.max);
+        let at = |t| flagger::judge(&query(prom, &c.query, t), c.min, c.max);
         eprintln!(
             "Flagger {}: broken {:?}, healthy {:?}, no v2 {:?}",
             c.name,
@@ -292,12 +305,16 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         );
         assert_eq!(at(no_v2), flagger::Verdict::NoData, "{}: no v2 traffic", c.name);
     }
+    checks.into_iter().map(|c| (c.name, c.query)).collect()
+}
 
-    // --- Argo Rollouts ------------------------------------------------------------------------------------------
+/// The Argo measurements' phases in each phase, and which interface fails; returns their queries.
+fn argo_verdicts(prom: &Prometheus, at: &Ends) -> Vec<(String, String)> {
+    let Ends { broken, healthy, no_v2 } = *at;
     let metrics = argo_metrics();
     assert_eq!(metrics.len(), 2);
     for (name, q, success, failure) in &metrics {
-        let values = |t| query(&prom, q, t);
+        let values = |t| query(prom, q, t);
         let phase = |t| argo::evaluate(&values(t).iter().map(|s| s.value).collect::<Vec<_>>(), success, failure);
         eprintln!("Argo {name}: broken {:?} {:?}", phase(broken), values(broken));
         assert_eq!(phase(broken), argo::Phase::Failed, "{name}: broken");
@@ -313,10 +330,11 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
         assert_eq!(phase(healthy), argo::Phase::Successful, "{name}: healthy");
         assert_eq!(phase(no_v2), argo::Phase::Inconclusive, "{name}: no v2 traffic");
     }
+    metrics.into_iter().map(|(n, q, ..)| (n, q)).collect()
+}
 
-    // --- every query names only what exists, and every panel has data -------------------------------------------
-    let mut exprs: Vec<(String, String)> = checks.iter().map(|c| (c.name.clone(), c.query.clone())).collect();
-    exprs.extend(metrics.iter().map(|(n, q, ..)| (n.clone(), q.clone())));
+/// Every query names only what exists (and the check can fail), and every panel and variable has data.
+fn names_and_panels(prom: &Prometheus, at: &Ends, mut exprs: Vec<(String, String)>, agent_running: bool) {
     for doc in documents("istio/canary/prometheus/grayscope-canary.rules.yml") {
         for rule in doc["groups"][0]["rules"].as_array().expect("rules") {
             let expr = rule["expr"]
@@ -326,10 +344,10 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
             exprs.push((rule["record"].as_str().expect("record").to_owned(), expr));
         }
     }
-    let panels = dashboard_exprs(agent.is_some());
+    let panels = dashboard_exprs(agent_running);
     exprs.extend(panels.iter().cloned());
     for (what, expr) in &exprs {
-        let unknown = names::unknown(&prom, expr, 600);
+        let unknown = names::unknown(prom, expr, 600);
         assert!(
             unknown.is_empty(),
             "{what} names what Prometheus never saw: {unknown:?}\n{expr}"
@@ -337,17 +355,17 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
     }
     for (what, expr) in &panels {
         assert!(
-            !query(&prom, expr, broken).is_empty(),
+            !query(prom, expr, at.broken).is_empty(),
             "dashboard panel {what} has no data:\n{expr}"
         );
     }
     for (name, selector, label) in dashboard_variables() {
-        let unknown = names::unknown(&prom, &selector, 600);
+        let unknown = names::unknown(prom, &selector, 600);
         assert!(
             unknown.is_empty(),
             "variable {name} names what Prometheus never saw: {unknown:?}"
         );
-        let values: Vec<String> = query(&prom, &selector, broken)
+        let values: Vec<String> = query(prom, &selector, at.broken)
             .iter()
             .map(|s| s.label(&label).to_owned())
             .filter(|v| !v.is_empty())
@@ -359,12 +377,12 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
     }
     // The check can fail: a misspelt metric, or a label the filter does not emit, is caught.
     assert_eq!(
-        names::unknown(&prom, "sum(rate(grayscope_interface_call_total[8s]))", 600),
+        names::unknown(prom, "sum(rate(grayscope_interface_call_total[8s]))", 600),
         ["metric grayscope_interface_call_total: no such series"]
     );
     assert_eq!(
         names::unknown(
-            &prom,
+            prom,
             r#"sum by (version) (grayscope_interface_calls_total{gray_verison="v2"})"#,
             600
         ),
