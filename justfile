@@ -23,7 +23,7 @@ setup:
     # rust-toolchain.toml pins the toolchain and the wasm target; this installs them when missing.
     rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
     rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
-    pkgs=(clang-19 libbpf-dev linux-libc-dev bpftool iproute2 python3-venv)
+    pkgs=(clang-19 libbpf-dev linux-libc-dev bpftool iproute2 python3-venv prometheus)
     pkgs+=(skopeo umoci) # the OCI layouts of `just package`, inspected by tests/tests/package.rs
     missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

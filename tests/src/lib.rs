@@ -9,6 +9,7 @@
 //! - [`grpc`]: real gRPC (Python grpcio) servers and clients.
 //! - [`stack`]: upstreams plus an Envoy with the filter, as most tests use them.
 //! - [`prom`]: the `/stats/prometheus` exposition: whole lines, sums, and a real parser's verdict.
+//! - [`prometheus`]: a real Prometheus server scraping the test's Envoy, queried over its HTTP API; and `promtool`.
 //!
 //! Tests panic with a message saying what to run when a prerequisite is missing: nothing is skipped silently.
 
@@ -18,5 +19,6 @@ pub mod envoy;
 pub mod grpc;
 pub mod paths;
 pub mod prom;
+pub mod prometheus;
 pub mod stack;
 pub mod upstream;
