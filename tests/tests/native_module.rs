@@ -1,0 +1,55 @@
+//! What is particular to the native build (an Envoy dynamic module) through the real Envoy: the module is built
+//! for this Envoy's ABI, and a bad configuration is refused with the field named, as in `configuration.rs` for the
+//! wasm build. Every other suite runs on this build through its `native_<suite>.rs` twin.
+
+use integration_tests::stack::Stack;
+
+#[test]
+fn the_module_matches_envoys_abi_version_and_configures() {
+    let s = Stack::start("{}");
+    let log = s.envoy.log();
+    assert!(
+        log.contains("[info][dynamic_modules]") && log.contains("Dynamic module ABI version v0.2.0 matched."),
+        "{log}"
+    );
+    assert!(
+        log.contains("grayscope: configured: 0 route templates, max_interfaces 256"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
+    let cases = [
+        (
+            r#"{"gray":{"max_versions":0}}"#,
+            "gray.max_versions: must be between 1 and 10000, got 0",
+        ),
+        (r#"{"gray":{"headr":"x"}}"#, "gray.headr: unknown field `headr`"),
+        (
+            r#"{"report":{"cluster":""}}"#,
+            "report.cluster: must be an Envoy cluster name",
+        ),
+    ];
+    for (config, expected) in cases {
+        let refused = match Stack::try_start(config) {
+            Ok(_) => panic!("Envoy accepted {config}"),
+            Err(r) => r,
+        };
+        assert!(!refused.status.success(), "{config}: exit {}", refused.status);
+        let line = refused
+            .log
+            .lines()
+            .find(|l| l.contains("invalid grayscope plugin configuration"))
+            .unwrap_or_else(|| panic!("{config}: no configuration error in the log:\n{}", refused.log));
+        assert!(
+            line.contains("[error][dynamic_modules]") && line.contains(expected),
+            "{config}: {line}"
+        );
+        assert!(
+            refused.log.contains("Failed to initialize dynamic module"),
+            "{config}: {}",
+            refused.log
+        );
+    }
+}
