@@ -153,6 +153,12 @@ impl Registry {
         });
         let id = (self.series.len() - 1) as u32;
         self.series_index.insert((full.to_owned(), kind), id);
+        // Envoy creates a labelled series on its first update, where the wasm host's define creates it at once:
+        // adding 0 makes a defined counter or gauge read 0 from the start in both builds (a histogram cannot be
+        // touched without a sample, and the core defines those only to record one).
+        if kind != Kind::Histogram {
+            self.update(config, id, MetricOp::Increment, 0)?;
+        }
         Ok(id)
     }
 
