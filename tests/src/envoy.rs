@@ -67,23 +67,39 @@ impl FilterBuild {
 
     /// The grayscope HTTP filter with `plugin_config` (JSON), as one YAML flow mapping (an `http_filters` item).
     pub fn http_filter(self, plugin_config: &str) -> String {
+        let name = match self {
+            Self::Wasm => "envoy.filters.http.wasm",
+            Self::Native => "envoy.filters.http.dynamic_modules",
+        };
+        format!("{{name: {name}, typed_config: {}}}", self.typed_config(plugin_config))
+    }
+
+    /// The filter's `typed_config` with `plugin_config` (JSON), as one YAML flow mapping (also an ECDS resource's).
+    pub fn typed_config(self, plugin_config: &str) -> String {
         // The value sits in a single-quoted YAML scalar.
         let config = plugin_config.replace('\'', "''");
+        let value = format!("{{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: '{config}'}}");
         match self {
             Self::Wasm => format!(
-                "{{name: envoy.filters.http.wasm, typed_config: {{\"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm, \
-                 config: {{name: grayscope, root_id: grayscope, vm_config: {{vm_id: grayscope, runtime: envoy.wasm.runtime.v8, \
-                 code: {{local: {{filename: \"{}\"}}}}}}, configuration: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, \
-                 value: '{config}'}}}}}}}}",
+                "{{\"@type\": {}, config: {{name: grayscope, root_id: grayscope, vm_config: {{vm_id: grayscope, \
+                 runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: \"{}\"}}}}}}, configuration: {value}}}}}",
+                self.type_url(),
                 crate::paths::wasm().display()
             ),
             Self::Native => format!(
-                "{{name: envoy.filters.http.dynamic_modules, typed_config: {{\"@type\": \
-                 type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter, \
-                 dynamic_module_config: {{module: {{local: {{filename: \"{}\"}}}}}}, filter_name: grayscope, \
-                 filter_config: {{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: '{config}'}}}}}}",
+                "{{\"@type\": {}, dynamic_module_config: {{module: {{local: {{filename: \"{}\"}}}}}}, \
+                 filter_name: grayscope, filter_config: {value}}}",
+                self.type_url(),
                 crate::paths::native().display()
             ),
+        }
+    }
+
+    /// The type URL of [`Self::typed_config`] (an ECDS subscription's `type_urls`).
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Self::Wasm => "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            Self::Native => "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
         }
     }
 }

@@ -88,6 +88,27 @@ impl FilterConfig {
     }
 }
 
+/// The configurations Envoy has created and not yet destroyed, by address, newest last. Envoy creates and destroys
+/// configurations on its main thread only, so one found here stays alive until that thread's current hook returns.
+static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Registers a configuration Envoy now holds (`on_http_filter_config_new` returned it).
+pub fn register(config: *const FilterConfig) {
+    lock(&LIVE).push(config as usize);
+}
+
+/// Removes a configuration being destroyed; returns the newest other one that reports, to adopt its records.
+pub fn unregister(config: *const FilterConfig) -> Option<*const FilterConfig> {
+    let mut live = lock(&LIVE);
+    live.retain(|&c| c != config as usize);
+    live.iter().rev().map(|&c| c as *const FilterConfig).find(|&c| {
+        // SAFETY: every address in LIVE is a configuration not yet destroyed (see LIVE), read on the main thread.
+        #[allow(unsafe_code)]
+        let other = unsafe { &*c };
+        other.report.is_some()
+    })
+}
+
 /// Locks, taking the data even if another thread panicked while holding it (the filter never panics, and a
 /// counter table is still usable after one).
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

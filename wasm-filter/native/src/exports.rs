@@ -5,6 +5,8 @@
 //! `on_http_filter_config_destroy` takes back; `on_http_filter_new` returns a leaked `Box<Filter>` that
 //! `on_http_filter_destroy` takes back. Envoy keeps a configuration alive as long as a filter made from it, so a
 //! filter's reference to its configuration is valid for the filter's whole life. Every hook checks for null.
+//! Live configurations are also listed in `config::LIVE`, so one being destroyed (a reload) hands its buffered
+//! records to its successor.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -45,7 +47,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: Envoy's buffers are valid for this call.
     let (name, bytes) = unsafe { (name.bytes(), config.bytes()) };
     match FilterConfig::new(envoy, bytes) {
-        Ok(c) => Box::into_raw(Box::new(c)).cast_const().cast(),
+        Ok(c) => {
+            let ptr = Box::into_raw(Box::new(c)).cast_const();
+            crate::config::register(ptr);
+            ptr.cast()
+        }
         Err(e) => {
             log::error!("filter {:?}: {e}", String::from_utf8_lossy(name));
             std::ptr::null()
@@ -58,11 +64,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     if config.is_null() {
         return;
     }
+    let adopter = crate::config::unregister(config.cast());
     // SAFETY: the pointer `on_http_filter_config_new` leaked, destroyed once.
     let mut config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
+    // SAFETY: `unregister` returns a live configuration other than this one (main thread, see `config::LIVE`).
+    let adopter = adopter.and_then(|a| unsafe { a.as_ref() });
     let FilterConfig { report, registry, .. } = &mut *config;
     if let Some(report) = report {
-        report.shutdown(registry);
+        report.shutdown(registry, adopter);
     }
 }
 

@@ -9,9 +9,11 @@
 //! [`Report::flush`] on Envoy's main thread, where every stream is started and answered, so the buffer's
 //! accounting lives in one place. Streams and schedulers are main-thread only; records are pushed from workers.
 //!
-//! Reload: Envoy resets the configuration's streams right after destroying it, so what is still buffered or in
-//! flight then cannot reach the agent; it is counted as dropped (never lost from the accounting). The wasm build
-//! can keep its context until the last answer; this is the one behavioural difference of the native build.
+//! Reload: Envoy resets a configuration's streams right after destroying it, so the configuration cannot wait for
+//! its answers the way the wasm build's root context does. Instead the records it still buffers are handed to its
+//! successor (the newest live configuration), which sends them; only the calls in flight at that moment (at most
+//! `max_in_flight` batches) are counted as dropped. Metrics of both are the same Envoy stats (same names), so the
+//! accounting (`produced == sent + dropped + buffered`) holds across the reload.
 
 use std::{
     collections::HashMap,
@@ -27,7 +29,7 @@ use wasm_filter_core::report::{Batch, Reporter};
 
 use crate::{
     abi::{self, SchedulerPtr},
-    config::{lock, EnvoyConfig},
+    config::{lock, EnvoyConfig, FilterConfig},
     metrics::{Host, Registry},
 };
 
@@ -93,7 +95,7 @@ impl Report {
 
     /// Starts one call. No lock is held while Envoy starts the stream: a stream that fails at once may call the
     /// reset hook before `start_stream` returns.
-    fn dispatch(&self, registry: &Mutex<Registry>, batch: Batch) {
+    pub fn dispatch(&self, registry: &Mutex<Registry>, batch: Batch) {
         let cfg = lock(&self.reporter).config().clone();
         let mut body = Vec::with_capacity(5 + batch.message.len());
         body.push(0u8);
@@ -190,25 +192,41 @@ impl Report {
         }
     }
 
-    /// The configuration is going away: stop the timer, and count what can no longer be sent as dropped.
-    pub fn shutdown(&mut self, registry: &Mutex<Registry>) {
+    /// The configuration is going away (a reload, or Envoy stopping): stop the timer, and hand what is buffered
+    /// to `adopter` (the newest other live configuration that reports), which sends it on its own streams and
+    /// counts it as sent or dropped. Without one, or for calls in flight (Envoy resets this configuration's
+    /// streams once it is destroyed), the records are counted as dropped: never lost from the accounting.
+    pub fn shutdown(&mut self, registry: &Mutex<Registry>, adopter: Option<&FilterConfig>) {
         if let Some(ticker) = self.ticker.take() {
             ticker.stop();
         }
         let mut host = self.host(registry);
-        let mut reporter = lock(&self.reporter);
-        // Every call in flight is past any deadline from here on: its answer will never come.
-        let (mut batches, result) = reporter.tick(&mut host, u64::MAX / 4);
-        if let Err(e) = result {
-            log::warn!("{e}");
-        }
-        batches.extend(reporter.drain());
+        let mut batches = {
+            let mut reporter = lock(&self.reporter);
+            // Every call in flight is past any deadline from here on: its answer will never come.
+            let (batches, result) = reporter.tick(&mut host, u64::MAX / 4);
+            if let Err(e) = result {
+                log::warn!("{e}");
+            }
+            batches
+        };
+        batches.extend(lock(&self.reporter).drain());
         let records: usize = batches.iter().map(|b| b.records).sum();
-        if let Err(e) = reporter.dispatch_failed(&mut host, records) {
-            log::warn!("{e}");
-        }
-        if records > 0 {
-            log::info!("filter configuration destroyed: {records} buffered records counted as dropped");
+        match adopter.and_then(|a| Some((a.report.as_ref()?, &a.registry))) {
+            Some((next, next_registry)) => {
+                log::info!("filter configuration replaced: {records} buffered records handed to its successor");
+                for batch in batches {
+                    next.dispatch(next_registry, batch);
+                }
+            }
+            None => {
+                if let Err(e) = lock(&self.reporter).dispatch_failed(&mut host, records) {
+                    log::warn!("{e}");
+                }
+                if records > 0 {
+                    log::info!("filter configuration destroyed: {records} buffered records counted as dropped");
+                }
+            }
         }
     }
 
