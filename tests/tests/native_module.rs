@@ -7,7 +7,15 @@ use integration_tests::stack::Stack;
 #[test]
 fn the_module_matches_envoys_abi_version_and_configures() {
     let s = Stack::start("{}");
-    let log = s.envoy.log();
+    // Envoy writes its log file on a timer: wait (bounded) for the configuration line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = s.envoy.log();
+        if log.contains("grayscope: configured") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     assert!(
         log.contains("[info][dynamic_modules]") && log.contains("Dynamic module ABI version v0.2.0 matched."),
         "{log}"
@@ -52,4 +60,18 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
             refused.log
         );
     }
+}
+
+#[test]
+fn the_shipped_native_bootstrap_passes_envoy_validation() {
+    // It refers to the module as dist/libgrayscope_filter.so, relative to the workspace root; Envoy loads it to
+    // validate (a missing module fails validation).
+    let out = std::process::Command::new(integration_tests::paths::envoy())
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "error", "-c"])
+        .arg(integration_tests::paths::root().join("wasm-filter/native/envoy.yaml"))
+        .current_dir(integration_tests::paths::root())
+        .output()
+        .expect("envoy --mode validate");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("OK"), "{text}");
 }
