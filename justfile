@@ -40,14 +40,16 @@ setup:
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
 
 # Build the filter (optimised) into dist/grayscope_filter.wasm, its native build (an Envoy dynamic module) into
-# dist/libgrayscope_filter.so, and the agent into dist/grayscope-agent.
+# dist/libgrayscope_filter.so (and an empty dynamic module, dist/libgrayscope_empty.so, the benchmark's floor), and
+# the agent into dist/grayscope-agent.
 build:
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
-    cargo build --locked --release -p wasm-filter-native
+    cargo build --locked --release -p wasm-filter-native -p wasm-filter-native-empty
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
     cp {{root}}/target/release/libgrayscope_filter.so {{root}}/dist/libgrayscope_filter.so
+    cp {{root}}/target/release/libgrayscope_empty.so {{root}}/dist/libgrayscope_empty.so
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
     @ls -l {{root}}/dist
 

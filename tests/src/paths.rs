@@ -51,6 +51,16 @@ pub fn native() -> PathBuf {
     )
 }
 
+/// The empty dynamic module built by `just build` (the benchmark's D0).
+pub fn native_empty() -> PathBuf {
+    overridable(
+        "GRAYSCOPE_NATIVE_EMPTY",
+        "dist/libgrayscope_empty.so",
+        "the empty dynamic module",
+        "just build",
+    )
+}
+
 /// The agent built by `just build` (`GRAYSCOPE_AGENT` overrides).
 pub fn agent() -> PathBuf {
     overridable(

@@ -2,7 +2,7 @@
 //! for this Envoy's ABI, and a bad configuration is refused with the field named, as in `configuration.rs` for the
 //! wasm build. Every other suite runs on this build through its `native_<suite>.rs` twin.
 
-use integration_tests::stack::Stack;
+use integration_tests::{client::Client, envoy::Envoy, paths, prom, stack::Stack, upstream::Upstream};
 
 #[test]
 fn the_module_matches_envoys_abi_version_and_configures() {
@@ -74,4 +74,25 @@ fn the_shipped_native_bootstrap_passes_envoy_validation() {
         .expect("envoy --mode validate");
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("OK"), "{text}");
+}
+
+/// The empty module (the benchmark's D0) loads in Envoy 1.40 with the same bootstrap and passes requests through.
+#[test]
+fn the_empty_module_loads_and_passes_requests_through() {
+    let http = Upstream::start();
+    let native = paths::native().display().to_string();
+    let yaml = integration_tests::stack::bootstrap("{}", http.addr.port(), 1, "/dev/null", "/tmp/none.sock");
+    assert!(yaml.contains(&native));
+    let envoy = Envoy::start(&yaml.replace(&native, &paths::native_empty().display().to_string()));
+    let mut c = Client::new(envoy.listener("ingress"));
+    for n in 0..3 {
+        assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200);
+    }
+    let text = envoy.admin_get("/stats/prometheus");
+    // No grayscope series: the module is empty (the listener still has it, or Envoy would not have started).
+    assert_eq!(
+        prom::samples(&text, "grayscope_interface_calls_total").len(),
+        0,
+        "{text}"
+    );
 }

@@ -35,7 +35,7 @@ fn filter<'a>(ptr: *const c_void) -> Option<&'a mut Filter<'static>> {
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
     crate::logger::init();
-    ABI_VERSION.as_ptr().cast()
+    ABI_VERSION.as_ptr()
 }
 
 #[no_mangle]

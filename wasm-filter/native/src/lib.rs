@@ -24,4 +24,4 @@ mod report;
 /// The ABI version this module was built against: `ENVOY_DYNAMIC_MODULES_ABI_VERSION` of Envoy 1.40.0, NUL-terminated
 /// for C. Envoy 1.40.0 logs "Dynamic module ABI version v0.2.0 matched." for it; for another version it logs a
 /// warning and loads the module anyway (`tests/tests/native_module.rs` checks the log line).
-pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+pub const ABI_VERSION: &std::ffi::CStr = c"v0.2.0";
