@@ -48,7 +48,7 @@ build:
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
-    cp {{root}}/target/release/libgrayscope_filter.so {{root}}/dist/libgrayscope_filter.so
+    cp {{root}}/target/release/libgrayscope_filter_native.so {{root}}/dist/libgrayscope_filter.so
     cp {{root}}/target/release/libgrayscope_empty.so {{root}}/dist/libgrayscope_empty.so
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
     @ls -l {{root}}/dist
