@@ -11,6 +11,7 @@
 //! - [`metrics`]: the core's metric host on labelled dynamic-module metrics, defined up front.
 //! - [`filter`]: the per-request filter (request headers, stream complete).
 //! - [`report`]: call records to the agent as gRPC over a configuration HTTP/2 stream, flushed on a timer.
+//! - [`streams`]: which call each stream carries and its answer (pure, unit-tested).
 //! - `exports`: the event hooks Envoy calls.
 
 mod abi;
@@ -20,6 +21,7 @@ mod filter;
 mod logger;
 mod metrics;
 mod report;
+mod streams;
 
 /// The ABI version this module was built against: `ENVOY_DYNAMIC_MODULES_ABI_VERSION` of Envoy 1.40.0, NUL-terminated
 /// for C. Envoy 1.40.0 logs "Dynamic module ABI version v0.2.0 matched." for it; for another version it logs a

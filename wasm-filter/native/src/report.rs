@@ -16,7 +16,6 @@
 //! accounting (`produced == sent + dropped + buffered`) holds across the reload.
 
 use std::{
-    collections::HashMap,
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
@@ -31,26 +30,15 @@ use crate::{
     abi::{self, SchedulerPtr},
     config::{lock, EnvoyConfig, FilterConfig},
     metrics::{Host, Registry},
+    streams::Streams,
 };
 
 /// The flush timer's period at most (the configured flush interval when shorter), as in the wasm build.
 const MAX_TICK_MS: u64 = 200;
-/// gRPC `UNAVAILABLE`: the stream was reset or answered without a gRPC status.
-const UNAVAILABLE: u32 = 14;
-
-/// A stream's state: its reporter token once `start_stream` returned, and its answer so far.
-#[derive(Default)]
-struct Pending {
-    token: Option<u32>,
-    grpc_status: Option<u32>,
-    /// Complete or reset came (possibly before `start_stream` returned).
-    done: Option<u32>,
-}
-
 pub struct Report {
     envoy: EnvoyConfig,
     reporter: Mutex<Reporter>,
-    streams: Mutex<HashMap<u64, Pending>>,
+    streams: Mutex<Streams>,
     next_token: AtomicU32,
     tick_ms: u64,
     ticker: Option<Ticker>,
@@ -65,7 +53,7 @@ impl Report {
         Ok(Self {
             envoy,
             reporter: Mutex::new(reporter),
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Streams::default()),
             next_token: AtomicU32::new(1),
             tick_ms,
             ticker: Some(Ticker::start(Scheduler(scheduler), tick_ms)),
@@ -116,16 +104,7 @@ impl Report {
         match abi::start_stream(self.envoy.0, &cfg.cluster, &headers, &body, cfg.timeout_ms) {
             Ok(id) => {
                 let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-                let early = {
-                    let mut streams = lock(&self.streams);
-                    let entry = streams.entry(id).or_default();
-                    entry.token = Some(token);
-                    let done = entry.done;
-                    if done.is_some() {
-                        streams.remove(&id);
-                    }
-                    done
-                };
+                let early = lock(&self.streams).started(id, token);
                 let mut reporter = lock(&self.reporter);
                 reporter.dispatched(token, batch.records);
                 if let Some(status) = early {
@@ -145,36 +124,14 @@ impl Report {
 
     /// Response headers or trailers of stream `id`: remembers its `grpc-status`.
     pub fn on_headers(&self, id: u64, headers: &[(&[u8], &[u8])]) {
-        let status = headers
-            .iter()
-            .find(|(k, _)| *k == b"grpc-status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok());
-        if let Some(s) = status {
-            lock(&self.streams).entry(id).or_default().grpc_status = Some(s);
-        }
+        lock(&self.streams).headers(id, headers);
     }
 
     /// Stream `id` ended: `reset` true when Envoy reset it (no answer).
     pub fn on_end(&self, registry: &Mutex<Registry>, id: u64, reset: bool) {
-        let (token, status) = {
-            let mut streams = lock(&self.streams);
-            let entry = streams.entry(id).or_default();
-            let status = if reset {
-                UNAVAILABLE
-            } else {
-                entry.grpc_status.unwrap_or(UNAVAILABLE)
-            };
-            match entry.token {
-                Some(token) => {
-                    streams.remove(&id);
-                    (token, status)
-                }
-                None => {
-                    // Still inside `start_stream`: `dispatch` settles it when it returns.
-                    entry.done = Some(status);
-                    return;
-                }
-            }
+        // `None`: still inside `start_stream`; `dispatch` settles it when it returns.
+        let Some((token, status)) = lock(&self.streams).ended(id, reset) else {
+            return;
         };
         let mut host = self.host(registry);
         let (_, result) = lock(&self.reporter).completed(&mut host, token, status);
