@@ -40,14 +40,18 @@ setup:
     ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
 
-# Build the filter (optimised) into dist/grayscope_filter.wasm, the agent into dist/grayscope-agent and the
-# webhook into dist/grayscope-injector.
+# Build the filter (optimised) into dist/grayscope_filter.wasm, its native build (an Envoy dynamic module) into
+# dist/libgrayscope_filter.so (and an empty dynamic module, dist/libgrayscope_empty.so, the benchmark's floor), the
+# agent into dist/grayscope-agent and the webhook into dist/grayscope-injector.
 build:
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
+    cargo build --locked --release -p wasm-filter-native -p wasm-filter-native-empty
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent
     cargo build --locked --release -p sidecar-agent-injector --bin grayscope-injector
     mkdir -p {{root}}/dist
     cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/grayscope_filter.wasm
+    cp {{root}}/target/release/libgrayscope_filter_native.so {{root}}/dist/libgrayscope_filter.so
+    cp {{root}}/target/release/libgrayscope_empty.so {{root}}/dist/libgrayscope_empty.so
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
     cp {{root}}/target/release/grayscope-injector {{root}}/dist/grayscope-injector
     @ls -l {{root}}/dist

@@ -33,6 +33,77 @@ pub struct Refused {
     pub log: String,
 }
 
+/// Which build of the filter Envoy runs: one harness, two builds.
+///
+/// Every end-to-end suite runs against both: a suite file runs against the wasm build, and its `native_<suite>.rs`
+/// twin (which includes the same file) against the native one. The build is chosen per test binary: the
+/// `GRAYSCOPE_FILTER_BUILD` variable (`wasm` or `native`) if set, else `native` for a test binary whose name starts
+/// with `native_`, else `wasm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterBuild {
+    /// `dist/grayscope_filter.wasm` in `envoy.filters.http.wasm` (V8).
+    Wasm,
+    /// `dist/libgrayscope_filter.so` in `envoy.filters.http.dynamic_modules`.
+    Native,
+}
+
+impl FilterBuild {
+    /// The build this test binary runs (see the type's doc).
+    pub fn current() -> Self {
+        match std::env::var("GRAYSCOPE_FILTER_BUILD").as_deref() {
+            Ok("native") => return Self::Native,
+            Ok("wasm") => return Self::Wasm,
+            Ok(other) => panic!("GRAYSCOPE_FILTER_BUILD must be wasm or native, got {other:?}"),
+            Err(_) => {}
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let name = exe.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("native_") {
+            Self::Native
+        } else {
+            Self::Wasm
+        }
+    }
+
+    /// The grayscope HTTP filter with `plugin_config` (JSON), as one YAML flow mapping (an `http_filters` item).
+    pub fn http_filter(self, plugin_config: &str) -> String {
+        let name = match self {
+            Self::Wasm => "envoy.filters.http.wasm",
+            Self::Native => "envoy.filters.http.dynamic_modules",
+        };
+        format!("{{name: {name}, typed_config: {}}}", self.typed_config(plugin_config))
+    }
+
+    /// The filter's `typed_config` with `plugin_config` (JSON), as one YAML flow mapping (also an ECDS resource's).
+    pub fn typed_config(self, plugin_config: &str) -> String {
+        // The value sits in a single-quoted YAML scalar.
+        let config = plugin_config.replace('\'', "''");
+        let value = format!("{{\"@type\": type.googleapis.com/google.protobuf.StringValue, value: '{config}'}}");
+        match self {
+            Self::Wasm => format!(
+                "{{\"@type\": {}, config: {{name: grayscope, root_id: grayscope, vm_config: {{vm_id: grayscope, \
+                 runtime: envoy.wasm.runtime.v8, code: {{local: {{filename: \"{}\"}}}}}}, configuration: {value}}}}}",
+                self.type_url(),
+                crate::paths::wasm().display()
+            ),
+            Self::Native => format!(
+                "{{\"@type\": {}, dynamic_module_config: {{module: {{local: {{filename: \"{}\"}}}}}}, \
+                 filter_name: grayscope, filter_config: {value}}}",
+                self.type_url(),
+                crate::paths::native().display()
+            ),
+        }
+    }
+
+    /// The type URL of [`Self::typed_config`] (an ECDS subscription's `type_urls`).
+    pub fn type_url(self) -> &'static str {
+        match self {
+            Self::Wasm => "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            Self::Native => "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        }
+    }
+}
+
 /// Replaces every `{{NAME}}` of `template` with its value; panics if one is left, so a typo cannot pass silently.
 pub fn render(template: &str, vars: &[(&str, String)]) -> String {
     let mut out = template.to_owned();

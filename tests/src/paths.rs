@@ -1,5 +1,6 @@
 //! Where things are. `just setup` installs Envoy and Python peers into `.tools/`, `just build` leaves the filter in
-//! `dist/`; `ENVOY_BIN` and `GRAYSCOPE_WASM` override them.
+//! `dist/`; `ENVOY_BIN`, `GRAYSCOPE_WASM` and `GRAYSCOPE_NATIVE`
+//! override them.
 
 use std::path::PathBuf;
 
@@ -36,6 +37,26 @@ pub fn wasm() -> PathBuf {
         "GRAYSCOPE_WASM",
         "dist/grayscope_filter.wasm",
         "the built filter",
+        "just build",
+    )
+}
+
+/// The native filter (dynamic module) built by `just build` (`GRAYSCOPE_NATIVE` overrides).
+pub fn native() -> PathBuf {
+    overridable(
+        "GRAYSCOPE_NATIVE",
+        "dist/libgrayscope_filter.so",
+        "the built native filter",
+        "just build",
+    )
+}
+
+/// The empty dynamic module built by `just build` (the benchmark's D0).
+pub fn native_empty() -> PathBuf {
+    overridable(
+        "GRAYSCOPE_NATIVE_EMPTY",
+        "dist/libgrayscope_empty.so",
+        "the empty dynamic module",
         "just build",
     )
 }

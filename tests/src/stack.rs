@@ -4,7 +4,7 @@
 use std::{fs, path::PathBuf};
 
 use crate::{
-    envoy::{render, Envoy, Refused},
+    envoy::{render, Envoy, FilterBuild, Refused},
     grpc::GrpcServer,
     paths,
     upstream::Upstream,
@@ -21,15 +21,14 @@ pub struct Stack {
     _dir: tempfile::TempDir,
 }
 
-/// The test bootstrap with the given plugin configuration (JSON), upstream ports, and files.
+/// The test bootstrap with the given plugin configuration (JSON), upstream ports, and files, running the filter
+/// build under test ([`FilterBuild::current`]).
 pub fn bootstrap(plugin_config: &str, http_port: u16, grpc_port: u16, access_log: &str, agent_socket: &str) -> String {
     let template = fs::read_to_string(paths::tests_file("fixtures/envoy/grayscope.yaml")).expect("fixture");
     render(
         &template,
         &[
-            ("WASM", paths::wasm().display().to_string()),
-            // The value sits in a single-quoted YAML scalar.
-            ("PLUGIN_CONFIG", plugin_config.replace('\'', "''")),
+            ("HTTP_FILTER", FilterBuild::current().http_filter(plugin_config)),
             ("HTTP_PORT", http_port.to_string()),
             ("GRPC_PORT", grpc_port.to_string()),
             ("ACCESS_LOG", access_log.to_owned()),

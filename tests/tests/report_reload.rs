@@ -17,7 +17,7 @@ use std::{
 use integration_tests::{
     agent::{privileged, Agent},
     client::Client,
-    envoy::{render, Envoy},
+    envoy::{render, Envoy, FilterBuild},
     paths, prom,
     upstream::Upstream,
 };
@@ -37,8 +37,7 @@ fn publish(ecds: &Path, version: &str, config: &str) {
         &template,
         &[
             ("VERSION", version.to_owned()),
-            ("WASM", paths::wasm().display().to_string()),
-            ("PLUGIN_CONFIG", config.replace('\'', "''")),
+            ("TYPED_CONFIG", FilterBuild::current().typed_config(config)),
         ],
     );
     let tmp = ecds.with_extension("tmp");
@@ -61,6 +60,7 @@ fn start(config: &str) -> (Envoy, Upstream, PathBuf, PathBuf, tempfile::TempDir)
             ("ECDS", ecds.display().to_string()),
             ("HTTP_PORT", http.addr.port().to_string()),
             ("AGENT_SOCKET", socket.display().to_string()),
+            ("TYPE_URL", FilterBuild::current().type_url().to_owned()),
         ],
     );
     (Envoy::start(&yaml), http, ecds, socket, dir)

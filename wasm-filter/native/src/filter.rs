@@ -1,0 +1,182 @@
+//! The per-request filter: on the request headers it asks the core for a [`Decision`], applies the header rewrites
+//! and publishes filter state; when the stream completes it counts the call and produces its record. Every path
+//! continues the request: whatever fails is logged and the request goes on untouched (as in `wasm-filter/src/http.rs`,
+//! which this mirrors hook for hook).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasm_filter_core::{
+    attributes,
+    headers::Headers,
+    interface::{Interface, UNKNOWN},
+    metrics::{Call as CallMetrics, Dropped, Side},
+    report::{self, CallContext},
+    request::{self, Decision, Rewrite},
+    status::Status,
+};
+
+use crate::{
+    abi::{self, attribute, FilterPtr, REQUEST_HEADERS},
+    config::{lock, FilterConfig},
+};
+
+/// Filter state keys carry the wasm build's `wasm.` prefix, so access logs and other filters read the same
+/// `%FILTER_STATE(wasm.gray.version:PLAIN)%` whichever build runs.
+const FILTER_STATE_PREFIX: &str = "wasm.";
+
+pub struct Filter<'c> {
+    config: &'c FilterConfig,
+    /// Set once the request headers were seen; a request Envoy rejected before that is not counted.
+    seen: Option<Seen>,
+}
+
+struct Seen {
+    decision: Decision,
+    side: Side,
+    start_unix_nano: u64,
+    start: Instant,
+}
+
+impl<'c> Filter<'c> {
+    pub fn new(config: &'c FilterConfig) -> Self {
+        Self { config, seen: None }
+    }
+
+    pub fn on_request_headers(&mut self, envoy: FilterPtr) {
+        let start = Instant::now();
+        let start_unix_nano = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let raw = match abi::headers(envoy, REQUEST_HEADERS) {
+            Ok(h) => h,
+            Err(e) => {
+                log::warn!("{e}; request not inspected");
+                return;
+            }
+        };
+        // SAFETY (of `bytes`): the views stay valid until a header is set, and `headers` is dropped before that.
+        #[allow(unsafe_code)]
+        let pairs = raw
+            .iter()
+            .map(|h| unsafe { (h.key.bytes(), h.value.bytes()) })
+            .collect();
+        let headers = Headers::from_pairs(pairs);
+        let cfg = &self.config.config;
+        let decision = request::decide(cfg, &headers);
+        drop(headers);
+        warn(rewrite(envoy, &cfg.gray.header, &decision.gray_header));
+        warn(rewrite(envoy, "baggage", &decision.baggage_header));
+        if cfg.filter_state {
+            warn(match &decision.interface {
+                Interface::Grpc { service, method } => {
+                    set_state(envoy, attributes::RPC_METHOD, format!("{service}/{method}").as_bytes())
+                }
+                Interface::Http { route, .. } => set_state(envoy, attributes::HTTP_ROUTE, route.as_bytes()),
+            });
+            if let Some(v) = &decision.version {
+                warn(set_state(envoy, attributes::GRAY_VERSION, v.as_bytes()));
+            }
+        }
+        {
+            let metrics = lock(&self.config.metrics);
+            let mut host = self.config.host();
+            for &(source, reason) in &decision.invalid {
+                warn(metrics.gray_invalid(&mut host, source, reason));
+            }
+            let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
+            warn(metrics.baggage_dropped(&mut host, Dropped::Malformed, malformed));
+            warn(metrics.baggage_dropped(&mut host, Dropped::OverLimit, over));
+        }
+        let side = Side::resolve(cfg.direction, || {
+            abi::attribute_int(envoy, attribute::XDS_LISTENER_DIRECTION)
+        });
+        self.seen = Some(Seen {
+            decision,
+            side,
+            start_unix_nano,
+            start,
+        });
+    }
+
+    pub fn on_stream_complete(&mut self, envoy: FilterPtr) {
+        let Some(seen) = &self.seen else { return };
+        let decision = &seen.decision;
+        let code = abi::attribute_int(envoy, attribute::RESPONSE_CODE).filter(|&c| c != 0);
+        let status = match &decision.interface {
+            Interface::Grpc { .. } => match code {
+                None => Status::NoResponse,
+                Some(_) => Status::grpc(abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS), code),
+            },
+            Interface::Http { .. } => Status::http(code),
+        };
+        let duration_ns = u64::try_from(seen.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let cfg = &self.config.config;
+        let cluster;
+        let http_service = match (&decision.interface, &cfg.service) {
+            (Interface::Grpc { .. }, _) => "",
+            (Interface::Http { .. }, Some(s)) => s.as_str(),
+            (Interface::Http { .. }, None) => {
+                cluster = abi::attribute_string(envoy, attribute::XDS_CLUSTER_NAME);
+                cluster.as_deref().unwrap_or(UNKNOWN)
+            }
+        };
+        let call = CallMetrics {
+            side: seen.side,
+            interface: &decision.interface,
+            http_service,
+            version: decision.version.as_deref(),
+            status,
+            duration_ms: duration_ns / 1_000_000,
+        };
+        warn(lock(&self.config.metrics).call(&mut self.config.host(), &call));
+        let Some(report) = &self.config.report else { return };
+        let service = match &decision.interface {
+            Interface::Grpc { service, .. } => service.as_str(),
+            Interface::Http { .. } => http_service,
+        };
+        let text = |id| abi::attribute_string(envoy, id);
+        let (client, server) = (text(attribute::SOURCE_ADDRESS), text(attribute::DESTINATION_ADDRESS));
+        let (upstream_local, upstream_peer) = (
+            text(attribute::UPSTREAM_LOCAL_ADDRESS),
+            text(attribute::UPSTREAM_ADDRESS),
+        );
+        let ctx = CallContext {
+            start_time_unix_nano: seen.start_unix_nano,
+            duration_ns,
+            http_status: code,
+            client: client.as_deref(),
+            server: server.as_deref(),
+            upstream_local: upstream_local.as_deref(),
+            upstream_peer: upstream_peer.as_deref(),
+        };
+        let record = report::record(
+            seen.side,
+            &decision.interface,
+            service,
+            decision.version.as_deref(),
+            status,
+            decision.request_id.as_deref(),
+            decision.trace_id.as_deref(),
+            &ctx,
+        );
+        warn(lock(report.reporter()).push(&mut self.config.host(), record));
+    }
+}
+
+fn set_state(envoy: FilterPtr, key: &str, value: &[u8]) -> Result<(), abi::AbiError> {
+    abi::set_filter_state(envoy, &format!("{FILTER_STATE_PREFIX}{key}"), value)
+}
+
+fn rewrite(envoy: FilterPtr, header: &str, rewrite: &Rewrite) -> Result<(), abi::AbiError> {
+    match rewrite {
+        Rewrite::Keep => Ok(()),
+        Rewrite::Set(v) => abi::set_header(envoy, REQUEST_HEADERS, header, Some(v)),
+        Rewrite::Remove => abi::set_header(envoy, REQUEST_HEADERS, header, None),
+    }
+}
+
+fn warn<E: std::fmt::Display>(result: Result<(), E>) {
+    if let Err(e) = result {
+        log::warn!("{e}");
+    }
+}
