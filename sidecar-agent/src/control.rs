@@ -37,6 +37,10 @@ use crate::{
     metrics::Metrics,
 };
 
+pub mod authority;
+
+use authority::FixAuthority;
+
 /// Default mode of the socket file: owner and group may connect (the proxy runs in the agent's group).
 pub const SOCKET_MODE: u32 = 0o660;
 
@@ -185,7 +189,7 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                 .clone();
             open.inc();
             let conn = Limited {
-                stream,
+                stream: FixAuthority::new(stream),
                 _permit: permit,
                 open,
             };
@@ -197,7 +201,8 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
 /// A connection counted against `max_connections`.
 #[derive(Debug)]
 pub struct Limited {
-    stream: UnixStream,
+    /// The connection, its header blocks repaired for h2 (see [`authority`]).
+    stream: FixAuthority<UnixStream>,
     _permit: OwnedSemaphorePermit,
     /// `grayscope_agent_grpc_connections{pool}`, decremented on drop.
     open: Gauge,
@@ -213,7 +218,7 @@ impl Connected for Limited {
     type ConnectInfo = UdsConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
