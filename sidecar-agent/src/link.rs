@@ -51,8 +51,8 @@ impl Lookup for TableLookup<'_> {
 /// How a record ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    /// The connection and its owner were found.
-    Linked(Connection),
+    /// The connection and its owner were found, by this rule.
+    Linked(Connection, Rule),
     /// The record lacks an address needed for the join.
     NoAddress(String),
     /// No connection (or no owner) turned up within the link wait.
@@ -67,7 +67,7 @@ impl Outcome {
     /// The `outcome` label of `grayscope_agent_call_records_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Linked(_) => "linked",
+            Self::Linked(..) => "linked",
             Self::NoAddress(_) => "unlinked_no_address",
             Self::NoConnection(_) => "unlinked_no_connection",
             Self::QueueFull(_) => "unlinked_queue_full",
@@ -86,20 +86,58 @@ pub struct Resolved {
     pub outcome: Outcome,
 }
 
-/// The socket 4-tuple (local, remote) of the application's end of the call's connection.
+/// Which of the call's connections a join looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The caller's connection to Envoy: local = the record's `client`, remote = `server`; names the caller.
+    Outbound,
+    /// Envoy's connection to the server: local = `upstream_peer`, remote = `upstream_local`; names the server.
+    Inbound,
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// `LinkedCall.link_rule`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+
+    /// The rules to try for a record, in order. Without a direction (a listener with no `traffic_direction` and
+    /// no `direction` in the plugin configuration), the caller's connection first: when a local process opened
+    /// the downstream connection it made the call; otherwise the call came from outside and the local process
+    /// is the one that accepted Envoy's upstream connection.
+    pub fn for_record(record: &CallRecord) -> &'static [Rule] {
+        match Direction::try_from(record.direction) {
+            Ok(Direction::Outbound) => &[Self::Outbound],
+            Ok(Direction::Inbound) => &[Self::Inbound],
+            _ => &[Self::Outbound, Self::Inbound],
+        }
+    }
+
+    /// The socket 4-tuple (local, remote) this rule looks up, seen from the application's end.
+    pub fn key(self, record: &CallRecord) -> Result<(SocketAddr, SocketAddr), String> {
+        let (local, remote, names) = match self {
+            Self::Outbound => (&record.client, &record.server, ("client", "server")),
+            Self::Inbound => (
+                &record.upstream_peer,
+                &record.upstream_local,
+                ("upstream_peer", "upstream_local"),
+            ),
+        };
+        let local = address(local.as_ref()).ok_or_else(|| format!("no usable {} address", names.0))?;
+        let remote = address(remote.as_ref()).ok_or_else(|| format!("no usable {} address", names.1))?;
+        Ok((local, remote))
+    }
+}
+
+/// The socket 4-tuple (local, remote) of the application's end of the call's connection, by the record's
+/// direction (the first rule's, for a record without one).
 pub fn key(record: &CallRecord) -> Result<(SocketAddr, SocketAddr), String> {
-    let (local, remote, names) = match Direction::try_from(record.direction) {
-        Ok(Direction::Outbound) => (&record.client, &record.server, ("client", "server")),
-        Ok(Direction::Inbound) => (
-            &record.upstream_peer,
-            &record.upstream_local,
-            ("upstream_peer", "upstream_local"),
-        ),
-        _ => return Err("the record has no direction".to_owned()),
-    };
-    let local = address(local.as_ref()).ok_or_else(|| format!("no usable {} address", names.0))?;
-    let remote = address(remote.as_ref()).ok_or_else(|| format!("no usable {} address", names.1))?;
-    Ok((local, remote))
+    Rule::for_record(record)[0].key(record)
 }
 
 /// An IP address and a non-zero port; a v4-mapped IPv6 address is taken as IPv4, as the table stores it.
@@ -115,19 +153,29 @@ fn address(a: Option<&pb::SocketAddress>) -> Option<SocketAddr> {
 }
 
 /// One attempt: `Ok` when the record is done, `Err(reason)` when it should wait (the reason is reported if the
-/// wait runs out).
+/// wait runs out). Each rule of the record is tried in order; the first connection found with its owner wins.
 fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String> {
-    let (local, remote) = match key(record) {
-        Ok(k) => k,
-        Err(reason) => return Ok(Outcome::NoAddress(reason)),
-    };
-    match lookup.lookup(local, remote) {
-        Some(conn) if conn.owner.is_some() => Ok(Outcome::Linked(conn)),
-        Some(_) => Err(format!(
-            "connection {local} -> {remote} is in the table but no process has accepted it"
-        )),
-        None => Err(format!("no connection {local} -> {remote} in the table")),
+    let (mut no_address, mut waiting) = (Vec::new(), Vec::new());
+    for &rule in Rule::for_record(record) {
+        let (local, remote) = match rule.key(record) {
+            Ok(k) => k,
+            Err(reason) => {
+                no_address.push(reason);
+                continue;
+            }
+        };
+        match lookup.lookup(local, remote) {
+            Some(conn) if conn.owner.is_some() => return Ok(Outcome::Linked(conn, rule)),
+            Some(_) => waiting.push(format!(
+                "connection {local} -> {remote} is in the table but no process has accepted it"
+            )),
+            None => waiting.push(format!("no connection {local} -> {remote} in the table")),
+        }
     }
+    if waiting.is_empty() {
+        return Ok(Outcome::NoAddress(no_address.join("; ")));
+    }
+    Err(waiting.join("; "))
 }
 
 /// A record waiting for its connection.
@@ -270,8 +318,9 @@ pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
         ..LinkedCall::default()
     };
     match r.outcome {
-        Outcome::Linked(conn) => {
+        Outcome::Linked(conn, rule) => {
             call.link = LinkState::Linked as i32;
+            call.link_rule = rule.name().to_owned();
             call.process = conn.owner.as_ref().map(|owner| {
                 let info = conn.process.as_deref();
                 pb::Process {
