@@ -23,7 +23,7 @@ use crate::{
     ebpf::{
         events::ConnEvent,
         reader::{self, PauseControl, Reader, ReaderCounters},
-        KernelCounters, KernelStats, Probe, ProbeOptions,
+        KernelConns, KernelCounters, KernelStats, Probe, ProbeOptions,
     },
     error::Error,
     metrics::{self, Metrics},
@@ -94,6 +94,10 @@ impl Agent {
             source,
         })?;
         let kernel = probe.stats();
+        let conns = probe.take_conns().ok_or(Error::Map {
+            name: "conns",
+            detail: "map already taken".into(),
+        })?;
         let table = Arc::new(Mutex::new(ConnTable::new(
             config.table_max_entries,
             config.closed_grace,
@@ -119,6 +123,12 @@ impl Agent {
             Arc::clone(&table),
             Arc::clone(&metrics),
             config.closed_grace,
+            cancel.clone(),
+        ));
+        tasks.spawn(sweep_forgotten(
+            conns,
+            Arc::clone(&table),
+            Arc::clone(&metrics),
             cancel.clone(),
         ));
         let (m, c) = (Arc::clone(&metrics), cancel.clone());
@@ -242,6 +252,51 @@ async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) 
             }
             _ = tick.tick() => core.tick(Instant::now()),
         }
+    }
+}
+
+/// How often the live connections are checked against the kernel's map.
+pub const KERNEL_SWEEP: Duration = Duration::from_secs(5);
+
+/// Ends the live connections whose socket the kernel no longer tracks (their CLOSE event was lost: the LRU map
+/// evicted them, or the ring buffer overflowed), every [`KERNEL_SWEEP`]. The map lookups (one system call per
+/// live connection) run on a blocking thread, without the table's lock.
+async fn sweep_forgotten(
+    conns: KernelConns,
+    table: Arc<Mutex<ConnTable>>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let conns = Arc::new(conns);
+    let mut tick = tokio::time::interval(KERNEL_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live = table.lock().unwrap_or_else(PoisonError::into_inner).live_sockets();
+        let k = Arc::clone(&conns);
+        let Ok((gone, checked)) = tokio::task::spawn_blocking(move || {
+            let gone: Vec<(u64, u64)> = live.into_iter().filter(|&(skaddr, _)| !k.holds(skaddr)).collect();
+            (gone, crate::link::Clocks::monotonic_ns())
+        })
+        .await
+        else {
+            continue;
+        };
+        if gone.is_empty() {
+            continue;
+        }
+        let e = table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget(&gone, checked, Instant::now());
+        tracing::debug!(
+            connections = e.forgotten,
+            "ended connections the kernel no longer tracks"
+        );
+        metrics.record_evictions(e);
     }
 }
 

@@ -305,6 +305,15 @@ impl Clocks {
         }
     }
 
+    /// `CLOCK_MONOTONIC` now, ns: the clock of the kernel's event times (`bpf_ktime_get_ns`).
+    pub fn monotonic_ns() -> u64 {
+        use nix::time::{clock_gettime, ClockId};
+        clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .ok()
+            .and_then(|t| u64::try_from(i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())).ok())
+            .unwrap_or(0)
+    }
+
     fn unix(offset: i128, ns: u64) -> u64 {
         u64::try_from(offset + i128::from(ns)).unwrap_or(0)
     }

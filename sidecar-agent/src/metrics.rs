@@ -35,6 +35,8 @@ pub struct Metrics {
     pub enrichment_failures: Family<Reason, Counter>,
     /// Table evictions, by reason.
     pub evictions: Family<Reason, Counter>,
+    /// Live connections ended without their CLOSE event, by how the loss was noticed.
+    pub close_missed: Family<Reason, Counter>,
     /// Call records received in `Report` batches that passed validation.
     pub records_received: Counter,
     /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
@@ -74,6 +76,13 @@ impl Metrics {
             "table_evictions",
             "Connections removed from the table: expired after the grace period, or evicted for room",
             evictions.clone(),
+        );
+        let close_missed = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_close_missed",
+            "Live connections ended without their CLOSE event: a new socket took their kernel address \
+             (socket_reused), or the kernel no longer tracks them (kernel_forgot)",
+            close_missed.clone(),
         );
         let records_received = Counter::default();
         registry.register(
@@ -133,6 +142,7 @@ impl Metrics {
             registry,
             enrichment_failures,
             evictions,
+            close_missed,
             records_received,
             records,
             records_rejected,
@@ -154,6 +164,11 @@ impl Metrics {
         ] {
             if n > 0 {
                 self.evictions.get_or_create(&[("reason", reason)]).inc_by(n);
+            }
+        }
+        for (reason, n) in [("socket_reused", e.reused), ("kernel_forgot", e.forgotten)] {
+            if n > 0 {
+                self.close_missed.get_or_create(&[("reason", reason)]).inc_by(n);
             }
         }
     }
