@@ -147,9 +147,16 @@ impl Agent {
                 link_pending_max: config.link_pending_max,
                 watch_queue: config.watch_queue,
                 methods_max_rows: config.methods_max_rows,
+                methods_max_interfaces: config.methods_max_interfaces,
+                methods_exited_grace: config.methods_exited_grace,
             },
         );
         tasks.spawn(link_timer(Arc::clone(&core), config.link_wait, cancel.clone()));
+        tasks.spawn(methods_timer(
+            Arc::clone(&core),
+            config.methods_exited_grace,
+            cancel.clone(),
+        ));
         tasks.spawn(control::serve(
             listeners.control,
             Arc::clone(&core),
@@ -297,6 +304,23 @@ async fn sweep_forgotten(
             "ended connections the kernel no longer tracks"
         );
         metrics.record_evictions(e);
+    }
+}
+
+/// Removes the method table's rows of exited processes, a few times per grace period (at most every 5 s).
+async fn methods_timer(core: Arc<Core>, grace: Duration, cancel: CancellationToken) {
+    let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let core = Arc::clone(&core);
+                // /proc reads, one per process in the table.
+                let _ = tokio::task::spawn_blocking(move || core.expire_exited_methods(Instant::now())).await;
+            }
+        }
     }
 }
 

@@ -43,6 +43,10 @@ pub struct CoreSettings {
     pub watch_queue: usize,
     /// See [`crate::Config::methods_max_rows`].
     pub methods_max_rows: usize,
+    /// See [`crate::Config::methods_max_interfaces`].
+    pub methods_max_interfaces: usize,
+    /// See [`crate::Config::methods_exited_grace`].
+    pub methods_exited_grace: std::time::Duration,
 }
 
 /// The service's state.
@@ -54,6 +58,7 @@ pub struct Core {
     pending: Mutex<Pending>,
     hub: Arc<Hub>,
     methods: Mutex<MethodTable>,
+    methods_exited_grace: std::time::Duration,
     metrics: Arc<Metrics>,
     /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
     /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
@@ -70,7 +75,8 @@ impl Core {
             netns: s.netns,
             pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait)),
             hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
-            methods: Mutex::new(MethodTable::new(s.methods_max_rows)),
+            methods: Mutex::new(MethodTable::new(s.methods_max_rows, s.methods_max_interfaces)),
+            methods_exited_grace: s.methods_exited_grace,
             metrics,
             clocks: Clocks::now(),
         })
@@ -147,9 +153,7 @@ impl Core {
         {
             let mut methods = lock(&self.methods);
             for c in &calls {
-                if !methods.observe(c) {
-                    self.metrics.methods_overflow.inc();
-                }
+                self.metrics.record_methods(methods.observe(c));
             }
             self.metrics.methods_rows.set(gauge(methods.len()));
         }
@@ -184,13 +188,39 @@ impl Core {
         let mut table = lock(&self.methods);
         let mut accepted = 0;
         for m in methods {
-            if table.declare(pid, m) {
-                accepted += 1;
-            } else {
-                self.metrics.methods_overflow.inc();
-            }
+            self.metrics.record_methods(table.declare(pid, m));
+            accepted += 1;
         }
+        self.metrics.methods_rows.set(gauge(table.len()));
         Ok(accepted)
+    }
+
+    /// Removes the method table's rows and declarations of processes gone for `methods_exited_grace`. A row's
+    /// process is alive while `/proc/<pid>` has its start time; a declaring pid while `/proc/<pid>` exists.
+    pub fn expire_exited_methods(&self, now: Instant) {
+        let boot_to_unix = self.clocks.boot_to_unix;
+        let tick_ns = crate::procinfo::clock_tick_ns();
+        let row_alive = |pid: u32, start_unix: u64| {
+            let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| crate::procinfo::start_ticks(&s))
+            else {
+                return false;
+            };
+            // The kernel's start time (ns since boot) is floored to clock ticks in /proc.
+            let start_boot = i128::from(start_unix) - boot_to_unix;
+            (start_boot - i128::from(ticks) * i128::from(tick_ns)).abs() < 2 * i128::from(tick_ns)
+        };
+        let pid_alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let mut table = lock(&self.methods);
+        let n = table.expire_exited(row_alive, pid_alive, self.methods_exited_grace, now);
+        if n > 0 {
+            self.metrics
+                .methods_evictions
+                .get_or_create(&[("reason", "exited")])
+                .inc_by(n);
+        }
+        self.metrics.methods_rows.set(gauge(table.len()));
     }
 
     /// The method table.

@@ -49,8 +49,10 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// Calls dropped from slow watchers' queues.
     pub watch_lost: Counter,
-    /// Calls and declarations the method table turned away because it was full.
+    /// Calls counted under interface `other` because the method table had `methods_max_interfaces` already.
     pub methods_overflow: Counter,
+    /// Rows and declarations removed from the method table, by reason: `idle` (for room), `exited`.
+    pub methods_evictions: Family<Reason, Counter>,
     /// Rows of the method table.
     pub methods_rows: Gauge,
     /// Calls refused because the peer's uid is not allowed.
@@ -119,8 +121,15 @@ impl Metrics {
         let methods_overflow = Counter::default();
         registry.register(
             "methods_overflow",
-            "Calls and declarations not aggregated because the method table was full",
+            "Calls counted under interface `other` because the method table had methods_max_interfaces interfaces",
             methods_overflow.clone(),
+        );
+        let methods_evictions = Family::<Reason, Counter>::default();
+        registry.register(
+            "methods_evictions",
+            "Rows and declarations removed from the method table: idle (the idlest, for room), exited (their \
+             process exited methods_exited_grace ago)",
+            methods_evictions.clone(),
         );
         let methods_rows = Gauge::default();
         registry.register("methods_rows", "Rows of the method table", methods_rows.clone());
@@ -150,6 +159,7 @@ impl Metrics {
             watchers,
             watch_lost,
             methods_overflow,
+            methods_evictions,
             methods_rows,
             permission_denied,
         }
@@ -170,6 +180,16 @@ impl Metrics {
             if n > 0 {
                 self.close_missed.get_or_create(&[("reason", reason)]).inc_by(n);
             }
+        }
+    }
+
+    /// Counts what one method-table update did.
+    pub fn record_methods(&self, fx: crate::methods::Effects) {
+        if fx.folded {
+            self.methods_overflow.inc();
+        }
+        if fx.evicted_idle {
+            self.methods_evictions.get_or_create(&[("reason", "idle")]).inc();
         }
     }
 
