@@ -165,6 +165,12 @@ impl Agent {
                 max_message_bytes: config.max_message_bytes,
                 max_connections: config.max_connections,
                 max_streams: config.max_streams,
+                max_connections_per_peer: config.max_connections_per_peer,
+                timeouts: control::conn::Timeouts {
+                    handshake: config.handshake_timeout,
+                    idle: config.idle_timeout,
+                },
+                keepalive: config.keepalive,
             },
             Arc::clone(&metrics),
             cancel.clone(),

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub permission_denied: Counter,
     /// Open connections on the Unix socket, by pool (`allowed`, `refused`).
     pub connections: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Connections the agent closed, by reason: `per_peer`, `handshake_timeout`, `idle_timeout`.
+    pub connections_closed: Family<Reason, Counter>,
 }
 
 // === impl Metrics ===
@@ -145,9 +147,17 @@ impl Metrics {
             "Open connections on the agent's socket, by pool: allowed peers, or refused ones (told PERMISSION_DENIED)",
             connections.clone(),
         );
+        let connections_closed = Family::<Reason, Counter>::default();
+        registry.register(
+            "grpc_connections_closed",
+            "Connections on the agent's socket closed by the agent: per_peer (the process held \
+             max_connections_per_peer already), handshake_timeout, idle_timeout",
+            connections_closed.clone(),
+        );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
         Self {
             connections,
+            connections_closed,
             registry,
             enrichment_failures,
             evictions,

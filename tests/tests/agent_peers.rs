@@ -1,12 +1,18 @@
 //! The real agent (`dist/grayscope-agent`) and the peers it meets on its Unix socket: gRPC clients of every kind,
 //! and peers that misbehave.
 
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
 
 use integration_tests::{
-    agent::{privileged, Agent},
-    paths,
+    agent::{privileged, runtime, Agent},
+    grpc, paths, prom,
+    stack::Stack,
 };
+use proto::v1::ListMethodsRequest;
 
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
@@ -55,4 +61,74 @@ fn a_grpcio_client_with_default_options_is_served_on_every_rpc() {
     // The watcher got the reported call, and the method table shows it and the declaration.
     assert!(detail(2).contains(&hex("py.Peers/Do")), "{}", detail(2));
     assert!(detail(3).contains(&hex("py.Peers")), "{}", detail(3));
+}
+
+/// One allowed process opens as many connections to the agent as it serves (64 by default) and never speaks.
+/// Envoy's reports must still get through: the process keeps a few of them (`max_connections_per_peer`), and
+/// those go after the handshake timeout.
+#[test]
+fn a_peer_holding_idle_connections_cannot_starve_the_reporter() {
+    if !privileged() {
+        return;
+    }
+    let s = Stack::start(r#"{"report":{"flush_interval_ms":50}}"#);
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let mut hog = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             socks = []\n\
+             for _ in range(64):\n\
+             \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); socks.append(s)\n\
+             print('ready', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(&agent.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(hog.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+
+    let outcomes = grpc::call(s.envoy.listener("egress"), "/shop.v1.Orders/Starve", &[], 5);
+    assert!(outcomes.iter().all(|o| o.code == "OK"), "{outcomes:?}");
+    // Envoy's reports arrive, and the agent answers this test's own client too.
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let calls = loop {
+        let listed = rt.block_on(async {
+            let mut c = tokio::time::timeout(Duration::from_secs(2), agent.client())
+                .await
+                .ok()?;
+            let rows = tokio::time::timeout(Duration::from_secs(2), c.list_methods(ListMethodsRequest {}))
+                .await
+                .ok()?
+                .ok()?;
+            Some(rows.into_inner().methods)
+        });
+        let calls: u64 = listed
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.method == "Starve")
+            .map(|m| m.calls)
+            .sum();
+        if calls == 5 || Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = s.envoy.prometheus();
+    assert_eq!(
+        calls,
+        5,
+        "the reports did not reach the agent:\n{text}\n{}",
+        agent.log()
+    );
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    drop(hog.stdin.take());
+    let _ = hog.wait();
 }

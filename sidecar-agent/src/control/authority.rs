@@ -77,6 +77,10 @@ pub struct FixAuthority<S> {
     block: Option<Block>,
     decoder: fluke_hpack::Decoder<'static>,
     eof: bool,
+    /// Frames read since [`FixAuthority::take_frames`]: (type, flags, stream), for the connection's stream count.
+    frames: Vec<(u8, u8, u32)>,
+    /// Whether the preface and a whole first frame have been read: HTTP/2 has started.
+    started: bool,
 }
 
 impl<S> std::fmt::Debug for FixAuthority<S> {
@@ -103,7 +107,19 @@ impl<S> FixAuthority<S> {
             block: None,
             decoder,
             eof: false,
+            frames: Vec::new(),
+            started: false,
         }
+    }
+
+    /// The frames read since the last call: (type, flags, stream id).
+    pub fn take_frames(&mut self) -> Vec<(u8, u8, u32)> {
+        std::mem::take(&mut self.frames)
+    }
+
+    /// Whether the peer has sent the HTTP/2 preface and a first frame.
+    pub fn started(&self) -> bool {
+        self.started
     }
 
     /// The wrapped connection.
@@ -139,6 +155,8 @@ impl<S> FixAuthority<S> {
                     let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
                     let header_frame = kind == HEADERS || (kind == CONTINUATION && self.block.is_some());
                     if !header_frame {
+                        self.started = true;
+                        self.frames.push((kind, flags, stream));
                         if self.block.is_some() {
                             return Err(invalid("a frame interrupted a header block"));
                         }
@@ -152,6 +170,8 @@ impl<S> FixAuthority<S> {
                     }
                     let Some(payload) = rest.get(9..9 + len) else { break };
                     let payload = payload.to_vec();
+                    self.started = true;
+                    self.frames.push((kind, flags, stream));
                     at += 9 + len;
                     self.header_frame(kind, flags, stream, &payload)?;
                 }
