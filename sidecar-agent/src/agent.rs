@@ -201,12 +201,14 @@ impl Agent {
 
     /// The event counters now. Once the ring buffer is drained, `delivered + dropped == produced`.
     pub fn counts(&self) -> Result<EventCounts, Error> {
-        // Kernel first: anything delivered after this read was produced before it, never the reverse.
+        // Delivered first: every event delivered by then was produced (and counted) before the kernel counters are
+        // read, so `delivered + dropped <= produced` always holds. Read the other way round, events produced and
+        // delivered between the two reads made the sum exceed `produced` under load.
+        let delivered = self.reader.delivered.load(Ordering::Acquire);
         let KernelCounters { produced, dropped } = self.kernel.counters().map_err(|e| Error::Map {
             name: "stats",
             detail: e.to_string(),
         })?;
-        let delivered = self.reader.delivered.load(Ordering::Relaxed);
         Ok(EventCounts {
             delivered,
             dropped,

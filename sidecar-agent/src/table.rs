@@ -105,8 +105,9 @@ pub struct ConnTable {
     /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
     closed: VecDeque<(Instant, u64)>,
     by_tuple: HashMap<(u32, SocketAddr, SocketAddr), u64>,
-    /// Every network namespace a connection was seen in (a handful: the pod's, or the node's pods).
-    namespaces: Vec<u32>,
+    /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any`] scans them,
+    /// so a namespace leaves with its last connection (pods come and go on a node).
+    namespaces: HashMap<u32, usize>,
     next_id: u64,
 }
 
@@ -123,7 +124,7 @@ impl ConnTable {
             last_closed: HashMap::new(),
             closed: VecDeque::new(),
             by_tuple: HashMap::new(),
-            namespaces: Vec::new(),
+            namespaces: HashMap::new(),
             next_id: 0,
         }
     }
@@ -167,9 +168,7 @@ impl ConnTable {
                     closed: None,
                     first_ts_ns: ev.ts_ns,
                 };
-                if !self.namespaces.contains(&ev.netns) {
-                    self.namespaces.push(ev.netns);
-                }
+                *self.namespaces.entry(ev.netns).or_default() += 1;
                 self.by_tuple.insert((ev.netns, ev.local, ev.remote), id);
                 self.live.insert(ev.skaddr, Live { id, seen: 0 });
                 self.entries.insert(id, conn);
@@ -277,6 +276,12 @@ impl ConnTable {
         if self.by_tuple.get(&key) == Some(&id) {
             self.by_tuple.remove(&key);
         }
+        if let Some(n) = self.namespaces.get_mut(&conn.netns) {
+            *n -= 1;
+            if *n == 0 {
+                self.namespaces.remove(&conn.netns);
+            }
+        }
     }
 
     /// The live connection of socket `skaddr`.
@@ -295,7 +300,7 @@ impl ConnTable {
     /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
     pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
         self.namespaces
-            .iter()
+            .keys()
             .filter_map(|&ns| self.by_tuple.get(&(ns, local, remote)))
             .max()
             .and_then(|id| self.entries.get(id))
@@ -319,6 +324,11 @@ impl ConnTable {
     /// Number of connections not closed yet.
     pub fn live(&self) -> usize {
         self.live.len()
+    }
+
+    /// Network namespaces with a connection in the table.
+    pub fn namespaces(&self) -> usize {
+        self.namespaces.len()
     }
 
     /// The bound.

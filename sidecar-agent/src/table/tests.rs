@@ -202,3 +202,21 @@ fn live_connections_the_kernel_forgot_end_and_stay_findable_for_the_grace_period
     assert_eq!(t.forget(&gone, 600, t0).forgotten, 0);
     assert_eq!(t.expire(t0 + Duration::from_secs(31)).expired, 1);
 }
+
+#[test]
+fn a_namespace_leaves_the_index_with_its_last_connection() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(1));
+    for ns in 1..=5 {
+        let mut e = ev(EventKind::Established, u64::from(ns), 1000);
+        e.netns = ns;
+        t.apply(&e, None, t0);
+        let mut c = at(ev(EventKind::Closed, u64::from(ns), 1000), 200);
+        c.netns = ns;
+        t.apply(&c, None, t0);
+    }
+    assert_eq!(t.namespaces(), 5);
+    assert!(t.find_any(lo(1000), lo(80)).is_some());
+    t.expire(t0 + Duration::from_secs(2));
+    assert_eq!((t.len(), t.namespaces()), (0, 0));
+}
