@@ -11,7 +11,7 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::Path,
     sync::Arc,
     time::Duration,
@@ -64,10 +64,39 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         }
         fs::remove_file(path).map_err(io(format!("removing stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))?;
-    Ok(listener)
+    // Bind in a private directory (0700) next to the target, set the mode there, then rename onto the target: the
+    // socket never appears with the umask's mode, and no one can swap the path for a symlink between bind and
+    // chmod (chmod follows symlinks). A path too long for the detour (the 107-byte limit) is bound in place.
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(".grayscope-{}", std::process::id()));
+    let staged = path.file_name().map(|name| private.join(name));
+    let Some(staged) = staged.filter(|p| p.as_os_str().len() <= 107) else {
+        let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(io(format!("setting the mode of {}", path.display())))?;
+        return Ok(listener);
+    };
+    // Left over by a crash of this pid's predecessor: a directory of ours holding at most a socket.
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&private);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io(format!("creating {}", private.display())))?;
+    let staged_bind = || -> Result<UnixListener, Error> {
+        let listener = UnixListener::bind(&staged).map_err(io(format!("binding {}", staged.display())))?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(mode))
+            .map_err(io(format!("setting the mode of {}", staged.display())))?;
+        fs::rename(&staged, path).map_err(io(format!("moving the socket to {}", path.display())))?;
+        Ok(listener)
+    };
+    let out = staged_bind();
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&private);
+    out
 }
 
 /// Limits of the gRPC server.
@@ -243,6 +272,25 @@ mod tests {
             uids: vec![12345],
         };
         assert!(!list.allows(0, 0) && list.allows(12345, 0));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_staged_privately_then_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        for mode in [0o600, 0o666] {
+            let listener = bind_with_mode(&path, mode).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, mode);
+            // Still the listening socket after the move, and the private directory is gone.
+            let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            drop((client, server, listener));
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["agent.sock"]);
+        }
     }
 
     #[tokio::test]
