@@ -149,6 +149,7 @@ impl Agent {
                 methods_max_rows: config.methods_max_rows,
                 methods_max_interfaces: config.methods_max_interfaces,
                 methods_exited_grace: config.methods_exited_grace,
+                expose_command_line: config.expose_command_line,
             },
         );
         tasks.spawn(link_timer(Arc::clone(&core), config.link_wait, cancel.clone()));

@@ -124,6 +124,10 @@ pub struct RunArgs {
     /// HTTP/2 PING interval; an unanswered peer is closed [env: GRAYSCOPE_KEEPALIVE] [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub keepalive: Option<String>,
+    /// Send processes' command lines to watchers and in the method table (they may hold secrets)
+    /// [env: GRAYSCOPE_EXPOSE_COMMAND_LINE] [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub expose_command_line: Option<String>,
 }
 
 /// Settings of `trace`.
@@ -197,6 +201,7 @@ impl Command {
             flag(config::HANDSHAKE_TIMEOUT, &a.handshake_timeout);
             flag(config::IDLE_TIMEOUT, &a.idle_timeout);
             flag(config::KEEPALIVE, &a.keepalive);
+            flag(config::EXPOSE_COMMAND_LINE, &a.expose_command_line);
         }
         if let Self::Tail(TailArgs { client, .. }) | Self::Methods(client) = self {
             flag(config::SOCKET, &client.socket);

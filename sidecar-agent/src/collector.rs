@@ -47,6 +47,8 @@ pub struct CoreSettings {
     pub methods_max_interfaces: usize,
     /// See [`crate::Config::methods_exited_grace`].
     pub methods_exited_grace: std::time::Duration,
+    /// See [`crate::Config::expose_command_line`].
+    pub expose_command_line: bool,
 }
 
 /// The service's state.
@@ -59,6 +61,7 @@ pub struct Core {
     hub: Arc<Hub>,
     methods: Mutex<MethodTable>,
     methods_exited_grace: std::time::Duration,
+    expose_command_line: bool,
     metrics: Arc<Metrics>,
     /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
     /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
@@ -77,6 +80,7 @@ impl Core {
             hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
             methods: Mutex::new(MethodTable::new(s.methods_max_rows, s.methods_max_interfaces)),
             methods_exited_grace: s.methods_exited_grace,
+            expose_command_line: s.expose_command_line,
             metrics,
             clocks: Clocks::now(),
         })
@@ -147,7 +151,7 @@ impl Core {
                     .records
                     .get_or_create(&[("outcome", r.outcome.label())])
                     .inc();
-                Arc::new(link::linked_call(r, clocks))
+                Arc::new(link::linked_call(r, clocks, self.expose_command_line))
             })
             .collect();
         {

@@ -319,8 +319,9 @@ impl Clocks {
     }
 }
 
-/// The message for a resolved record.
-pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
+/// The message for a resolved record. The process's command line is included only with `command_line` (it may
+/// carry secrets: tokens, passwords in arguments); the executable's path and name always are.
+pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCall {
     let mut call = LinkedCall {
         call: Some(r.record),
         received_unix_nano: r.received_unix_nano,
@@ -338,7 +339,10 @@ pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
                         .and_then(|p| p.exe.as_ref())
                         .map(|e| e.display().to_string())
                         .unwrap_or_default(),
-                    command_line: info.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
+                    command_line: info
+                        .filter(|_| command_line)
+                        .map(|p| p.cmdline.join(" "))
+                        .unwrap_or_default(),
                     // OTel `process.executable.name`: the base name of /proc/<pid>/exe. The kernel's comm is the
                     // name of the *thread* that connected (grpcio's `event_engine`), so it is only the fallback.
                     command: info

@@ -57,6 +57,7 @@ fields! {
     HANDSHAKE_TIMEOUT: "handshake_timeout", "handshake-timeout", "GRAYSCOPE_HANDSHAKE_TIMEOUT", "10s";
     IDLE_TIMEOUT: "idle_timeout", "idle-timeout", "GRAYSCOPE_IDLE_TIMEOUT", "5m";
     KEEPALIVE: "keepalive", "keepalive", "GRAYSCOPE_KEEPALIVE", "30s";
+    EXPOSE_COMMAND_LINE: "expose_command_line", "expose-command-line", "GRAYSCOPE_EXPOSE_COMMAND_LINE", "false";
 }
 
 /// Environment variable naming the config file (also `--config`).
@@ -150,6 +151,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// HTTP/2 PING interval; a peer that does not answer within it is closed.
     pub keepalive: Duration,
+    /// Whether `Watch` and `ListMethods` carry processes' command lines (they may hold secrets).
+    pub expose_command_line: bool,
 }
 
 /// One bad value.
@@ -214,6 +217,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     });
     let idle_timeout = p.get(IDLE_TIMEOUT, |s| value::positive_duration(s, max_day));
     let keepalive = p.get(KEEPALIVE, |s| value::positive_duration(s, Duration::from_secs(3600)));
+    let expose_command_line = p.get(EXPOSE_COMMAND_LINE, value::boolean);
 
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let (
@@ -240,6 +244,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(handshake_timeout),
         Some(idle_timeout),
         Some(keepalive),
+        Some(expose_command_line),
     ) = (
         socket,
         metrics_addr,
@@ -264,6 +269,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         handshake_timeout,
         idle_timeout,
         keepalive,
+        expose_command_line,
     )
     else {
         return Err(ConfigError { problems });
@@ -295,6 +301,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         handshake_timeout,
         idle_timeout,
         keepalive,
+        expose_command_line,
     })
 }
 

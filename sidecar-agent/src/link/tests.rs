@@ -137,7 +137,7 @@ fn links_at_once_when_the_connection_is_known() {
         boot_to_unix: 1_000_000_000_000,
         mono_to_unix: 2_000_000_000_000,
     };
-    let call = linked_call(r, clocks);
+    let call = linked_call(r.clone(), clocks, true);
     assert_eq!(call.link, LinkState::Linked as i32);
     assert_eq!(call.link_rule, "outbound");
     assert_eq!(call.received_unix_nano, 9);
@@ -145,6 +145,8 @@ fn links_at_once_when_the_connection_is_known() {
     assert_eq!(process.pid, 42);
     assert_eq!(process.executable_path, "/usr/bin/app");
     assert_eq!(process.command_line, "app --serve");
+    let hidden = linked_call(r, clocks, false).process.unwrap();
+    assert_eq!((hidden.command_line.as_str(), hidden.command.as_str()), ("", "app"));
     assert_eq!(process.command, "app");
     assert_eq!(process.start_time_unix_nano, 1_005_000_000_000);
     let conn = call.connection.unwrap();
@@ -200,7 +202,7 @@ fn a_late_connection_links_within_the_wait_and_a_missing_one_times_out() {
         "no connection 127.0.0.1:6000 -> 127.0.0.1:15001 in the table after waiting 500ms"
     );
     assert!(p.is_empty());
-    let call = linked_call(done[0].clone(), Clocks::default());
+    let call = linked_call(done[0].clone(), Clocks::default(), true);
     assert_eq!(call.link, LinkState::NoConnection as i32);
     assert!(call.process.is_none() && call.connection.is_none());
 }
@@ -258,7 +260,7 @@ fn without_a_direction_the_callers_connection_is_tried_first_then_the_servers() 
         matches!(&r.outcome, Outcome::Linked(c, Rule::Outbound) if c.owner.as_ref().unwrap().pid == 42),
         "{r:?}"
     );
-    assert_eq!(linked_call(r, Clocks::default()).link_rule, "outbound");
+    assert_eq!(linked_call(r, Clocks::default(), false).link_rule, "outbound");
     // Neither: it waits, and the reason names both lookups.
     let t0 = Instant::now();
     assert!(p
