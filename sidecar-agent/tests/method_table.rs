@@ -8,15 +8,19 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{finish, first_line, privileged, python, report, start};
-use proto::v1::{ListMethodsRequest, MethodStats};
+use proto::v1::{collector_client::CollectorClient, ListMethodsRequest, MethodStats};
 use sidecar_agent::{Config, NetnsFilter};
+use tonic::transport::Channel;
 
 fn config() -> Config {
     Config {
         methods_max_rows: 4,
         methods_max_interfaces: 4,
         methods_exited_grace: Duration::from_millis(500),
-        link_wait: Duration::from_secs(5),
+        // Generous: only a broken agent waits it out. The ring buffer too: the other tests of a busy machine
+        // share the namespace.
+        link_wait: Duration::from_secs(20),
+        ring_buffer_bytes: 4 << 20,
         ..common::config(NetnsFilter::Own)
     }
 }
@@ -32,8 +36,7 @@ fn client_child(server: SocketAddr) -> std::process::Child {
     ))
 }
 
-async fn rows(agent: &common::TestAgent) -> Vec<MethodStats> {
-    let mut client = agent.client().await;
+async fn rows(client: &mut CollectorClient<Channel>) -> Vec<MethodStats> {
     client
         .list_methods(ListMethodsRequest {})
         .await
@@ -68,8 +71,8 @@ async fn short_lived_clients_never_fill_the_method_table() {
         // Counted: the row of this process is there.
         let want = pid;
         let mut found = false;
-        for _ in 0..250 {
-            if rows(&agent).await.iter().any(|r| pid_of(r) == want) {
+        for _ in 0..1500 {
+            if rows(&mut client).await.iter().any(|r| pid_of(r) == want) {
                 found = true;
                 break;
             }
@@ -78,7 +81,7 @@ async fn short_lived_clients_never_fill_the_method_table() {
         assert!(
             found,
             "call {i} of process {pid} was not counted: {:#?}",
-            rows(&agent).await
+            rows(&mut client).await
         );
         if i < 7 {
             finish(child);
@@ -90,8 +93,8 @@ async fn short_lived_clients_never_fill_the_method_table() {
     let last_pid = last.id();
     // The exited processes' rows go after the grace period; the live one stays.
     let mut remaining = Vec::new();
-    for _ in 0..500 {
-        remaining = rows(&agent).await.iter().map(pid_of).collect();
+    for _ in 0..1500 {
+        remaining = rows(&mut client).await.iter().map(pid_of).collect();
         if remaining == [last_pid] {
             break;
         }
@@ -134,8 +137,8 @@ async fn one_client_sending_endless_method_names_is_folded_into_other() {
         .collect();
     assert_eq!(report(&mut client, calls).await, 100);
     let mut got = Vec::new();
-    for _ in 0..500 {
-        got = rows(&agent).await;
+    for _ in 0..1500 {
+        got = rows(&mut client).await;
         if got.iter().map(|r| r.calls).sum::<u64>() == 100 {
             break;
         }
