@@ -88,7 +88,9 @@ impl Core {
 
     /// Takes a batch: validates all of it (an invalid record refuses the batch), then links or queues each
     /// record. Returns how many were accepted.
-    pub fn report(&self, calls: Vec<CallRecord>, now: Instant) -> Result<u32, Status> {
+    /// `reporter_netns`: the reporter's network namespace, where its records are looked up when the agent watches
+    /// every namespace.
+    pub fn report(&self, calls: Vec<CallRecord>, now: Instant, reporter_netns: Option<u32>) -> Result<u32, Status> {
         if let Some((i, e)) = calls
             .iter()
             .enumerate()
@@ -109,7 +111,7 @@ impl Core {
             };
             let done = calls
                 .into_iter()
-                .filter_map(|c| pending.offer(&lookup, c, received, now))
+                .filter_map(|c| pending.offer_in(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
             done
@@ -296,9 +298,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Collector for Service {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        let netns = peer_netns(&request);
         let r = request.into_inner();
         let n = r.calls.len();
-        let accepted = self.core.report(r.calls, Instant::now()).inspect_err(|e| {
+        let accepted = self.core.report(r.calls, Instant::now(), netns).inspect_err(|e| {
             tracing::debug!(reporter = %r.reporter, records = n, error = %e.message(), "refused a Report batch");
         })?;
         Ok(Response::new(ReportResponse { accepted }))
@@ -334,6 +337,14 @@ impl Collector for Service {
             methods: self.core.list(),
         }))
     }
+}
+
+/// The network namespace (inode) of the calling process, from its pid in `SO_PEERCRED`.
+fn peer_netns<T>(request: &Request<T>) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = request.extensions().get::<UdsConnectInfo>()?.peer_cred?.pid()?;
+    let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    u32::try_from(meta.ino()).ok()
 }
 
 fn unix_now() -> u64 {

@@ -25,8 +25,9 @@ use crate::table::{ConnTable, Connection};
 
 /// Finds a connection by its 4-tuple, seen from its local end.
 pub trait Lookup {
-    /// The newest connection whose local end is `local` and remote end is `remote`.
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
+    /// The newest connection whose local end is `local` and remote end is `remote`, in network namespace `netns`
+    /// when given (the reporter's).
+    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
 }
 
 /// The real table, in one network namespace (`Some(inode)`) or any (`None`).
@@ -39,8 +40,10 @@ pub struct TableLookup<'a> {
 }
 
 impl Lookup for TableLookup<'_> {
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
-        match self.netns {
+    /// In the agent's namespace if it watches one; else in `netns` (the reporter's: a loopback 4-tuple such as
+    /// `127.0.0.1:41234 -> 127.0.0.1:15001` repeats across the pods of a node); else the newest in any.
+    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+        match self.netns.or(netns) {
             Some(ns) => self.table.find(ns, local, remote),
             None => self.table.find_any(local, remote),
         }
@@ -154,7 +157,7 @@ fn address(a: Option<&pb::SocketAddress>) -> Option<SocketAddr> {
 
 /// One attempt: `Ok` when the record is done, `Err(reason)` when it should wait (the reason is reported if the
 /// wait runs out). Each rule of the record is tried in order; the first connection found with its owner wins.
-fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String> {
+fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>) -> Result<Outcome, String> {
     let (mut no_address, mut waiting) = (Vec::new(), Vec::new());
     for &rule in Rule::for_record(record) {
         let (local, remote) = match rule.key(record) {
@@ -164,7 +167,7 @@ fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String>
                 continue;
             }
         };
-        match lookup.lookup(local, remote) {
+        match lookup.lookup(netns, local, remote) {
             Some(conn) if conn.owner.is_some() => return Ok(Outcome::Linked(conn, rule)),
             Some(_) => waiting.push(format!(
                 "connection {local} -> {remote} is in the table but no process has accepted it"
@@ -182,6 +185,7 @@ fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String>
 #[derive(Debug)]
 struct Waiting {
     record: CallRecord,
+    netns: Option<u32>,
     received_unix_nano: u64,
     deadline: Instant,
     reason: String,
@@ -215,6 +219,18 @@ impl Pending {
         received_unix_nano: u64,
         now: Instant,
     ) -> Option<Resolved> {
+        self.offer_in(lookup, record, None, received_unix_nano, now)
+    }
+
+    /// [`Pending::offer`], looking the record up in network namespace `netns` (its reporter's) when given.
+    pub fn offer_in(
+        &mut self,
+        lookup: &impl Lookup,
+        record: CallRecord,
+        netns: Option<u32>,
+        received_unix_nano: u64,
+        now: Instant,
+    ) -> Option<Resolved> {
         let done = |record, outcome| {
             Some(Resolved {
                 record,
@@ -222,7 +238,7 @@ impl Pending {
                 outcome,
             })
         };
-        match attempt(lookup, &record) {
+        match attempt(lookup, &record, netns) {
             Ok(outcome) => done(record, outcome),
             Err(reason) if self.wait.is_zero() => done(record, Outcome::NoConnection(reason)),
             Err(reason) if self.queue.len() >= self.max => done(
@@ -235,6 +251,7 @@ impl Pending {
             Err(reason) => {
                 self.queue.push_back(Waiting {
                     record,
+                    netns,
                     received_unix_nano,
                     deadline: now + self.wait,
                     reason,
@@ -249,7 +266,7 @@ impl Pending {
         let mut out = Vec::new();
         let wait = self.wait;
         self.queue.retain_mut(|w| {
-            let outcome = match attempt(lookup, &w.record) {
+            let outcome = match attempt(lookup, &w.record, w.netns) {
                 Ok(outcome) => outcome,
                 Err(reason) if now >= w.deadline => Outcome::NoConnection(format!("{reason} after waiting {wait:?}")),
                 Err(reason) => {

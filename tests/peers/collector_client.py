@@ -5,6 +5,8 @@ line per RPC: {"rpc": name, "code": status name, "detail": ...}.
 The messages are encoded by hand (a few protobuf fields), so the peer needs nothing but grpcio.
 
 usage: collector_client.py SOCKET_PATH SERVICE
+       collector_client.py report SOCKET_PATH CLIENT_IP:PORT SERVER_IP:PORT METHOD
+         (one outbound call record of test.Greeter/METHOD from CLIENT to SERVER; prints `accepted`)
 """
 import json
 import sys
@@ -34,7 +36,29 @@ def field(number, value):
     return varint(number << 3 | 2) + varint(len(value)) + value
 
 
+def address(number, text):
+    ip, port = text.rsplit(":", 1)
+    return field(number, field(1, ip) + field(2, int(port)))
+
+
+def report_one(socket, client, server, method):
+    call = (
+        field(1, 2)
+        + field(2, "grpc")
+        + field(3, f"test.Greeter/{method}")
+        + field(6, "test.Greeter")
+        + field(8, "OK")
+        + address(13, client)
+        + address(14, server)
+    )
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        answer = channel.unary_unary("/grayscope.v1.Collector/Report")(field(1, "python") + field(2, call), timeout=10)
+    print(answer.hex(), flush=True)
+
+
 def main():
+    if sys.argv[1] == "report":
+        return report_one(*sys.argv[2:6])
     socket, service = sys.argv[1], sys.argv[2]
     results = []
 

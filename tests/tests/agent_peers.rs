@@ -132,3 +132,123 @@ fn a_peer_holding_idle_connections_cannot_starve_the_reporter() {
     drop(hog.stdin.take());
     let _ = hog.wait();
 }
+
+/// A network namespace for one test, with loopback up; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("gs-{tag}-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let ok = Command::new("ip").args(&args).status().expect("ip").success();
+            assert!(ok, "ip {args:?}");
+        }
+        Self(name)
+    }
+
+    /// `ip netns exec NAME program args...`
+    fn exec(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// With `--netns all`, the same loopback 4-tuple exists in every pod of a node. A record is joined in its
+/// reporter's namespace (the reporting process's, from the socket's peer credentials), not to the newest match.
+#[test]
+fn with_netns_all_a_call_is_linked_in_its_reporters_namespace() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &["--netns", "all"]);
+    // Under /tmp and traversable: the reporters run in other namespaces, as root, and reach it by path.
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    // The same 4-tuple in both: 127.0.0.1:41234 -> 127.0.0.1:15001; B's is the newer.
+    let mut holders = Vec::new();
+    for ns in [&a, &b] {
+        let mut child = ns
+            .exec(std::path::Path::new("python3"))
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 l = socket.socket(); l.bind(('127.0.0.1', 15001)); l.listen()\n\
+                 c = socket.socket(); c.bind(('127.0.0.1', 41234)); c.connect(('127.0.0.1', 15001))\n\
+                 s, _ = l.accept()\n\
+                 print('ready', flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 in a namespace");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "ready");
+        holders.push(child);
+    }
+    let (pid_a, pid_b) = (holders[0].id(), holders[1].id());
+    let rt = runtime();
+    let mut watch = rt.block_on(async {
+        let mut c = agent.client().await;
+        let w = c
+            .watch(proto::v1::WatchRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        (c, w)
+    });
+    for (ns, method) in [(&a, "FromA"), (&b, "FromB")] {
+        let out = ns
+            .exec(&paths::python())
+            .arg(paths::tests_file("peers/collector_client.py"))
+            .arg("report")
+            .arg(&agent.socket)
+            .args(["127.0.0.1:41234", "127.0.0.1:15001", method])
+            .output()
+            .expect("the reporter");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0801",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        while seen.len() < 2 {
+            let msg = tokio::time::timeout(Duration::from_secs(30), watch.1.message())
+                .await
+                .expect("a watch message in time")
+                .expect("watch")
+                .expect("the watch ended");
+            let call = msg.call.expect("call");
+            let method = call.call.as_ref().map(|r| r.rpc_method.clone()).unwrap_or_default();
+            seen.push((method, call.process.map_or(0, |p| p.pid)));
+        }
+    });
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("test.Greeter/FromA".to_owned(), pid_a),
+            ("test.Greeter/FromB".to_owned(), pid_b)
+        ]
+    );
+    for mut h in holders {
+        drop(h.stdin.take());
+        let _ = h.wait();
+    }
+}

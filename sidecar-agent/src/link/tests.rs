@@ -13,7 +13,7 @@ use crate::{
 struct Fake(RefCell<HashMap<(SocketAddr, SocketAddr), Connection>>);
 
 impl Lookup for Fake {
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+    fn lookup(&self, _netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
         self.0.borrow().get(&(local, remote)).cloned()
     }
 }
