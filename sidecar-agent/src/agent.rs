@@ -167,6 +167,7 @@ impl Agent {
                 max_connections: config.max_connections,
                 max_streams: config.max_streams,
                 max_connections_per_peer: config.max_connections_per_peer,
+                max_connections_per_uid: config.max_connections_per_uid,
                 timeouts: control::conn::Timeouts {
                     handshake: config.handshake_timeout,
                     idle: config.idle_timeout,

@@ -112,9 +112,13 @@ pub struct RunArgs {
     /// [default: 5m].
     #[arg(long, value_name = "DURATION")]
     pub methods_exited_grace: Option<String>,
-    /// Most connections one process may hold on the socket [env: GRAYSCOPE_MAX_CONNECTIONS_PER_PEER] [default: 8].
+    /// Most connections one process may hold on the socket [env: GRAYSCOPE_MAX_CONNECTIONS_PER_PEER] [default: 16].
     #[arg(long, value_name = "N")]
     pub max_connections_per_peer: Option<String>,
+    /// Most connections the processes of one uid may hold on the socket [env: GRAYSCOPE_MAX_CONNECTIONS_PER_UID]
+    /// [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_uid: Option<String>,
     /// Time a new connection has to start HTTP/2 [env: GRAYSCOPE_HANDSHAKE_TIMEOUT] [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub handshake_timeout: Option<String>,
@@ -198,6 +202,7 @@ impl Command {
             flag(config::METHODS_MAX_INTERFACES, &a.methods_max_interfaces);
             flag(config::METHODS_EXITED_GRACE, &a.methods_exited_grace);
             flag(config::MAX_CONNECTIONS_PER_PEER, &a.max_connections_per_peer);
+            flag(config::MAX_CONNECTIONS_PER_UID, &a.max_connections_per_uid);
             flag(config::HANDSHAKE_TIMEOUT, &a.handshake_timeout);
             flag(config::IDLE_TIMEOUT, &a.idle_timeout);
             flag(config::KEEPALIVE, &a.keepalive);

@@ -5,7 +5,8 @@
 //! PERMISSION_DENIED. Messages are bounded by `max_message_bytes` (larger: OUT_OF_RANGE), connections by
 //! `max_connections` (more wait in the listen backlog), streams per connection by `max_streams`. Connections of
 //! refused peers live in a small pool of their own, so they cannot take the allowed peers' slots. One process
-//! holds at most `max_connections_per_peer` connections (more are closed at once); a connection that does not
+//! holds at most `max_connections_per_peer` connections and one uid `max_connections_per_uid` (more are closed at
+//! once); a connection that does not
 //! start HTTP/2 within `handshake_timeout`, or has no call open for `idle_timeout`, is closed ([`conn`]); HTTP/2
 //! keepalive PINGs close a peer that stops answering. So no single peer can take the slots the reporter needs.
 
@@ -112,6 +113,8 @@ pub struct ServeSettings {
     pub max_streams: u32,
     /// Connections one process may hold at once.
     pub max_connections_per_peer: usize,
+    /// Connections the processes of one uid may hold at once.
+    pub max_connections_per_uid: usize,
     /// Handshake and idle timeouts.
     pub timeouts: Timeouts,
     /// HTTP/2 PING interval, and how long an answer may take.
@@ -154,7 +157,9 @@ pub async fn serve(
             own_uid,
             metrics: Arc::clone(&metrics),
             peers: Arc::default(),
+            uids: Arc::default(),
             max_per_peer: settings.max_connections_per_peer.max(1),
+            max_per_uid: settings.max_connections_per_uid.max(1),
             timeouts: settings.timeouts,
         },
     );
@@ -192,9 +197,11 @@ struct Pools {
     policy: AllowedUids,
     own_uid: u32,
     metrics: Arc<Metrics>,
-    /// Open connections per peer pid.
+    /// Open connections per peer pid, and per uid.
     peers: PeerCounts,
+    uids: PeerCounts,
     max_per_peer: usize,
+    max_per_uid: usize,
     timeouts: Timeouts,
 }
 
@@ -221,7 +228,7 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                     .clone()
             };
             let pid = cred.and_then(|c| c.pid()).unwrap_or(-1);
-            let Some(peer) = PeerSlot::take(&pools.peers, pid, pools.max_per_peer) else {
+            let Some(by_pid) = PeerSlot::take(&pools.peers, i64::from(pid), pools.max_per_peer) else {
                 closed("per_peer").inc();
                 tracing::debug!(
                     pid,
@@ -229,6 +236,13 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                 );
                 continue;
             };
+            let uid = cred.map_or(-1, |c| i64::from(c.uid()));
+            let Some(by_uid) = PeerSlot::take(&pools.uids, uid, pools.max_per_uid) else {
+                closed("per_uid").inc();
+                tracing::debug!(uid, "closing a connection on the agent socket: its uid holds too many");
+                continue;
+            };
+            let peer = (by_pid, by_uid);
             let permit = if allowed {
                 Arc::clone(&pools.allowed).acquire_owned().await.ok()?
             } else if let Ok(p) = Arc::clone(&pools.refused).try_acquire_owned() {

@@ -426,11 +426,14 @@ async fn one_process_cannot_hold_more_than_its_share_of_connections() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
-    common::assert_metric(
-        &metrics,
-        "grayscope_agent_grpc_connections_closed_total{reason=\"per_peer\"} 1",
-    );
+    // (The client may have retried once.)
+    let per_peer = agent
+        .agent
+        .metrics()
+        .connections_closed
+        .get_or_create(&[("reason", "per_peer")])
+        .get();
+    assert!(per_peer >= 1, "{per_peer}");
     drop(first);
     // A slot of this process freed: it is served again.
     common::wait_for("the first connection to end", || {
@@ -445,5 +448,66 @@ async fn one_process_cannot_hold_more_than_its_share_of_connections() {
     .await;
     agent.client().await.list_methods(ListMethodsRequest {}).await.unwrap();
     drop(second);
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_processes_of_one_uid_cannot_hold_more_than_its_share() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        max_connections_per_uid: 3,
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    // Three processes of our uid (root) hold one silent connection each...
+    let hold = |socket: &std::path::Path| {
+        common::python(&format!(
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX); s.connect({:?})\n\
+             print('held', flush=True)\n\
+             sys.stdin.read()\n",
+            socket.display().to_string()
+        ))
+    };
+    let mut holders: Vec<_> = (0..3).map(|_| hold(&agent.socket)).collect();
+    for h in &mut holders {
+        assert_eq!(common::first_line(h), "held");
+    }
+    common::wait_for("the three connections to be served", || {
+        agent
+            .agent
+            .metrics()
+            .connections
+            .get_or_create(&[("pool", "allowed")])
+            .get()
+            == 3
+    })
+    .await;
+    // ... so a fourth process of that uid is closed at once.
+    let refused = sidecar_agent::client::connect(&agent.socket).await;
+    let refused = match refused {
+        Ok(mut c) => c
+            .list_methods(ListMethodsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(refused.is_err(), "a fourth connection of the uid was served");
+    // By the uid rule (the client may have retried once), not the per-process one.
+    let closed = |reason| {
+        agent
+            .agent
+            .metrics()
+            .connections_closed
+            .get_or_create(&[("reason", reason)])
+            .get()
+    };
+    assert!(closed("per_uid") >= 1 && closed("per_peer") == 0);
+    for h in holders {
+        common::finish(h);
+    }
     agent.agent.stop().await;
 }

@@ -53,7 +53,8 @@ fields! {
     METHODS_MAX_ROWS: "methods_max_rows", "methods-max-rows", "GRAYSCOPE_METHODS_MAX_ROWS", "4096";
     METHODS_MAX_INTERFACES: "methods_max_interfaces", "methods-max-interfaces", "GRAYSCOPE_METHODS_MAX_INTERFACES", "256";
     METHODS_EXITED_GRACE: "methods_exited_grace", "methods-exited-grace", "GRAYSCOPE_METHODS_EXITED_GRACE", "5m";
-    MAX_CONNECTIONS_PER_PEER: "max_connections_per_peer", "max-connections-per-peer", "GRAYSCOPE_MAX_CONNECTIONS_PER_PEER", "8";
+    MAX_CONNECTIONS_PER_PEER: "max_connections_per_peer", "max-connections-per-peer", "GRAYSCOPE_MAX_CONNECTIONS_PER_PEER", "16";
+    MAX_CONNECTIONS_PER_UID: "max_connections_per_uid", "max-connections-per-uid", "GRAYSCOPE_MAX_CONNECTIONS_PER_UID", "32";
     HANDSHAKE_TIMEOUT: "handshake_timeout", "handshake-timeout", "GRAYSCOPE_HANDSHAKE_TIMEOUT", "10s";
     IDLE_TIMEOUT: "idle_timeout", "idle-timeout", "GRAYSCOPE_IDLE_TIMEOUT", "5m";
     KEEPALIVE: "keepalive", "keepalive", "GRAYSCOPE_KEEPALIVE", "30s";
@@ -145,6 +146,8 @@ pub struct Config {
     pub methods_exited_grace: Duration,
     /// Most connections one process may hold on the socket at once; more are closed at once.
     pub max_connections_per_peer: usize,
+    /// Most connections the processes of one uid may hold on the socket at once; more are closed at once.
+    pub max_connections_per_uid: usize,
     /// Time a new connection has to send its HTTP/2 preface and first frame.
     pub handshake_timeout: Duration,
     /// A connection with no call open for this long is closed.
@@ -212,6 +215,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let methods_max_interfaces = p.get(METHODS_MAX_INTERFACES, |s| value::count(s, 1, 1_000_000));
     let methods_exited_grace = p.get(METHODS_EXITED_GRACE, |s| value::duration(s, max_day));
     let max_connections_per_peer = p.get(MAX_CONNECTIONS_PER_PEER, |s| value::count(s, 1, 65_536));
+    let max_connections_per_uid = p.get(MAX_CONNECTIONS_PER_UID, |s| value::count(s, 1, 65_536));
     let handshake_timeout = p.get(HANDSHAKE_TIMEOUT, |s| {
         value::positive_duration(s, Duration::from_secs(3600))
     });
@@ -241,6 +245,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(methods_max_interfaces),
         Some(methods_exited_grace),
         Some(max_connections_per_peer),
+        Some(max_connections_per_uid),
         Some(handshake_timeout),
         Some(idle_timeout),
         Some(keepalive),
@@ -266,6 +271,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         methods_max_interfaces,
         methods_exited_grace,
         max_connections_per_peer,
+        max_connections_per_uid,
         handshake_timeout,
         idle_timeout,
         keepalive,
@@ -298,6 +304,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         methods_max_interfaces: size(methods_max_interfaces),
         methods_exited_grace,
         max_connections_per_peer: size(max_connections_per_peer),
+        max_connections_per_uid: size(max_connections_per_uid),
         handshake_timeout,
         idle_timeout,
         keepalive,

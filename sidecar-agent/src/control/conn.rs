@@ -53,8 +53,8 @@ pub struct Held {
     pub permit: OwnedSemaphorePermit,
     /// `grayscope_agent_grpc_connections{pool}`, decremented on drop.
     pub open: Gauge,
-    /// Its peer's entry in the per-process count.
-    pub peer: PeerSlot,
+    /// Its peer's entries in the per-process and per-uid counts.
+    pub peer: (PeerSlot, PeerSlot),
     /// `grpc_connections_closed_total{reason="handshake_timeout"}` and `{reason="idle_timeout"}`.
     pub closed: (Counter, Counter),
 }
@@ -65,28 +65,28 @@ impl Drop for Held {
     }
 }
 
-/// Open connections per peer process (pid from `SO_PEERCRED`).
-pub type PeerCounts = Arc<Mutex<HashMap<i32, usize>>>;
+/// Open connections per peer process or per uid (from `SO_PEERCRED`).
+pub type PeerCounts = Arc<Mutex<HashMap<i64, usize>>>;
 
 /// One connection counted against its process; the count goes down on drop.
 #[derive(Debug)]
 pub struct PeerSlot {
     counts: PeerCounts,
-    pid: i32,
+    key: i64,
 }
 
 impl PeerSlot {
-    /// Counts a connection of `pid`, unless it holds `max` already.
-    pub fn take(counts: &PeerCounts, pid: i32, max: usize) -> Option<Self> {
+    /// Counts a connection of `key` (a pid or a uid), unless it holds `max` already.
+    pub fn take(counts: &PeerCounts, key: i64, max: usize) -> Option<Self> {
         let mut c = counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = c.entry(pid).or_default();
+        let n = c.entry(key).or_default();
         if *n >= max {
             return None;
         }
         *n += 1;
         Some(Self {
             counts: Arc::clone(counts),
-            pid,
+            key,
         })
     }
 }
@@ -94,10 +94,10 @@ impl PeerSlot {
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = c.get_mut(&self.pid) {
+        if let Some(n) = c.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                c.remove(&self.pid);
+                c.remove(&self.key);
             }
         }
     }
