@@ -23,7 +23,7 @@ use crate::{
     ebpf::{
         events::ConnEvent,
         reader::{self, PauseControl, Reader, ReaderCounters},
-        KernelCounters, KernelStats, Probe, ProbeOptions,
+        KernelConns, KernelCounters, KernelStats, Probe, ProbeOptions,
     },
     error::Error,
     metrics::{self, Metrics},
@@ -94,6 +94,10 @@ impl Agent {
             source,
         })?;
         let kernel = probe.stats();
+        let conns = probe.take_conns().ok_or(Error::Map {
+            name: "conns",
+            detail: "map already taken".into(),
+        })?;
         let table = Arc::new(Mutex::new(ConnTable::new(
             config.table_max_entries,
             config.closed_grace,
@@ -121,6 +125,12 @@ impl Agent {
             config.closed_grace,
             cancel.clone(),
         ));
+        tasks.spawn(sweep_forgotten(
+            conns,
+            Arc::clone(&table),
+            Arc::clone(&metrics),
+            cancel.clone(),
+        ));
         let (m, c) = (Arc::clone(&metrics), cancel.clone());
         let addr = listeners.metrics.local_addr().ok();
         tasks.spawn(async move {
@@ -137,9 +147,17 @@ impl Agent {
                 link_pending_max: config.link_pending_max,
                 watch_queue: config.watch_queue,
                 methods_max_rows: config.methods_max_rows,
+                methods_max_interfaces: config.methods_max_interfaces,
+                methods_exited_grace: config.methods_exited_grace,
+                expose_command_line: config.expose_command_line,
             },
         );
         tasks.spawn(link_timer(Arc::clone(&core), config.link_wait, cancel.clone()));
+        tasks.spawn(methods_timer(
+            Arc::clone(&core),
+            config.methods_exited_grace,
+            cancel.clone(),
+        ));
         tasks.spawn(control::serve(
             listeners.control,
             Arc::clone(&core),
@@ -148,6 +166,13 @@ impl Agent {
                 max_message_bytes: config.max_message_bytes,
                 max_connections: config.max_connections,
                 max_streams: config.max_streams,
+                max_connections_per_peer: config.max_connections_per_peer,
+                max_connections_per_uid: config.max_connections_per_uid,
+                timeouts: control::conn::Timeouts {
+                    handshake: config.handshake_timeout,
+                    idle: config.idle_timeout,
+                },
+                keepalive: config.keepalive,
             },
             Arc::clone(&metrics),
             cancel.clone(),
@@ -178,12 +203,14 @@ impl Agent {
 
     /// The event counters now. Once the ring buffer is drained, `delivered + dropped == produced`.
     pub fn counts(&self) -> Result<EventCounts, Error> {
-        // Kernel first: anything delivered after this read was produced before it, never the reverse.
+        // Delivered first: every event delivered by then was produced (and counted) before the kernel counters are
+        // read, so `delivered + dropped <= produced` always holds. Read the other way round, events produced and
+        // delivered between the two reads made the sum exceed `produced` under load.
+        let delivered = self.reader.delivered.load(Ordering::Acquire);
         let KernelCounters { produced, dropped } = self.kernel.counters().map_err(|e| Error::Map {
             name: "stats",
             detail: e.to_string(),
         })?;
-        let delivered = self.reader.delivered.load(Ordering::Relaxed);
         Ok(EventCounts {
             delivered,
             dropped,
@@ -241,6 +268,68 @@ async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) 
                 return;
             }
             _ = tick.tick() => core.tick(Instant::now()),
+        }
+    }
+}
+
+/// How often the live connections are checked against the kernel's map.
+pub const KERNEL_SWEEP: Duration = Duration::from_secs(5);
+
+/// Ends the live connections whose socket the kernel no longer tracks (their CLOSE event was lost: the LRU map
+/// evicted them, or the ring buffer overflowed), every [`KERNEL_SWEEP`]. The map lookups (one system call per
+/// live connection) run on a blocking thread, without the table's lock.
+async fn sweep_forgotten(
+    conns: KernelConns,
+    table: Arc<Mutex<ConnTable>>,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let conns = Arc::new(conns);
+    let mut tick = tokio::time::interval(KERNEL_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let live = table.lock().unwrap_or_else(PoisonError::into_inner).live_sockets();
+        let k = Arc::clone(&conns);
+        let Ok((gone, checked)) = tokio::task::spawn_blocking(move || {
+            let gone: Vec<(u64, u64)> = live.into_iter().filter(|&(skaddr, _)| !k.holds(skaddr)).collect();
+            (gone, crate::link::Clocks::monotonic_ns())
+        })
+        .await
+        else {
+            continue;
+        };
+        if gone.is_empty() {
+            continue;
+        }
+        let e = table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget(&gone, checked, Instant::now());
+        tracing::debug!(
+            connections = e.forgotten,
+            "ended connections the kernel no longer tracks"
+        );
+        metrics.record_evictions(e);
+    }
+}
+
+/// Removes the method table's rows of exited processes, a few times per grace period (at most every 5 s).
+async fn methods_timer(core: Arc<Core>, grace: Duration, cancel: CancellationToken) {
+    let period = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let core = Arc::clone(&core);
+                // /proc reads, one per process in the table.
+                let _ = tokio::task::spawn_blocking(move || core.expire_exited_methods(Instant::now())).await;
+            }
         }
     }
 }

@@ -104,6 +104,34 @@ pub struct RunArgs {
     /// Most rows of the method table [env: GRAYSCOPE_METHODS_MAX_ROWS] [default: 4096].
     #[arg(long, value_name = "N")]
     pub methods_max_rows: Option<String>,
+    /// Most distinct interfaces in the method table, more count as `other`
+    /// [env: GRAYSCOPE_METHODS_MAX_INTERFACES] [default: 256].
+    #[arg(long, value_name = "N")]
+    pub methods_max_interfaces: Option<String>,
+    /// How long an exited process's rows stay in the method table [env: GRAYSCOPE_METHODS_EXITED_GRACE]
+    /// [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub methods_exited_grace: Option<String>,
+    /// Most connections one process may hold on the socket [env: GRAYSCOPE_MAX_CONNECTIONS_PER_PEER] [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_peer: Option<String>,
+    /// Most connections the processes of one uid may hold on the socket [env: GRAYSCOPE_MAX_CONNECTIONS_PER_UID]
+    /// [default: 32].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_uid: Option<String>,
+    /// Time a new connection has to start HTTP/2 [env: GRAYSCOPE_HANDSHAKE_TIMEOUT] [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+    /// A connection with no call open for this long is closed [env: GRAYSCOPE_IDLE_TIMEOUT] [default: 5m].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// HTTP/2 PING interval; an unanswered peer is closed [env: GRAYSCOPE_KEEPALIVE] [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub keepalive: Option<String>,
+    /// Send processes' command lines to watchers and in the method table (they may hold secrets)
+    /// [env: GRAYSCOPE_EXPOSE_COMMAND_LINE] [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub expose_command_line: Option<String>,
 }
 
 /// Settings of `trace`.
@@ -171,6 +199,14 @@ impl Command {
             flag(config::LINK_PENDING_MAX, &a.link_pending_max);
             flag(config::WATCH_QUEUE, &a.watch_queue);
             flag(config::METHODS_MAX_ROWS, &a.methods_max_rows);
+            flag(config::METHODS_MAX_INTERFACES, &a.methods_max_interfaces);
+            flag(config::METHODS_EXITED_GRACE, &a.methods_exited_grace);
+            flag(config::MAX_CONNECTIONS_PER_PEER, &a.max_connections_per_peer);
+            flag(config::MAX_CONNECTIONS_PER_UID, &a.max_connections_per_uid);
+            flag(config::HANDSHAKE_TIMEOUT, &a.handshake_timeout);
+            flag(config::IDLE_TIMEOUT, &a.idle_timeout);
+            flag(config::KEEPALIVE, &a.keepalive);
+            flag(config::EXPOSE_COMMAND_LINE, &a.expose_command_line);
         }
         if let Self::Tail(TailArgs { client, .. }) | Self::Methods(client) = self {
             flag(config::SOCKET, &client.socket);

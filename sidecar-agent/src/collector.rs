@@ -44,6 +44,12 @@ pub struct CoreSettings {
     pub watch_queue: usize,
     /// See [`crate::Config::methods_max_rows`].
     pub methods_max_rows: usize,
+    /// See [`crate::Config::methods_max_interfaces`].
+    pub methods_max_interfaces: usize,
+    /// See [`crate::Config::methods_exited_grace`].
+    pub methods_exited_grace: std::time::Duration,
+    /// See [`crate::Config::expose_command_line`].
+    pub expose_command_line: bool,
 }
 
 /// The service's state.
@@ -55,6 +61,8 @@ pub struct Core {
     pending: Mutex<Pending>,
     hub: Arc<Hub>,
     methods: Mutex<MethodTable>,
+    methods_exited_grace: std::time::Duration,
+    expose_command_line: bool,
     metrics: Arc<Metrics>,
     /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
     /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
@@ -71,7 +79,9 @@ impl Core {
             netns: s.netns,
             pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait)),
             hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
-            methods: Mutex::new(MethodTable::new(s.methods_max_rows)),
+            methods: Mutex::new(MethodTable::new(s.methods_max_rows, s.methods_max_interfaces)),
+            methods_exited_grace: s.methods_exited_grace,
+            expose_command_line: s.expose_command_line,
             metrics,
             clocks: Clocks::now(),
         })
@@ -80,7 +90,9 @@ impl Core {
     /// Takes a batch: refuses each invalid record on its own (counted by reason), then links or queues each
     /// valid one. Returns how many were accepted. One bad record never costs the others: a filter cannot know
     /// every limit of every agent version, and one client-chosen value must not lose other calls' records.
-    pub fn report(&self, calls: Vec<CallRecord>, now: Instant) -> u32 {
+    /// `reporter_netns`: the reporter's network namespace, where its records are looked up when the agent watches
+    /// every namespace.
+    pub fn report(&self, calls: Vec<CallRecord>, now: Instant, reporter_netns: Option<u32>) -> u32 {
         let total = calls.len();
         let mut refused = None;
         let calls: Vec<CallRecord> = calls
@@ -119,7 +131,7 @@ impl Core {
             };
             let done = calls
                 .into_iter()
-                .filter_map(|c| pending.offer(&lookup, c, received, now))
+                .filter_map(|c| pending.offer_in(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
             done
@@ -161,15 +173,13 @@ impl Core {
                     .records
                     .get_or_create(&[("outcome", r.outcome.label())])
                     .inc();
-                Arc::new(link::linked_call(r, clocks))
+                Arc::new(link::linked_call(r, clocks, self.expose_command_line))
             })
             .collect();
         {
             let mut methods = lock(&self.methods);
             for c in &calls {
-                if !methods.observe(c) {
-                    self.metrics.methods_overflow.inc();
-                }
+                self.metrics.record_methods(methods.observe(c));
             }
             self.metrics.methods_rows.set(gauge(methods.len()));
         }
@@ -204,13 +214,39 @@ impl Core {
         let mut table = lock(&self.methods);
         let mut accepted = 0;
         for m in methods {
-            if table.declare(pid, m) {
-                accepted += 1;
-            } else {
-                self.metrics.methods_overflow.inc();
-            }
+            self.metrics.record_methods(table.declare(pid, m));
+            accepted += 1;
         }
+        self.metrics.methods_rows.set(gauge(table.len()));
         Ok(accepted)
+    }
+
+    /// Removes the method table's rows and declarations of processes gone for `methods_exited_grace`. A row's
+    /// process is alive while `/proc/<pid>` has its start time; a declaring pid while `/proc/<pid>` exists.
+    pub fn expire_exited_methods(&self, now: Instant) {
+        let boot_to_unix = self.clocks.boot_to_unix;
+        let tick_ns = crate::procinfo::clock_tick_ns();
+        let row_alive = |pid: u32, start_unix: u64| {
+            let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| crate::procinfo::start_ticks(&s))
+            else {
+                return false;
+            };
+            // The kernel's start time (ns since boot) is floored to clock ticks in /proc.
+            let start_boot = i128::from(start_unix) - boot_to_unix;
+            (start_boot - i128::from(ticks) * i128::from(tick_ns)).abs() < 2 * i128::from(tick_ns)
+        };
+        let pid_alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let mut table = lock(&self.methods);
+        let n = table.expire_exited(row_alive, pid_alive, self.methods_exited_grace, now);
+        if n > 0 {
+            self.metrics
+                .methods_evictions
+                .get_or_create(&[("reason", "exited")])
+                .inc_by(n);
+        }
+        self.metrics.methods_rows.set(gauge(table.len()));
     }
 
     /// The method table.
@@ -322,9 +358,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Collector for Service {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
+        let netns = peer_netns(&request);
         let r = request.into_inner();
         let n = r.calls.len();
-        let accepted = self.core.report(r.calls, Instant::now());
+        let accepted = self.core.report(r.calls, Instant::now(), netns);
         if (accepted as usize) < n {
             tracing::debug!(reporter = %r.reporter, records = n, accepted, "refused invalid records of a Report batch");
         }
@@ -361,6 +398,14 @@ impl Collector for Service {
             methods: self.core.list(),
         }))
     }
+}
+
+/// The network namespace (inode) of the calling process, from its pid in `SO_PEERCRED`.
+fn peer_netns<T>(request: &Request<T>) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let pid = request.extensions().get::<UdsConnectInfo>()?.peer_cred?.pid()?;
+    let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+    u32::try_from(meta.ino()).ok()
 }
 
 fn unix_now() -> u64 {

@@ -4,31 +4,24 @@
 //! Every call is checked against the peer's credentials (`SO_PEERCRED`): a uid that is not allowed gets
 //! PERMISSION_DENIED. Messages are bounded by `max_message_bytes` (larger: OUT_OF_RANGE), connections by
 //! `max_connections` (more wait in the listen backlog), streams per connection by `max_streams`. Connections of
-//! refused peers live in a small pool of their own, so they cannot take the allowed peers' slots.
+//! refused peers live in a small pool of their own, so they cannot take the allowed peers' slots. One process
+//! holds at most `max_connections_per_peer` connections and one uid `max_connections_per_uid` (more are closed at
+//! once); a connection that does not
+//! start HTTP/2 within `handshake_timeout`, or has no call open for `idle_timeout`, is closed ([`conn`]); HTTP/2
+//! keepalive PINGs close a peer that stops answering. So no single peer can take the slots the reporter needs.
 
 use std::{
     fs, io,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::Path,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::Duration,
 };
 
-use prometheus_client::metrics::gauge::Gauge;
 use proto::v1::collector_server::CollectorServer;
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{UnixListener, UnixStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use tokio::{net::UnixListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    service::interceptor::InterceptedService,
-    transport::server::{Connected, UdsConnectInfo},
-    Request, Status,
-};
+use tonic::{service::interceptor::InterceptedService, transport::server::UdsConnectInfo, Request, Status};
 
 use crate::{
     collector::{Core, Service},
@@ -36,6 +29,11 @@ use crate::{
     error::Error,
     metrics::Metrics,
 };
+
+pub mod authority;
+pub mod conn;
+
+use conn::{Conn, Held, PeerCounts, PeerSlot, Timeouts};
 
 /// Default mode of the socket file: owner and group may connect (the proxy runs in the agent's group).
 pub const SOCKET_MODE: u32 = 0o660;
@@ -67,10 +65,39 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         }
         fs::remove_file(path).map_err(io(format!("removing stale socket {}", path.display())))?;
     }
-    let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(io(format!("setting the mode of {}", path.display())))?;
-    Ok(listener)
+    // Bind in a private directory (0700) next to the target, set the mode there, then rename onto the target: the
+    // socket never appears with the umask's mode, and no one can swap the path for a symlink between bind and
+    // chmod (chmod follows symlinks). A path too long for the detour (the 107-byte limit) is bound in place.
+    let parent = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(".grayscope-{}", std::process::id()));
+    let staged = path.file_name().map(|name| private.join(name));
+    let Some(staged) = staged.filter(|p| p.as_os_str().len() <= 107) else {
+        let listener = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(io(format!("setting the mode of {}", path.display())))?;
+        return Ok(listener);
+    };
+    // Left over by a crash of this pid's predecessor: a directory of ours holding at most a socket.
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&private);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(io(format!("creating {}", private.display())))?;
+    let staged_bind = || -> Result<UnixListener, Error> {
+        let listener = UnixListener::bind(&staged).map_err(io(format!("binding {}", staged.display())))?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(mode))
+            .map_err(io(format!("setting the mode of {}", staged.display())))?;
+        fs::rename(&staged, path).map_err(io(format!("moving the socket to {}", path.display())))?;
+        Ok(listener)
+    };
+    let out = staged_bind();
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&private);
+    out
 }
 
 /// Limits of the gRPC server.
@@ -84,6 +111,14 @@ pub struct ServeSettings {
     pub max_connections: usize,
     /// Concurrent streams per connection.
     pub max_streams: u32,
+    /// Connections one process may hold at once.
+    pub max_connections_per_peer: usize,
+    /// Connections the processes of one uid may hold at once.
+    pub max_connections_per_uid: usize,
+    /// Handshake and idle timeouts.
+    pub timeouts: Timeouts,
+    /// HTTP/2 PING interval, and how long an answer may take.
+    pub keepalive: Duration,
 }
 
 /// Serves the Collector on `listener` until `cancel` fires (then open streams get a few seconds to end).
@@ -121,11 +156,19 @@ pub async fn serve(
             policy: settings.allowed_uids.clone(),
             own_uid,
             metrics: Arc::clone(&metrics),
+            peers: Arc::default(),
+            uids: Arc::default(),
+            max_per_peer: settings.max_connections_per_peer.max(1),
+            max_per_uid: settings.max_connections_per_uid.max(1),
+            timeouts: settings.timeouts,
         },
     );
     let server = tonic::transport::Server::builder()
         .max_concurrent_streams(settings.max_streams)
         .layer(crate::collector::count_oversized(metrics.messages_oversized.clone()))
+        // A peer that stops answering (gone without a FIN, or stuck) is closed and frees its slot.
+        .http2_keepalive_interval(Some(settings.keepalive))
+        .http2_keepalive_timeout(Some(settings.keepalive))
         .add_service(InterceptedService::new(service, check))
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     let forced = async {
@@ -145,7 +188,9 @@ pub async fn serve(
 pub const REFUSED_CONNECTIONS: usize = 4;
 
 /// The connection pools: allowed peers wait for one of `max_connections` slots (in the listen backlog, since the
-/// accept loop waits too); refused peers get one of [`REFUSED_CONNECTIONS`] slots or are closed.
+/// accept loop waits too); refused peers get one of [`REFUSED_CONNECTIONS`] slots or are closed. A process
+/// (pid from `SO_PEERCRED`) holding `max_per_peer` connections has the next one closed at once, so no single
+/// peer can take the slots the reporter needs.
 #[derive(Clone, Debug)]
 struct Pools {
     allowed: Arc<Semaphore>,
@@ -153,10 +198,16 @@ struct Pools {
     policy: AllowedUids,
     own_uid: u32,
     metrics: Arc<Metrics>,
+    /// Open connections per peer pid, and per uid.
+    peers: PeerCounts,
+    uids: PeerCounts,
+    max_per_peer: usize,
+    max_per_uid: usize,
+    timeouts: Timeouts,
 }
 
 /// Accepted connections, each holding a permit of its pool while it lives.
-fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<Item = io::Result<Limited>> + Send {
+fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<Item = io::Result<Conn>> + Send {
     futures_util::stream::unfold((listener, pools), |(listener, pools)| async move {
         loop {
             let stream = match listener.accept().await {
@@ -168,14 +219,37 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                     continue;
                 }
             };
-            let allowed = stream
-                .peer_cred()
-                .is_ok_and(|c| pools.policy.allows(c.uid(), pools.own_uid));
+            let cred = stream.peer_cred().ok();
+            let allowed = cred.is_some_and(|c| pools.policy.allows(c.uid(), pools.own_uid));
+            let closed = |reason| {
+                pools
+                    .metrics
+                    .connections_closed
+                    .get_or_create(&[("reason", reason)])
+                    .clone()
+            };
+            let pid = cred.and_then(|c| c.pid()).unwrap_or(-1);
+            let Some(by_pid) = PeerSlot::take(&pools.peers, i64::from(pid), pools.max_per_peer) else {
+                closed("per_peer").inc();
+                tracing::debug!(
+                    pid,
+                    "closing a connection on the agent socket: its process holds too many"
+                );
+                continue;
+            };
+            let uid = cred.map_or(-1, |c| i64::from(c.uid()));
+            let Some(by_uid) = PeerSlot::take(&pools.uids, uid, pools.max_per_uid) else {
+                closed("per_uid").inc();
+                tracing::debug!(uid, "closing a connection on the agent socket: its uid holds too many");
+                continue;
+            };
+            let peer = (by_pid, by_uid);
             let permit = if allowed {
                 Arc::clone(&pools.allowed).acquire_owned().await.ok()?
             } else if let Ok(p) = Arc::clone(&pools.refused).try_acquire_owned() {
                 p
             } else {
+                drop(peer);
                 tracing::debug!("closing a connection of a refused peer: too many open");
                 continue;
             };
@@ -185,69 +259,15 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                 .get_or_create(&[("pool", if allowed { "allowed" } else { "refused" })])
                 .clone();
             open.inc();
-            let conn = Limited {
-                stream,
-                _permit: permit,
+            let held = Held {
+                permit,
                 open,
+                peer,
+                closed: (closed("handshake_timeout"), closed("idle_timeout")),
             };
-            return Some((Ok(conn), (listener, pools)));
+            return Some((Ok(Conn::new(stream, held, pools.timeouts)), (listener, pools)));
         }
     })
-}
-
-/// A connection counted against `max_connections`.
-#[derive(Debug)]
-pub struct Limited {
-    stream: UnixStream,
-    _permit: OwnedSemaphorePermit,
-    /// `grayscope_agent_grpc_connections{pool}`, decremented on drop.
-    open: Gauge,
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        self.open.dec();
-    }
-}
-
-impl Connected for Limited {
-    type ConnectInfo = UdsConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-impl AsyncRead for Limited {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Limited {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }
 
 #[cfg(test)]
@@ -267,6 +287,25 @@ mod tests {
             uids: vec![12345],
         };
         assert!(!list.allows(0, 0) && list.allows(12345, 0));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_staged_privately_then_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        for mode in [0o600, 0o666] {
+            let listener = bind_with_mode(&path, mode).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, mode);
+            // Still the listening socket after the move, and the private directory is gone.
+            let client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            drop((client, server, listener));
+            let names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["agent.sock"]);
+        }
     }
 
     #[tokio::test]

@@ -25,8 +25,9 @@ use crate::table::{ConnTable, Connection};
 
 /// Finds a connection by its 4-tuple, seen from its local end.
 pub trait Lookup {
-    /// The newest connection whose local end is `local` and remote end is `remote`.
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
+    /// The newest connection whose local end is `local` and remote end is `remote`, in network namespace `netns`
+    /// when given (the reporter's).
+    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
 }
 
 /// The real table, in one network namespace (`Some(inode)`) or any (`None`).
@@ -39,8 +40,10 @@ pub struct TableLookup<'a> {
 }
 
 impl Lookup for TableLookup<'_> {
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
-        match self.netns {
+    /// In the agent's namespace if it watches one; else in `netns` (the reporter's: a loopback 4-tuple such as
+    /// `127.0.0.1:41234 -> 127.0.0.1:15001` repeats across the pods of a node); else the newest in any.
+    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+        match self.netns.or(netns) {
             Some(ns) => self.table.find(ns, local, remote),
             None => self.table.find_any(local, remote),
         }
@@ -51,8 +54,8 @@ impl Lookup for TableLookup<'_> {
 /// How a record ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    /// The connection and its owner were found.
-    Linked(Connection),
+    /// The connection and its owner were found, by this rule.
+    Linked(Connection, Rule),
     /// The record lacks an address needed for the join.
     NoAddress(String),
     /// No connection (or no owner) turned up within the link wait.
@@ -67,7 +70,7 @@ impl Outcome {
     /// The `outcome` label of `grayscope_agent_call_records_total`.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::Linked(_) => "linked",
+            Self::Linked(..) => "linked",
             Self::NoAddress(_) => "unlinked_no_address",
             Self::NoConnection(_) => "unlinked_no_connection",
             Self::QueueFull(_) => "unlinked_queue_full",
@@ -86,20 +89,58 @@ pub struct Resolved {
     pub outcome: Outcome,
 }
 
-/// The socket 4-tuple (local, remote) of the application's end of the call's connection.
+/// Which of the call's connections a join looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The caller's connection to Envoy: local = the record's `client`, remote = `server`; names the caller.
+    Outbound,
+    /// Envoy's connection to the server: local = `upstream_peer`, remote = `upstream_local`; names the server.
+    Inbound,
+}
+
+// === impl Rule ===
+
+impl Rule {
+    /// `LinkedCall.link_rule`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Outbound => "outbound",
+            Self::Inbound => "inbound",
+        }
+    }
+
+    /// The rules to try for a record, in order. Without a direction (a listener with no `traffic_direction` and
+    /// no `direction` in the plugin configuration), the caller's connection first: when a local process opened
+    /// the downstream connection it made the call; otherwise the call came from outside and the local process
+    /// is the one that accepted Envoy's upstream connection.
+    pub fn for_record(record: &CallRecord) -> &'static [Rule] {
+        match Direction::try_from(record.direction) {
+            Ok(Direction::Outbound) => &[Self::Outbound],
+            Ok(Direction::Inbound) => &[Self::Inbound],
+            _ => &[Self::Outbound, Self::Inbound],
+        }
+    }
+
+    /// The socket 4-tuple (local, remote) this rule looks up, seen from the application's end.
+    pub fn key(self, record: &CallRecord) -> Result<(SocketAddr, SocketAddr), String> {
+        let (local, remote, names) = match self {
+            Self::Outbound => (&record.client, &record.server, ("client", "server")),
+            Self::Inbound => (
+                &record.upstream_peer,
+                &record.upstream_local,
+                ("upstream_peer", "upstream_local"),
+            ),
+        };
+        let local = address(local.as_ref()).ok_or_else(|| format!("no usable {} address", names.0))?;
+        let remote = address(remote.as_ref()).ok_or_else(|| format!("no usable {} address", names.1))?;
+        Ok((local, remote))
+    }
+}
+
+/// The socket 4-tuple (local, remote) of the application's end of the call's connection, by the record's
+/// direction (the first rule's, for a record without one).
 pub fn key(record: &CallRecord) -> Result<(SocketAddr, SocketAddr), String> {
-    let (local, remote, names) = match Direction::try_from(record.direction) {
-        Ok(Direction::Outbound) => (&record.client, &record.server, ("client", "server")),
-        Ok(Direction::Inbound) => (
-            &record.upstream_peer,
-            &record.upstream_local,
-            ("upstream_peer", "upstream_local"),
-        ),
-        _ => return Err("the record has no direction".to_owned()),
-    };
-    let local = address(local.as_ref()).ok_or_else(|| format!("no usable {} address", names.0))?;
-    let remote = address(remote.as_ref()).ok_or_else(|| format!("no usable {} address", names.1))?;
-    Ok((local, remote))
+    Rule::for_record(record)[0].key(record)
 }
 
 /// An IP address and a non-zero port; a v4-mapped IPv6 address is taken as IPv4, as the table stores it.
@@ -115,25 +156,36 @@ fn address(a: Option<&pb::SocketAddress>) -> Option<SocketAddr> {
 }
 
 /// One attempt: `Ok` when the record is done, `Err(reason)` when it should wait (the reason is reported if the
-/// wait runs out).
-fn attempt(lookup: &impl Lookup, record: &CallRecord) -> Result<Outcome, String> {
-    let (local, remote) = match key(record) {
-        Ok(k) => k,
-        Err(reason) => return Ok(Outcome::NoAddress(reason)),
-    };
-    match lookup.lookup(local, remote) {
-        Some(conn) if conn.owner.is_some() => Ok(Outcome::Linked(conn)),
-        Some(_) => Err(format!(
-            "connection {local} -> {remote} is in the table but no process has accepted it"
-        )),
-        None => Err(format!("no connection {local} -> {remote} in the table")),
+/// wait runs out). Each rule of the record is tried in order; the first connection found with its owner wins.
+fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>) -> Result<Outcome, String> {
+    let (mut no_address, mut waiting) = (Vec::new(), Vec::new());
+    for &rule in Rule::for_record(record) {
+        let (local, remote) = match rule.key(record) {
+            Ok(k) => k,
+            Err(reason) => {
+                no_address.push(reason);
+                continue;
+            }
+        };
+        match lookup.lookup(netns, local, remote) {
+            Some(conn) if conn.owner.is_some() => return Ok(Outcome::Linked(conn, rule)),
+            Some(_) => waiting.push(format!(
+                "connection {local} -> {remote} is in the table but no process has accepted it"
+            )),
+            None => waiting.push(format!("no connection {local} -> {remote} in the table")),
+        }
     }
+    if waiting.is_empty() {
+        return Ok(Outcome::NoAddress(no_address.join("; ")));
+    }
+    Err(waiting.join("; "))
 }
 
 /// A record waiting for its connection.
 #[derive(Debug)]
 struct Waiting {
     record: CallRecord,
+    netns: Option<u32>,
     received_unix_nano: u64,
     deadline: Instant,
     reason: String,
@@ -167,6 +219,18 @@ impl Pending {
         received_unix_nano: u64,
         now: Instant,
     ) -> Option<Resolved> {
+        self.offer_in(lookup, record, None, received_unix_nano, now)
+    }
+
+    /// [`Pending::offer`], looking the record up in network namespace `netns` (its reporter's) when given.
+    pub fn offer_in(
+        &mut self,
+        lookup: &impl Lookup,
+        record: CallRecord,
+        netns: Option<u32>,
+        received_unix_nano: u64,
+        now: Instant,
+    ) -> Option<Resolved> {
         let done = |record, outcome| {
             Some(Resolved {
                 record,
@@ -174,7 +238,7 @@ impl Pending {
                 outcome,
             })
         };
-        match attempt(lookup, &record) {
+        match attempt(lookup, &record, netns) {
             Ok(outcome) => done(record, outcome),
             Err(reason) if self.wait.is_zero() => done(record, Outcome::NoConnection(reason)),
             Err(reason) if self.queue.len() >= self.max => done(
@@ -187,6 +251,7 @@ impl Pending {
             Err(reason) => {
                 self.queue.push_back(Waiting {
                     record,
+                    netns,
                     received_unix_nano,
                     deadline: now + self.wait,
                     reason,
@@ -201,7 +266,7 @@ impl Pending {
         let mut out = Vec::new();
         let wait = self.wait;
         self.queue.retain_mut(|w| {
-            let outcome = match attempt(lookup, &w.record) {
+            let outcome = match attempt(lookup, &w.record, w.netns) {
                 Ok(outcome) => outcome,
                 Err(reason) if now >= w.deadline => Outcome::NoConnection(format!("{reason} after waiting {wait:?}")),
                 Err(reason) => {
@@ -257,21 +322,32 @@ impl Clocks {
         }
     }
 
+    /// `CLOCK_MONOTONIC` now, ns: the clock of the kernel's event times (`bpf_ktime_get_ns`).
+    pub fn monotonic_ns() -> u64 {
+        use nix::time::{clock_gettime, ClockId};
+        clock_gettime(ClockId::CLOCK_MONOTONIC)
+            .ok()
+            .and_then(|t| u64::try_from(i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec())).ok())
+            .unwrap_or(0)
+    }
+
     fn unix(offset: i128, ns: u64) -> u64 {
         u64::try_from(offset + i128::from(ns)).unwrap_or(0)
     }
 }
 
-/// The message for a resolved record.
-pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
+/// The message for a resolved record. The process's command line is included only with `command_line` (it may
+/// carry secrets: tokens, passwords in arguments); the executable's path and name always are.
+pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCall {
     let mut call = LinkedCall {
         call: Some(r.record),
         received_unix_nano: r.received_unix_nano,
         ..LinkedCall::default()
     };
     match r.outcome {
-        Outcome::Linked(conn) => {
+        Outcome::Linked(conn, rule) => {
             call.link = LinkState::Linked as i32;
+            call.link_rule = rule.name().to_owned();
             call.process = conn.owner.as_ref().map(|owner| {
                 let info = conn.process.as_deref();
                 pb::Process {
@@ -280,7 +356,10 @@ pub fn linked_call(r: Resolved, clocks: Clocks) -> LinkedCall {
                         .and_then(|p| p.exe.as_ref())
                         .map(|e| e.display().to_string())
                         .unwrap_or_default(),
-                    command_line: info.map(|p| p.cmdline.join(" ")).unwrap_or_default(),
+                    command_line: info
+                        .filter(|_| command_line)
+                        .map(|p| p.cmdline.join(" "))
+                        .unwrap_or_default(),
                     // OTel `process.executable.name`: the base name of /proc/<pid>/exe. The kernel's comm is the
                     // name of the *thread* that connected (grpcio's `event_engine`), so it is only the fallback.
                     command: info

@@ -1,16 +1,29 @@
 //! The method table: calls aggregated per interface x gray version x direction x process, with what each
-//! process declared through `ReportMethodMetadata`. Bounded: at most `max_rows` rows (calls of a new row beyond
-//! that are counted as overflow), at most [`MAX_PEERS`] peers per row, at most `max_rows` declarations.
+//! process declared through `ReportMethodMetadata`. Bounded, and never full for good:
+//!
+//! - at most `max_rows` rows: a new row beyond that evicts the row idle the longest (counted);
+//! - at most `max_interfaces` distinct interfaces (service, method) across the rows: calls of further ones count
+//!   under service and method `other`, as the filter labels its metrics, so one client sending endless method
+//!   names cannot flood the table; an interface whose last row went frees its slot;
+//! - rows and declarations of a process that has exited go after a grace period ([`MethodTable::expire_exited`]);
+//! - at most `max_rows` declarations (the oldest goes first), at most [`MAX_PEERS`] peers per row.
 //!
 //! Latency is kept in a log-linear histogram of microseconds (exact below 16 µs, then 8 buckets per power of
 //! two, so a percentile is within 12.5% of the true value); count, sum, min and max are exact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
 use proto::v1::{CallRecord, Direction, LatencySummary, LinkedCall, MethodMetadata, MethodStats, Process};
+use tokio::time::Instant;
 
 /// Distinct peers kept per row.
 pub const MAX_PEERS: usize = 16;
+
+/// The service and method of the calls beyond `max_interfaces`.
+pub const OTHER: &str = "other";
 
 /// The `method` label: `Method` for gRPC (after the `/` of `rpc.method`), `VERB route` for HTTP.
 pub fn method_label(c: &CallRecord) -> String {
@@ -61,6 +74,12 @@ struct Key {
     start: u64,
 }
 
+impl Key {
+    fn interface(&self) -> (String, String) {
+        (self.service.clone(), self.method.clone())
+    }
+}
+
 #[derive(Debug)]
 struct Row {
     process: Option<Process>,
@@ -70,35 +89,63 @@ struct Row {
     first_seen: u64,
     last_seen: u64,
     peers: Vec<String>,
+    /// Position in [`MethodTable::idle`].
+    used: u64,
+}
+
+/// What one [`MethodTable::observe`] or [`MethodTable::declare`] did besides counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The call's interface was counted as `other` (`max_interfaces`).
+    pub folded: bool,
+    /// A row (or declaration) idle the longest was evicted to make room.
+    pub evicted_idle: bool,
 }
 
 /// The table.
 #[derive(Debug)]
 pub struct MethodTable {
     max_rows: usize,
+    max_interfaces: usize,
     rows: HashMap<Key, Row>,
-    /// Declarations by (declaring pid, service, method).
-    declared: BTreeMap<(u32, String, String), MethodMetadata>,
-    overflow: u64,
+    /// Rows by last use, the idlest first.
+    idle: BTreeMap<u64, Key>,
+    /// Rows per interface (service, method).
+    interfaces: HashMap<(String, String), usize>,
+    /// Declarations by (declaring pid, service, method), with their last use.
+    declared: BTreeMap<(u32, String, String), (MethodMetadata, u64)>,
+    /// Processes found gone, since when: (pid, start time; 0 for a declaring pid).
+    gone: HashMap<(u32, u64), Instant>,
+    next_use: u64,
 }
 
 // === impl MethodTable ===
 
 impl MethodTable {
-    /// An empty table of at most `max_rows` rows.
-    pub fn new(max_rows: usize) -> Self {
+    /// An empty table of at most `max_rows` rows over at most `max_interfaces` interfaces.
+    pub fn new(max_rows: usize, max_interfaces: usize) -> Self {
         Self {
             max_rows: max_rows.max(1),
+            max_interfaces: max_interfaces.max(1),
             rows: HashMap::new(),
+            idle: BTreeMap::new(),
+            interfaces: HashMap::new(),
             declared: BTreeMap::new(),
-            overflow: 0,
+            gone: HashMap::new(),
+            next_use: 0,
         }
     }
 
-    /// Counts one call; false when it needed a new row and the table was full.
-    pub fn observe(&mut self, call: &LinkedCall) -> bool {
-        let Some(c) = &call.call else { return true };
-        let key = Key {
+    fn tick(&mut self) -> u64 {
+        self.next_use += 1;
+        self.next_use
+    }
+
+    /// Counts one call.
+    pub fn observe(&mut self, call: &LinkedCall) -> Effects {
+        let mut fx = Effects::default();
+        let Some(c) = &call.call else { return fx };
+        let mut key = Key {
             service: c.service.clone(),
             method: method_label(c),
             gray_version: c.gray_version.clone(),
@@ -107,24 +154,44 @@ impl MethodTable {
             pid: call.process.as_ref().map_or(0, |p| p.pid),
             start: call.process.as_ref().map_or(0, |p| p.start_time_unix_nano),
         };
-        if !self.rows.contains_key(&key) && self.rows.len() >= self.max_rows {
-            self.overflow += 1;
-            return false;
+        if !self.rows.contains_key(&key) {
+            let interface = (key.service.clone(), key.method.clone());
+            if !self.interfaces.contains_key(&interface) && self.interfaces.len() >= self.max_interfaces {
+                OTHER.clone_into(&mut key.service);
+                OTHER.clone_into(&mut key.method);
+                fx.folded = true;
+            }
         }
-        let seen = if c.start_time_unix_nano != 0 {
-            c.start_time_unix_nano
+        let used = self.tick();
+        if let Some(row) = self.rows.get_mut(&key) {
+            self.idle.remove(&row.used);
+            row.used = used;
         } else {
-            call.received_unix_nano
-        };
-        let row = self.rows.entry(key).or_insert_with(|| Row {
-            process: call.process.clone(),
-            calls: 0,
-            errors: 0,
-            latency: Histogram::default(),
-            first_seen: seen,
-            last_seen: seen,
-            peers: Vec::new(),
-        });
+            if self.rows.len() >= self.max_rows {
+                if let Some((_, idlest)) = self.idle.pop_first() {
+                    self.remove(&idlest);
+                    fx.evicted_idle = true;
+                }
+            }
+            *self.interfaces.entry(key.interface()).or_default() += 1;
+            let seen = seen(c, call.received_unix_nano);
+            self.rows.insert(
+                key.clone(),
+                Row {
+                    process: call.process.clone(),
+                    calls: 0,
+                    errors: 0,
+                    latency: Histogram::default(),
+                    first_seen: seen,
+                    last_seen: seen,
+                    peers: Vec::new(),
+                    used,
+                },
+            );
+        }
+        self.idle.insert(used, key.clone());
+        let Some(row) = self.rows.get_mut(&key) else { return fx };
+        let seen = seen(c, call.received_unix_nano);
         row.calls += 1;
         row.errors += u64::from(is_error(c));
         row.latency.record(c.duration_ns);
@@ -135,23 +202,89 @@ impl MethodTable {
                 row.peers.push(p);
             }
         }
-        true
+        fx
     }
 
-    /// Records what process `pid` declared; false when the table of declarations is full.
-    pub fn declare(&mut self, pid: u32, m: MethodMetadata) -> bool {
+    fn remove(&mut self, key: &Key) {
+        let Some(row) = self.rows.remove(key) else { return };
+        self.idle.remove(&row.used);
+        let interface = key.interface();
+        if let Some(n) = self.interfaces.get_mut(&interface) {
+            *n -= 1;
+            if *n == 0 {
+                self.interfaces.remove(&interface);
+            }
+        }
+    }
+
+    /// Records what process `pid` declared; at most `max_rows` declarations, the one unused the longest makes
+    /// room.
+    pub fn declare(&mut self, pid: u32, m: MethodMetadata) -> Effects {
+        let mut fx = Effects::default();
         let key = (pid, m.service.clone(), m.method.clone());
         if !self.declared.contains_key(&key) && self.declared.len() >= self.max_rows {
-            self.overflow += 1;
-            return false;
+            let oldest = self
+                .declared
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.declared.remove(&k);
+                fx.evicted_idle = true;
+            }
         }
-        self.declared.insert(key, m);
-        true
+        let used = self.tick();
+        self.declared.insert(key, (m, used));
+        fx
     }
 
-    /// Calls and declarations turned away because the table was full.
-    pub fn overflow(&self) -> u64 {
-        self.overflow
+    /// Removes the rows and declarations of processes that have been gone for `grace` by `now`. `row_alive` tells
+    /// whether a row's process (pid and start time) still runs; `pid_alive` whether a declaring pid does. Returns
+    /// how many rows and declarations went.
+    pub fn expire_exited(
+        &mut self,
+        row_alive: impl Fn(u32, u64) -> bool,
+        pid_alive: impl Fn(u32) -> bool,
+        grace: Duration,
+        now: Instant,
+    ) -> u64 {
+        let processes: HashSet<(u32, u64)> = self
+            .rows
+            .keys()
+            .filter(|k| k.pid != 0)
+            .map(|k| (k.pid, k.start))
+            .chain(self.declared.keys().map(|k| (k.0, 0)))
+            .collect();
+        let mut expired = HashSet::new();
+        for p in &processes {
+            let alive = if p.1 == 0 { pid_alive(p.0) } else { row_alive(p.0, p.1) };
+            if alive {
+                self.gone.remove(p);
+                continue;
+            }
+            let since = *self.gone.entry(*p).or_insert(now);
+            if now.saturating_duration_since(since) >= grace {
+                expired.insert(*p);
+            }
+        }
+        self.gone.retain(|p, _| processes.contains(p) && !expired.contains(p));
+        if expired.is_empty() {
+            return 0;
+        }
+        let rows: Vec<Key> = self
+            .rows
+            .keys()
+            .filter(|k| expired.contains(&(k.pid, k.start)))
+            .cloned()
+            .collect();
+        let mut n = rows.len() as u64;
+        for k in &rows {
+            self.remove(k);
+        }
+        let before = self.declared.len();
+        self.declared.retain(|k, _| !expired.contains(&(k.0, 0)));
+        n += (before - self.declared.len()) as u64;
+        n
     }
 
     /// Rows now.
@@ -162,6 +295,11 @@ impl MethodTable {
     /// Whether there is no row.
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// Distinct interfaces now (`other` included once it is used).
+    pub fn interfaces(&self) -> usize {
+        self.interfaces.len()
     }
 
     /// Every row, sorted by service, method, gray version, direction and pid; then declarations of processes
@@ -175,7 +313,7 @@ impl MethodTable {
             let declared = self
                 .declared
                 .get(&(key.pid, key.service.clone(), key.method.clone()))
-                .cloned();
+                .map(|(m, _)| m.clone());
             out.push(MethodStats {
                 rpc_system_name: key.rpc_system_name.clone(),
                 service: key.service.clone(),
@@ -192,7 +330,7 @@ impl MethodTable {
                 declared,
             });
         }
-        for ((pid, service, method), m) in &self.declared {
+        for ((pid, service, method), (m, _)) in &self.declared {
             let called = self
                 .rows
                 .keys()
@@ -212,6 +350,15 @@ impl MethodTable {
             }
         }
         out
+    }
+}
+
+/// When a call was seen: its start, else when the agent received it.
+fn seen(c: &CallRecord, received_unix_nano: u64) -> u64 {
+    if c.start_time_unix_nano != 0 {
+        c.start_time_unix_nano
+    } else {
+        received_unix_nano
     }
 }
 

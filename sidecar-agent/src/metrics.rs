@@ -35,6 +35,8 @@ pub struct Metrics {
     pub enrichment_failures: Family<Reason, Counter>,
     /// Table evictions, by reason.
     pub evictions: Family<Reason, Counter>,
+    /// Live connections ended without their CLOSE event, by how the loss was noticed.
+    pub close_missed: Family<Reason, Counter>,
     /// Call records received in `Report` batches that passed validation.
     pub records_received: Counter,
     /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
@@ -49,14 +51,18 @@ pub struct Metrics {
     pub watchers: Gauge,
     /// Calls dropped from slow watchers' queues.
     pub watch_lost: Counter,
-    /// Calls and declarations the method table turned away because it was full.
+    /// Calls counted under interface `other` because the method table had `methods_max_interfaces` already.
     pub methods_overflow: Counter,
+    /// Rows and declarations removed from the method table, by reason: `idle` (for room), `exited`.
+    pub methods_evictions: Family<Reason, Counter>,
     /// Rows of the method table.
     pub methods_rows: Gauge,
     /// Calls refused because the peer's uid is not allowed.
     pub permission_denied: Counter,
     /// Open connections on the Unix socket, by pool (`allowed`, `refused`).
     pub connections: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Connections the agent closed, by reason: `per_peer`, `per_uid`, `handshake_timeout`, `idle_timeout`.
+    pub connections_closed: Family<Reason, Counter>,
 }
 
 // === impl Metrics ===
@@ -76,6 +82,13 @@ impl Metrics {
             "table_evictions",
             "Connections removed from the table: expired after the grace period, or evicted for room",
             evictions.clone(),
+        );
+        let close_missed = Family::<Reason, Counter>::default();
+        registry.register(
+            "connections_close_missed",
+            "Live connections ended without their CLOSE event: a new socket took their kernel address \
+             (socket_reused), or the kernel no longer tracks them (kernel_forgot)",
+            close_missed.clone(),
         );
         let records_received = Counter::default();
         registry.register(
@@ -118,8 +131,15 @@ impl Metrics {
         let methods_overflow = Counter::default();
         registry.register(
             "methods_overflow",
-            "Calls and declarations not aggregated because the method table was full",
+            "Calls counted under interface `other` because the method table had methods_max_interfaces interfaces",
             methods_overflow.clone(),
+        );
+        let methods_evictions = Family::<Reason, Counter>::default();
+        registry.register(
+            "methods_evictions",
+            "Rows and declarations removed from the method table: idle (the idlest, for room), exited (their \
+             process exited methods_exited_grace ago)",
+            methods_evictions.clone(),
         );
         let methods_rows = Gauge::default();
         registry.register("methods_rows", "Rows of the method table", methods_rows.clone());
@@ -135,12 +155,22 @@ impl Metrics {
             "Open connections on the agent's socket, by pool: allowed peers, or refused ones (told PERMISSION_DENIED)",
             connections.clone(),
         );
+        let connections_closed = Family::<Reason, Counter>::default();
+        registry.register(
+            "grpc_connections_closed",
+            "Connections on the agent's socket closed by the agent: per_peer (the process held \
+             max_connections_per_peer already), per_uid (its uid held max_connections_per_uid), handshake_timeout, \
+             idle_timeout",
+            connections_closed.clone(),
+        );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
         Self {
             connections,
+            connections_closed,
             registry,
             enrichment_failures,
             evictions,
+            close_missed,
             records_received,
             records,
             records_rejected,
@@ -149,6 +179,7 @@ impl Metrics {
             watchers,
             watch_lost,
             methods_overflow,
+            methods_evictions,
             methods_rows,
             permission_denied,
         }
@@ -164,6 +195,21 @@ impl Metrics {
             if n > 0 {
                 self.evictions.get_or_create(&[("reason", reason)]).inc_by(n);
             }
+        }
+        for (reason, n) in [("socket_reused", e.reused), ("kernel_forgot", e.forgotten)] {
+            if n > 0 {
+                self.close_missed.get_or_create(&[("reason", reason)]).inc_by(n);
+            }
+        }
+    }
+
+    /// Counts what one method-table update did.
+    pub fn record_methods(&self, fx: crate::methods::Effects) {
+        if fx.folded {
+            self.methods_overflow.inc();
+        }
+        if fx.evicted_idle {
+            self.methods_evictions.get_or_create(&[("reason", "idle")]).inc();
         }
     }
 

@@ -150,6 +150,17 @@ fn read_process(dir: &Path, pid: u32, expected: u64) -> Result<ProcessInfo, Enri
     })
 }
 
+/// Length of one clock tick of `/proc/<pid>/stat` (`CLK_TCK`, 100 Hz on Linux), in ns.
+pub fn clock_tick_ns() -> u64 {
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100);
+    1_000_000_000 / hz
+}
+
 /// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) may contain spaces and
 /// parentheses, so fields are counted after its last `)`.
 pub fn start_ticks(stat: &str) -> Option<u64> {

@@ -4,6 +4,14 @@
 //! Live connections are found by kernel socket address (unique while the socket lives), every connection by
 //! `(netns, local, remote)` for joining call records by 4-tuple. When full, an insert evicts the oldest closed
 //! connection, or when there is none the oldest live one. Time is passed in, so the logic is pure.
+//!
+//! A CLOSE event can be missed: the kernel's LRU map forgot the socket (more open connections than
+//! `kernel_max_conns`), or the ring buffer overflowed. A live entry must then not outlive its socket, or the next
+//! socket at the same kernel address would be merged into it (its calls unlinked, the old connection's late calls
+//! named after the new process). So an ESTABLISHED or ACCEPTED event that cannot belong to the live entry (another
+//! 4-tuple, or a second event of the same kind) ends that entry and starts a new connection, and
+//! [`ConnTable::forget`] ends the live entries the kernel no longer holds (the agent checks them periodically).
+//! Both count in [`Evictions`] and the ended connections stay findable for the grace period like closed ones.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -60,6 +68,25 @@ pub struct Evictions {
     pub closed_for_room: u64,
     /// Live connections evicted to make room (the table is too small for the traffic).
     pub live_for_room: u64,
+    /// Live connections ended because a new socket showed up at their kernel address (their CLOSE was lost).
+    pub reused: u64,
+    /// Live connections ended because the kernel no longer tracks their socket (their CLOSE was lost).
+    pub forgotten: u64,
+}
+
+/// A live connection: its id and which kinds of event it has had (bits of [`kind_bit`]).
+#[derive(Clone, Copy, Debug)]
+struct Live {
+    id: u64,
+    seen: u8,
+}
+
+fn kind_bit(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::Established => 1,
+        EventKind::Accepted => 2,
+        EventKind::Closed => 4,
+    }
 }
 
 /// The table. Each connection gets an id that is never reused: the kernel recycles socket addresses as soon
@@ -71,15 +98,16 @@ pub struct ConnTable {
     /// Every connection by id; ids grow, so the first entry is the oldest.
     entries: BTreeMap<u64, Connection>,
     /// Live connections by socket address.
-    live: HashMap<u64, u64>,
+    live: HashMap<u64, Live>,
     /// The last closed connection of each socket address, with the kernel time of its close, so an event that
     /// was emitted before the close but read after it still lands on the right connection.
     last_closed: HashMap<u64, (u64, u64)>,
     /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
     closed: VecDeque<(Instant, u64)>,
     by_tuple: HashMap<(u32, SocketAddr, SocketAddr), u64>,
-    /// Every network namespace a connection was seen in (a handful: the pod's, or the node's pods).
-    namespaces: Vec<u32>,
+    /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any`] scans them,
+    /// so a namespace leaves with its last connection (pods come and go on a node).
+    namespaces: HashMap<u32, usize>,
     next_id: u64,
 }
 
@@ -96,7 +124,7 @@ impl ConnTable {
             last_closed: HashMap::new(),
             closed: VecDeque::new(),
             by_tuple: HashMap::new(),
-            namespaces: Vec::new(),
+            namespaces: HashMap::new(),
             next_id: 0,
         }
     }
@@ -104,13 +132,24 @@ impl ConnTable {
     /// Applies one event; `process` is the enrichment of its owner, if any.
     pub fn apply(&mut self, ev: &ConnEvent, process: Option<Arc<ProcessInfo>>, now: Instant) -> Evictions {
         let mut out = Evictions::default();
+        let same_tuple = |c: &Connection| (c.netns, c.local, c.remote) == (ev.netns, ev.local, ev.remote);
         let late = self
             .last_closed
             .get(&ev.skaddr)
-            .filter(|&&(_, closed_ts)| ev.ts_ns <= closed_ts)
+            .filter(|&&(id, closed_ts)| ev.ts_ns <= closed_ts && self.entries.get(&id).is_some_and(same_tuple))
             .map(|&(id, _)| id);
-        let existing = self.live.get(&ev.skaddr).copied().or(late);
-        let id = match existing {
+        let mut existing = self.live.get(&ev.skaddr).copied();
+        if let Some(live) = existing {
+            // A connection has one ESTABLISHED and one ACCEPTED at most, all of its 4-tuple.
+            let repeated = ev.kind != EventKind::Closed && live.seen & kind_bit(ev.kind) != 0;
+            if repeated || !self.entries.get(&live.id).is_some_and(same_tuple) {
+                let ts = self.entries.get(&live.id).map_or(ev.ts_ns, |c| c.first_ts_ns);
+                self.end(ev.skaddr, live.id, ev.ts_ns.saturating_sub(1), ts, now);
+                out.reused += 1;
+                existing = None;
+            }
+        }
+        let id = match existing.map(|l| l.id).or(late) {
             Some(id) => id,
             None => {
                 if self.entries.len() >= self.max_entries {
@@ -129,15 +168,16 @@ impl ConnTable {
                     closed: None,
                     first_ts_ns: ev.ts_ns,
                 };
-                if !self.namespaces.contains(&ev.netns) {
-                    self.namespaces.push(ev.netns);
-                }
+                *self.namespaces.entry(ev.netns).or_default() += 1;
                 self.by_tuple.insert((ev.netns, ev.local, ev.remote), id);
-                self.live.insert(ev.skaddr, id);
+                self.live.insert(ev.skaddr, Live { id, seen: 0 });
                 self.entries.insert(id, conn);
                 id
             }
         };
+        if let Some(live) = self.live.get_mut(&ev.skaddr).filter(|l| l.id == id) {
+            live.seen |= kind_bit(ev.kind);
+        }
         let Some(conn) = self.entries.get_mut(&id) else {
             return out;
         };
@@ -148,10 +188,48 @@ impl ConnTable {
         if let (EventKind::Closed, Some(duration), None) = (ev.kind, ev.duration, conn.closed) {
             conn.closed = Some(Closed { duration, at: now });
             self.closed.push_back((now, id));
-            if self.live.get(&ev.skaddr) == Some(&id) {
+            if self.live.get(&ev.skaddr).is_some_and(|l| l.id == id) {
                 self.live.remove(&ev.skaddr);
             }
             self.last_closed.insert(ev.skaddr, (id, ev.ts_ns));
+        }
+        out
+    }
+
+    /// Ends live connection `id` at `skaddr` without its CLOSE event: events of the kernel's clock up to
+    /// `closed_ts_ns` still land on it; its lifetime is counted from `first_ts_ns` to then.
+    fn end(&mut self, skaddr: u64, id: u64, closed_ts_ns: u64, first_ts_ns: u64, now: Instant) {
+        if self.live.get(&skaddr).is_some_and(|l| l.id == id) {
+            self.live.remove(&skaddr);
+        }
+        if let Some(conn) = self.entries.get_mut(&id) {
+            if conn.closed.is_none() {
+                conn.closed = Some(Closed {
+                    duration: Duration::from_nanos(closed_ts_ns.saturating_sub(first_ts_ns)),
+                    at: now,
+                });
+                self.closed.push_back((now, id));
+            }
+        }
+        self.last_closed.insert(skaddr, (id, closed_ts_ns));
+    }
+
+    /// The live connections as (socket address, id), for checking against the kernel's map.
+    pub fn live_sockets(&self) -> Vec<(u64, u64)> {
+        self.live.iter().map(|(&skaddr, l)| (skaddr, l.id)).collect()
+    }
+
+    /// Ends the live connections of `gone` — (socket address, id) pairs from [`ConnTable::live_sockets`] that the
+    /// kernel no longer holds — unless a new connection took the address meanwhile. `checked_ts_ns` is the kernel
+    /// clock when the check ran: events stamped before it belong to the old connections.
+    pub fn forget(&mut self, gone: &[(u64, u64)], checked_ts_ns: u64, now: Instant) -> Evictions {
+        let mut out = Evictions::default();
+        for &(skaddr, id) in gone {
+            if self.live.get(&skaddr).is_some_and(|l| l.id == id) {
+                let first = self.entries.get(&id).map_or(checked_ts_ns, |c| c.first_ts_ns);
+                self.end(skaddr, id, checked_ts_ns, first, now);
+                out.forgotten += 1;
+            }
         }
         out
     }
@@ -188,7 +266,7 @@ impl ConnTable {
 
     fn remove(&mut self, id: u64) {
         let Some(conn) = self.entries.remove(&id) else { return };
-        if self.live.get(&conn.skaddr) == Some(&id) {
+        if self.live.get(&conn.skaddr).is_some_and(|l| l.id == id) {
             self.live.remove(&conn.skaddr);
         }
         if self.last_closed.get(&conn.skaddr).is_some_and(|&(i, _)| i == id) {
@@ -198,11 +276,17 @@ impl ConnTable {
         if self.by_tuple.get(&key) == Some(&id) {
             self.by_tuple.remove(&key);
         }
+        if let Some(n) = self.namespaces.get_mut(&conn.netns) {
+            *n -= 1;
+            if *n == 0 {
+                self.namespaces.remove(&conn.netns);
+            }
+        }
     }
 
     /// The live connection of socket `skaddr`.
     pub fn get_live(&self, skaddr: u64) -> Option<&Connection> {
-        self.live.get(&skaddr).and_then(|id| self.entries.get(id))
+        self.live.get(&skaddr).and_then(|l| self.entries.get(&l.id))
     }
 
     /// The newest connection with this 4-tuple in namespace `netns`, seen from its local end (live, or closed
@@ -216,7 +300,7 @@ impl ConnTable {
     /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
     pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
         self.namespaces
-            .iter()
+            .keys()
             .filter_map(|&ns| self.by_tuple.get(&(ns, local, remote)))
             .max()
             .and_then(|id| self.entries.get(id))
@@ -240,6 +324,11 @@ impl ConnTable {
     /// Number of connections not closed yet.
     pub fn live(&self) -> usize {
         self.live.len()
+    }
+
+    /// Network namespaces with a connection in the table.
+    pub fn namespaces(&self) -> usize {
+        self.namespaces.len()
     }
 
     /// The bound.

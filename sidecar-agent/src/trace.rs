@@ -57,6 +57,9 @@ pub async fn trace(opts: &ProbeOptions, mut out: impl Write, shutdown: impl Futu
         }
     }
     cancel.cancel();
+    // The reader may be waiting to send into a full channel (a busy machine, and we stopped reading): closing the
+    // channel ends that wait, or the await below would never return.
+    drop(rx);
     match reading.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(Error::Io {

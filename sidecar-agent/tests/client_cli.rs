@@ -47,6 +47,15 @@ async fn tail_and_methods_print_linked_calls() {
     ));
     let pid = child.id();
     let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
+    // The lines below come in report order only if the linked call need not wait for its connection's event
+    // (the unlinked one never waits): on a busy machine the event can lag the report.
+    let netns = agent.agent.netns();
+    wait_for("the child's connection in the table", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
+    })
+    .await;
     let mut client = agent.client().await;
     let mut other_version = common::outbound(local, envoy, "Filtered");
     other_version.gray_version = "v1".into();

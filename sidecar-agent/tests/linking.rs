@@ -17,6 +17,7 @@ fn config() -> Config {
     Config {
         // Long enough for a child to start and connect; only the unmatched record waits it out.
         link_wait: Duration::from_secs(8),
+        expose_command_line: true,
         ..common::config(NetnsFilter::Own)
     }
 }

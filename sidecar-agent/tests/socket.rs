@@ -337,3 +337,171 @@ async fn connections_beyond_the_limit_wait_their_turn() {
     answer.unwrap().unwrap();
     agent.agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_connections_are_closed_and_watchers_stay() {
+    if !privileged() {
+        return;
+    }
+    use tokio::io::AsyncReadExt;
+    let agent = start(Config {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        idle_timeout: std::time::Duration::from_millis(500),
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let gauge = |name: &'static str, value: &'static str| {
+        let m = agent.agent.metrics();
+        if name == "closed" {
+            m.connections_closed.get_or_create(&[("reason", value)]).get()
+        } else {
+            u64::try_from(m.connections.get_or_create(&[("pool", value)]).get()).unwrap()
+        }
+    };
+    // Connected, never a byte: closed after the handshake timeout.
+    let mut silent = tokio::net::UnixStream::connect(&agent.socket).await.unwrap();
+    // The server's SETTINGS come first; then the connection ends.
+    let mut buf = Vec::new();
+    let read = common::patiently("the silent connection to be closed", silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok() || buf.len() < 100, "{read:?}");
+    assert_eq!(gauge("closed", "handshake_timeout"), 1);
+    // A watcher keeps its stream open; a client whose call is done goes idle.
+    let mut watcher = agent.client().await;
+    let mut watch = watcher.watch(WatchRequest::default()).await.unwrap().into_inner();
+    let mut done = agent.client().await;
+    done.list_methods(ListMethodsRequest {}).await.unwrap();
+    common::wait_for("the idle connection to be closed", || {
+        gauge("closed", "idle_timeout") >= 1 && gauge("open", "allowed") == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(gauge("open", "allowed"), 1, "the watcher's connection was closed");
+    let record = CallRecord {
+        direction: Direction::Outbound as i32,
+        request_id: "after-idle".into(),
+        ..CallRecord::default()
+    };
+    assert_eq!(report(&mut agent.client().await, vec![record]).await, 1);
+    let call = next(&mut watch).await.call.unwrap().call.unwrap();
+    assert_eq!(call.request_id, "after-idle");
+    drop(watcher);
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_cannot_hold_more_than_its_share_of_connections() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        max_connections_per_peer: 2,
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let mut first = agent.client().await;
+    let mut second = agent.client().await;
+    first.list_methods(ListMethodsRequest {}).await.unwrap();
+    second.list_methods(ListMethodsRequest {}).await.unwrap();
+    // The third from this process is closed at once (during the handshake or at its first call).
+    let third = match sidecar_agent::client::connect(&agent.socket).await {
+        Ok(mut c) => c
+            .list_methods(ListMethodsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(third.is_err(), "a third connection was served");
+    // Another process is served meanwhile.
+    let out = Command::new(env!("CARGO_BIN_EXE_grayscope-agent"))
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // (The client may have retried once.)
+    let per_peer = agent
+        .agent
+        .metrics()
+        .connections_closed
+        .get_or_create(&[("reason", "per_peer")])
+        .get();
+    assert!(per_peer >= 1, "{per_peer}");
+    drop(first);
+    // A slot of this process freed: it is served again.
+    common::wait_for("the first connection to end", || {
+        agent
+            .agent
+            .metrics()
+            .connections
+            .get_or_create(&[("pool", "allowed")])
+            .get()
+            == 1
+    })
+    .await;
+    agent.client().await.list_methods(ListMethodsRequest {}).await.unwrap();
+    drop(second);
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_processes_of_one_uid_cannot_hold_more_than_its_share() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        max_connections_per_uid: 3,
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    // Three processes of our uid (root) hold one silent connection each...
+    let hold = |socket: &std::path::Path| {
+        common::python(&format!(
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX); s.connect({:?})\n\
+             print('held', flush=True)\n\
+             sys.stdin.read()\n",
+            socket.display().to_string()
+        ))
+    };
+    let mut holders: Vec<_> = (0..3).map(|_| hold(&agent.socket)).collect();
+    for h in &mut holders {
+        assert_eq!(common::first_line(h), "held");
+    }
+    common::wait_for("the three connections to be served", || {
+        agent
+            .agent
+            .metrics()
+            .connections
+            .get_or_create(&[("pool", "allowed")])
+            .get()
+            == 3
+    })
+    .await;
+    // ... so a fourth process of that uid is closed at once.
+    let refused = sidecar_agent::client::connect(&agent.socket).await;
+    let refused = match refused {
+        Ok(mut c) => c
+            .list_methods(ListMethodsRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|s| s.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(refused.is_err(), "a fourth connection of the uid was served");
+    // By the uid rule (the client may have retried once), not the per-process one.
+    let closed = |reason| {
+        agent
+            .agent
+            .metrics()
+            .connections_closed
+            .get_or_create(&[("reason", reason)])
+            .get()
+    };
+    assert!(closed("per_uid") >= 1 && closed("per_peer") == 0);
+    for h in holders {
+        common::finish(h);
+    }
+    agent.agent.stop().await;
+}

@@ -46,6 +46,18 @@ impl Stack {
     }
 
     pub fn try_start(plugin_config: &str) -> Result<Self, Refused> {
+        Self::try_start_edited(plugin_config, |yaml| yaml)
+    }
+
+    /// Like [`Stack::start`], with the rendered bootstrap passed through `edit` first.
+    pub fn start_edited(plugin_config: &str, edit: impl FnOnce(String) -> String) -> Self {
+        match Self::try_start_edited(plugin_config, edit) {
+            Ok(s) => s,
+            Err(r) => panic!("Envoy exited with {}:\n{}", r.status, r.log),
+        }
+    }
+
+    fn try_start_edited(plugin_config: &str, edit: impl FnOnce(String) -> String) -> Result<Self, Refused> {
         let http = Upstream::start();
         let grpc = GrpcServer::start();
         let dir = tempfile::Builder::new()
@@ -61,7 +73,7 @@ impl Stack {
             &access_log.display().to_string(),
             &agent_socket.display().to_string(),
         );
-        let envoy = Envoy::try_start(&yaml)?;
+        let envoy = Envoy::try_start(&edit(yaml))?;
         Ok(Self {
             envoy,
             http,

@@ -99,7 +99,8 @@ fn outbound_calls_name_the_process_that_made_them() {
         assert_eq!(c.link, LinkState::Linked as i32);
         let p = c.process.as_ref().expect("process");
         assert!(p.executable_path.contains("python"), "{p:?}");
-        assert!(p.command_line.contains("grpc_peer.py"), "{p:?}");
+        // Command lines may carry secrets: the agent sends them only when told to (--expose-command-line).
+        assert_eq!(p.command_line, "", "{p:?}");
         let r = c.call.as_ref().expect("record");
         assert_eq!(
             (r.rpc_method.as_str(), r.gray_version.as_str()),
@@ -134,6 +135,47 @@ fn outbound_calls_name_the_process_that_made_them() {
 }
 
 #[test]
+fn calls_of_a_listener_without_direction_are_linked_and_say_by_which_rule() {
+    if !privileged() {
+        return;
+    }
+    // No `traffic_direction` on the egress listener and no `direction` in the plugin configuration: every record
+    // arrives as unspecified.
+    let s = Stack::start_edited(CONFIG, |yaml| {
+        let edited = yaml.replacen("traffic_direction: OUTBOUND\n    ", "", 1);
+        assert_ne!(
+            edited, yaml,
+            "the fixture's egress listener has no traffic_direction to remove"
+        );
+        edited
+    });
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let rt = runtime();
+    let request = WatchRequest {
+        method: "Undirected".into(),
+        ..WatchRequest::default()
+    };
+    let watcher = rt.spawn(read_calls(open_watch(&rt, &agent.socket, request), 3));
+    let (outcomes, pid) = grpc::call_with_pid(s.envoy.listener("egress"), "/shop.v1.Orders/Undirected", &[], 3);
+    assert!(outcomes.iter().all(|o| o.code == "OK"), "{outcomes:?}");
+    let calls = rt.block_on(watcher).expect("watcher");
+    for c in &calls {
+        assert_eq!(
+            c.call.as_ref().map(|r| r.direction),
+            Some(Direction::Unspecified as i32)
+        );
+        assert_eq!(
+            (c.link, c.link_rule.as_str()),
+            (LinkState::Linked as i32, "outbound"),
+            "{c:#?}"
+        );
+        assert_eq!(pid_of(c), pid, "the calling process: {c:#?}");
+    }
+    let text = s.envoy.prometheus();
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"unspecified\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Undirected\",gray_version=\"none\",status=\"OK\"} 3");
+}
+
+#[test]
 fn inbound_calls_name_the_process_that_served_them() {
     if !privileged() {
         return;
@@ -159,6 +201,7 @@ fn inbound_calls_name_the_process_that_served_them() {
     for c in &calls {
         assert_eq!(c.link, LinkState::Linked as i32, "{c:#?}");
         assert_eq!(pid_of(c), server_pid, "the serving process: {c:#?}");
+        assert_eq!(c.link_rule, "inbound");
         assert_eq!(c.call.as_ref().map(|r| r.direction), Some(Direction::Inbound as i32));
     }
 }

@@ -51,6 +51,14 @@ fields! {
     LINK_PENDING_MAX: "link_pending_max", "link-pending-max", "GRAYSCOPE_LINK_PENDING_MAX", "16384";
     WATCH_QUEUE: "watch_queue", "watch-queue", "GRAYSCOPE_WATCH_QUEUE", "1024";
     METHODS_MAX_ROWS: "methods_max_rows", "methods-max-rows", "GRAYSCOPE_METHODS_MAX_ROWS", "4096";
+    METHODS_MAX_INTERFACES: "methods_max_interfaces", "methods-max-interfaces", "GRAYSCOPE_METHODS_MAX_INTERFACES", "256";
+    METHODS_EXITED_GRACE: "methods_exited_grace", "methods-exited-grace", "GRAYSCOPE_METHODS_EXITED_GRACE", "5m";
+    MAX_CONNECTIONS_PER_PEER: "max_connections_per_peer", "max-connections-per-peer", "GRAYSCOPE_MAX_CONNECTIONS_PER_PEER", "16";
+    MAX_CONNECTIONS_PER_UID: "max_connections_per_uid", "max-connections-per-uid", "GRAYSCOPE_MAX_CONNECTIONS_PER_UID", "32";
+    HANDSHAKE_TIMEOUT: "handshake_timeout", "handshake-timeout", "GRAYSCOPE_HANDSHAKE_TIMEOUT", "10s";
+    IDLE_TIMEOUT: "idle_timeout", "idle-timeout", "GRAYSCOPE_IDLE_TIMEOUT", "5m";
+    KEEPALIVE: "keepalive", "keepalive", "GRAYSCOPE_KEEPALIVE", "30s";
+    EXPOSE_COMMAND_LINE: "expose_command_line", "expose-command-line", "GRAYSCOPE_EXPOSE_COMMAND_LINE", "false";
 }
 
 /// Environment variable naming the config file (also `--config`).
@@ -132,6 +140,22 @@ pub struct Config {
     pub watch_queue: usize,
     /// Most rows of the method table (interface x gray version x process).
     pub methods_max_rows: usize,
+    /// Most distinct interfaces (service, method) in the method table; more count as `other`.
+    pub methods_max_interfaces: usize,
+    /// How long rows and declarations of an exited process stay in the method table.
+    pub methods_exited_grace: Duration,
+    /// Most connections one process may hold on the socket at once; more are closed at once.
+    pub max_connections_per_peer: usize,
+    /// Most connections the processes of one uid may hold on the socket at once; more are closed at once.
+    pub max_connections_per_uid: usize,
+    /// Time a new connection has to send its HTTP/2 preface and first frame.
+    pub handshake_timeout: Duration,
+    /// A connection with no call open for this long is closed.
+    pub idle_timeout: Duration,
+    /// HTTP/2 PING interval; a peer that does not answer within it is closed.
+    pub keepalive: Duration,
+    /// Whether `Watch` and `ListMethods` carry processes' command lines (they may hold secrets).
+    pub expose_command_line: bool,
 }
 
 /// One bad value.
@@ -188,6 +212,16 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let link_pending_max = p.get(LINK_PENDING_MAX, |s| value::count(s, 1, 10_000_000));
     let watch_queue = p.get(WATCH_QUEUE, |s| value::count(s, 1, 10_000_000));
     let methods_max_rows = p.get(METHODS_MAX_ROWS, |s| value::count(s, 1, 10_000_000));
+    let methods_max_interfaces = p.get(METHODS_MAX_INTERFACES, |s| value::count(s, 1, 1_000_000));
+    let methods_exited_grace = p.get(METHODS_EXITED_GRACE, |s| value::duration(s, max_day));
+    let max_connections_per_peer = p.get(MAX_CONNECTIONS_PER_PEER, |s| value::count(s, 1, 65_536));
+    let max_connections_per_uid = p.get(MAX_CONNECTIONS_PER_UID, |s| value::count(s, 1, 65_536));
+    let handshake_timeout = p.get(HANDSHAKE_TIMEOUT, |s| {
+        value::positive_duration(s, Duration::from_secs(3600))
+    });
+    let idle_timeout = p.get(IDLE_TIMEOUT, |s| value::positive_duration(s, max_day));
+    let keepalive = p.get(KEEPALIVE, |s| value::positive_duration(s, Duration::from_secs(3600)));
+    let expose_command_line = p.get(EXPOSE_COMMAND_LINE, value::boolean);
 
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let (
@@ -208,6 +242,14 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(link_pending_max),
         Some(watch_queue),
         Some(methods_max_rows),
+        Some(methods_max_interfaces),
+        Some(methods_exited_grace),
+        Some(max_connections_per_peer),
+        Some(max_connections_per_uid),
+        Some(handshake_timeout),
+        Some(idle_timeout),
+        Some(keepalive),
+        Some(expose_command_line),
     ) = (
         socket,
         metrics_addr,
@@ -226,6 +268,14 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         link_pending_max,
         watch_queue,
         methods_max_rows,
+        methods_max_interfaces,
+        methods_exited_grace,
+        max_connections_per_peer,
+        max_connections_per_uid,
+        handshake_timeout,
+        idle_timeout,
+        keepalive,
+        expose_command_line,
     )
     else {
         return Err(ConfigError { problems });
@@ -251,6 +301,14 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         link_pending_max: size(link_pending_max),
         watch_queue: size(watch_queue),
         methods_max_rows: size(methods_max_rows),
+        methods_max_interfaces: size(methods_max_interfaces),
+        methods_exited_grace,
+        max_connections_per_peer: size(max_connections_per_peer),
+        max_connections_per_uid: size(max_connections_per_uid),
+        handshake_timeout,
+        idle_timeout,
+        keepalive,
+        expose_command_line,
     })
 }
 

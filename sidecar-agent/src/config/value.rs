@@ -27,6 +27,10 @@ pub enum ParseError {
     Bytes { min: u64, max: u64 },
     #[error("not a valid log filter: {0}")]
     Log(String),
+    #[error("expected a duration of more than 0, such as 500ms, 30s or 5m, at most {max_secs}s")]
+    PositiveDuration { max_secs: u64 },
+    #[error("expected true or false")]
+    Bool,
     #[error("{0}")]
     Source(String),
 }
@@ -37,6 +41,23 @@ pub(super) fn count(s: &str, min: u64, max: u64) -> Result<u64, ParseError> {
         .ok()
         .filter(|n| (min..=max).contains(n))
         .ok_or(ParseError::Count { min, max })
+}
+
+pub(super) fn boolean(s: &str) -> Result<bool, ParseError> {
+    match s.trim() {
+        "true" | "on" | "1" => Ok(true),
+        "false" | "off" | "0" => Ok(false),
+        _ => Err(ParseError::Bool),
+    }
+}
+
+pub(super) fn positive_duration(s: &str, max: Duration) -> Result<Duration, ParseError> {
+    duration(s, max)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(ParseError::PositiveDuration {
+            max_secs: max.as_secs(),
+        })
 }
 
 pub(super) fn duration(s: &str, max: Duration) -> Result<Duration, ParseError> {

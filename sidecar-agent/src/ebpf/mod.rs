@@ -18,7 +18,7 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
     EbpfLoader,
 };
@@ -48,6 +48,8 @@ pub struct ProbeOptions {
 pub struct Probe {
     /// The ring buffer the programs write events into; taken by [`Probe::take_ring`].
     ring: Option<RingBuf<MapData>>,
+    /// The kernel's map of open connections; taken by [`Probe::take_conns`].
+    conns: Option<KernelConns>,
     /// The produced/dropped counters and the programs (their links detach when this is dropped).
     stats: Arc<KernelStats>,
     /// Inode of the watched namespace, 0 for all.
@@ -86,12 +88,14 @@ impl Probe {
             tp.attach(category, name).map_err(prog_err)?;
         }
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
+        let conns = KernelConns(take_map(&mut ebpf, "conns", HashMap::try_from)?);
         let counters = take_map(&mut ebpf, "stats", PerCpuArray::<MapData, u64>::try_from)?;
         let stats_fd = enable_program_stats();
         tracing::info!(netns, program_stats = stats_fd.is_some(), "eBPF programs attached");
         let stats = Arc::new(KernelStats::new(ebpf, counters, stats_fd, PROGRAMS.map(|p| p.0)));
         Ok(Self {
             ring: Some(ring),
+            conns: Some(conns),
             stats,
             netns,
         })
@@ -102,6 +106,11 @@ impl Probe {
         self.ring.take()
     }
 
+    /// The kernel's map of open connections, for [`KernelConns::holds`]; `None` after the first call.
+    pub fn take_conns(&mut self) -> Option<KernelConns> {
+        self.conns.take()
+    }
+
     /// The kernel-side counters and program statistics.
     pub fn stats(&self) -> Arc<KernelStats> {
         Arc::clone(&self.stats)
@@ -110,6 +119,24 @@ impl Probe {
     /// Inode of the watched network namespace (0: all).
     pub fn netns(&self) -> u32 {
         self.netns
+    }
+}
+
+/// The kernel's LRU map of open connections (`conns`, keyed by socket address; the value, `struct
+/// gs_conn_state`, is 48 bytes and not read here).
+pub struct KernelConns(HashMap<MapData, u64, [u64; 6]>);
+
+impl KernelConns {
+    /// Whether the kernel still tracks socket `skaddr`: it deletes the entry at TCP_CLOSE, and its LRU evicts
+    /// entries beyond `kernel_max_conns`. A failed lookup other than "not found" counts as held.
+    pub fn holds(&self, skaddr: u64) -> bool {
+        !matches!(self.0.get(&skaddr, 0), Err(aya::maps::MapError::KeyNotFound))
+    }
+}
+
+impl std::fmt::Debug for KernelConns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelConns")
     }
 }
 

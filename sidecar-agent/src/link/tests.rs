@@ -13,7 +13,7 @@ use crate::{
 struct Fake(RefCell<HashMap<(SocketAddr, SocketAddr), Connection>>);
 
 impl Lookup for Fake {
-    fn lookup(&self, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+    fn lookup(&self, _netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
         self.0.borrow().get(&(local, remote)).cloned()
     }
 }
@@ -112,7 +112,7 @@ fn missing_or_unusable_addresses_are_no_address() {
     for (record, want) in [
         (no_upstream, "no usable upstream_local address"),
         (pipe, "no usable server address"),
-        (undirected, "the record has no direction"),
+        (undirected, "no usable client address; no usable upstream_peer address"),
     ] {
         let r = p.offer(&fake, record, 1, now).unwrap();
         assert_eq!(r.outcome, Outcome::NoAddress(want.into()));
@@ -129,7 +129,7 @@ fn links_at_once_when_the_connection_is_known() {
     let r = p
         .offer(&fake, outbound("127.0.0.1:5000", "127.0.0.1:15001"), 9, Instant::now())
         .unwrap();
-    let Outcome::Linked(conn) = &r.outcome else {
+    let Outcome::Linked(conn, Rule::Outbound) = &r.outcome else {
         panic!("{r:?}")
     };
     assert_eq!(conn.owner.as_ref().unwrap().pid, 42);
@@ -137,13 +137,16 @@ fn links_at_once_when_the_connection_is_known() {
         boot_to_unix: 1_000_000_000_000,
         mono_to_unix: 2_000_000_000_000,
     };
-    let call = linked_call(r, clocks);
+    let call = linked_call(r.clone(), clocks, true);
     assert_eq!(call.link, LinkState::Linked as i32);
+    assert_eq!(call.link_rule, "outbound");
     assert_eq!(call.received_unix_nano, 9);
     let process = call.process.unwrap();
     assert_eq!(process.pid, 42);
     assert_eq!(process.executable_path, "/usr/bin/app");
     assert_eq!(process.command_line, "app --serve");
+    let hidden = linked_call(r, clocks, false).process.unwrap();
+    assert_eq!((hidden.command_line.as_str(), hidden.command.as_str()), ("", "app"));
     assert_eq!(process.command, "app");
     assert_eq!(process.start_time_unix_nano, 1_005_000_000_000);
     let conn = call.connection.unwrap();
@@ -162,7 +165,7 @@ fn inbound_names_the_accepting_process() {
         .offer(&fake, inbound("127.0.0.6:41000", "10.0.0.2:8080"), 1, Instant::now())
         .unwrap();
     assert!(
-        matches!(&r.outcome, Outcome::Linked(c) if c.owner.as_ref().unwrap().pid == 77),
+        matches!(&r.outcome, Outcome::Linked(c, Rule::Inbound) if c.owner.as_ref().unwrap().pid == 77),
         "{r:?}"
     );
 }
@@ -188,7 +191,7 @@ fn a_late_connection_links_within_the_wait_and_a_missing_one_times_out() {
     let done = p.retry(&fake, t0 + Duration::from_millis(300));
     assert_eq!(done.len(), 1);
     assert_eq!(done[0].received_unix_nano, 1);
-    assert!(matches!(done[0].outcome, Outcome::Linked(_)));
+    assert!(matches!(done[0].outcome, Outcome::Linked(..)));
     let done = p.retry(&fake, t0 + wait);
     assert_eq!(done.len(), 1);
     let Outcome::NoConnection(reason) = &done[0].outcome else {
@@ -199,7 +202,7 @@ fn a_late_connection_links_within_the_wait_and_a_missing_one_times_out() {
         "no connection 127.0.0.1:6000 -> 127.0.0.1:15001 in the table after waiting 500ms"
     );
     assert!(p.is_empty());
-    let call = linked_call(done[0].clone(), Clocks::default());
+    let call = linked_call(done[0].clone(), Clocks::default(), true);
     assert_eq!(call.link, LinkState::NoConnection as i32);
     assert!(call.process.is_none() && call.connection.is_none());
 }
@@ -223,4 +226,53 @@ fn a_full_queue_reports_at_once_and_no_wait_means_no_queue() {
         .unwrap();
     assert_eq!(r.outcome.label(), "unlinked_no_connection");
     assert!(p.is_empty());
+}
+
+#[test]
+fn without_a_direction_the_callers_connection_is_tried_first_then_the_servers() {
+    let fake = Fake::default();
+    let mut p = Pending::new(10, Duration::from_secs(1));
+    let undirected = |r: CallRecord| CallRecord {
+        direction: Direction::Unspecified as i32,
+        ..r
+    };
+    // Only Envoy's upstream connection is local: the server is named, by the inbound rule.
+    fake.add("10.0.0.2:8080", "127.0.0.6:41000", Some(77));
+    let r = p
+        .offer(
+            &fake,
+            undirected(inbound("127.0.0.6:41000", "10.0.0.2:8080")),
+            1,
+            Instant::now(),
+        )
+        .unwrap();
+    assert!(
+        matches!(&r.outcome, Outcome::Linked(c, Rule::Inbound) if c.owner.as_ref().unwrap().pid == 77),
+        "{r:?}"
+    );
+    // Both are: the caller wins.
+    fake.add("127.0.0.1:5000", "127.0.0.1:15001", Some(42));
+    let mut both = outbound("127.0.0.1:5000", "127.0.0.1:15001");
+    both.upstream_local = sa("127.0.0.6:41000");
+    both.upstream_peer = sa("10.0.0.2:8080");
+    let r = p.offer(&fake, undirected(both), 1, Instant::now()).unwrap();
+    assert!(
+        matches!(&r.outcome, Outcome::Linked(c, Rule::Outbound) if c.owner.as_ref().unwrap().pid == 42),
+        "{r:?}"
+    );
+    assert_eq!(linked_call(r, Clocks::default(), false).link_rule, "outbound");
+    // Neither: it waits, and the reason names both lookups.
+    let t0 = Instant::now();
+    assert!(p
+        .offer(&fake, undirected(outbound("127.0.0.1:6000", "127.0.0.1:15001")), 1, t0)
+        .is_none());
+    let done = p.retry(&fake, t0 + Duration::from_secs(1));
+    let Outcome::NoConnection(reason) = &done[0].outcome else {
+        panic!("{done:?}")
+    };
+    assert_eq!(
+        reason,
+        "no connection 127.0.0.1:6000 -> 127.0.0.1:15001 in the table; no connection 10.0.0.9:8080 -> \
+         127.0.0.1:40000 in the table after waiting 1s"
+    );
 }

@@ -30,10 +30,10 @@ fn grpc(method: &str, status: &str, ms: u64, pid: u32) -> LinkedCall {
 
 #[test]
 fn aggregates_calls_errors_latency_and_peers_per_row() {
-    let mut t = MethodTable::new(10);
+    let mut t = MethodTable::new(10, 10);
     for ms in 1..=100 {
         let status = if ms % 10 == 0 { "UNAVAILABLE" } else { "OK" };
-        assert!(t.observe(&grpc("SayHello", status, ms, 42)));
+        assert_eq!(t.observe(&grpc("SayHello", status, ms, 42)), Effects::default());
     }
     t.observe(&grpc("SayHello", "OK", 5, 0)); // unlinked: its own row
     let rows = t.list();
@@ -75,14 +75,23 @@ fn method_labels_and_errors() {
 }
 
 #[test]
-fn rows_and_peers_are_bounded() {
-    let mut t = MethodTable::new(2);
-    assert!(t.observe(&grpc("A", "OK", 1, 1)));
-    assert!(t.observe(&grpc("B", "OK", 1, 1)));
-    assert!(!t.observe(&grpc("C", "OK", 1, 1)));
-    assert!(t.observe(&grpc("A", "OK", 1, 1)), "an existing row still counts");
-    assert_eq!((t.len(), t.overflow()), (2, 1));
-    let mut t = MethodTable::new(2);
+fn rows_and_peers_are_bounded_and_the_idlest_row_makes_room() {
+    let mut t = MethodTable::new(2, 10);
+    t.observe(&grpc("A", "OK", 1, 1));
+    t.observe(&grpc("B", "OK", 1, 1));
+    t.observe(&grpc("A", "OK", 1, 1)); // A is now the more recently used
+    let fx = t.observe(&grpc("C", "OK", 1, 1));
+    assert_eq!(
+        fx,
+        Effects {
+            folded: false,
+            evicted_idle: true
+        }
+    );
+    let methods: Vec<_> = t.list().iter().map(|r| (r.method.clone(), r.calls)).collect();
+    assert_eq!(methods, [("A".to_owned(), 2), ("C".to_owned(), 1)]);
+    assert_eq!(t.interfaces(), 2, "B's interface slot was freed with its row");
+    let mut t = MethodTable::new(2, 10);
     for port in 0..40 {
         let mut c = grpc("A", "OK", 1, 1);
         c.call.as_mut().unwrap().upstream_peer.as_mut().unwrap().port = port;
@@ -92,8 +101,56 @@ fn rows_and_peers_are_bounded() {
 }
 
 #[test]
+fn interfaces_beyond_the_cap_count_as_other() {
+    let mut t = MethodTable::new(100, 3);
+    let mut folded = 0;
+    for i in 0..50 {
+        folded += u32::from(t.observe(&grpc(&format!("M{i}"), "OK", 1, 1)).folded);
+    }
+    assert_eq!(folded, 47);
+    let rows = t.list();
+    assert_eq!(rows.len(), 4);
+    let other = rows.iter().find(|r| r.service == OTHER && r.method == OTHER).unwrap();
+    assert_eq!(other.calls, 47);
+    assert_eq!(rows.iter().map(|r| r.calls).sum::<u64>(), 50);
+    // A known interface keeps counting under its own name.
+    assert!(!t.observe(&grpc("M0", "OK", 1, 1)).folded);
+}
+
+#[test]
+fn rows_and_declarations_of_exited_processes_go_after_the_grace_period() {
+    let mut t = MethodTable::new(10, 10);
+    t.observe(&grpc("A", "OK", 1, 1));
+    t.observe(&grpc("A", "OK", 1, 2));
+    t.observe(&grpc("A", "OK", 1, 0)); // unlinked: no process to outlive
+    t.declare(
+        2,
+        MethodMetadata {
+            service: "pkg.Greeter".into(),
+            method: "B".into(),
+            ..MethodMetadata::default()
+        },
+    );
+    let t0 = Instant::now();
+    let grace = Duration::from_secs(60);
+    let alive = |pid: u32, _| pid == 1;
+    assert_eq!(t.expire_exited(alive, |pid| pid == 1, grace, t0), 0);
+    assert_eq!(
+        t.expire_exited(alive, |pid| pid == 1, grace, t0 + Duration::from_secs(59)),
+        0
+    );
+    assert_eq!(t.expire_exited(alive, |pid| pid == 1, grace, t0 + grace), 2);
+    let pids: Vec<u32> = t
+        .list()
+        .iter()
+        .map(|r| r.process.as_ref().map_or(0, |p| p.pid))
+        .collect();
+    assert_eq!(pids, [0, 1]);
+}
+
+#[test]
 fn declarations_join_their_process_rows_or_stand_alone() {
-    let mut t = MethodTable::new(10);
+    let mut t = MethodTable::new(10, 10);
     let decl = |method: &str| MethodMetadata {
         service: "pkg.Greeter".into(),
         method: method.into(),
@@ -102,9 +159,9 @@ fn declarations_join_their_process_rows_or_stand_alone() {
         version: "v2".into(),
     };
     t.observe(&grpc("SayHello", "OK", 1, 42));
-    assert!(t.declare(42, decl("SayHello")));
-    assert!(t.declare(42, decl("SayBye")));
-    assert!(t.declare(43, decl("SayHello")));
+    t.declare(42, decl("SayHello"));
+    t.declare(42, decl("SayBye"));
+    t.declare(43, decl("SayHello"));
     let rows = t.list();
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert_eq!(rows[0].declared.as_ref().unwrap().input_type, "pkg.HelloRequest");

@@ -158,3 +158,65 @@ fn close_without_open_is_kept_for_grace() {
     assert_eq!((t.len(), t.live()), (1, 0));
     assert_eq!(t.expire(now + Duration::from_millis(100)).expired, 1);
 }
+
+#[test]
+fn a_new_socket_at_a_live_address_ends_the_old_connection_and_late_events_stay_with_it() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    t.apply(&at(ev(EventKind::Established, 1, 1000), 100), None, t0);
+    // Its CLOSE was lost; a new socket at the same address, with another 4-tuple and another owner.
+    let mut other = at(ev(EventKind::Established, 1, 2000), 300);
+    other.owner.as_mut().unwrap().pid = 20;
+    let e = t.apply(&other, None, t0);
+    assert_eq!((e.reused, t.len(), t.live()), (1, 2, 1));
+    assert_eq!(t.find(1, lo(1000), lo(80)).unwrap().owner.as_ref().unwrap().pid, 10);
+    assert!(t.find(1, lo(1000), lo(80)).unwrap().closed.is_some());
+    assert_eq!(t.find(1, lo(2000), lo(80)).unwrap().owner.as_ref().unwrap().pid, 20);
+    // A second ESTABLISHED of the same 4-tuple is a new connection too (the port was reused as well).
+    let mut again = at(ev(EventKind::Established, 1, 2000), 400);
+    again.owner.as_mut().unwrap().pid = 30;
+    assert_eq!(t.apply(&again, None, t0).reused, 1);
+    assert_eq!(t.find(1, lo(2000), lo(80)).unwrap().owner.as_ref().unwrap().pid, 30);
+    assert_eq!(t.live(), 1);
+}
+
+#[test]
+fn live_connections_the_kernel_forgot_end_and_stay_findable_for_the_grace_period() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    t.apply(&at(ev(EventKind::Established, 1, 1000), 100), None, t0);
+    t.apply(&at(ev(EventKind::Established, 2, 1001), 100), None, t0);
+    let live = t.live_sockets();
+    assert_eq!(live.len(), 2);
+    let gone: Vec<_> = live.into_iter().filter(|&(skaddr, _)| skaddr == 1).collect();
+    assert_eq!(t.forget(&gone, 500, t0).forgotten, 1);
+    assert_eq!(t.live(), 1);
+    assert!(t.find(1, lo(1000), lo(80)).unwrap().closed.is_some());
+    // Its CLOSE, emitted before the check, arrives late: it lands on it and changes nothing.
+    assert_eq!(
+        t.apply(&at(ev(EventKind::Closed, 1, 1000), 450), None, t0),
+        Evictions::default()
+    );
+    assert_eq!(t.len(), 2);
+    // Forgetting again is a no-op; the grace period ends it.
+    assert_eq!(t.forget(&gone, 600, t0).forgotten, 0);
+    assert_eq!(t.expire(t0 + Duration::from_secs(31)).expired, 1);
+}
+
+#[test]
+fn a_namespace_leaves_the_index_with_its_last_connection() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(1));
+    for ns in 1..=5 {
+        let mut e = ev(EventKind::Established, u64::from(ns), 1000);
+        e.netns = ns;
+        t.apply(&e, None, t0);
+        let mut c = at(ev(EventKind::Closed, u64::from(ns), 1000), 200);
+        c.netns = ns;
+        t.apply(&c, None, t0);
+    }
+    assert_eq!(t.namespaces(), 5);
+    assert!(t.find_any(lo(1000), lo(80)).is_some());
+    t.expire(t0 + Duration::from_secs(2));
+    assert_eq!((t.len(), t.namespaces()), (0, 0));
+}

@@ -1,0 +1,254 @@
+//! The real agent (`dist/grayscope-agent`) and the peers it meets on its Unix socket: gRPC clients of every kind,
+//! and peers that misbehave.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    agent::{privileged, runtime, Agent},
+    grpc, paths, prom,
+    stack::Stack,
+};
+use proto::v1::ListMethodsRequest;
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// grpc-core clients (Python `grpcio` here; C++, Ruby and PHP share its core) send the percent-encoded socket path
+/// as `:authority`. With default channel options, every RPC is served.
+#[test]
+fn a_grpcio_client_with_default_options_is_served_on_every_rpc() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &[]);
+    let out = Command::new(paths::python())
+        .arg(paths::tests_file("peers/collector_client.py"))
+        .arg(&agent.socket)
+        .arg("py.Peers")
+        .output()
+        .expect("run the grpcio client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let rpcs: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r["rpc"].as_str().unwrap_or(""), r["code"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        rpcs,
+        [
+            ("ReportMethodMetadata", "OK"),
+            ("Report", "OK"),
+            ("Watch", "OK"),
+            ("ListMethods", "OK")
+        ],
+        "{stdout}\n{}",
+        agent.log()
+    );
+    let detail = |i: usize| results[i]["detail"].as_str().unwrap_or("").to_owned();
+    // `accepted: 1` for the declaration and for the record.
+    assert_eq!(detail(0), "0801");
+    assert_eq!(detail(1), "0801");
+    // The watcher got the reported call, and the method table shows it and the declaration.
+    assert!(detail(2).contains(&hex("py.Peers/Do")), "{}", detail(2));
+    assert!(detail(3).contains(&hex("py.Peers")), "{}", detail(3));
+}
+
+/// One allowed process opens as many connections to the agent as it serves (64 by default) and never speaks.
+/// Envoy's reports must still get through: the process keeps a few of them (`max_connections_per_peer`), and
+/// those go after the handshake timeout.
+#[test]
+fn a_peer_holding_idle_connections_cannot_starve_the_reporter() {
+    if !privileged() {
+        return;
+    }
+    let s = Stack::start(r#"{"report":{"flush_interval_ms":50}}"#);
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let mut hog = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             socks = []\n\
+             for _ in range(64):\n\
+             \x20   s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); socks.append(s)\n\
+             print('ready', flush=True)\n\
+             sys.stdin.read()\n",
+        ])
+        .arg(&agent.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(hog.stdout.as_mut().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line.trim(), "ready");
+
+    let outcomes = grpc::call(s.envoy.listener("egress"), "/shop.v1.Orders/Starve", &[], 5);
+    assert!(outcomes.iter().all(|o| o.code == "OK"), "{outcomes:?}");
+    // Envoy's reports arrive, and the agent answers this test's own client too.
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let calls = loop {
+        let listed = rt.block_on(async {
+            let mut c = tokio::time::timeout(Duration::from_secs(2), agent.client())
+                .await
+                .ok()?;
+            let rows = tokio::time::timeout(Duration::from_secs(2), c.list_methods(ListMethodsRequest {}))
+                .await
+                .ok()?
+                .ok()?;
+            Some(rows.into_inner().methods)
+        });
+        let calls: u64 = listed
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.method == "Starve")
+            .map(|m| m.calls)
+            .sum();
+        if calls == 5 || Instant::now() > deadline {
+            break calls;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let text = s.envoy.prometheus();
+    assert_eq!(
+        calls,
+        5,
+        "the reports did not reach the agent:\n{text}\n{}",
+        agent.log()
+    );
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    drop(hog.stdin.take());
+    let _ = hog.wait();
+}
+
+/// A network namespace for one test, with loopback up; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("gs-{tag}-{}", std::process::id());
+        for args in [
+            vec!["netns", "add", &name],
+            vec!["-n", &name, "link", "set", "lo", "up"],
+        ] {
+            let ok = Command::new("ip").args(&args).status().expect("ip").success();
+            assert!(ok, "ip {args:?}");
+        }
+        Self(name)
+    }
+
+    /// `ip netns exec NAME program args...`
+    fn exec(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+/// With `--netns all`, the same loopback 4-tuple exists in every pod of a node. A record is joined in its
+/// reporter's namespace (the reporting process's, from the socket's peer credentials), not to the newest match.
+#[test]
+fn with_netns_all_a_call_is_linked_in_its_reporters_namespace() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &["--netns", "all"]);
+    // Under /tmp and traversable: the reporters run in other namespaces, as root, and reach it by path.
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    // The same 4-tuple in both: 127.0.0.1:41234 -> 127.0.0.1:15001; B's is the newer.
+    let mut holders = Vec::new();
+    for ns in [&a, &b] {
+        let mut child = ns
+            .exec(std::path::Path::new("python3"))
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 l = socket.socket(); l.bind(('127.0.0.1', 15001)); l.listen()\n\
+                 c = socket.socket(); c.bind(('127.0.0.1', 41234)); c.connect(('127.0.0.1', 15001))\n\
+                 s, _ = l.accept()\n\
+                 print('ready', flush=True)\n\
+                 sys.stdin.read()\n",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 in a namespace");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read");
+        assert_eq!(line.trim(), "ready");
+        holders.push(child);
+    }
+    let (pid_a, pid_b) = (holders[0].id(), holders[1].id());
+    let rt = runtime();
+    let mut watch = rt.block_on(async {
+        let mut c = agent.client().await;
+        let w = c
+            .watch(proto::v1::WatchRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        (c, w)
+    });
+    for (ns, method) in [(&a, "FromA"), (&b, "FromB")] {
+        let out = ns
+            .exec(&paths::python())
+            .arg(paths::tests_file("peers/collector_client.py"))
+            .arg("report")
+            .arg(&agent.socket)
+            .args(["127.0.0.1:41234", "127.0.0.1:15001", method])
+            .output()
+            .expect("the reporter");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0801",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut seen = Vec::new();
+    rt.block_on(async {
+        while seen.len() < 2 {
+            let msg = tokio::time::timeout(Duration::from_secs(30), watch.1.message())
+                .await
+                .expect("a watch message in time")
+                .expect("watch")
+                .expect("the watch ended");
+            let call = msg.call.expect("call");
+            let method = call.call.as_ref().map(|r| r.rpc_method.clone()).unwrap_or_default();
+            seen.push((method, call.process.map_or(0, |p| p.pid)));
+        }
+    });
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("test.Greeter/FromA".to_owned(), pid_a),
+            ("test.Greeter/FromB".to_owned(), pid_b)
+        ]
+    );
+    for mut h in holders {
+        drop(h.stdin.take());
+        let _ = h.wait();
+    }
+}
