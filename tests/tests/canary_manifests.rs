@@ -7,34 +7,14 @@
 
 use std::{fs, path::PathBuf};
 
+mod crd_support;
+
+use crd_support::{schemas_dir, yaml_documents, CrdSchemas};
 use integration_tests::{paths, prometheus};
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn canary_dir() -> PathBuf {
     paths::root().join("istio/canary")
-}
-
-fn documents(path: &std::path::Path) -> Vec<Value> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_norway::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap_or_else(|e| panic!("{}: not YAML: {e}", path.display())))
-        .filter(|v| !v.is_null())
-        .collect()
-}
-
-/// `shared/schemas/<project>`, beside the workspace or beside one of its parents (worktrees sit deeper).
-fn schemas(project: &str) -> PathBuf {
-    let root = paths::root().canonicalize().expect("root");
-    root.ancestors()
-        .map(|a| a.join("shared/schemas").join(project))
-        .find(|p| p.join("SOURCE.md").exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "shared/schemas/{project} not found beside {} or its parents",
-                root.display()
-            )
-        })
 }
 
 #[test]
@@ -54,67 +34,10 @@ fn recording_rules_pass_promtool_check_and_their_unit_tests() {
     );
 }
 
-/// Adds `additionalProperties: false` to every object schema that lists its properties and does not keep unknown
-/// fields on purpose, so a misspelt field fails as it does with strict field validation.
-fn strictify(schema: &mut Value) {
-    let Value::Object(map) = schema else { return };
-    let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
-    if map.contains_key("properties") && !preserve && !map.contains_key("additionalProperties") {
-        map.insert("additionalProperties".to_owned(), json!(false));
-    }
-    for key in ["properties", "patternProperties"] {
-        if let Some(Value::Object(props)) = map.get_mut(key) {
-            props.values_mut().for_each(strictify);
-        }
-    }
-    for key in ["items", "additionalProperties", "not"] {
-        if let Some(sub) = map.get_mut(key) {
-            strictify(sub);
-        }
-    }
-    for key in ["oneOf", "anyOf", "allOf"] {
-        if let Some(Value::Array(subs)) = map.get_mut(key) {
-            subs.iter_mut().for_each(strictify);
-        }
-    }
-}
-
-/// Validates `doc` against the CRD of its kind and version among `crds`; every problem, with its path.
-fn validate(doc: &Value, crds: &[Value]) -> Result<(), Vec<String>> {
-    let kind = doc["kind"].as_str().unwrap_or_default();
-    let (group, version) = doc["apiVersion"]
-        .as_str()
-        .and_then(|a| a.split_once('/'))
-        .unwrap_or_default();
-    let crd = crds
-        .iter()
-        .find(|c| c["spec"]["names"]["kind"] == kind && c["spec"]["group"] == group)
-        .ok_or_else(|| vec![format!("no CRD for {group} {kind}")])?;
-    let served = crd["spec"]["versions"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| v["name"] == version && v["served"] == true))
-        .ok_or_else(|| vec![format!("{group}/{version} {kind} is not a served version")])?;
-    let mut schema = served["schema"]["openAPIV3Schema"].clone();
-    strictify(&mut schema);
-    let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft4)
-        .build(&schema)
-        .map_err(|e| vec![format!("schema does not compile: {e}")])?;
-    let problems: Vec<String> = validator
-        .iter_errors(doc)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(problems)
-    }
-}
-
 #[test]
 fn flagger_and_argo_manifests_validate_against_their_crds() {
-    let flagger = documents(&schemas("flagger").join("crd.yaml"));
-    let argo = documents(&schemas("argo-rollouts").join("analysis-template-crd.yaml"));
+    let flagger = CrdSchemas::load([schemas_dir("flagger").join("crd.yaml")]);
+    let argo = CrdSchemas::load([schemas_dir("argo-rollouts").join("analysis-template-crd.yaml")]);
     let files = [
         (
             "flagger/metric-templates.yaml",
@@ -125,28 +48,28 @@ fn flagger_and_argo_manifests_validate_against_their_crds() {
         ("argo-rollouts/analysis-template.yaml", &argo, vec!["AnalysisTemplate"]),
     ];
     for (file, crds, kinds) in files {
-        let docs = documents(&canary_dir().join(file));
+        let docs = yaml_documents(&canary_dir().join(file));
         let got: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap_or("")).collect();
         assert_eq!(got, kinds, "{file}");
         for doc in &docs {
-            if let Err(problems) = validate(doc, crds) {
+            if let Err(problems) = crds.validate(doc) {
                 panic!("{file} {}: {problems:#?}", doc["metadata"]["name"]);
             }
         }
     }
 
     // The validation can fail: a misspelt field, a missing required one, a wrong type.
-    let template = &documents(&canary_dir().join("flagger/metric-templates.yaml"))[0];
+    let template = &yaml_documents(&canary_dir().join("flagger/metric-templates.yaml"))[0];
     let mut typo = template.clone();
     typo["spec"]["querry"] = typo["spec"]["query"].take();
     typo["spec"].as_object_mut().map(|s| s.remove("query"));
-    let problems = validate(&typo, &flagger).expect_err("a misspelt field");
+    let problems = flagger.validate(&typo).expect_err("a misspelt field");
     assert!(problems.iter().any(|p| p.contains("querry")), "{problems:?}");
     assert!(problems.iter().any(|p| p.contains("query")), "{problems:?}");
-    let mut analysis = documents(&canary_dir().join("argo-rollouts/analysis-template.yaml"))[0].clone();
+    let mut analysis = yaml_documents(&canary_dir().join("argo-rollouts/analysis-template.yaml"))[0].clone();
     analysis["spec"]["metrics"][0]["failureLimit"] = json!(true);
     assert!(
-        validate(&analysis, &argo).is_err(),
+        argo.validate(&analysis).is_err(),
         "failureLimit: true must not validate"
     );
 }

@@ -14,11 +14,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod crd_support;
 mod istio_support;
 
 use std::{collections::BTreeSet, fs};
 
-use istio_support::{doc, docs, mesh_values, schemas_dir, Doc};
+use crd_support::{schemas_dir, CrdSchemas};
+use istio_support::{doc, docs, mesh_values, Doc};
 use k8s_openapi::{
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
@@ -43,81 +45,20 @@ fn strict<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
     }
 }
 
-/// Adds `additionalProperties: false` to every object schema that lists its properties and does not keep unknown
-/// fields on purpose: an unknown (misspelt) field then fails, as it does with strict field validation.
-fn strictify(schema: &mut Value) {
-    let Value::Object(map) = schema else { return };
-    let preserve = map.get("x-kubernetes-preserve-unknown-fields") == Some(&json!(true));
-    if map.contains_key("properties") && !preserve && !map.contains_key("additionalProperties") {
-        map.insert("additionalProperties".to_owned(), json!(false));
-    }
-    for key in ["properties", "patternProperties"] {
-        if let Some(Value::Object(props)) = map.get_mut(key) {
-            props.values_mut().for_each(strictify);
-        }
-    }
-    for key in ["items", "additionalProperties", "not"] {
-        if let Some(sub) = map.get_mut(key) {
-            strictify(sub);
-        }
-    }
-    for key in ["oneOf", "anyOf", "allOf"] {
-        if let Some(Value::Array(subs)) = map.get_mut(key) {
-            subs.iter_mut().for_each(strictify);
-        }
-    }
-}
-
-/// The Istio CRDs: (apiVersion, kind) → strict schema of that served version.
-fn crd_schemas() -> Vec<(String, String, Value)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(schemas_dir()).expect("schemas dir") {
-        let path = entry.expect("entry").path();
-        if !path.to_string_lossy().ends_with(".crd.yaml") {
-            continue;
-        }
-        let crd: Value = serde_norway::from_str(&fs::read_to_string(&path).expect("crd")).expect("crd yaml");
-        let group = crd["spec"]["group"].as_str().expect("group").to_owned();
-        let kind = crd["spec"]["names"]["kind"].as_str().expect("kind").to_owned();
-        for version in crd["spec"]["versions"].as_array().expect("versions") {
-            if version["served"] != json!(true) {
-                continue;
-            }
-            let mut schema = version["schema"]["openAPIV3Schema"].clone();
-            // The API server adds these to every CRD's root (ObjectMeta is checked on its own, below).
-            let root = schema["properties"].as_object_mut().expect("root properties");
-            root.insert("apiVersion".to_owned(), json!({"type": "string"}));
-            root.insert("kind".to_owned(), json!({"type": "string"}));
-            root.insert("metadata".to_owned(), json!({"type": "object"}));
-            strictify(&mut schema);
-            out.push((
-                format!("{group}/{}", version["name"].as_str().expect("name")),
-                kind.clone(),
-                schema,
-            ));
-        }
-    }
-    assert!(out.len() >= 5, "Istio CRDs found: {}", out.len());
-    out
+/// The Istio CRDs of `shared/schemas/istio`.
+fn crd_schemas() -> CrdSchemas {
+    let files = fs::read_dir(schemas_dir("istio"))
+        .expect("schemas dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(".crd.yaml"));
+    let schemas = CrdSchemas::load(files);
+    assert!(schemas.len() >= 5, "Istio CRDs found: {}", schemas.len());
+    schemas
 }
 
 /// Validates an Istio resource against its CRD; every problem, with its JSON path.
-fn validate_istio(schemas: &[(String, String, Value)], value: &Value) -> Result<(), Vec<String>> {
-    let (api, kind) = (
-        value["apiVersion"].as_str().unwrap_or(""),
-        value["kind"].as_str().unwrap_or(""),
-    );
-    let Some((_, _, schema)) = schemas.iter().find(|(a, k, _)| a == api && k == kind) else {
-        return Err(vec![format!("no served CRD version for {api} {kind}")]);
-    };
-    let validator = jsonschema::options()
-        .with_draft(jsonschema::Draft::Draft4)
-        .build(schema)
-        .map_err(|e| vec![format!("schema does not compile: {e}")])?;
-    let mut problems: Vec<String> = validator
-        .iter_errors(value)
-        .map(|e| format!("{}: {e}", e.instance_path()))
-        .collect();
+fn validate_istio(schemas: &CrdSchemas, value: &Value) -> Result<(), Vec<String>> {
+    let mut problems = schemas.validate(value).err().unwrap_or_default();
     if let Err(e) = strict::<ObjectMeta>(&value["metadata"]) {
         problems.push(format!("/metadata: {e}"));
     }
@@ -166,7 +107,7 @@ struct CertificateSpec {
 }
 
 /// Validates one document, whatever its kind.
-fn validate(schemas: &[(String, String, Value)], d: &Doc) -> Result<(), Vec<String>> {
+fn validate(schemas: &CrdSchemas, d: &Doc) -> Result<(), Vec<String>> {
     let one = |r: Result<(), String>| r.map_err(|e| vec![e]);
     match (d.api_version(), d.kind()) {
         (api, _) if api.contains(".istio.io/") => validate_istio(schemas, &d.value),

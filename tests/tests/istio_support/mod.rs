@@ -86,20 +86,6 @@ pub fn doc(file: &str) -> Value {
     docs.into_iter().next().map(|d| d.value).unwrap_or_default()
 }
 
-/// `shared/schemas/istio`, found beside the workspace or beside one of its parents (worktrees sit deeper).
-pub fn schemas_dir() -> PathBuf {
-    let root = integration_tests::paths::root().canonicalize().expect("root");
-    root.ancestors()
-        .map(|a| a.join("shared/schemas/istio"))
-        .find(|p| p.join("wasmplugin.crd.yaml").exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "shared/schemas/istio not found beside {} or its parents",
-                root.display()
-            )
-        })
-}
-
 /// The mesh config values of `istio/01-stats-meshconfig.yaml` that reach the bootstrap.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
