@@ -72,7 +72,7 @@ bench rounds="10" seconds="3" *args="": setup build
     cd {{root}}
     # The breakdown's variants: the filter built with one stage skipped each (features bench-skip-<stage>).
     mkdir -p dist/bench
-    for stage in header-read decide rewrite metrics log-properties record; do
+    for stage in header-read decide rewrite metrics log-properties record all; do
         cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release --features bench-skip-$stage
         cp target/{{wasm_target}}/wasm-release/grayscope_filter.wasm dist/bench/grayscope_filter-skip-$stage.wasm
     done

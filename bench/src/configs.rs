@@ -34,6 +34,10 @@ pub struct Config {
 /// The filter's configuration without reporting: W1 and every breakdown variant.
 pub const NO_REPORT: &str = r#"{"report":{"enabled":false}}"#;
 
+/// W1 without the per-request work a deployment can configure away: filter state off, the direction and the
+/// `service` label fixed (no `xds.listener_direction` nor `xds.cluster_name` read per request).
+pub const LEAN: &str = r#"{"report":{"enabled":false},"filter_state":false,"direction":"inbound","service":"bench"}"#;
+
 /// Where the harness finds the wasm files: `dist/` as `just build` leaves it, variants in `dist/bench/`.
 #[derive(Debug, Clone)]
 pub struct WasmFiles {
@@ -65,10 +69,14 @@ pub const STAGES: &[(&str, &str)] = &[
         "property reads in on_log (response code, duration, cluster, addresses)",
     ),
     ("record", "call record building and buffering (reporting on)"),
+    (
+        "all",
+        "every stage above: what remains is the filter's fixed cost over the empty one",
+    ),
 ];
 
-/// Resolves a configuration label: A, B, C, W0, W1, W2, W1d (the default `{}` with no agent cluster) or
-/// `W1-<stage>` / `W2-record` (breakdown variants).
+/// Resolves a configuration label: A, B, C, W0, W1, W2, W1d (the default `{}` with no agent cluster), W1-lean,
+/// W1-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
         file,
@@ -97,6 +105,14 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
         "W1d" => (
             "A + grayscope `{}` in an Envoy without a grayscope_agent cluster".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", false),
+        ),
+        "W1-lean" => (
+            format!("A + grayscope `{LEAN}`"),
+            wasm_cfg(wasm.filter.clone(), LEAN, false),
+        ),
+        "W1-before" => (
+            "W1 with the filter as it was before this branch's optimisations".to_owned(),
+            wasm_cfg(wasm.variants.join("grayscope_filter-before.wasm"), NO_REPORT, false),
         ),
         "W2-record" => (
             "W2 built with `bench-skip-record`".to_owned(),

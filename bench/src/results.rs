@@ -172,6 +172,10 @@ impl Report<'_> {
             },
             "configs": configs,
             "breakdown": breakdown,
+            "samples": s.iter().map(|x| json!({
+                "round": x.round, "config": x.label, "cpu_us_per_request": x.cpu_us, "requests_per_s": x.rps,
+                "p50_ms": x.p50_ms, "p99_ms": x.p99_ms,
+            })).collect::<Vec<_>>(),
             "not_measured": self.not_measured,
         })
     }
@@ -227,6 +231,13 @@ impl Report<'_> {
             c["latency_rate"],
             show(p99_diff, 3)
         ));
+        if self.configs.iter().any(|c| c.label == "W1-before") {
+            md.push_str(&format!(
+                "Before/after in this run: W1 − W1-before = {} µs/request; (W1-before − A)/(W0 − A) = {}.\n\n",
+                show(cpu_diff(s, "W1", "W1-before"), 1),
+                show(cpu_ratio(s, "W1-before", "A", "W0", "A"), 2)
+            ));
+        }
         md.push_str("## Configurations\n\n| config | what | proxy CPU µs/request | requests/s at saturation | p50 ms | p99 ms | RSS after (MiB) |\n|---|---|---|---|---|---|---|\n");
         for cfg in self.configs {
             let l = cfg.label.as_str();
