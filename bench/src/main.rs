@@ -49,7 +49,7 @@ struct Cli {
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
     /// The main run's configurations.
-    #[arg(long, value_delimiter = ',', default_value = "A,B,C,W0,W1,W2,W1d")]
+    #[arg(long, value_delimiter = ',', default_value = "A,B,C,W0,W1,W2,W1d,W1-lean")]
     configs: Vec<String>,
     /// Also run the cost breakdown (filter variants built by `just bench`).
     #[arg(long)]

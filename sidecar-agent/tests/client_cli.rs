@@ -47,6 +47,16 @@ async fn tail_and_methods_print_linked_calls() {
     ));
     let pid = child.id();
     let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
+    // The reader batches its wakeups (it drains on a 10 ms timer too), so the connection reaches the table a few
+    // ms after `connect` returns: report once it is there, as a real call, reported after it ended, would be.
+    let netns = u32::try_from(std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata("/proc/self/ns/net").unwrap(),
+    ))
+    .unwrap();
+    wait_for("the connection to be tracked", || {
+        agent.agent.with_table(|t| t.find(netns, local, envoy).is_some())
+    })
+    .await;
     let mut client = agent.client().await;
     let mut other_version = common::outbound(local, envoy, "Filtered");
     other_version.gray_version = "v1".into();
