@@ -66,6 +66,7 @@ test: setup build
 # What grayscope costs next to native Envoy filters and an empty wasm filter: ROUNDS interleaved rounds of SECONDS
 # per configuration, the cost breakdown and the eBPF side; writes bench/RESULTS.md and bench/RESULTS.json.
 # `just bench 2 1` is a smoke run; extra ARGS go to grayscope-bench (`--help`), e.g. `--load-note "idle machine"`.
+[positional-arguments]
 bench rounds="10" seconds="3" *args="": setup build
     #!/usr/bin/env bash
     set -euo pipefail
@@ -79,7 +80,8 @@ bench rounds="10" seconds="3" *args="": setup build
     # Leave target/ holding the real filter again.
     cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked -q --release -p bench
-    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 {{args}}
+    # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
+    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost "${@:3}"
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,
 # a live `grayscope-agent tail`, the agent's method table and the Prometheus series.

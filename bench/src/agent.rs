@@ -23,7 +23,7 @@ pub struct Agent {
 
 impl Agent {
     /// Starts the agent on a socket in a fresh directory; ready once `/metrics` answers and the socket exists.
-    pub fn start(binary: &Path, cpu: usize) -> Result<Self> {
+    pub fn start(binary: &Path, cpu: usize, extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("grayscope-bench-agent").tempdir()?;
         let socket = dir.path().join("agent.sock");
         let log = dir.path().join("agent.log");
@@ -34,6 +34,7 @@ impl Agent {
             .args(["run", "--socket"])
             .arg(&socket)
             .args(["--metrics-addr", &metrics.to_string(), "--log", "warn"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::create(&log)?)
@@ -59,6 +60,10 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The sum of every series of a metric family (`name` as exposed, e.g. `grayscope_agent_events_dropped_total`).

@@ -85,7 +85,7 @@ pub fn measure(
         // Alternate which goes first, so a drift in the machine's load does not favour one side.
         for &attached in if round % 2 == 0 { &[false, true] } else { &[true, false] } {
             if attached {
-                let agent = Agent::start(agent_bin, agent_cpu)?;
+                let agent = Agent::start(agent_bin, agent_cpu, &[])?;
                 let before = kernel_figures(&agent)?;
                 pair[1] = run_generator(gen_cpu, duration)?;
                 let after = kernel_figures(&agent)?;

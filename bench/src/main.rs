@@ -11,6 +11,7 @@
 //! - [`stats`], [`results`]: medians of per-round figures, the two result files.
 
 mod agent;
+mod agent_cost;
 mod configs;
 mod ebpf;
 mod load;
@@ -57,6 +58,9 @@ struct Cli {
     /// Also measure the eBPF side (connect rate with and without the agent), with this many rounds.
     #[arg(long, default_value_t = 0)]
     ebpf_rounds: usize,
+    /// Also measure the agent's own cost (ingestion, CPU at 10k calls/s, memory with 100k connections).
+    #[arg(long)]
+    agent_cost: bool,
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -81,13 +85,36 @@ enum Sub {
         #[arg(long)]
         seconds: f64,
     },
+    /// (internal) Report batches to an agent for SECONDS (at RATE records/s, 0: flat out); prints the accepted.
+    ReportLoop {
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 0)]
+        rate: u32,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    if let Some(Sub::ConnectLoop { seconds }) = cli.command {
-        println!("{}", ebpf::connect_loop(Duration::from_secs_f64(seconds))?);
-        return Ok(());
+    match &cli.command {
+        Some(Sub::ConnectLoop { seconds }) => {
+            println!("{}", ebpf::connect_loop(Duration::from_secs_f64(*seconds))?);
+            return Ok(());
+        }
+        Some(Sub::ReportLoop {
+            socket,
+            seconds,
+            rate,
+            streams,
+        }) => {
+            println!("{}", agent_cost::report_loop(socket, *seconds, *rate, *streams)?);
+            return Ok(());
+        }
+        None => {}
     }
     bench(&cli)
 }
@@ -131,7 +158,7 @@ fn bench(cli: &Cli) -> Result<()> {
     let upstream = upstream::start()?;
     let needs_agent = configs.iter().any(configs::Config::needs_agent) || cli.breakdown;
     let agent = if needs_agent {
-        Some(agent::Agent::start(&agent_bin, load_cpu)?)
+        Some(agent::Agent::start(&agent_bin, load_cpu, &[])?)
     } else {
         None
     };
@@ -180,6 +207,16 @@ fn bench(cli: &Cli) -> Result<()> {
             Duration::from_secs(3),
             proxy_cpu,
             load_cpu,
+        )?)
+    } else {
+        None
+    };
+    let agent_cost = if cli.agent_cost {
+        Some(agent_cost::measure(
+            &agent_bin,
+            proxy_cpu,
+            load_cpu,
+            settings.clock_ticks,
         )?)
     } else {
         None
@@ -236,6 +273,7 @@ fn bench(cli: &Cli) -> Result<()> {
         rss_kib: &main_run.rss_kib,
         breakdown: breakdown.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice())),
         ebpf: ebpf.as_ref(),
+        agent: agent_cost.as_ref(),
         not_measured,
     };
     write(&cli.out, &report)

@@ -114,11 +114,7 @@ impl Proxy {
 
     /// Resident memory of the process in KiB.
     pub fn rss_kib(&self) -> Result<u64> {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS"))
+        rss_kib(self.pid())
     }
 
     /// Envoy's log so far (warnings and errors).
@@ -132,6 +128,15 @@ impl Drop for Proxy {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident memory of a process in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS"))
 }
 
 /// utime + stime of a process from `/proc/<pid>/stat`, in clock ticks.

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Map, Value};
 
 use crate::{
+    agent_cost::AgentCost,
     configs::{Config, STAGES},
     ebpf::EbpfResult,
     run::Sample,
@@ -74,6 +75,7 @@ pub struct Report<'a> {
     pub rss_kib: &'a [(String, u64)],
     pub breakdown: Option<(&'a [Config], &'a [Sample])>,
     pub ebpf: Option<&'a EbpfResult>,
+    pub agent: Option<&'a AgentCost>,
     /// Why each figure left null was not measured, keyed like the JSON (e.g. `agent.records_per_s`).
     pub not_measured: BTreeMap<String, String>,
 }
@@ -165,9 +167,10 @@ impl Report<'_> {
             },
             "ebpf": ebpf,
             "agent": {
-                "records_per_s": null,
-                "cpu_pct_at_10k_calls_per_s": null,
-                "rss_mib_100k": null,
+                "records_per_s": self.agent.map(|a| a.records_per_s),
+                "cpu_pct_at_10k_calls_per_s": self.agent.map(|a| a.cpu_pct_at_10k),
+                "rss_mib_100k": self.agent.map(|a| a.rss_mib_100k),
+                "connections_tracked_at_rss": self.agent.map(|a| a.tracked_at_rss),
                 "watch_delay_p99_ms": null,
             },
             "configs": configs,
@@ -292,6 +295,14 @@ impl Report<'_> {
                     }
                 }
             }
+            None => md.push_str("Not measured in this run.\n"),
+        }
+        md.push_str("\n## The agent\n\n");
+        match self.agent {
+            Some(a) => md.push_str(&format!(
+                "One run each, the agent pinned to one CPU and the gRPC client (`grayscope-bench report-loop`, batches of {} records naming one real connection, so each is linked through the table) to the other.\n\n| figure | value | target |\n|---|---|---|\n| `Report` ingestion, records/s (4 concurrent calls) | {:.0} | ≥ 200,000 |\n| agent CPU at 10,000 linked calls/s, % of a core | {:.1} | ≤ 2 |\n| agent RSS after ≥ 100,000 connections opened and closed within the grace period, MiB | {:.1} ({:.0} table entries, both ends of each connection, the table bound 200,000) | ≤ 64 |\n",
+                crate::agent_cost::BATCH, a.records_per_s, a.cpu_pct_at_10k, a.rss_mib_100k, a.tracked_at_rss
+            )),
             None => md.push_str("Not measured in this run.\n"),
         }
         if !self.not_measured.is_empty() {
