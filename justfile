@@ -24,6 +24,7 @@ setup:
     rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
     rustup target list --installed | grep -qx {{wasm_target}} || rustup target add {{wasm_target}}
     pkgs=(clang-19 libbpf-dev linux-libc-dev bpftool iproute2 python3-venv prometheus)
+    pkgs+=(wrk nghttp2-client util-linux) # the benchmark (bench/) and its smoke test
     pkgs+=(skopeo umoci) # the OCI layouts of `just package`, inspected by tests/tests/package.rs
     missing=()
     for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -54,6 +55,10 @@ build:
     cp {{root}}/target/release/libgrayscope_empty.so {{root}}/dist/libgrayscope_empty.so
     cp {{root}}/target/release/grayscope-agent {{root}}/dist/grayscope-agent
     cp {{root}}/target/release/grayscope-injector {{root}}/dist/grayscope-injector
+    # The benchmark's empty filter (configuration W0); the bench smoke test in `just test` loads it.
+    cargo build --locked -p empty-filter --target {{wasm_target}} --profile wasm-release
+    mkdir -p {{root}}/dist/bench
+    cp {{root}}/target/{{wasm_target}}/wasm-release/empty_filter.wasm {{root}}/dist/bench/empty_filter.wasm
     @ls -l {{root}}/dist
 
 # Write the images as OCI image layouts under dist/oci (the filter for Istio's WasmPlugin, the agent, the webhook;
@@ -86,6 +91,26 @@ test: setup build
             "sidecar-agent/tests/* and tests/tests/linked_calls.rs (each says 'skipping test' with --nocapture)"
     fi
     cargo test --locked --workspace --no-fail-fast
+
+# What grayscope costs next to native Envoy filters and an empty wasm filter: ROUNDS interleaved rounds of SECONDS
+# per configuration, the cost breakdown and the eBPF side; writes bench/RESULTS.md and bench/RESULTS.json.
+# `just bench 2 1` is a smoke run; extra ARGS go to grayscope-bench (`--help`), e.g. `--load-note "idle machine"`.
+[positional-arguments]
+bench rounds="10" seconds="3" *args="": setup build
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cd {{root}}
+    # The breakdown's variants: the filter built with one stage skipped each (features bench-skip-<stage>).
+    mkdir -p dist/bench
+    for stage in header-read decide rewrite metrics log-properties record all; do
+        cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release --features bench-skip-$stage
+        cp target/{{wasm_target}}/wasm-release/grayscope_filter.wasm dist/bench/grayscope_filter-skip-$stage.wasm
+    done
+    # Leave target/ holding the real filter again.
+    cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
+    cargo build --locked -q --release -p bench
+    # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
+    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost "${@:3}"
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,
 # a live `grayscope-agent tail`, the agent's method table and the Prometheus series.

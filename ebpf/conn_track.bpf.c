@@ -132,6 +132,23 @@ static __always_inline void own(struct gs_conn_state *st)
 	bpf_get_current_comm(st->comm, sizeof(st->comm));
 }
 
+/* bpf_ringbuf_submit flags and bpf_ringbuf_query selectors (uapi enums, not in vmlinux_min.h). */
+#define GS_RB_NO_WAKEUP 1
+#define GS_RB_FORCE_WAKEUP 2
+#define GS_RB_AVAIL_DATA 0
+#define GS_RB_RING_SIZE 1
+
+/* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
+ * the ring on a short timer (sidecar-agent/src/ebpf/reader.rs, POLL_INTERVAL), so an event waits at most that
+ * long, and a burst of connections costs one wakeup per batch instead of one per event (the default policy wakes
+ * the reader on every submit that finds it caught up, which on a fast reader is nearly every one). */
+static __always_inline __u64 wakeup_flag(void)
+{
+	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
+
+	return pending >= bpf_ringbuf_query(&events, GS_RB_RING_SIZE) / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
+}
+
 static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, const struct tuple *t, __u64 skaddr,
 				 __u32 netns, __u64 now)
 {
@@ -159,7 +176,7 @@ static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, cons
 	__builtin_memcpy(e->laddr, t->laddr, sizeof(e->laddr));
 	__builtin_memcpy(e->raddr, t->raddr, sizeof(e->raddr));
 	__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, 0);
+	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")

@@ -141,9 +141,23 @@ pub fn remove_header(map: u32, key: &str) -> Result<(), AbiError> {
     check("remove_header_map_value", status)
 }
 
-/// Reads a property by its dotted path segments (e.g. `["xds", "cluster_name"]`); `None` when absent.
-pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, AbiError> {
-    let path = path.join("\0");
+/// Property paths as the host wants them: segments joined by NUL bytes, built at compile time, so a read
+/// allocates nothing for its path.
+pub mod path {
+    pub const RESPONSE_CODE: &[u8] = b"response\0code";
+    pub const GRPC_STATUS: &[u8] = b"response\0grpc_status";
+    pub const REQUEST_DURATION: &[u8] = b"request\0duration";
+    pub const REQUEST_TIME: &[u8] = b"request\0time";
+    pub const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
+    pub const LISTENER_DIRECTION: &[u8] = b"xds\0listener_direction";
+    pub const SOURCE_ADDRESS: &[u8] = b"source\0address";
+    pub const DESTINATION_ADDRESS: &[u8] = b"destination\0address";
+    pub const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
+    pub const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+}
+
+/// Reads a property by its NUL-separated path (see [`path`]); `None` when absent.
+pub fn property(path: &[u8]) -> Result<Option<Vec<u8>>, AbiError> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as above.
     let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut len) };
@@ -155,7 +169,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, AbiError> {
 }
 
 /// A property holding an integer (Envoy encodes them as 8 bytes little-endian).
-pub fn property_u64(path: &[&str]) -> Result<Option<u64>, AbiError> {
+pub fn property_u64(path: &[u8]) -> Result<Option<u64>, AbiError> {
     Ok(property(path)?
         .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
         .map(u64::from_le_bytes))

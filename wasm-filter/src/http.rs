@@ -60,7 +60,12 @@ impl Call {
     }
 
     fn on_request(&mut self, shared: &Shared) -> Result<(), AbiError> {
-        let buf = abi::header_pairs(REQUEST_HEADERS)?;
+        // `bench-skip-*` features: the benchmark's cost breakdown builds variants that skip one stage each.
+        let buf = if cfg!(feature = "bench-skip-header-read") {
+            Vec::new()
+        } else {
+            abi::header_pairs(REQUEST_HEADERS)?
+        };
         let headers = match Headers::parse(&buf) {
             Ok(h) => h,
             Err(e) => {
@@ -69,12 +74,18 @@ impl Call {
             }
         };
         let cfg = &shared.config;
-        let decision = request::decide(cfg, &headers);
+        let decision = if cfg!(feature = "bench-skip-decide") {
+            bench_decision()
+        } else {
+            request::decide(cfg, &headers)
+        };
         // Each step stands alone: a failed hostcall is logged and the others still run. The rewrites come first,
         // since forwarding an invalid version is worse than missing a count.
-        self.check(rewrite(&cfg.gray.header, &decision.gray_header));
-        self.check(rewrite("baggage", &decision.baggage_header));
-        if cfg.filter_state {
+        if !cfg!(feature = "bench-skip-rewrite") {
+            self.check(rewrite(&cfg.gray.header, &decision.gray_header));
+            self.check(rewrite("baggage", &decision.baggage_header));
+        }
+        if cfg.filter_state && !cfg!(feature = "bench-skip-rewrite") {
             self.check(match &decision.interface {
                 Interface::Grpc { service, method } => {
                     abi::set_filter_state(attributes::RPC_METHOD, format!("{service}/{method}").as_bytes())
@@ -86,7 +97,7 @@ impl Call {
             }
         }
         // `try_borrow`: callbacks never nest, but a filter must not panic even if a host one day made them.
-        if let Ok(metrics) = shared.metrics.try_borrow() {
+        if let (false, Ok(metrics)) = (cfg!(feature = "bench-skip-metrics"), shared.metrics.try_borrow()) {
             for &(source, reason) in &decision.invalid {
                 self.check(metrics.gray_invalid(&mut EnvoyMetrics, source, reason));
             }
@@ -95,7 +106,7 @@ impl Call {
             self.check(metrics.baggage_dropped(&mut EnvoyMetrics, Dropped::OverLimit, over));
         }
         let side = Side::resolve(cfg.direction, || {
-            abi::property_u64(&["xds", "listener_direction"]).unwrap_or_else(|e| self.warn(e))
+            abi::property_u64(abi::path::LISTENER_DIRECTION).unwrap_or_else(|e| self.warn(e))
         });
         self.seen = Some((decision, side));
         Ok(())
@@ -105,22 +116,32 @@ impl Call {
         let Some((decision, side)) = &self.seen else {
             return Ok(());
         };
-        let code = abi::property_u64(&["response", "code"])?;
+        let skip_properties = cfg!(feature = "bench-skip-log-properties");
+        let code = if skip_properties {
+            Some(200)
+        } else {
+            abi::property_u64(abi::path::RESPONSE_CODE)?
+        };
         let status = match &decision.interface {
             // Envoy reports grpc_status 2 when there is none; with no response at all the call was never answered.
             Interface::Grpc { .. } => match code {
                 None | Some(0) => Status::NoResponse,
-                Some(_) => Status::grpc(abi::property_u64(&["response", "grpc_status"])?, code),
+                Some(_) => Status::grpc(abi::property_u64(abi::path::GRPC_STATUS)?, code),
             },
             Interface::Http { .. } => Status::http(code),
         };
-        let duration_ns = abi::property_u64(&["request", "duration"])?.unwrap_or(0);
+        let duration_ns = if skip_properties {
+            0
+        } else {
+            abi::property_u64(abi::path::REQUEST_DURATION)?.unwrap_or(0)
+        };
         let cluster;
         let http_service = match (&decision.interface, &shared.config.service) {
             (Interface::Grpc { .. }, _) => "",
             (Interface::Http { .. }, Some(s)) => s.as_str(),
+            (Interface::Http { .. }, None) if skip_properties => wasm_filter_core::interface::UNKNOWN,
             (Interface::Http { .. }, None) => {
-                cluster = abi::property(&["xds", "cluster_name"])?.and_then(|b| String::from_utf8(b).ok());
+                cluster = abi::property(abi::path::CLUSTER_NAME)?.and_then(|b| String::from_utf8(b).ok());
                 cluster.as_deref().unwrap_or(wasm_filter_core::interface::UNKNOWN)
             }
         };
@@ -133,23 +154,37 @@ impl Call {
             duration_ms: duration_ns / 1_000_000,
         };
         match shared.metrics.try_borrow_mut() {
+            Ok(_) if cfg!(feature = "bench-skip-metrics") => {}
             Ok(mut metrics) => metrics.call(&mut EnvoyMetrics, &call)?,
             Err(_) => log::warn!("#{} metrics busy; call not counted", self.id),
         }
         let Some(reporter) = &shared.reporter else {
             return Ok(());
         };
+        if cfg!(feature = "bench-skip-record") {
+            return Ok(());
+        }
         let service = match &decision.interface {
             Interface::Grpc { service, .. } => service.as_str(),
             Interface::Http { .. } => http_service,
         };
-        let text = |path: &[&str]| -> Result<Option<String>, AbiError> {
+        let text = |path: &[u8]| -> Result<Option<String>, AbiError> {
+            if skip_properties {
+                return Ok(None);
+            }
             Ok(abi::property(path)?.and_then(|b| String::from_utf8(b).ok()))
         };
-        let (client, server) = (text(&["source", "address"])?, text(&["destination", "address"])?);
-        let (upstream_local, upstream_peer) = (text(&["upstream", "local_address"])?, text(&["upstream", "address"])?);
+        let (client, server) = (text(abi::path::SOURCE_ADDRESS)?, text(abi::path::DESTINATION_ADDRESS)?);
+        let (upstream_local, upstream_peer) = (
+            text(abi::path::UPSTREAM_LOCAL_ADDRESS)?,
+            text(abi::path::UPSTREAM_ADDRESS)?,
+        );
         let ctx = CallContext {
-            start_time_unix_nano: abi::property_u64(&["request", "time"])?.unwrap_or(0),
+            start_time_unix_nano: if skip_properties {
+                0
+            } else {
+                abi::property_u64(abi::path::REQUEST_TIME)?.unwrap_or(0)
+            },
             duration_ns,
             http_status: code,
             client: client.as_deref(),
@@ -185,6 +220,24 @@ impl Call {
     fn warn<T: Default>(&self, e: AbiError) -> T {
         log::warn!("#{} {e}", self.id);
         T::default()
+    }
+}
+
+/// The decision a plain `GET /x` gets, for the `bench-skip-decide` variant.
+fn bench_decision() -> Decision {
+    Decision {
+        interface: Interface::Http {
+            verb: "GET",
+            route: "/x".to_owned(),
+        },
+        version: None,
+        invalid: Vec::new(),
+        baggage_dropped_malformed: 0,
+        baggage_dropped_over_limit: 0,
+        gray_header: Rewrite::Keep,
+        baggage_header: Rewrite::Keep,
+        request_id: None,
+        trace_id: None,
     }
 }
 

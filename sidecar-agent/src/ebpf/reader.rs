@@ -1,13 +1,18 @@
 //! Drains the ring buffer asynchronously: the ring's fd is registered with tokio ([`AsyncFd`]), so the task
-//! sleeps until the kernel signals data, then reads every record, decodes it and hands it on.
+//! sleeps until the kernel signals data or [`POLL_INTERVAL`] passes, then reads every record, decodes it and hands
+//! it on. The kernel programs signal only once a quarter of the ring is pending (`wakeup_flag` in
+//! `ebpf/conn_track.bpf.c`): one wakeup per batch instead of one per event, and the timer picks up the rest.
 //!
 //! The reader can be paused through a [`PauseControl`]: it then leaves the ring alone, the ring fills up and
 //! the kernel programs count what they cannot store. Every record taken from the ring counts as
 //! delivered, decodable or not, so `delivered + dropped == produced` holds once the ring is drained.
 
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -18,6 +23,10 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::events::{self, ConnEvent};
+
+/// How often the reader drains the ring without being woken: the longest an event waits in the ring (the agent
+/// waits `--link-wait`, 500 ms by default, for a call's connection, so this is far inside it).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Counts kept by the reader.
 #[derive(Debug, Default)]
@@ -99,6 +108,8 @@ impl Reader {
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let mut batch = Vec::new();
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *switch.request.borrow_and_update() {
                 switch.state.send_replace(true);
@@ -122,6 +133,7 @@ impl Reader {
                     // data waits: drain once more (cheap when empty).
                     drain(guard.get_inner_mut(), &self.counters, &mut batch);
                 }
+                _ = poll.tick() => drain(self.ring.get_mut(), &self.counters, &mut batch),
             }
             for event in batch.drain(..) {
                 if tx.send(event).await.is_err() {

@@ -1,0 +1,154 @@
+//! The agent's own cost: `Report` ingestion over its Unix socket, its CPU at a fixed rate of linked calls, and its
+//! resident memory with 100,000 connections in its table.
+//!
+//! The gRPC client runs as a child process of the harness (`grayscope-bench report-loop`) pinned to the other CPU
+//! than the agent, so the agent's figures are its own. Every record names a real connection the client opened (so
+//! the agent links it at once, through its table), in batches like the filter's.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
+
+use crate::{agent::Agent, ebpf, proxy};
+
+/// Records per `Report`, as the filter batches them.
+pub const BATCH: usize = 100;
+
+/// What the agent-cost phase measured.
+#[derive(Debug, Clone)]
+pub struct AgentCost {
+    pub records_per_s: f64,
+    pub cpu_pct_at_10k: f64,
+    pub rss_mib_100k: f64,
+    pub tracked_at_rss: f64,
+}
+
+/// `report-loop`: sends batches for `seconds` (at `rate` records/s, 0 for flat out over `streams` concurrent
+/// calls) and prints how many records the agent accepted.
+pub fn report_loop(socket: &Path, seconds: f64, rate: u32, streams: usize) -> Result<u64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = listener.local_addr()?;
+    let conn = TcpStream::connect(server)?;
+    let (_accepted, _) = listener.accept()?;
+    let client = conn.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        // The connection must be in the agent's table before the records that name it arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let batch = batch(client, server);
+        let end = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut tasks = Vec::new();
+        let streams = if rate > 0 { 1 } else { streams };
+        for _ in 0..streams {
+            let mut c = sidecar_agent::client::connect(socket).await?;
+            let batch = batch.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut accepted = 0u64;
+                let interval = (rate > 0).then(|| Duration::from_secs_f64(BATCH as f64 / f64::from(rate)));
+                let mut due = tokio::time::Instant::now();
+                while Instant::now() < end {
+                    if let Some(i) = interval {
+                        tokio::time::sleep_until(due).await;
+                        due += i;
+                    }
+                    let req = ReportRequest {
+                        reporter: "bench".into(),
+                        calls: batch.clone(),
+                    };
+                    accepted += u64::from(c.report(req).await?.into_inner().accepted);
+                }
+                Ok::<_, anyhow::Error>(accepted)
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await??;
+        }
+        drop(conn);
+        Ok(total)
+    })
+}
+
+fn batch(client: SocketAddr, server: SocketAddr) -> Vec<CallRecord> {
+    let sa = |a: SocketAddr| {
+        Some(SocketAddress {
+            address: a.ip().to_string(),
+            port: u32::from(a.port()),
+        })
+    };
+    (0..BATCH)
+        .map(|i| CallRecord {
+            direction: Direction::Outbound as i32,
+            rpc_system_name: "grpc".into(),
+            rpc_method: format!("bench.Service/Method{}", i % 10),
+            service: "bench.Service".into(),
+            gray_version: "v2".into(),
+            status: "OK".into(),
+            http_response_status_code: 200,
+            duration_ns: 1_500_000,
+            start_time_unix_nano: 1_800_000_000_000_000_000,
+            client: sa(client),
+            server: sa(server),
+            request_id: format!("req-{i}"),
+            ..CallRecord::default()
+        })
+        .collect()
+}
+
+fn run_reporter(socket: &Path, cpu: usize, seconds: f64, rate: u32) -> Result<u64> {
+    let out = Command::new("taskset")
+        .args(["-c", &cpu.to_string()])
+        .arg(std::env::current_exe()?)
+        .args(["report-loop", "--socket"])
+        .arg(socket)
+        .args(["--seconds", &seconds.to_string(), "--rate", &rate.to_string()])
+        .output()
+        .context("run the report generator")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow!("report-loop said {text:?} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Runs the three measurements, each on a fresh agent pinned to `agent_cpu`.
+pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize, clock_ticks: u64) -> Result<AgentCost> {
+    let seconds = 3.0;
+    let agent = Agent::start(agent_bin, agent_cpu, &[])?;
+    let accepted = run_reporter(&agent.socket, client_cpu, seconds, 0)?;
+    let records_per_s = accepted as f64 / seconds;
+    drop(agent);
+
+    let agent = Agent::start(agent_bin, agent_cpu, &[])?;
+    let t0 = proxy::cpu_ticks(agent.pid())?;
+    let start = Instant::now();
+    run_reporter(&agent.socket, client_cpu, seconds, 10_000)?;
+    let busy = (proxy::cpu_ticks(agent.pid())? - t0) as f64 / clock_ticks as f64;
+    let cpu_pct_at_10k = 100.0 * busy / start.elapsed().as_secs_f64();
+    drop(agent);
+
+    // 100,000 connections opened and closed: closed ones stay in the table for the grace period (30 s).
+    let agent = Agent::start(
+        agent_bin,
+        agent_cpu,
+        &["--table-max-entries", "200000", "--kernel-max-conns", "200000"],
+    )?;
+    let mut cycles = 0;
+    while cycles < 100_000 {
+        cycles += ebpf::connect_loop(Duration::from_millis(500))?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let tracked_at_rss = agent.metric("grayscope_agent_connections_tracked")?;
+    let rss_mib_100k = proxy::rss_kib(agent.pid())? as f64 / 1024.0;
+    Ok(AgentCost {
+        records_per_s,
+        cpu_pct_at_10k,
+        rss_mib_100k,
+        tracked_at_rss,
+    })
+}

@@ -1,0 +1,289 @@
+//! The Envoy configurations compared: one binary, one listener, one route to the same upstream; only the HTTP
+//! filter chain (and, for C, the route's added header) changes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// What the listener's HTTP filter chain holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chain {
+    /// A: the router alone.
+    Router,
+    /// B: A + `grpc_stats` for all methods.
+    GrpcStats,
+    /// C: B + `header_to_metadata` (working on every request through `on_header_missing`) and a
+    /// `request_headers_to_add` on the route: the closest native equivalent of the filter's work.
+    Native,
+    /// A + a wasm filter with this plugin configuration; `agent` adds the `grayscope_agent` cluster.
+    Wasm {
+        file: PathBuf,
+        plugin_config: String,
+        agent: bool,
+    },
+}
+
+/// One configuration of the run: its label (as in the tables) and its filter chain.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub label: String,
+    pub what: String,
+    pub chain: Chain,
+}
+
+/// The filter's configuration without reporting: W1 and every breakdown variant.
+pub const NO_REPORT: &str = r#"{"report":{"enabled":false}}"#;
+
+/// W1 without the per-request work a deployment can configure away: filter state off, the direction and the
+/// `service` label fixed (no `xds.listener_direction` nor `xds.cluster_name` read per request).
+pub const LEAN: &str = r#"{"report":{"enabled":false},"filter_state":false,"direction":"inbound","service":"bench"}"#;
+
+/// Where the harness finds the wasm files: `dist/` as `just build` leaves it, variants in `dist/bench/`.
+#[derive(Debug, Clone)]
+pub struct WasmFiles {
+    pub filter: PathBuf,
+    pub empty: PathBuf,
+    pub variants: PathBuf,
+}
+
+impl WasmFiles {
+    fn variant(&self, stage: &str) -> PathBuf {
+        self.variants.join(format!("grayscope_filter-skip-{stage}.wasm"))
+    }
+}
+
+/// The stages the breakdown skips one at a time (cargo features `bench-skip-<stage>` of `wasm-filter`).
+pub const STAGES: &[(&str, &str)] = &[
+    (
+        "header-read",
+        "read and parse the request header map (the decision then sees no headers)",
+    ),
+    (
+        "decide",
+        "interface, route, gray version and baggage decision (a fixed decision instead)",
+    ),
+    ("rewrite", "header rewrites and filter state hostcalls"),
+    ("metrics", "every metric hostcall and the metric maps"),
+    (
+        "log-properties",
+        "property reads in on_log (response code, duration, cluster, addresses)",
+    ),
+    ("record", "call record building and buffering (reporting on)"),
+    (
+        "all",
+        "every stage above: what remains is the filter's fixed cost over the empty one",
+    ),
+];
+
+/// Resolves a configuration label: A, B, C, W0, W1, W2, W1d (the default `{}` with no agent cluster), W1-lean,
+/// W1-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
+pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
+    let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
+        file,
+        plugin_config: plugin_config.to_owned(),
+        agent,
+    };
+    let (what, chain) = match label {
+        "A" => ("router only".to_owned(), Chain::Router),
+        "B" => ("A + grpc_stats (all methods)".to_owned(), Chain::GrpcStats),
+        "C" => (
+            "B + header_to_metadata + request_headers_to_add".to_owned(),
+            Chain::Native,
+        ),
+        "W0" => (
+            "A + empty Rust proxy-wasm filter".to_owned(),
+            wasm_cfg(wasm.empty.clone(), "", false),
+        ),
+        "W1" => (
+            format!("A + grayscope `{NO_REPORT}`"),
+            wasm_cfg(wasm.filter.clone(), NO_REPORT, false),
+        ),
+        "W2" => (
+            "A + grayscope `{}` reporting to the running agent".to_owned(),
+            wasm_cfg(wasm.filter.clone(), "{}", true),
+        ),
+        "W1d" => (
+            "A + grayscope `{}` in an Envoy without a grayscope_agent cluster".to_owned(),
+            wasm_cfg(wasm.filter.clone(), "{}", false),
+        ),
+        "W1-lean" => (
+            format!("A + grayscope `{LEAN}`"),
+            wasm_cfg(wasm.filter.clone(), LEAN, false),
+        ),
+        "W1-before" => (
+            "W1 with the filter as it was before this branch's optimisations".to_owned(),
+            wasm_cfg(wasm.variants.join("grayscope_filter-before.wasm"), NO_REPORT, false),
+        ),
+        "W2-record" => (
+            "W2 built with `bench-skip-record`".to_owned(),
+            wasm_cfg(wasm.variant("record"), "{}", true),
+        ),
+        other => match other.strip_prefix("W1-") {
+            Some(stage) if STAGES.iter().any(|(s, _)| *s == stage) && stage != "record" => (
+                format!("W1 built with `bench-skip-{stage}`"),
+                wasm_cfg(wasm.variant(stage), NO_REPORT, false),
+            ),
+            _ => bail!("unknown configuration {other:?} (A, B, C, W0, W1, W2, W1d, W1-<stage>, W2-record)"),
+        },
+    };
+    if let Chain::Wasm { file, .. } = &chain {
+        if !file.exists() {
+            bail!(
+                "{label}: {} not found (run `just bench`, which builds it)",
+                file.display()
+            );
+        }
+    }
+    Ok(Config {
+        label: label.to_owned(),
+        what,
+        chain,
+    })
+}
+
+impl Config {
+    /// Whether this configuration needs the agent running.
+    pub fn needs_agent(&self) -> bool {
+        matches!(self.chain, Chain::Wasm { agent: true, .. })
+    }
+
+    /// The Envoy bootstrap for this configuration.
+    pub fn bootstrap(&self, upstream_port: u16, agent_socket: &Path) -> String {
+        let router = r#"
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#;
+        let grpc_stats = r#"
+          - name: envoy.filters.http.grpc_stats
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+              emit_filter_state: true
+              stats_for_all_methods: true"#;
+        let header_to_metadata = r#"
+          - name: envoy.filters.http.header_to_metadata
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config
+              request_rules:
+              - header: x-gray-version
+                on_header_present: {metadata_namespace: grayscope, key: gray_version, type: STRING}
+                on_header_missing: {metadata_namespace: grayscope, key: gray_version, value: none, type: STRING}
+                remove: false"#;
+        let (filters, headers_to_add) = match &self.chain {
+            Chain::Router => (router.to_owned(), ""),
+            Chain::GrpcStats => (format!("{grpc_stats}{router}"), ""),
+            Chain::Native => (
+                format!("{grpc_stats}{header_to_metadata}{router}"),
+                r#"
+                request_headers_to_add:
+                - header: {key: x-grayscope-seen, value: "%REQ(x-gray-version)%"}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD"#,
+            ),
+            Chain::Wasm {
+                file, plugin_config, ..
+            } => (
+                format!(
+                    r#"
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: bench
+                root_id: bench
+                vm_config:
+                  vm_id: bench
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: "{}"}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{plugin_config}'{router}"#,
+                    file.display()
+                ),
+                "",
+            ),
+        };
+        let agent_cluster = if self.needs_agent() {
+            format!(
+                r#"
+  - name: grayscope_agent
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: grayscope_agent
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{pipe: {{path: "{}"}}}}}}}}]}}]"#,
+                agent_socket.display()
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"# grayscope bench, configuration {label}: {what}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: upstream, timeout: 10s}}{headers_to_add}
+          http_filters:{filters}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]{agent_cluster}
+"#,
+            label = self.label,
+            what = self.what,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> WasmFiles {
+        WasmFiles {
+            filter: PathBuf::from("/"),
+            empty: PathBuf::from("/"),
+            variants: PathBuf::from("/nonexistent"),
+        }
+    }
+
+    #[test]
+    fn unknown_labels_and_missing_variants_are_refused_by_name() {
+        let e = resolve("W9", &files()).unwrap_err().to_string();
+        assert!(e.contains("unknown configuration \"W9\""), "{e}");
+        let e = resolve("W1-metrics", &files()).unwrap_err().to_string();
+        assert!(e.contains("grayscope_filter-skip-metrics.wasm not found"), "{e}");
+    }
+
+    #[test]
+    fn only_the_reporting_configurations_get_the_agent_cluster() {
+        let sock = Path::new("/tmp/agent.sock");
+        let w2 = resolve("W2", &files()).unwrap().bootstrap(1, sock);
+        assert!(w2.contains("name: grayscope_agent") && w2.contains("/tmp/agent.sock"));
+        let w1d = resolve("W1d", &files()).unwrap().bootstrap(1, sock);
+        assert!(!w1d.contains("name: grayscope_agent") && w1d.contains("value: '{}'"));
+        let c = resolve("C", &files()).unwrap().bootstrap(1, sock);
+        assert!(c.contains("on_header_missing") && c.contains("request_headers_to_add"));
+    }
+}

@@ -1,0 +1,376 @@
+//! From per-round samples to the published figures: `RESULTS.json` (the headline ratios, schema of issue 11) and
+//! `RESULTS.md` (the same with context, per-configuration tables and the breakdown).
+//!
+//! Every ratio is the median of per-round ratios (or of per-round differences divided per round), never a ratio
+//! of medians: rounds of one configuration drift with the machine's load, and within a round they drift together.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::{
+    agent_cost::AgentCost,
+    configs::{Config, STAGES},
+    ebpf::EbpfResult,
+    run::Sample,
+    stats::Summary,
+};
+
+/// Per round: label -> sample.
+fn by_round(samples: &[Sample]) -> BTreeMap<usize, BTreeMap<&str, &Sample>> {
+    let mut rounds: BTreeMap<usize, BTreeMap<&str, &Sample>> = BTreeMap::new();
+    for s in samples {
+        rounds.entry(s.round).or_default().insert(&s.label, s);
+    }
+    rounds
+}
+
+/// A figure computed from the samples of one round, summarised over rounds; `None` when a label is missing.
+fn per_round(samples: &[Sample], labels: &[&str], f: impl Fn(&[&Sample]) -> f64) -> Option<Summary> {
+    let values: Vec<f64> = by_round(samples)
+        .values()
+        .filter_map(|r| {
+            let got: Option<Vec<&Sample>> = labels.iter().map(|l| r.get(l).copied()).collect();
+            got.map(|g| f(&g))
+        })
+        .collect();
+    (!values.is_empty()).then(|| Summary::of(&values))
+}
+
+/// Throughput ratio X/Y.
+pub fn rps_ratio(samples: &[Sample], x: &str, y: &str) -> Option<Summary> {
+    per_round(samples, &[x, y], |s| s[0].rps / s[1].rps)
+}
+
+/// CPU ratio (X-Y)/(Z-W) per request.
+pub fn cpu_ratio(samples: &[Sample], x: &str, y: &str, z: &str, w: &str) -> Option<Summary> {
+    per_round(samples, &[x, y, z, w], |s| {
+        (s[0].cpu_us - s[1].cpu_us) / (s[2].cpu_us - s[3].cpu_us)
+    })
+}
+
+/// CPU difference X-Y in µs per request.
+pub fn cpu_diff(samples: &[Sample], x: &str, y: &str) -> Option<Summary> {
+    per_round(samples, &[x, y], |s| s[0].cpu_us - s[1].cpu_us)
+}
+
+fn summary(samples: &[Sample], label: &str, f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
+    let v: Vec<f64> = samples.iter().filter(|s| s.label == label).filter_map(f).collect();
+    (!v.is_empty()).then(|| Summary::of(&v))
+}
+
+fn num(s: Option<Summary>) -> Value {
+    s.filter(|s| s.n > 0).map_or(Value::Null, |s| json!(s.median))
+}
+
+fn range(s: Option<Summary>) -> Value {
+    s.filter(|s| s.n > 0).map_or(Value::Null, |s| json!(s))
+}
+
+/// Everything the report is made of.
+pub struct Report<'a> {
+    pub context: Value,
+    pub configs: &'a [Config],
+    pub samples: &'a [Sample],
+    pub rss_kib: &'a [(String, u64)],
+    pub breakdown: Option<(&'a [Config], &'a [Sample])>,
+    pub ebpf: Option<&'a EbpfResult>,
+    pub agent: Option<&'a AgentCost>,
+    /// Why each figure left null was not measured, keyed like the JSON (e.g. `agent.records_per_s`).
+    pub not_measured: BTreeMap<String, String>,
+}
+
+const THROUGHPUT: [(&str, &str, &str); 3] = [("W1/A", "W1", "A"), ("W2/A", "W2", "A"), ("W1/W0", "W1", "W0")];
+const CPU: [(&str, [&str; 4]); 4] = [
+    ("(W1-A)/(W0-A)", ["W1", "A", "W0", "A"]),
+    ("(W2-W1)/(W0-A)", ["W2", "W1", "W0", "A"]),
+    ("(W1-A)/(C-A)", ["W1", "A", "C", "A"]),
+    ("(W1d-W2)/(W0-A)", ["W1d", "W2", "W0", "A"]),
+];
+
+impl Report<'_> {
+    pub fn json(&self) -> Value {
+        let s = self.samples;
+        let mut ratios = Map::new();
+        let mut ranges = Map::new();
+        for (name, x, y) in THROUGHPUT {
+            ratios.insert(name.into(), num(rps_ratio(s, x, y)));
+            ranges.insert(name.into(), range(rps_ratio(s, x, y)));
+        }
+        for (name, [x, y, z, w]) in CPU {
+            ratios.insert(name.into(), num(cpu_ratio(s, x, y, z, w)));
+            ranges.insert(name.into(), range(cpu_ratio(s, x, y, z, w)));
+        }
+        let p99 = |l: &str| summary(s, l, |x| x.p99_ms);
+        let p99_diff = per_round(s, &["W2", "A"], |r| match (r[0].p99_ms, r[1].p99_ms) {
+            (Some(a), Some(b)) => a - b,
+            _ => f64::NAN,
+        });
+        let mut configs = Map::new();
+        for c in self.configs {
+            configs.insert(
+                c.label.clone(),
+                json!({
+                    "what": c.what,
+                    "cpu_us_per_request": range(summary(s, &c.label, |x| Some(x.cpu_us))),
+                    "requests_per_s": range(summary(s, &c.label, |x| Some(x.rps))),
+                    "p50_ms": range(summary(s, &c.label, |x| x.p50_ms)),
+                    "p99_ms": range(p99(&c.label)),
+                    "requests": s.iter().filter(|x| x.label == c.label).map(|x| x.requests).sum::<u64>(),
+                    "errors": s.iter().filter(|x| x.label == c.label).map(|x| x.errors).sum::<u64>(),
+                    "rss_kib_after": self.rss_kib.iter().find(|(l, _)| *l == c.label).map(|(_, v)| *v),
+                }),
+            );
+        }
+        let breakdown = self.breakdown.map(|(cfgs, bs)| {
+            let mut m = Map::new();
+            for c in cfgs
+                .iter()
+                .filter(|c| c.label.starts_with("W1-") || c.label == "W2-record")
+            {
+                let base = if c.label == "W2-record" { "W2" } else { "W1" };
+                m.insert(
+                    c.label.clone(),
+                    json!({
+                        "what": c.what,
+                        "saved_us_per_request": range(cpu_diff(bs, base, &c.label)),
+                        "saved_over_boundary": range(cpu_ratio(bs, base, &c.label, "W0", "A")),
+                    }),
+                );
+            }
+            m.insert("W1-W0_us".into(), range(cpu_diff(bs, "W1", "W0")));
+            m.insert("W0-A_us".into(), range(cpu_diff(bs, "W0", "A")));
+            Value::Object(m)
+        });
+        let ebpf = self.ebpf.map_or_else(
+            || json!({"connect_ratio": null, "lost": null, "ns_per_event": null}),
+            |e| {
+                json!({
+                    "connect_ratio": e.connect_ratio.median,
+                    "lost": e.lost,
+                    "ns_per_event": e.ns_per_event,
+                    "connect_ratio_range": e.connect_ratio,
+                    "connects_per_s_with": e.with_per_s,
+                    "connects_per_s_without": e.without_per_s,
+                    "events_produced": e.produced,
+                    "programs": e.programs.iter().map(|(n, r, ns)| json!({"program": n, "runs": r, "ns_per_run": ns})).collect::<Vec<_>>(),
+                })
+            },
+        );
+        json!({
+            "context": self.context,
+            "ratios": ratios,
+            "ratios_range": ranges,
+            "latency": {
+                "p99_W2_minus_A_ms": num(p99_diff),
+                "p99_W2_minus_A_ms_range": range(p99_diff),
+            },
+            "ebpf": ebpf,
+            "agent": {
+                "records_per_s": self.agent.map(|a| a.records_per_s),
+                "cpu_pct_at_10k_calls_per_s": self.agent.map(|a| a.cpu_pct_at_10k),
+                "rss_mib_100k": self.agent.map(|a| a.rss_mib_100k),
+                "connections_tracked_at_rss": self.agent.map(|a| a.tracked_at_rss),
+                "watch_delay_p99_ms": null,
+            },
+            "configs": configs,
+            "breakdown": breakdown,
+            "samples": s.iter().map(|x| json!({
+                "round": x.round, "config": x.label, "cpu_us_per_request": x.cpu_us, "requests_per_s": x.rps,
+                "p50_ms": x.p50_ms, "p99_ms": x.p99_ms,
+            })).collect::<Vec<_>>(),
+            "not_measured": self.not_measured,
+        })
+    }
+
+    pub fn markdown(&self, notes: &str) -> String {
+        let s = self.samples;
+        let c = &self.context;
+        let mut md = String::new();
+        md.push_str("# grayscope benchmark results\n\n");
+        md.push_str("Written by `just bench` (`bench/src`); the figures below the last heading are hand-written notes the harness keeps.\n\n");
+        md.push_str(&format!(
+            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, wrk, upstream and agent pinned to CPU {}.\n- Load on the machine: {}\n\n",
+            c["date"].as_str().unwrap_or("?"),
+            c["machine"].as_str().unwrap_or("?"),
+            c["envoy"].as_str().unwrap_or("?"),
+            c["crates"].as_str().unwrap_or("?"),
+            c["rounds"], c["duration_s"], c["warmup_s"], c["connections"], c["proxy_cpu"], c["load_cpu"],
+            c["load_note"].as_str().unwrap_or("?"),
+        ));
+        md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only.\n\n");
+        md.push_str("## Headline ratios\n\n| ratio | median (min–max) | target |\n|---|---|---|\n");
+        let targets: BTreeMap<&str, &str> = [
+            ("W1/W0", "≥ 0.90"),
+            ("(W1-A)/(W0-A)", "≤ 2.0"),
+            ("(W2-W1)/(W0-A)", "≤ 0.25"),
+            (
+                "(W1d-W2)/(W0-A)",
+                "≤ 0 (`{}` without agent cluster costs no more than W2)",
+            ),
+        ]
+        .into_iter()
+        .collect();
+        for (name, x, y) in THROUGHPUT {
+            md.push_str(&format!(
+                "| throughput {name} | {} | {} |\n",
+                show(rps_ratio(s, x, y), 3),
+                targets.get(name).unwrap_or(&"")
+            ));
+        }
+        for (name, [x, y, z, w]) in CPU {
+            md.push_str(&format!(
+                "| CPU/request {name} | {} | {} |\n",
+                show(cpu_ratio(s, x, y, z, w), 2),
+                targets.get(name).unwrap_or(&"")
+            ));
+        }
+        let p99_diff = per_round(s, &["W2", "A"], |r| match (r[0].p99_ms, r[1].p99_ms) {
+            (Some(a), Some(b)) => a - b,
+            _ => f64::NAN,
+        });
+        md.push_str(&format!(
+            "| p99 latency W2 − A at {} req/s (ms) | {} | ≤ 0.2 |\n\n",
+            c["latency_rate"],
+            show(p99_diff, 3)
+        ));
+        if self.configs.iter().any(|c| c.label == "W1-before") {
+            md.push_str(&format!(
+                "Before/after in this run: W1 − W1-before = {} µs/request; (W1-before − A)/(W0 − A) = {}.\n\n",
+                show(cpu_diff(s, "W1", "W1-before"), 1),
+                show(cpu_ratio(s, "W1-before", "A", "W0", "A"), 2)
+            ));
+        }
+        md.push_str("## Configurations\n\n| config | what | proxy CPU µs/request | requests/s at saturation | p50 ms | p99 ms | RSS after (MiB) |\n|---|---|---|---|---|---|---|\n");
+        for cfg in self.configs {
+            let l = cfg.label.as_str();
+            md.push_str(&format!(
+                "| {l} | {} | {} | {} | {} | {} | {} |\n",
+                cfg.what,
+                show(summary(s, l, |x| Some(x.cpu_us)), 1),
+                show(summary(s, l, |x| Some(x.rps)), 0),
+                show(summary(s, l, |x| x.p50_ms), 3),
+                show(summary(s, l, |x| x.p99_ms), 3),
+                self.rss_kib
+                    .iter()
+                    .find(|(k, _)| k == l)
+                    .map_or("".into(), |(_, v)| format!("{:.0}", *v as f64 / 1024.0)),
+            ));
+        }
+        if let Some((cfgs, bs)) = self.breakdown {
+            md.push_str("\n## Cost breakdown (separate interleaved run)\n\nEach variant is the filter built with one stage skipped (cargo feature `bench-skip-<stage>` of `wasm-filter`); the stage's cost is the median per-round CPU difference to the full filter, also as a multiple of the V8 boundary (W0 − A).\n\n");
+            md.push_str(&format!(
+                "Full filter over the empty one, W1 − W0: {} µs/request; the boundary, W0 − A: {} µs/request.\n\n",
+                show(cpu_diff(bs, "W1", "W0"), 1),
+                show(cpu_diff(bs, "W0", "A"), 1)
+            ));
+            md.push_str("| variant | stage skipped | saved µs/request | saved / (W0 − A) |\n|---|---|---|---|\n");
+            for cfg in cfgs
+                .iter()
+                .filter(|c| c.label.starts_with("W1-") || c.label == "W2-record")
+            {
+                let base = if cfg.label == "W2-record" { "W2" } else { "W1" };
+                let stage = cfg.label.split_once('-').map_or("", |(_, s)| s);
+                let what = STAGES.iter().find(|(s, _)| *s == stage).map_or("", |(_, w)| w);
+                md.push_str(&format!(
+                    "| {} | {what} | {} | {} |\n",
+                    cfg.label,
+                    show(cpu_diff(bs, base, &cfg.label), 1),
+                    show(cpu_ratio(bs, base, &cfg.label, "W0", "A"), 2)
+                ));
+            }
+        }
+        md.push_str("\n## Kernel side (eBPF)\n\n");
+        match self.ebpf {
+            Some(e) => {
+                md.push_str(&format!(
+                    "Loopback connect + accept + close cycles per second, generator pinned to one CPU and the agent to the other, interleaved rounds with the agent running (programs attached) and stopped.\n\n| figure | median (min–max) |\n|---|---|\n| connects/s without | {} |\n| connects/s with | {} |\n| ratio with/without (target ≥ 0.95) | {} |\n| events produced / lost (target 0 lost) | {} / {} |\n| program run time per emitted event (ns) | {} |\n\n",
+                    e.without_per_s.show(0), e.with_per_s.show(0), e.connect_ratio.show(3), e.produced, e.lost,
+                    e.ns_per_event.map_or("n/a (no kernel run statistics)".into(), |v| format!("{v:.0}")),
+                ));
+                if !e.programs.is_empty() {
+                    md.push_str("| program | runs (last round) | ns per run |\n|---|---|---|\n");
+                    for (n, r, ns) in &e.programs {
+                        md.push_str(&format!("| {n} | {r} | {ns:.0} |\n"));
+                    }
+                }
+            }
+            None => md.push_str("Not measured in this run.\n"),
+        }
+        md.push_str("\n## The agent\n\n");
+        match self.agent {
+            Some(a) => md.push_str(&format!(
+                "One run each, the agent pinned to one CPU and the gRPC client (`grayscope-bench report-loop`, batches of {} records naming one real connection, so each is linked through the table) to the other.\n\n| figure | value | target |\n|---|---|---|\n| `Report` ingestion, records/s (4 concurrent calls) | {:.0} | ≥ 200,000 |\n| agent CPU at 10,000 linked calls/s, % of a core | {:.1} | ≤ 2 |\n| agent RSS after ≥ 100,000 connections opened and closed within the grace period, MiB | {:.1} ({:.0} table entries, both ends of each connection, the table bound 200,000) | ≤ 64 |\n",
+                crate::agent_cost::BATCH, a.records_per_s, a.cpu_pct_at_10k, a.rss_mib_100k, a.tracked_at_rss
+            )),
+            None => md.push_str("Not measured in this run.\n"),
+        }
+        if !self.not_measured.is_empty() {
+            md.push_str("\n## Not measured (null in RESULTS.json)\n\n");
+            for (k, why) in &self.not_measured {
+                md.push_str(&format!("- `{k}`: {why}\n"));
+            }
+        }
+        md.push_str(NOTES_HEADING);
+        md.push_str(notes);
+        md
+    }
+}
+
+/// The hand-written part of RESULTS.md starts here; the harness keeps whatever follows.
+pub const NOTES_HEADING: &str = "\n## Notes (hand-written, kept by the harness)\n";
+
+/// The hand-written notes of an existing RESULTS.md.
+pub fn existing_notes(md: &str) -> String {
+    md.split_once(NOTES_HEADING)
+        .map(|(_, n)| n.to_owned())
+        .unwrap_or_else(|| "\n".to_owned())
+}
+
+fn show(s: Option<Summary>, digits: usize) -> String {
+    s.map_or("n/a".into(), |s| s.show(digits))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(round: usize, label: &str, cpu_us: f64, rps: f64) -> Sample {
+        Sample {
+            round,
+            label: label.into(),
+            cpu_us,
+            rps,
+            requests: 1,
+            errors: 0,
+            p50_ms: None,
+            p99_ms: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_medians_of_per_round_ratios() {
+        let s = vec![
+            sample(0, "A", 50.0, 100.0),
+            sample(0, "W0", 60.0, 80.0),
+            sample(0, "W1", 80.0, 60.0),
+            sample(1, "A", 100.0, 50.0),
+            sample(1, "W0", 110.0, 40.0),
+            sample(1, "W1", 120.0, 40.0),
+            sample(2, "A", 50.0, 100.0),
+            sample(2, "W0", 60.0, 80.0),
+        ];
+        // Round 2 lacks W1 and is left out of every ratio that needs it.
+        let r = cpu_ratio(&s, "W1", "A", "W0", "A").unwrap();
+        assert_eq!((r.median, r.min, r.max, r.n), (2.5, 2.0, 3.0, 2));
+        assert_eq!(rps_ratio(&s, "W1", "W0").unwrap().median, 0.875);
+        assert!(rps_ratio(&s, "W2", "A").is_none());
+    }
+
+    #[test]
+    fn notes_survive_a_rewrite() {
+        let md = format!("generated{NOTES_HEADING}my notes\n");
+        assert_eq!(existing_notes(&md), "my notes\n");
+        assert_eq!(existing_notes("no notes yet"), "\n");
+    }
+}

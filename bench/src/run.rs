@@ -1,0 +1,112 @@
+//! One interleaved run over a set of configurations: every proxy started up front on its own port, loaded one at
+//! a time, the order rotated each round; warm-up discarded.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{configs::Config, load, proxy::Proxy};
+
+/// How to load and where things run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rounds: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub connections: u32,
+    pub proxy_cpu: usize,
+    pub load_cpu: usize,
+    pub clock_ticks: u64,
+    /// Fixed-rate latency: requests per second (0: not measured) and its duration per round.
+    pub latency_rate: u32,
+    pub latency_duration: Duration,
+}
+
+/// One configuration in one round.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub round: usize,
+    pub label: String,
+    /// Proxy CPU microseconds per request: Δ(utime+stime) / Δdownstream_rq_total.
+    pub cpu_us: f64,
+    /// Requests per second at saturation, from the admin counter.
+    pub rps: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Everything the run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub samples: Vec<Sample>,
+    /// Envoy resident memory after the run, KiB, per label.
+    pub rss_kib: Vec<(String, u64)>,
+}
+
+/// Runs `configs` interleaved. `latency_for`: the labels whose fixed-rate latency is measured too.
+pub fn interleaved(
+    envoy: &Path,
+    configs: &[Config],
+    upstream: SocketAddr,
+    agent_socket: &Path,
+    s: &Settings,
+    latency_for: &[&str],
+) -> Result<Outcome> {
+    let proxies = configs
+        .iter()
+        .map(|c| {
+            Proxy::start(envoy, &c.bootstrap(upstream.port(), agent_socket), s.proxy_cpu)
+                .with_context(|| format!("configuration {}", c.label))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (c, p) in configs.iter().zip(&proxies) {
+        eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
+        load::wrk(p.listener, s.connections, s.warmup, s.load_cpu)?;
+    }
+    let mut out = Outcome::default();
+    let n = configs.len();
+    for round in 0..s.rounds {
+        for i in 0..n {
+            let k = (i + round) % n;
+            let (c, p) = (&configs[k], &proxies[k]);
+            let (t0, q0, start) = (p.cpu_ticks()?, p.requests()?, std::time::Instant::now());
+            let run = load::wrk(p.listener, s.connections, s.duration, s.load_cpu)?;
+            let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
+            let requests = q1 - q0;
+            if requests == 0 {
+                bail!("{}: no request went through; Envoy's log:\n{}", c.label, p.log());
+            }
+            let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
+            let (mut p50_ms, mut p99_ms) = (None, None);
+            if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
+                let l = load::fixed_rate(p.listener, s.latency_rate, 4, s.latency_duration)?;
+                (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
+            }
+            eprintln!(
+                "bench: round {}/{} {:<16} {:>7.1} µs/req {:>8.0} req/s{}",
+                round + 1,
+                s.rounds,
+                c.label,
+                cpu_us,
+                requests as f64 / elapsed.as_secs_f64(),
+                p99_ms.map(|v| format!("  p99 {v:.3} ms")).unwrap_or_default()
+            );
+            out.samples.push(Sample {
+                round,
+                label: c.label.clone(),
+                cpu_us,
+                rps: requests as f64 / s.duration.as_secs_f64().max(1.0).round(),
+                requests,
+                errors: run.errors,
+                p50_ms,
+                p99_ms,
+            });
+        }
+    }
+    for (c, p) in configs.iter().zip(&proxies) {
+        out.rss_kib.push((c.label.clone(), p.rss_kib()?));
+    }
+    Ok(out)
+}

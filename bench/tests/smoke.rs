@@ -1,0 +1,99 @@
+//! The harness end to end on a tiny run (two rounds of a second, three configurations): real Envoys, real wrk, the
+//! real filters. It checks that the result files are well formed and hold one sample per round; it asserts no
+//! timing, since the machine may be busy.
+
+use std::{path::Path, process::Command};
+
+use serde_json::Value;
+
+#[test]
+fn a_tiny_run_writes_well_formed_results() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for (file, fix) in [
+        ("dist/grayscope_filter.wasm", "just build"),
+        ("dist/bench/empty_filter.wasm", "just build"),
+        (".tools/bin/envoy", "just setup"),
+    ] {
+        assert!(root.join(file).exists(), "{file} missing: run `{fix}` first");
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let status = Command::new(env!("CARGO_BIN_EXE_grayscope-bench"))
+        .args([
+            "--rounds",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "1",
+            "--configs",
+            "A,W0,W1",
+        ])
+        .args([
+            "--latency-rate",
+            "200",
+            "--latency-duration",
+            "0.5",
+            "--load-note",
+            "smoke test",
+            "--out",
+        ])
+        .arg(out.path())
+        .status()
+        .expect("run grayscope-bench (is wrk installed? `just setup`)");
+    assert!(status.success(), "grayscope-bench failed: {status}");
+
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("RESULTS.json")).expect("RESULTS.json"))
+            .expect("RESULTS.json is JSON");
+    let ratios = &json["ratios"];
+    for measured in ["W1/A", "W1/W0", "(W1-A)/(W0-A)"] {
+        let v = ratios[measured]
+            .as_f64()
+            .unwrap_or_else(|| panic!("ratio {measured} missing: {ratios}"));
+        assert!(v.is_finite(), "{measured} = {v}");
+    }
+    // Asked for neither C nor W2: their ratios are null, not invented.
+    for absent in ["W2/A", "(W2-W1)/(W0-A)", "(W1-A)/(C-A)"] {
+        assert!(ratios[absent].is_null(), "{absent} should be null: {ratios}");
+    }
+    assert!(json["latency"]["p99_W2_minus_A_ms"].is_null());
+    for key in ["connect_ratio", "lost", "ns_per_event"] {
+        assert!(json["ebpf"].get(key).is_some(), "ebpf.{key} missing");
+    }
+    for key in [
+        "records_per_s",
+        "cpu_pct_at_10k_calls_per_s",
+        "rss_mib_100k",
+        "watch_delay_p99_ms",
+    ] {
+        assert!(json["agent"].get(key).is_some(), "agent.{key} missing");
+        assert!(
+            json["not_measured"].get(format!("agent.{key}")).is_some(),
+            "no reason for agent.{key}"
+        );
+    }
+    for label in ["A", "W0", "W1"] {
+        let c = &json["configs"][label];
+        assert_eq!(c["cpu_us_per_request"]["n"], 2, "{label}: one sample per round: {c}");
+        assert!(
+            c["cpu_us_per_request"]["median"].as_f64().is_some_and(|v| v > 0.0),
+            "{label}: {c}"
+        );
+        assert!(
+            c["requests_per_s"]["median"].as_f64().is_some_and(|v| v > 0.0),
+            "{label}: {c}"
+        );
+        assert_eq!(c["errors"], 0, "{label}: wrk saw errors: {c}");
+        assert_eq!(c["p99_ms"]["n"], 2, "{label}: latency measured each round: {c}");
+    }
+
+    let md = std::fs::read_to_string(out.path().join("RESULTS.md")).expect("RESULTS.md");
+    for line in [
+        "| throughput W1/W0 |",
+        "| CPU/request (W1-A)/(W0-A) |",
+        "| W0 | A + empty Rust proxy-wasm filter |",
+    ] {
+        assert!(md.contains(line), "RESULTS.md lacks {line:?}:\n{md}");
+    }
+    assert!(md.contains("## Notes (hand-written, kept by the harness)"), "{md}");
+}
