@@ -87,8 +87,10 @@ test: setup build
     #!/usr/bin/env bash
     set -euo pipefail
     if [ "${GRAYSCOPE_SKIP_PRIVILEGED:-}" = 1 ]; then
-        echo "just test: GRAYSCOPE_SKIP_PRIVILEGED=1, so the tests that load eBPF are skipped:" \
-            "sidecar-agent/tests/* and tests/tests/linked_calls.rs (each says 'skipping test' with --nocapture)"
+        echo "just test: GRAYSCOPE_SKIP_PRIVILEGED=1, so the tests that load eBPF (run the agent) are skipped:" \
+            "sidecar-agent/tests/*, and in tests/tests/ linked_calls, agent_peers, report_bounds, report_reload," \
+            "istio_agent_socket and istio_envoy's agent test (and their native_* twins), and the canary test's agent" \
+            "panels (each says 'skipping test' with --nocapture)"
     fi
     cargo test --locked --workspace --no-fail-fast
 
