@@ -94,8 +94,9 @@ test: setup build
     fi
     cargo test --locked --workspace --no-fail-fast
 
-# What grayscope costs next to native Envoy filters and an empty wasm filter: ROUNDS interleaved rounds of SECONDS
-# per configuration, the cost breakdown and the eBPF side; writes bench/RESULTS.md and bench/RESULTS.json.
+# What grayscope costs (wasm and native builds) next to native Envoy filters, an empty wasm filter and an empty
+# dynamic module: ROUNDS interleaved rounds of SECONDS per configuration, the cost breakdown and the eBPF side;
+# writes bench/RESULTS.md and bench/RESULTS.json.
 # `just bench 2 1` is a smoke run; extra ARGS go to grayscope-bench (`--help`), e.g. `--load-note "idle machine"`.
 [positional-arguments]
 bench rounds="10" seconds="3" *args="": setup build

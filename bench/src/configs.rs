@@ -1,5 +1,6 @@
 //! The Envoy configurations compared: one binary, one listener, one route to the same upstream; only the HTTP
-//! filter chain (and, for C, the route's added header) changes.
+//! filter chain (and, for C, the route's added header) changes. Every bootstrap carries the same runtime layer
+//! (the dynamic modules' stat-prefix flag, which only D0/D1 read), so that it is not a difference either.
 
 use std::path::{Path, PathBuf};
 
@@ -21,6 +22,9 @@ pub enum Chain {
         plugin_config: String,
         agent: bool,
     },
+    /// A + an Envoy dynamic module (`envoy.filters.http.dynamic_modules`) with this filter configuration; never
+    /// with the agent cluster (D1 is configured like W1: no reporting).
+    Dynamic { file: PathBuf, filter_config: String },
 }
 
 /// One configuration of the run: its label (as in the tables) and its filter chain.
@@ -38,12 +42,16 @@ pub const NO_REPORT: &str = r#"{"report":{"enabled":false}}"#;
 /// `service` label fixed (no `xds.listener_direction` nor `xds.cluster_name` read per request).
 pub const LEAN: &str = r#"{"report":{"enabled":false},"filter_state":false,"direction":"inbound","service":"bench"}"#;
 
-/// Where the harness finds the wasm files: `dist/` as `just build` leaves it, variants in `dist/bench/`.
+/// Where the harness finds the filters: `dist/` as `just build` leaves it, wasm variants in `dist/bench/`.
 #[derive(Debug, Clone)]
 pub struct WasmFiles {
     pub filter: PathBuf,
     pub empty: PathBuf,
     pub variants: PathBuf,
+    /// The native build (`dist/libgrayscope_filter.so`, D1) and the empty dynamic module
+    /// (`dist/libgrayscope_empty.so`, D0).
+    pub native: PathBuf,
+    pub native_empty: PathBuf,
 }
 
 impl WasmFiles {
@@ -75,7 +83,7 @@ pub const STAGES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Resolves a configuration label: A, B, C, W0, W1, W2, W1d (the default `{}` with no agent cluster), W1-lean,
+/// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1d (the default `{}` with no agent cluster), W1-lean,
 /// W1-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
@@ -102,6 +110,20 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             "A + grayscope `{}` reporting to the running agent".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", true),
         ),
+        "D0" => (
+            "A + empty Rust dynamic module".to_owned(),
+            Chain::Dynamic {
+                file: wasm.native_empty.clone(),
+                filter_config: String::new(),
+            },
+        ),
+        "D1" => (
+            format!("A + grayscope native build `{NO_REPORT}`"),
+            Chain::Dynamic {
+                file: wasm.native.clone(),
+                filter_config: NO_REPORT.to_owned(),
+            },
+        ),
         "W1d" => (
             "A + grayscope `{}` in an Envoy without a grayscope_agent cluster".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", false),
@@ -123,10 +145,10 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
                 format!("W1 built with `bench-skip-{stage}`"),
                 wasm_cfg(wasm.variant(stage), NO_REPORT, false),
             ),
-            _ => bail!("unknown configuration {other:?} (A, B, C, W0, W1, W2, W1d, W1-<stage>, W2-record)"),
+            _ => bail!("unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1d, W1-<stage>, W2-record)"),
         },
     };
-    if let Chain::Wasm { file, .. } = &chain {
+    if let Chain::Wasm { file, .. } | Chain::Dynamic { file, .. } = &chain {
         if !file.exists() {
             bail!(
                 "{label}: {} not found (run `just bench`, which builds it)",
@@ -200,6 +222,23 @@ impl Config {
                 ),
                 "",
             ),
+            // As the end-to-end tests load it (`FilterBuild::Native`): the module by file name, so no
+            // ENVOY_DYNAMIC_MODULES_SEARCH_PATH is needed.
+            Chain::Dynamic { file, filter_config } => (
+                format!(
+                    r#"
+          - name: envoy.filters.http.dynamic_modules
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{module: {{local: {{filename: "{}"}}}}}}
+              filter_name: bench
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{filter_config}'{router}"#,
+                    file.display()
+                ),
+                "",
+            ),
         };
         let agent_cluster = if self.needs_agent() {
             format!(
@@ -223,6 +262,11 @@ impl Config {
             r#"# grayscope bench, configuration {label}: {what}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+layered_runtime:
+  layers:
+  - name: static
+    static_layer:
+      envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix: true
 static_resources:
   listeners:
   - name: bench
@@ -265,6 +309,8 @@ mod tests {
             filter: PathBuf::from("/"),
             empty: PathBuf::from("/"),
             variants: PathBuf::from("/nonexistent"),
+            native: PathBuf::from("/"),
+            native_empty: PathBuf::from("/nonexistent/libgrayscope_empty.so"),
         }
     }
 
@@ -274,6 +320,18 @@ mod tests {
         assert!(e.contains("unknown configuration \"W9\""), "{e}");
         let e = resolve("W1-metrics", &files()).unwrap_err().to_string();
         assert!(e.contains("grayscope_filter-skip-metrics.wasm not found"), "{e}");
+        let e = resolve("D0", &files()).unwrap_err().to_string();
+        assert!(e.contains("D0: /nonexistent/libgrayscope_empty.so not found"), "{e}");
+    }
+
+    #[test]
+    fn d1_loads_the_native_build_configured_like_w1() {
+        let d1 = resolve("D1", &files())
+            .unwrap()
+            .bootstrap(1, Path::new("/tmp/agent.sock"));
+        assert!(d1.contains("envoy.filters.http.dynamic_modules") && d1.contains(&format!("value: '{NO_REPORT}'")));
+        assert!(d1.contains("dynamic_modules_strip_custom_stat_prefix: true"));
+        assert!(!d1.contains("name: grayscope_agent"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! interleaved run; writes `RESULTS.md` and `RESULTS.json` (see `bench/RESULTS.md` for the method).
 //!
 //! # Layout
-//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, breakdown variants) and their bootstraps.
+//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, D0, D1, breakdown variants) and their bootstraps.
 //! - [`proxy`]: a pinned Envoy, its CPU ticks and admin counters.
 //! - [`upstream`]: the upstream all configurations route to.
 //! - [`load`]: `wrk` at saturation, a fixed-rate latency generator.
@@ -50,7 +50,7 @@ struct Cli {
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
     /// The main run's configurations.
-    #[arg(long, value_delimiter = ',', default_value = "A,B,C,W0,W1,W2,W1d,W1-lean")]
+    #[arg(long, value_delimiter = ',', default_value = "A,B,C,W0,W1,W2,D0,D1,W1d,W1-lean")]
     configs: Vec<String>,
     /// Also run the cost breakdown (filter variants built by `just bench`).
     #[arg(long)]
@@ -135,6 +135,8 @@ fn bench(cli: &Cli) -> Result<()> {
         filter: path_from("GRAYSCOPE_WASM", "dist/grayscope_filter.wasm"),
         empty: root().join("dist/bench/empty_filter.wasm"),
         variants: root().join("dist/bench"),
+        native: path_from("GRAYSCOPE_NATIVE", "dist/libgrayscope_filter.so"),
+        native_empty: root().join("dist/libgrayscope_empty.so"),
     };
     let configs = cli
         .configs
@@ -165,7 +167,7 @@ fn bench(cli: &Cli) -> Result<()> {
     let socket = agent
         .as_ref()
         .map_or_else(|| PathBuf::from("/nonexistent"), |a| a.socket.clone());
-    let latency_for = ["A", "W0", "W1", "W2"];
+    let latency_for = ["A", "W0", "W1", "W2", "D0", "D1"];
 
     let main_run = run::interleaved(&envoy, &configs, upstream, &socket, &settings, &latency_for)?;
     let records = match &agent {

@@ -80,13 +80,26 @@ pub struct Report<'a> {
     pub not_measured: BTreeMap<String, String>,
 }
 
-const THROUGHPUT: [(&str, &str, &str); 3] = [("W1/A", "W1", "A"), ("W2/A", "W2", "A"), ("W1/W0", "W1", "W0")];
-const CPU: [(&str, [&str; 4]); 4] = [
+const THROUGHPUT: [(&str, &str, &str); 5] = [
+    ("W1/A", "W1", "A"),
+    ("W2/A", "W2", "A"),
+    ("W1/W0", "W1", "W0"),
+    ("D0/A", "D0", "A"),
+    ("D1/A", "D1", "A"),
+];
+const CPU: [(&str, [&str; 4]); 7] = [
     ("(W1-A)/(W0-A)", ["W1", "A", "W0", "A"]),
     ("(W2-W1)/(W0-A)", ["W2", "W1", "W0", "A"]),
     ("(W1-A)/(C-A)", ["W1", "A", "C", "A"]),
     ("(W1d-W2)/(W0-A)", ["W1d", "W2", "W0", "A"]),
+    // The native build (issue 16): against Envoy's own native equivalent, against the wasm build, and the
+    // dynamic-module boundary against the V8 one.
+    ("(D1-A)/(C-A)", ["D1", "A", "C", "A"]),
+    ("(D1-A)/(W1-A)", ["D1", "A", "W1", "A"]),
+    ("(D0-A)/(W0-A)", ["D0", "A", "W0", "A"]),
 ];
+/// Per-request CPU over the router alone, µs: the absolute costs the native section reports (`native` in JSON).
+const OVER_A: [&str; 5] = ["D0", "D1", "W0", "W1", "C"];
 
 impl Report<'_> {
     pub fn json(&self) -> Value {
@@ -157,9 +170,14 @@ impl Report<'_> {
                 })
             },
         );
+        let native: Map<String, Value> = OVER_A
+            .iter()
+            .map(|l| (format!("{l}-A_us"), range(cpu_diff(s, l, "A"))))
+            .collect();
         json!({
             "context": self.context,
             "ratios": ratios,
+            "native": native,
             "ratios_range": ranges,
             "latency": {
                 "p99_W2_minus_A_ms": num(p99_diff),
@@ -208,6 +226,8 @@ impl Report<'_> {
                 "(W1d-W2)/(W0-A)",
                 "≤ 0 (`{}` without agent cluster costs no more than W2)",
             ),
+            ("(D1-A)/(C-A)", "≤ 1.5"),
+            ("(D1-A)/(W1-A)", "≤ 0.3"),
         ]
         .into_iter()
         .collect();
@@ -240,6 +260,15 @@ impl Report<'_> {
                 show(cpu_diff(s, "W1", "W1-before"), 1),
                 show(cpu_ratio(s, "W1-before", "A", "W0", "A"), 2)
             ));
+        }
+        if self.configs.iter().any(|c| c.label.starts_with('D')) {
+            md.push_str("## The native build (dynamic module)\n\nProxy CPU per request over the router alone (X − A), µs, median of per-round differences (min–max):\n\n| X | what | X − A µs/request |\n|---|---|---|\n");
+            for l in OVER_A {
+                if let Some(cfg) = self.configs.iter().find(|c| c.label == l) {
+                    md.push_str(&format!("| {l} | {} | {} |\n", cfg.what, show(cpu_diff(s, l, "A"), 1)));
+                }
+            }
+            md.push('\n');
         }
         md.push_str("## Configurations\n\n| config | what | proxy CPU µs/request | requests/s at saturation | p50 ms | p99 ms | RSS after (MiB) |\n|---|---|---|---|---|---|---|\n");
         for cfg in self.configs {
@@ -365,6 +394,25 @@ mod tests {
         assert_eq!((r.median, r.min, r.max, r.n), (2.5, 2.0, 3.0, 2));
         assert_eq!(rps_ratio(&s, "W1", "W0").unwrap().median, 0.875);
         assert!(rps_ratio(&s, "W2", "A").is_none());
+    }
+
+    #[test]
+    fn native_ratios_are_per_round_too() {
+        let s = vec![
+            sample(0, "A", 50.0, 100.0),
+            sample(0, "C", 60.0, 90.0),
+            sample(0, "W1", 90.0, 60.0),
+            sample(0, "D1", 62.0, 90.0),
+            sample(1, "A", 100.0, 50.0),
+            sample(1, "C", 120.0, 45.0),
+            sample(1, "W1", 180.0, 30.0),
+            sample(1, "D1", 130.0, 40.0),
+        ];
+        let r = cpu_ratio(&s, "D1", "A", "C", "A").unwrap();
+        assert!((r.median - 1.35).abs() < 1e-12 && (r.min, r.max) == (1.2, 1.5), "{r:?}");
+        let r = cpu_ratio(&s, "D1", "A", "W1", "A").unwrap();
+        assert_eq!((r.min, r.max), (0.3, 0.375));
+        assert_eq!(cpu_diff(&s, "D1", "A").unwrap().median, 21.0);
     }
 
     #[test]

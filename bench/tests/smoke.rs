@@ -1,5 +1,5 @@
-//! The harness end to end on a tiny run (two rounds of a second, three configurations): real Envoys, real wrk, the
-//! real filters. It checks that the result files are well formed and hold one sample per round; it asserts no
+//! The harness end to end on a tiny run (two rounds of a second, five configurations: A, the empty and the real
+//! filter in wasm and as a dynamic module): real Envoys, real wrk, the real filters. It checks that the result files are well formed and hold one sample per round; it asserts no
 //! timing, since the machine may be busy.
 
 use std::{path::Path, process::Command};
@@ -12,6 +12,8 @@ fn a_tiny_run_writes_well_formed_results() {
     for (file, fix) in [
         ("dist/grayscope_filter.wasm", "just build"),
         ("dist/bench/empty_filter.wasm", "just build"),
+        ("dist/libgrayscope_filter.so", "just build"),
+        ("dist/libgrayscope_empty.so", "just build"),
         (".tools/bin/envoy", "just setup"),
     ] {
         assert!(root.join(file).exists(), "{file} missing: run `{fix}` first");
@@ -26,7 +28,7 @@ fn a_tiny_run_writes_well_formed_results() {
             "--warmup",
             "1",
             "--configs",
-            "A,W0,W1",
+            "A,W0,W1,D0,D1",
         ])
         .args([
             "--latency-rate",
@@ -46,17 +48,39 @@ fn a_tiny_run_writes_well_formed_results() {
         serde_json::from_str(&std::fs::read_to_string(out.path().join("RESULTS.json")).expect("RESULTS.json"))
             .expect("RESULTS.json is JSON");
     let ratios = &json["ratios"];
-    for measured in ["W1/A", "W1/W0", "(W1-A)/(W0-A)"] {
+    for measured in [
+        "W1/A",
+        "W1/W0",
+        "(W1-A)/(W0-A)",
+        "D0/A",
+        "D1/A",
+        "(D1-A)/(W1-A)",
+        "(D0-A)/(W0-A)",
+    ] {
         let v = ratios[measured]
             .as_f64()
             .unwrap_or_else(|| panic!("ratio {measured} missing: {ratios}"));
         assert!(v.is_finite(), "{measured} = {v}");
     }
     // Asked for neither C nor W2: their ratios are null, not invented.
-    for absent in ["W2/A", "(W2-W1)/(W0-A)", "(W1-A)/(C-A)"] {
+    for absent in ["W2/A", "(W2-W1)/(W0-A)", "(W1-A)/(C-A)", "(D1-A)/(C-A)"] {
         assert!(ratios[absent].is_null(), "{absent} should be null: {ratios}");
     }
     assert!(json["latency"]["p99_W2_minus_A_ms"].is_null());
+    for (key, measured) in [
+        ("D0-A_us", true),
+        ("D1-A_us", true),
+        ("W1-A_us", true),
+        ("C-A_us", false),
+    ] {
+        let v = &json["native"][key];
+        assert_eq!(v["median"].is_f64(), measured, "native.{key}: {v}");
+        assert_eq!(
+            v["n"].as_u64(),
+            measured.then_some(2),
+            "native.{key}: one difference per round: {v}"
+        );
+    }
     for key in ["connect_ratio", "lost", "ns_per_event"] {
         assert!(json["ebpf"].get(key).is_some(), "ebpf.{key} missing");
     }
@@ -72,7 +96,7 @@ fn a_tiny_run_writes_well_formed_results() {
             "no reason for agent.{key}"
         );
     }
-    for label in ["A", "W0", "W1"] {
+    for label in ["A", "W0", "W1", "D0", "D1"] {
         let c = &json["configs"][label];
         assert_eq!(c["cpu_us_per_request"]["n"], 2, "{label}: one sample per round: {c}");
         assert!(
@@ -92,6 +116,9 @@ fn a_tiny_run_writes_well_formed_results() {
         "| throughput W1/W0 |",
         "| CPU/request (W1-A)/(W0-A) |",
         "| W0 | A + empty Rust proxy-wasm filter |",
+        "| D0 | A + empty Rust dynamic module |",
+        "| CPU/request (D1-A)/(W1-A) |",
+        "## The native build (dynamic module)",
     ] {
         assert!(md.contains(line), "RESULTS.md lacks {line:?}:\n{md}");
     }

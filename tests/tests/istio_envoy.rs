@@ -10,7 +10,9 @@
 //! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines.
 //! The same Envoy with Istio's default stats settings shows none: the mesh config is what makes them appear.
 //! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way. With the real
-//! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table.
+//! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table. The native
+//! build placed by `istio/native/03-envoyfilter-native.yaml` (its HTTP filter and BOOTSTRAP patches) shows the
+//! same series under the same names.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -197,19 +199,12 @@ fn run_traffic(envoy: &Envoy) -> String {
     envoy.prometheus()
 }
 
-#[test]
-fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with_all_its_labels() {
-    let upstream = Upstream::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("agent.sock").display().to_string();
-    let stats = mesh_values().mesh_config.default_config;
-    let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket));
-    let text = run_traffic(&envoy);
-
+/// Every grayscope series [`run_traffic`] produces, as whole exposition lines (both builds show the same).
+fn every_series() -> Vec<String> {
     let calls = |dir: &str, svc: &str, method: &str, version: &str, status: &str, n: u32| {
         format!("grayscope_interface_calls_total{{direction=\"{dir}\",rpc_system=\"http\",service=\"{svc}\",method=\"{method}\",gray_version=\"{version}\",status=\"{status}\"}} {n}")
     };
-    let lines = [
+    vec![
         calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "v2", "2xx", 3),
         calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "v2", "5xx", 1),
         calls("inbound", INBOUND_CLUSTER, "GET /api/v1/orders/{id}", "none", "2xx", 1),
@@ -222,7 +217,18 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
         "grayscope_gray_version_overflow_total{} 0".to_owned(),
         "grayscope_interface_overflow_total{} 0".to_owned(),
         "grayscope_report_records_total{outcome=\"produced\"} 6".to_owned(),
-    ];
+    ]
+}
+
+#[test]
+fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with_all_its_labels() {
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let stats = mesh_values().mesh_config.default_config;
+    let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket));
+    let text = run_traffic(&envoy);
+    let lines = every_series();
     for line in &lines {
         prom::assert_line(&text, line);
     }
@@ -351,4 +357,76 @@ fn the_agent_cluster_patch_carries_the_reports_to_the_real_agent() {
         .map(|m| m.calls)
         .sum();
     assert_eq!(calls, 4, "{:#?}", methods.methods);
+}
+
+/// The proxy stats matcher regexp the native build's series need on top of the mesh config's (Envoy matches the
+/// stored name, `dynamicmodulescustom.grayscope_…`); `istio/native/README.md` says to add it.
+const NATIVE_INCLUSION_REGEX: &str = r"dynamicmodulescustom\..*grayscope_.*";
+
+/// Protobuf MERGE as Istio applies a BOOTSTRAP patch: messages merged field by field, repeated fields appended.
+fn proto_merge(into: &mut Value, patch: &Value) {
+    match (into, patch) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                proto_merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => a.extend(b.iter().cloned()),
+        (a, b) => *a = b.clone(),
+    }
+}
+
+#[test]
+fn the_native_envoyfilter_under_istios_bootstrap_shows_the_same_series_under_the_same_names() {
+    let readme = std::fs::read_to_string(paths::root().join("istio/native/README.md")).expect("native README");
+    assert!(
+        readme.contains(NATIVE_INCLUSION_REGEX),
+        "the README names the stats regexp"
+    );
+    let native = doc("native/03-envoyfilter-native.yaml");
+    let patches = native["spec"]["configPatches"].as_array().expect("patches");
+    let filter = |ctx: &str| {
+        let p = patches
+            .iter()
+            .find(|p| p["applyTo"] == "HTTP_FILTER" && p["match"]["context"] == ctx)
+            .expect(ctx);
+        let mut value = p["patch"]["value"].clone();
+        value["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] =
+            json!(paths::native().display().to_string());
+        value
+    };
+    let boot = patches
+        .iter()
+        .find(|p| p["applyTo"] == "BOOTSTRAP")
+        .expect("BOOTSTRAP patch");
+
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let mut stats = mesh_values().mesh_config.default_config;
+    stats
+        .proxy_stats_matcher
+        .inclusion_regexps
+        .push(NATIVE_INCLUSION_REGEX.to_owned());
+    let rendered = bootstrap_with(
+        &stats,
+        upstream.addr.port(),
+        &socket,
+        &filter("SIDECAR_INBOUND"),
+        &filter("SIDECAR_OUTBOUND"),
+    );
+    let mut config: Value = serde_json::from_str(&rendered).expect("bootstrap json");
+    proto_merge(&mut config, &boot["patch"]["value"]);
+    let envoy = Envoy::start(&serde_json::to_string_pretty(&config).expect("json"));
+    let text = run_traffic(&envoy);
+    for line in every_series() {
+        prom::assert_line(&text, &line);
+    }
+    // The runtime flag took: no series keeps the dynamic modules' namespace.
+    let prefixed: Vec<&str> = text.lines().filter(|l| l.contains("dynamicmodulescustom")).collect();
+    assert!(
+        prefixed.is_empty(),
+        "series not renamed by the runtime flag:\n{prefixed:#?}"
+    );
+    assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
 }

@@ -253,8 +253,11 @@ fn plugin_configs() -> Vec<(String, Value)> {
             "EnvoyFilter" => {
                 for p in d.value["spec"]["configPatches"].as_array().expect("patches") {
                     if p["applyTo"] == "HTTP_FILTER" {
-                        let text = p["patch"]["value"]["typed_config"]["config"]["configuration"]["value"]
+                        // The wasm filter's configuration string, or the native build's (istio/native/).
+                        let typed = &p["patch"]["value"]["typed_config"];
+                        let text = typed["config"]["configuration"]["value"]
                             .as_str()
+                            .or_else(|| typed["filter_config"]["value"].as_str())
                             .expect("configuration string");
                         out.push((
                             d.file.clone(),
@@ -272,7 +275,11 @@ fn plugin_configs() -> Vec<(String, Value)> {
 #[test]
 fn plugin_configurations_are_accepted_by_the_filter_and_report_to_the_agent_cluster() {
     let configs = plugin_configs();
-    assert_eq!(configs.len(), 4, "two WasmPlugins, two EnvoyFilter patches");
+    assert_eq!(
+        configs.len(),
+        6,
+        "two WasmPlugins, two EnvoyFilter patches, two native EnvoyFilter patches"
+    );
     let first = &configs[0].1;
     for (file, config) in &configs {
         let bytes = serde_json::to_vec(config).expect("json");
@@ -307,6 +314,52 @@ fn plugin_configurations_are_accepted_by_the_filter_and_report_to_the_agent_clus
     assert!(oci["spec"]["url"].as_str().is_some_and(|u| u.starts_with("oci://")));
     assert_eq!(oci["spec"]["phase"], "STATS");
     assert_eq!(oci["spec"]["failStrategy"], "FAIL_OPEN");
+}
+
+#[test]
+fn the_native_envoyfilter_loads_the_module_where_the_readme_puts_it_with_the_runtime_flag() {
+    let native = doc("native/03-envoyfilter-native.yaml");
+    let readme = fs::read_to_string(istio_support::istio_dir().join("native/README.md")).expect("native README");
+    let spec = &native["spec"];
+    assert_eq!(spec["workloadSelector"]["labels"]["grayscope.io/filter"], "native");
+    assert!(
+        readme.contains("grayscope.io/filter: native"),
+        "the README names the selector label"
+    );
+    let patches = spec["configPatches"].as_array().expect("patches");
+    let filters: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "HTTP_FILTER").collect();
+    let contexts: BTreeSet<&str> = filters.iter().filter_map(|p| p["match"]["context"].as_str()).collect();
+    assert_eq!(contexts, ["SIDECAR_INBOUND", "SIDECAR_OUTBOUND"].into_iter().collect());
+    for p in &filters {
+        assert_eq!(p["patch"]["operation"], "INSERT_BEFORE");
+        assert_eq!(
+            p["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"],
+            "envoy.filters.http.router"
+        );
+        let typed = &p["patch"]["value"]["typed_config"];
+        assert_eq!(
+            typed["@type"],
+            "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"
+        );
+        let file = typed["dynamic_module_config"]["module"]["local"]["filename"]
+            .as_str()
+            .expect("module filename");
+        assert!(file.ends_with("/libgrayscope_filter.so"), "{file}");
+        assert!(
+            readme.contains(file),
+            "the README says how {file} gets into istio-proxy"
+        );
+    }
+    let bootstrap: Vec<&Value> = patches.iter().filter(|p| p["applyTo"] == "BOOTSTRAP").collect();
+    assert_eq!(bootstrap.len(), 1, "one BOOTSTRAP patch: the runtime flag");
+    assert_eq!(bootstrap[0]["patch"]["operation"], "MERGE");
+    let layers = bootstrap[0]["patch"]["value"]["layered_runtime"]["layers"]
+        .as_array()
+        .expect("layers");
+    assert_eq!(
+        layers[0]["static_layer"]["envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix"],
+        true
+    );
 }
 
 #[test]
