@@ -49,6 +49,25 @@ impl Stack {
         Self::try_start_edited(plugin_config, |yaml| yaml)
     }
 
+    /// Starts the stack with a plugin configuration Envoy must refuse: asserts that Envoy exits with a failure and
+    /// that its log names the problem with `expected`, and returns that log line and the whole log (for the
+    /// build-specific markers each caller checks).
+    pub fn refused(plugin_config: &str, expected: &str) -> (String, String) {
+        let refused = match Self::try_start(plugin_config) {
+            Ok(_) => panic!("Envoy accepted {plugin_config}"),
+            Err(r) => r,
+        };
+        assert!(!refused.status.success(), "{plugin_config}: exit {}", refused.status);
+        let line = refused
+            .log
+            .lines()
+            .find(|l| l.contains("invalid grayscope plugin configuration"))
+            .unwrap_or_else(|| panic!("{plugin_config}: no configuration error in the log:\n{}", refused.log))
+            .to_owned();
+        assert!(line.contains(expected), "{plugin_config}: {line}");
+        (line, refused.log)
+    }
+
     /// Like [`Stack::start`], with the rendered bootstrap passed through `edit` first.
     pub fn start_edited(plugin_config: &str, edit: impl FnOnce(String) -> String) -> Self {
         match Self::try_start_edited(plugin_config, edit) {

@@ -23,24 +23,11 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
         ),
     ];
     for (config, expected) in cases {
-        let refused = match Stack::try_start(config) {
-            Ok(_) => panic!("Envoy accepted {config}"),
-            Err(r) => r,
-        };
-        assert!(!refused.status.success(), "{config}: exit {}", refused.status);
-        let line = refused
-            .log
-            .lines()
-            .find(|l| l.contains("invalid grayscope plugin configuration"));
-        let line = line.unwrap_or_else(|| panic!("{config}: no configuration error in the log:\n{}", refused.log));
+        let (line, log) = Stack::refused(config, expected);
+        assert!(line.contains("[error][wasm]"), "{config}: {line}");
         assert!(
-            line.contains("[error][wasm]") && line.contains(expected),
-            "{config}: {line}"
-        );
-        assert!(
-            refused.log.contains("Unable to create Wasm plugin grayscope"),
-            "{config}: {}",
-            refused.log
+            log.contains("Unable to create Wasm plugin grayscope"),
+            "{config}: {log}"
         );
     }
 }

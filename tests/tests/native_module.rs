@@ -40,25 +40,9 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
         ),
     ];
     for (config, expected) in cases {
-        let refused = match Stack::try_start(config) {
-            Ok(_) => panic!("Envoy accepted {config}"),
-            Err(r) => r,
-        };
-        assert!(!refused.status.success(), "{config}: exit {}", refused.status);
-        let line = refused
-            .log
-            .lines()
-            .find(|l| l.contains("invalid grayscope plugin configuration"))
-            .unwrap_or_else(|| panic!("{config}: no configuration error in the log:\n{}", refused.log));
-        assert!(
-            line.contains("[error][dynamic_modules]") && line.contains(expected),
-            "{config}: {line}"
-        );
-        assert!(
-            refused.log.contains("Failed to initialize dynamic module"),
-            "{config}: {}",
-            refused.log
-        );
+        let (line, log) = Stack::refused(config, expected);
+        assert!(line.contains("[error][dynamic_modules]"), "{config}: {line}");
+        assert!(log.contains("Failed to initialize dynamic module"), "{config}: {log}");
     }
 }
 
