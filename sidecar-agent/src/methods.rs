@@ -328,6 +328,8 @@ impl MethodTable {
                 last_seen_unix_nano: row.last_seen,
                 peers: row.peers.clone(),
                 declared,
+                // Rows are not kept per tenant yet (issue 15's agent side).
+                tenant: String::new(),
             });
         }
         for ((pid, service, method), (m, _)) in &self.declared {

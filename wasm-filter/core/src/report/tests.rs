@@ -287,6 +287,8 @@ fn records_carry_the_call_and_encode_as_prost_would() {
             port: 50000,
         }),
         upstream_peer: None,
+        // No tenant dimension in this record.
+        tenant: String::new(),
         request_id: "rid".into(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
     };
