@@ -61,7 +61,8 @@ build:
     cp {{root}}/target/{{wasm_target}}/wasm-release/empty_filter.wasm {{root}}/dist/bench/empty_filter.wasm
     @ls -l {{root}}/dist
 
-# Write the images as OCI image layouts under dist/oci (the filter for Istio's WasmPlugin, the agent, the webhook;
+# Write the images as OCI image layouts under dist/oci (the filter for Istio's WasmPlugin, the agent with the
+# filter's native build for the injector's init container, the webhook;
 # deterministic: same inputs, same digests), and under dist/istio the manifests that name them, with REGISTRY and
 # the filter's manifest digest filled in. Push with `skopeo copy oci:dist/oci/<name>:VERSION docker://REGISTRY/grayscope/<image>:VERSION`.
 package registry="REGISTRY" version="0.1.0": build
@@ -70,7 +71,7 @@ package registry="REGISTRY" version="0.1.0": build
     cd {{root}}
     rm -rf dist/oci dist/istio && mkdir -p dist/oci dist/istio
     python3 istio/package/oci_layout.py dist/oci {{version}} dist/grayscope_filter.wasm dist/grayscope-agent \
-        dist/grayscope-injector > dist/oci/digests.txt
+        dist/grayscope-injector dist/libgrayscope_filter.so > dist/oci/digests.txt
     digest=$(awk '$1 == "grayscope-filter" {sub("sha256:", "", $2); print $2}' dist/oci/digests.txt)
     sed -e 's|^  sha256: .*|  sha256: "'"$digest"'"|' -e 's|REGISTRY|{{registry}}|g' -e 's|:0\.1\.0|:{{version}}|g' \
         istio/03-wasmplugin.yaml > dist/istio/03-wasmplugin.yaml

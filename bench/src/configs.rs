@@ -140,6 +140,15 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             "W2 built with `bench-skip-record`".to_owned(),
             wasm_cfg(wasm.variant("record"), "{}", true),
         ),
+        // The native build's variants, for before/after and breakdown runs by hand: `dist/bench/libgrayscope_filter-
+        // <name>.so` (e.g. `before`: an earlier build; `skip-metrics`: built with `bench-skip-metrics`), like D1.
+        other if other.starts_with("D1-") => (
+            format!("D1 with dist/bench/libgrayscope_filter-{}.so", &other[3..]),
+            Chain::Dynamic {
+                file: wasm.variants.join(format!("libgrayscope_filter-{}.so", &other[3..])),
+                filter_config: NO_REPORT.to_owned(),
+            },
+        ),
         other => match other.strip_prefix("W1-") {
             Some(stage) if STAGES.iter().any(|(s, _)| *s == stage) && stage != "record" => (
                 format!("W1 built with `bench-skip-{stage}`"),

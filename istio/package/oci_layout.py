@@ -3,7 +3,7 @@
 the same inputs give byte-identical blobs and so the same digests (fixed timestamps and owners, sorted JSON, gzip
 without name or time).
 
-  oci_layout.py OUT VERSION FILTER_WASM AGENT_BIN INJECTOR_BIN
+  oci_layout.py OUT VERSION FILTER_WASM AGENT_BIN INJECTOR_BIN NATIVE_MODULE
 
 writes OUT/grayscope-filter, OUT/grayscope-agent and OUT/grayscope-injector, each tagged VERSION, and prints
 "<name> sha256:<manifest digest>" per image. Push one with `skopeo copy oci:OUT/<name>:VERSION docker://...`.
@@ -13,6 +13,9 @@ writes OUT/grayscope-filter, OUT/grayscope-agent and OUT/grayscope-injector, eac
   that wasm-to-oci tools write.) WasmPlugin.spec.sha256 is the manifest digest printed here.
 - grayscope-agent and grayscope-injector are container images of one layer: the binary under /usr/local/bin and
   the shared libraries it loads (found with ldd), nothing else: no shell, no package manager.
+- grayscope-agent also carries the filter's native build (NATIVE_MODULE, an Envoy dynamic module) at
+  /usr/local/lib/grayscope/libgrayscope_filter.so: the injector's init container copies it into istio-proxy with
+  `grayscope-agent install-module` (the module is loaded by istio-proxy, so its libraries are not needed here).
 
 Python's standard library only: hand-writing these few JSON documents is simpler than adding a build tool, and the
 tests inspect the result with skopeo and umoci, which are the real consumers' tools.
@@ -124,8 +127,8 @@ def shared_libraries(binary):
     return libs
 
 
-def binary_image(out, name, tag, binary, user):
-    files = [(f"usr/local/bin/{name}", open(binary, "rb").read(), 0o755)]
+def binary_image(out, name, tag, binary, user, extra=()):
+    files = [(f"usr/local/bin/{name}", open(binary, "rb").read(), 0o755)] + list(extra)
     for lib in shared_libraries(binary):
         files.append((lib.lstrip("/"), open(os.path.realpath(lib), "rb").read(), 0o755))
     # PATH: so that `kubectl exec ... -- grayscope-agent tail` finds the binary.
@@ -136,9 +139,10 @@ def binary_image(out, name, tag, binary, user):
 
 
 def main(argv):
-    if len(argv) != 6:
+    if len(argv) != 7:
         sys.exit(__doc__)
-    out, tag, wasm, agent, injector = argv[1:]
+    out, tag, wasm, agent, injector, native = argv[1:]
+    module = ("usr/local/lib/grayscope/libgrayscope_filter.so", open(native, "rb").read(), 0o644)
     digests = {
         "grayscope-filter": image(
             Layout(os.path.join(out, "grayscope-filter")),
@@ -150,7 +154,7 @@ def main(argv):
             platform=("wasm", "wasip1"),
         ),
         # The agent runs as root (with only CAP_BPF and CAP_PERFMON, see the injector); the webhook as nobody.
-        "grayscope-agent": binary_image(out, "grayscope-agent", tag, agent, "0:0"),
+        "grayscope-agent": binary_image(out, "grayscope-agent", tag, agent, "0:0", [module]),
         "grayscope-injector": binary_image(out, "grayscope-injector", tag, injector, "65532:65532"),
     }
     for name, digest in digests.items():

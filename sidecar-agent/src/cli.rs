@@ -27,6 +27,20 @@ pub enum Command {
     Tail(TailArgs),
     /// Print the method table of a running agent: per interface x gray version x process.
     Methods(ClientArgs),
+    /// Copy the filter's native build (an Envoy dynamic module) that this image carries into a directory: the
+    /// init container of pods that opt into the native build.
+    InstallModule(InstallModuleArgs),
+}
+
+/// Settings of `install-module`.
+#[derive(Debug, Args)]
+pub struct InstallModuleArgs {
+    /// Directory to copy the module into (a volume shared with istio-proxy).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The module to copy.
+    #[arg(long, value_name = "PATH", default_value = crate::install_module::IMAGE_MODULE)]
+    pub module: PathBuf,
 }
 
 /// How to reach a running agent.
@@ -174,7 +188,7 @@ impl Command {
         let (file, kernel) = match self {
             Self::Run(a) => (&a.config, &a.kernel),
             Self::Trace(a) => (&a.config, &a.kernel),
-            Self::Tail(_) | Self::Methods(_) => (&None, &none),
+            Self::Tail(_) | Self::Methods(_) | Self::InstallModule(_) => (&None, &none),
         };
         let mut flag = |field: config::Field, v: &Option<String>| {
             if let Some(v) = v {

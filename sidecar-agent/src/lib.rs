@@ -20,6 +20,7 @@
 //! - [`agent`]: wires it together — [`run`] is the daemon; [`trace`] prints events like `tcplife`.
 //! - [`client`]: a gRPC client over the Unix socket ([`client::connect`]) and the `tail`/`methods` output.
 //! - [`cli`]: the `grayscope-agent` command line (the binary only parses, binds and calls [`run`]).
+//! - [`install_module`]: `install-module`, the copy of the filter's native build out of the agent's image.
 
 // `unsafe` is denied workspace-wide; the one exception is registering the ring buffer fd with tokio.
 #![deny(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod ebpf;
 pub mod error;
+pub mod install_module;
 pub mod link;
 pub mod methods;
 pub mod metrics;

@@ -84,6 +84,11 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
             client::methods(&config.socket, std::io::stdout().lock()).await?;
             Ok(())
         }
+        Command::InstallModule(a) => {
+            let path = sidecar_agent::install_module::install(&a.module, &a.to)?;
+            tracing::info!(path = %path.display(), "module installed");
+            Ok(())
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use k8s_openapi::{
 };
 use serde::{de::DeserializeOwned, Deserialize};
 use serde_json::{json, Map, Value};
-use sidecar_agent_injector::inject;
+use sidecar_agent_injector::{inject, native};
 
 /// Deserialises `value` as `T`, refusing any field `T` does not know (and naming it).
 fn strict<T: DeserializeOwned>(value: &Value) -> Result<T, String> {
@@ -374,9 +374,10 @@ fn stats_settings_name_every_label_the_filter_emits_and_match_what_the_injector_
         inject::STAT_TAGS.into_iter().collect(),
         "the injector's annotation says the same"
     );
+    // The wasm build's series, and the native build's (which the injector adds to the pods it gives the module).
     assert_eq!(
         stats.proxy_stats_matcher.inclusion_regexps,
-        [inject::STATS_INCLUSION_REGEX]
+        [inject::STATS_INCLUSION_REGEX, native::NATIVE_STATS_INCLUSION_REGEX]
     );
 }
 
@@ -495,6 +496,7 @@ fn the_webhook_points_at_its_service_and_is_safe_for_the_cluster() {
 fn injected_golden_pods_are_valid_pods_whose_proxy_config_istio_can_read() {
     let dir = integration_tests::paths::root().join("sidecar-agent/injector/testdata/inject");
     let mut injected = 0;
+    let mut native_pods = 0;
     for entry in fs::read_dir(&dir).expect("testdata/inject") {
         let path = entry.expect("entry").path();
         if !path.to_string_lossy().ends_with(".yaml.injected") {
@@ -512,7 +514,7 @@ fn injected_golden_pods_are_valid_pods_whose_proxy_config_istio_can_read() {
             continue;
         }
         injected += 1;
-        let annotations = pod.metadata.annotations.unwrap_or_default();
+        let annotations = pod.metadata.annotations.clone().unwrap_or_default();
         let proxy: istio_support::ProxyStats = serde_norway::from_str(&annotations["proxy.istio.io/config"])
             .unwrap_or_else(|e| panic!("{}: proxy.istio.io/config: {e}", path.display()));
         let tags: BTreeSet<&str> = proxy.extra_stat_tags.iter().map(String::as_str).collect();
@@ -525,6 +527,92 @@ fn injected_golden_pods_are_valid_pods_whose_proxy_config_istio_can_read() {
             let map: Map<String, Value> = serde_json::from_str(&annotations[key]).expect("JSON mapping");
             assert!(map.contains_key(inject::SOCKET_VOLUME), "{key}");
         }
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        if labels.get(native::FILTER_LABEL).is_some_and(|v| v == "native") {
+            native_pods += 1;
+            native_pod_has_the_module_where_the_envoyfilter_loads_it(&pod, &proxy, &path.display().to_string());
+        }
     }
     assert!(injected >= 2, "injected golden pods: {injected}");
+    assert!(
+        native_pods >= 1,
+        "injected golden pods with the native build: {native_pods}"
+    );
+}
+
+/// A pod the EnvoyFilter of the native build selects (by the label it carries) gets the module where that
+/// EnvoyFilter loads it: the init container copies it into a volume, that volume is mounted read-only into
+/// istio-proxy at the directory of the EnvoyFilter's `local.filename` (also the search path), Istio runs
+/// istio-proxy after the init containers, and the stats matcher admits the module's series.
+fn native_pod_has_the_module_where_the_envoyfilter_loads_it(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    proxy: &istio_support::ProxyStats,
+    name: &str,
+) {
+    let envoyfilter = doc("native/03-envoyfilter-native.yaml");
+    assert_eq!(
+        envoyfilter["spec"]["workloadSelector"]["labels"][native::FILTER_LABEL],
+        "native",
+        "the EnvoyFilter selects the label the injector sets"
+    );
+    let patches = envoyfilter["spec"]["configPatches"].as_array().expect("patches");
+    for p in patches.iter().filter(|p| p["applyTo"] == "HTTP_FILTER") {
+        let file = p["patch"]["value"]["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"]
+            .as_str()
+            .expect("filename");
+        assert_eq!(
+            std::path::Path::new(file).parent(),
+            Some(std::path::Path::new(native::PROXY_MODULE_DIR)),
+            "{name}: the EnvoyFilter loads {file}"
+        );
+        assert!(
+            native::IMAGE_MODULE.ends_with(&format!("/{}", file.rsplit('/').next().unwrap_or_default())),
+            "{name}: the image carries the file the EnvoyFilter loads"
+        );
+    }
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations["sidecar.istio.io/nativeSidecar"], "false", "{name}");
+    assert!(proxy
+        .proxy_stats_matcher
+        .inclusion_regexps
+        .contains(&native::NATIVE_STATS_INCLUSION_REGEX.to_owned()));
+    assert_eq!(
+        proxy.proxy_metadata.get(native::SEARCH_PATH_ENV).map(String::as_str),
+        Some(native::PROXY_MODULE_DIR),
+        "{name}: proxyMetadata sets the search path on istio-proxy"
+    );
+    let mounts: Map<String, Value> =
+        serde_json::from_str(&annotations["sidecar.istio.io/userVolumeMount"]).expect("JSON mapping");
+    assert_eq!(
+        mounts[native::MODULE_VOLUME],
+        json!({"mountPath": native::PROXY_MODULE_DIR, "readOnly": true}),
+        "{name}"
+    );
+    let spec = pod.spec.clone().unwrap_or_default();
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == native::MODULE_VOLUME)
+        .unwrap_or_else(|| panic!("{name}: no {} volume", native::MODULE_VOLUME));
+    assert!(volume.empty_dir.is_some(), "{name}: an emptyDir");
+    let init = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == native::MODULE_INIT_CONTAINER)
+        .unwrap_or_else(|| panic!("{name}: no init container"));
+    let mount = init
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == native::MODULE_VOLUME)
+        .expect("the init container mounts the volume");
+    assert_ne!(
+        mount.read_only,
+        Some(true),
+        "{name}: the init container writes the volume"
+    );
+    let args = init.args.clone().unwrap_or_default();
+    assert_eq!(args, ["install-module", "--to", mount.mount_path.as_str()], "{name}");
 }

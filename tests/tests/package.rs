@@ -3,6 +3,8 @@
 //! byte-identical (so the digest a WasmPlugin pins is reproducible). The filter image is Istio's "compat" Wasm
 //! variant and carries `plugin.wasm` byte-identical to `dist/grayscope_filter.wasm`; the agent and webhook images
 //! are one layer each, and their binaries run from the unpacked layer alone (chroot: no shell, no host libraries).
+//! The agent image also carries the native build, which its own `install-module` (the injector's init container)
+//! copies out, byte-identical to `dist/libgrayscope_filter.so`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -44,7 +46,8 @@ fn package(out: &Path) -> BTreeMap<String, String> {
         .arg(VERSION)
         .arg(paths::wasm())
         .arg(paths::agent())
-        .arg(injector_bin()));
+        .arg(injector_bin())
+        .arg(paths::native()));
     text.lines()
         .map(|l| {
             let (name, digest) = l.split_once(' ').expect("name digest");
@@ -181,5 +184,36 @@ fn the_layouts_are_deterministic_and_what_istio_and_a_container_runtime_expect()
         } else {
             eprintln!("skipping the chroot run of {name}: needs root");
         }
+        if name == "grayscope-agent" {
+            agent_carries_the_native_module(&rootfs, &entrypoint);
+        }
     }
+}
+
+/// The module in the agent's image, and the init container's command (as the injector writes it) copying it
+/// into an empty directory, as into the pod's `emptyDir`.
+fn agent_carries_the_native_module(rootfs: &Path, entrypoint: &str) {
+    let native = fs::read(paths::native()).expect("dist native module");
+    let carried = rootfs.join(sidecar_agent_injector::native::IMAGE_MODULE.trim_start_matches('/'));
+    assert!(
+        fs::read(&carried).expect("the module in the agent image") == native,
+        "{} differs from dist/libgrayscope_filter.so",
+        carried.display()
+    );
+    if !is_root() {
+        eprintln!("skipping the chroot run of install-module: needs root");
+        return;
+    }
+    // The volume, an empty directory where the init container mounts it; the command exactly as injected.
+    let container = sidecar_agent_injector::native::module_init_container("unused");
+    let args = container.args.expect("init container args");
+    let mount = &container.volume_mounts.expect("mounts")[0].mount_path;
+    let volume = rootfs.join(mount.trim_start_matches('/'));
+    fs::create_dir(&volume).expect("volume dir");
+    run(Command::new("chroot").arg(rootfs).arg(entrypoint).args(&args));
+    let installed = volume.join("libgrayscope_filter.so");
+    assert!(
+        fs::read(&installed).expect("installed module") == native,
+        "install-module's copy differs from dist/libgrayscope_filter.so"
+    );
 }

@@ -1,7 +1,8 @@
 //! When a pod is injected, and what it gets: the agent container (least privilege), the `emptyDir` that holds the
 //! agent's Unix socket, and the annotations with which Istio's own injector mounts that volume into `istio-proxy`
-//! and configures the proxy's stats for grayscope's series. A pure function of the pod, its namespace and
-//! [`Settings`], so the golden tests cover it whole.
+//! and configures the proxy's stats for grayscope's series; for pods that ask for the native build, what
+//! [`crate::native`] adds. A pure function of the pod, its namespace and [`Settings`], so the golden tests cover
+//! it whole.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,8 @@ use k8s_openapi::{
     apimachinery::pkg::api::resource::Quantity,
 };
 use serde_json::{json, Map, Value};
+
+use crate::native::{self, Build};
 
 /// The injected container's name; its presence marks a pod as injected.
 pub const AGENT_CONTAINER: &str = "grayscope-agent";
@@ -44,9 +47,9 @@ pub const STAT_TAGS: [&str; 10] = [
     "outcome",
 ];
 
-const PROXY_CONFIG: &str = "proxy.istio.io/config";
-const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
-const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
+pub(crate) const PROXY_CONFIG: &str = "proxy.istio.io/config";
+pub(crate) const USER_VOLUME: &str = "sidecar.istio.io/userVolume";
+pub(crate) const USER_VOLUME_MOUNT: &str = "sidecar.istio.io/userVolumeMount";
 
 /// What the webhook was started with.
 #[derive(Debug, Clone)]
@@ -71,6 +74,10 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     if let Some(reason) = skip_reason(pod, namespace, settings) {
         return Decision::Skip(reason);
     }
+    let build = match native::requested(pod) {
+        Ok(build) => build,
+        Err(reason) => return Decision::Skip(reason),
+    };
     let mut out = pod.clone();
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
     if let Err(reason) = annotate(annotations) {
@@ -95,6 +102,11 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
         }),
         ..Default::default()
     });
+    if build == Build::Native {
+        if let Err(reason) = native::place(&mut out, &settings.agent_image) {
+            return Decision::Skip(reason);
+        }
+    }
     Decision::Inject(Box::new(out))
 }
 
@@ -216,7 +228,10 @@ fn annotate(annotations: &mut BTreeMap<String, String>) -> Result<(), String> {
 }
 
 /// The annotation's mapping (Istio reads these annotations as YAML, of which JSON is a part); empty if absent.
-fn parse_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result<Map<String, Value>, String> {
+pub(crate) fn parse_annotation(
+    annotations: &BTreeMap<String, String>,
+    key: &str,
+) -> Result<Map<String, Value>, String> {
     let Some(text) = annotations.get(key) else {
         return Ok(Map::new());
     };
@@ -228,7 +243,7 @@ fn parse_annotation(annotations: &BTreeMap<String, String>, key: &str) -> Result
     }
 }
 
-fn object_entry<'a>(
+pub(crate) fn object_entry<'a>(
     map: &'a mut Map<String, Value>,
     field: &str,
     key: &str,
@@ -239,7 +254,12 @@ fn object_entry<'a>(
     }
 }
 
-fn append_unique(map: &mut Map<String, Value>, field: &str, items: &[&str], key: &str) -> Result<(), String> {
+pub(crate) fn append_unique(
+    map: &mut Map<String, Value>,
+    field: &str,
+    items: &[&str],
+    key: &str,
+) -> Result<(), String> {
     let Value::Array(list) = map.entry(field).or_insert_with(|| Value::Array(Vec::new())) else {
         return Err(format!("annotation {key}: {field} is not a list: left alone"));
     };

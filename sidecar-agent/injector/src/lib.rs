@@ -4,12 +4,15 @@
 //! # Layout
 //! - [`inject`]: the pure part: when a pod is left alone, and what an injected pod gets (agent container, socket
 //!   volume, Istio annotations).
+//! - [`native`]: what pods that ask for the filter's native build get on top (the module copied into
+//!   `istio-proxy` by an init container from the agent's image).
 //! - [`review`]: `admission.k8s.io/v1` AdmissionReview in, AdmissionReview with a JSONPatch out; malformed input
 //!   gets a well-formed refusal.
 //! - [`tls`]: the serving certificate, reloaded when its files change (cert-manager rotates them in place).
 //! - [`server`]: HTTPS (rustls) with `POST /mutate` and `GET /healthz`.
 
 pub mod inject;
+pub mod native;
 pub mod review;
 pub mod server;
 pub mod tls;

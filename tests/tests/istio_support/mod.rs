@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
@@ -111,6 +112,9 @@ pub struct ProxyStats {
     pub extra_stat_tags: Vec<String>,
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// Environment variables Istio's injection template sets on istio-proxy.
+    #[serde(default)]
+    pub proxy_metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

