@@ -86,6 +86,9 @@ impl<'c> Filter<'c> {
             let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
             warn(metrics.baggage_dropped(&mut host, Dropped::Malformed, malformed));
             warn(metrics.baggage_dropped(&mut host, Dropped::OverLimit, over));
+            for &(source, reason) in decision.tenant.iter().flat_map(|t| &t.invalid) {
+                warn(metrics.tenant_invalid(&mut host, source, reason));
+            }
         }
         let side = Side::resolve(cfg.direction, || {
             abi::attribute_int(envoy, attribute::XDS_LISTENER_DIRECTION)
@@ -127,8 +130,15 @@ impl<'c> Filter<'c> {
             version: decision.version.as_deref(),
             status,
             duration_ms: duration_ns / 1_000_000,
+            tenant: decision.tenant.as_ref().map(|t| &t.tenant),
         };
-        warn(lock(&self.config.metrics).call(&mut self.config.host(), &call));
+        // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
+        let tenant = lock(&self.config.metrics)
+            .call(&mut self.config.host(), &call)
+            .unwrap_or_else(|e| {
+                log::warn!("{e}");
+                None
+            });
         let Some(report) = &self.config.report else { return };
         let service = match &decision.interface {
             Interface::Grpc { service, .. } => service.as_str(),
@@ -158,7 +168,8 @@ impl<'c> Filter<'c> {
             decision.request_id.as_deref(),
             decision.trace_id.as_deref(),
             &ctx,
-        );
+        )
+        .with_tenant(tenant.as_deref());
         warn(lock(report.reporter()).push(&mut self.config.host(), record));
     }
 }
