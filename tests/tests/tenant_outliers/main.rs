@@ -397,11 +397,18 @@ fn panels(prom: &Prometheus, end: f64, slow: &str) {
     }
     for v in d["templating"]["list"].as_array().expect("variables") {
         if let Some(q) = v["query"]["query"].as_str() {
-            let selector = q
+            let (selector, label) = q
                 .strip_prefix("label_values(")
+                .and_then(|a| a.strip_suffix(')'))
                 .and_then(|a| a.rsplit_once(','))
-                .map(|(s, _)| sub(s.trim()))
+                .map(|(s, l)| (sub(s.trim()), l.trim().to_owned()))
                 .expect("label_values(selector, label)");
+            let values: Vec<String> = query(prom, &selector, end)
+                .iter()
+                .map(|s| s.label(&label).to_owned())
+                .filter(|v| !v.is_empty())
+                .collect();
+            assert!(!values.is_empty(), "variable {}: no {label} in {selector}", v["name"]);
             exprs.push((format!("variable {}", v["name"]), selector));
         }
     }
