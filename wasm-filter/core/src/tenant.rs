@@ -15,6 +15,8 @@
 
 mod config;
 
+use std::borrow::Cow;
+
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -214,7 +216,7 @@ pub fn resolve(cfg: &TenantConfig, headers: &Headers<'_>, baggage: &baggage::Par
         match (values.next(), values.next()) {
             (None, _) => None,
             (Some(_), Some(_)) => Some(Err((Source::Header, Invalid::Duplicated))),
-            (Some(v), None) => Some(validate_id(v).map(<[u8]>::to_vec).map_err(|r| (Source::Header, r))),
+            (Some(v), None) => Some(validate_id(v).map(Cow::Borrowed).map_err(|r| (Source::Header, r))),
         }
     });
     // The header wins: baggage is only read when the header is absent.
@@ -227,12 +229,15 @@ pub fn resolve(cfg: &TenantConfig, headers: &Headers<'_>, baggage: &baggage::Par
         match (members.next(), members.next()) {
             (None, _) => None,
             (Some(_), Some(_)) => Some(Err((Source::Baggage, Invalid::Duplicated))),
-            (Some(m), None) => Some(match m.decoded_value() {
-                Some(v) => validate_id(v.as_bytes())
-                    .map(<[u8]>::to_vec)
-                    .map_err(|r| (Source::Baggage, r)),
-                None => Err((Source::Baggage, Invalid::BadEncoding)),
-            }),
+            // A value without escapes is borrowed from the request, so the common case copies nothing.
+            (Some(m), None) => Some(
+                match m.decoded_value() {
+                    Some(Cow::Borrowed(v)) => validate_id(v.as_bytes()).map(Cow::Borrowed),
+                    Some(Cow::Owned(v)) => validate_id(v.as_bytes()).map(|id| Cow::Owned(id.to_vec())),
+                    None => Err(Invalid::BadEncoding),
+                }
+                .map_err(|r| (Source::Baggage, r)),
+            ),
         }
     });
     let tenant = match candidate {

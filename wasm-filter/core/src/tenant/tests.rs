@@ -239,3 +239,21 @@ fn bad_sections_name_every_field() {
     assert_eq!(p.len(), 1);
     assert!(p[0].1.contains("got 6 bytes") && !p[0].1.contains("sekrit"), "{p:?}");
 }
+
+#[test]
+fn the_decision_carries_the_tenant_and_leaves_its_baggage_member_as_it_was() {
+    let c = cfg(r#"{"tenant":{"header":"x-tenant-id","baggage_key":"tenant.id"}}"#);
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"GET"),
+        (b":path", b"/x"),
+        (b"x-gray-version", b"v2"),
+        (b"baggage", b"tenant.id=glo%62ex;p=1"),
+    ];
+    let d = crate::request::decide(&c, &Headers::from_pairs(pairs));
+    assert_eq!(d.tenant.map(|t| label(&t.tenant)), Some(hashed_label(None, "globex")));
+    // The gray version is propagated into baggage; the tenant member goes on byte for byte.
+    assert_eq!(
+        d.baggage_header,
+        crate::request::Rewrite::Set("tenant.id=glo%62ex;p=1,gray.version=v2".into())
+    );
+}
