@@ -407,7 +407,15 @@ impl Collector for Service {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let watcher = self.core.hub().subscribe(Filter::from(request.into_inner()));
+        let request = request.into_inner();
+        // A filter no record can match is a mistake worth saying (a raw tenant id typed where its label belongs).
+        if !valid_tenant(&request.tenant) {
+            return Err(Status::invalid_argument(format!(
+                "tenant: not a tenant label (at most {MAX_TENANT_BYTES} bytes of [A-Za-z0-9._-]; the filter's label, \
+                 such as enterprise or t_<hash>, not the tenant's id)"
+            )));
+        }
+        let watcher = self.core.hub().subscribe(Filter::from(request));
         Ok(Response::new(Box::pin(watcher.into_stream().map(Ok))))
     }
 

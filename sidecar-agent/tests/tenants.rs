@@ -33,6 +33,22 @@ async fn tenant_labels_are_validated_kept_filtered_and_tabled() {
     }
     let agent = start(common::config(NetnsFilter::Own)).await;
     let mut client = agent.client().await;
+    // A watch filter that cannot be a label is refused, not left to match nothing forever.
+    let Err(refused) = client
+        .watch(WatchRequest {
+            tenant: "acme corp".into(),
+            ..WatchRequest::default()
+        })
+        .await
+    else {
+        panic!("a tenant filter with a space was accepted");
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().starts_with("tenant: not a tenant label"),
+        "{refused:?}"
+    );
+    assert!(!refused.message().contains("acme"), "{refused:?}");
     let mut free_watch = client
         .watch(WatchRequest {
             tenant: "free".into(),
