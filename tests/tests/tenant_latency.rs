@@ -190,8 +190,15 @@ fn tenants_get_bounded_labels_one_observation_per_call_and_no_raw_id_leaks() {
             assert!(!r.contains(raw), "{raw} in a record: {r}");
         }
     }
-    // The key is no more printed than the ids.
+    // The key is no more printed than the ids; the configuration line says what is on by names and counts.
     assert!(!log.contains(KEY), "the hash key in Envoy's log");
+    assert!(
+        log.contains(
+            "tenant dimension on: header \"x-tenant-id\", baggage key \"tenant.id\", 1 allowlisted ids, \
+             tier header \"x-tenant-tier\", max_tenants 2, hash HMAC-SHA-256 (keyed)"
+        ),
+        "{log}"
+    );
 }
 
 #[test]
@@ -214,9 +221,10 @@ fn a_bad_tenant_section_is_refused_with_the_field_named() {
         r#"{"tenant":{"header":"x-tenant-id","max_tenants":0}}"#,
         "tenant.max_tenants: must be between 1 and 1000, got 0",
     );
-    let (line, _) = Stack::refused(
+    let (line, log) = Stack::refused(
         r#"{"tenant":{"header":"x-tenant-id","hash_key":"tooshort"}}"#,
         "tenant.hash_key: must be 16 to 1024 bytes",
     );
-    assert!(!line.contains("tooshort"), "{line}");
+    assert!(line.contains("got 8 bytes"), "{line}");
+    assert!(!log.contains("tooshort"), "the key in Envoy's log:\n{log}");
 }
