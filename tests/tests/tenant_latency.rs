@@ -228,3 +228,39 @@ fn a_bad_tenant_section_is_refused_with_the_field_named() {
     assert!(line.contains("got 8 bytes"), "{line}");
     assert!(!log.contains("tooshort"), "the key in Envoy's log:\n{log}");
 }
+
+#[test]
+fn a_flood_of_distinct_ids_stays_within_the_cap_with_an_exact_sum() {
+    let s = Stack::start(
+        r#"{"service":"orders","report":{"enabled":false},"tenant":{"header":"x-tenant-id","max_tenants":4}}"#,
+    );
+    let mut c = Client::new(s.envoy.listener("ingress"));
+    for n in 0..500 {
+        let id = format!("flood-tenant-{n}");
+        assert_eq!(c.get("/api/v1/orders/1", &[("x-tenant-id", id.as_bytes())]).status, 200);
+    }
+    let text = s.envoy.prometheus();
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("grayscope_tenant_call_duration_milliseconds_count{"))
+        .collect();
+    // The first four ids keep their hashed label, the 496 others are `other`.
+    assert_eq!(counts.len(), 5, "{counts:#?}");
+    for n in 0..4 {
+        let label = hashed_label(None, &format!("flood-tenant-{n}"));
+        prom::assert_line(
+            &text,
+            &format!(
+                "grayscope_tenant_call_duration_milliseconds_count{{direction=\"inbound\",rpc_system=\"http\",\
+                 service=\"orders\",method=\"GET /api/v1/orders/{{id}}\",tenant=\"{label}\"}} 1"
+            ),
+        );
+    }
+    prom::assert_line(
+        &text,
+        "grayscope_tenant_call_duration_milliseconds_count{direction=\"inbound\",rpc_system=\"http\",\
+         service=\"orders\",method=\"GET /api/v1/orders/{id}\",tenant=\"other\"} 496",
+    );
+    prom::assert_line(&text, "grayscope_tenant_overflow_total{} 496");
+    assert!(!text.contains("flood-tenant"));
+}
