@@ -190,8 +190,15 @@ fn tenants_get_bounded_labels_one_observation_per_call_and_no_raw_id_leaks() {
             assert!(!r.contains(raw), "{raw} in a record: {r}");
         }
     }
-    // The key is no more printed than the ids.
+    // The key is no more printed than the ids; the configuration line says what is on by names and counts.
     assert!(!log.contains(KEY), "the hash key in Envoy's log");
+    assert!(
+        log.contains(
+            "tenant dimension on: header \"x-tenant-id\", baggage key \"tenant.id\", 1 allowlisted ids, \
+             tier header \"x-tenant-tier\", max_tenants 2, hash HMAC-SHA-256 (keyed)"
+        ),
+        "{log}"
+    );
 }
 
 #[test]
@@ -214,9 +221,46 @@ fn a_bad_tenant_section_is_refused_with_the_field_named() {
         r#"{"tenant":{"header":"x-tenant-id","max_tenants":0}}"#,
         "tenant.max_tenants: must be between 1 and 1000, got 0",
     );
-    let (line, _) = Stack::refused(
+    let (line, log) = Stack::refused(
         r#"{"tenant":{"header":"x-tenant-id","hash_key":"tooshort"}}"#,
         "tenant.hash_key: must be 16 to 1024 bytes",
     );
-    assert!(!line.contains("tooshort"), "{line}");
+    assert!(line.contains("got 8 bytes"), "{line}");
+    assert!(!log.contains("tooshort"), "the key in Envoy's log:\n{log}");
+}
+
+#[test]
+fn a_flood_of_distinct_ids_stays_within_the_cap_with_an_exact_sum() {
+    let s = Stack::start(
+        r#"{"service":"orders","report":{"enabled":false},"tenant":{"header":"x-tenant-id","max_tenants":4}}"#,
+    );
+    let mut c = Client::new(s.envoy.listener("ingress"));
+    for n in 0..500 {
+        let id = format!("flood-tenant-{n}");
+        assert_eq!(c.get("/api/v1/orders/1", &[("x-tenant-id", id.as_bytes())]).status, 200);
+    }
+    let text = s.envoy.prometheus();
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("grayscope_tenant_call_duration_milliseconds_count{"))
+        .collect();
+    // The first four ids keep their hashed label, the 496 others are `other`.
+    assert_eq!(counts.len(), 5, "{counts:#?}");
+    for n in 0..4 {
+        let label = hashed_label(None, &format!("flood-tenant-{n}"));
+        prom::assert_line(
+            &text,
+            &format!(
+                "grayscope_tenant_call_duration_milliseconds_count{{direction=\"inbound\",rpc_system=\"http\",\
+                 service=\"orders\",method=\"GET /api/v1/orders/{{id}}\",tenant=\"{label}\"}} 1"
+            ),
+        );
+    }
+    prom::assert_line(
+        &text,
+        "grayscope_tenant_call_duration_milliseconds_count{direction=\"inbound\",rpc_system=\"http\",\
+         service=\"orders\",method=\"GET /api/v1/orders/{id}\",tenant=\"other\"} 496",
+    );
+    prom::assert_line(&text, "grayscope_tenant_overflow_total{} 496");
+    assert!(!text.contains("flood-tenant"));
 }

@@ -73,6 +73,9 @@ impl FilterConfig {
             config.gray.header,
             config.gray.baggage_key
         );
+        if let Some(t) = &config.tenant {
+            log::info!("{}", t.summary());
+        }
         Ok(Self {
             envoy,
             config,

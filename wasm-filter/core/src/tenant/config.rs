@@ -33,6 +33,26 @@ pub struct TenantConfig {
     pub hash_key: Option<HashKey>,
 }
 
+impl TenantConfig {
+    /// One line for the log when the plugin is configured: names and counts, never an id nor the key.
+    pub fn summary(&self) -> String {
+        format!(
+            "tenant dimension on: header {:?}, baggage key {:?}, {} allowlisted ids, tier header {:?}, \
+             max_tenants {}, hash {}",
+            self.header.as_deref().unwrap_or("-"),
+            self.baggage_key.as_deref().unwrap_or("-"),
+            self.tenants.len(),
+            self.tier_header.as_deref().unwrap_or("-"),
+            self.max_tenants,
+            if self.hash_key.is_some() {
+                "HMAC-SHA-256 (keyed)"
+            } else {
+                "SHA-256 without a key (set tenant.hash_key: ids are guessable from their hash)"
+            }
+        )
+    }
+}
+
 /// The key of the tenant hash, with its HMAC state precomputed. Never printed: `Debug` shows only its length.
 #[derive(Clone)]
 pub struct HashKey {
@@ -41,7 +61,8 @@ pub struct HashKey {
 }
 
 impl HashKey {
-    /// `None` only if the HMAC refuses the key length, which HMAC never does.
+    /// `None` only if the HMAC refuses the key length, which HMAC never does (validation reports it all the same,
+    /// rather than fall back to an unkeyed hash).
     pub fn new(bytes: &[u8]) -> Option<Self> {
         let mac = <Hmac<Sha256> as Mac>::new_from_slice(bytes).ok()?;
         Some(Self {
@@ -174,7 +195,11 @@ pub(crate) fn validate(
             );
             return None;
         }
-        HashKey::new(k.as_bytes())
+        let key = HashKey::new(k.as_bytes());
+        if key.is_none() {
+            bad("tenant.hash_key", "refused by HMAC-SHA-256".to_owned());
+        }
+        key
     });
     TenantConfig {
         header,

@@ -177,10 +177,18 @@ fn absent_section_is_off() {
 
 #[test]
 fn the_key_is_never_printed() {
-    let c = tenant_cfg(&format!(r#"{{"tenant":{{"header":"x-t","hash_key":"{KEY}"}}}}"#));
+    let c = tenant_cfg(&format!(
+        r#"{{"tenant":{{"header":"x-t","hash_key":"{KEY}","tenants":{{"acme-7731":"gold"}}}}}}"#
+    ));
     let text = format!("{c:?}");
     assert!(!text.contains(KEY), "{text}");
     assert!(text.contains("HashKey(<32 bytes>)"), "{text}");
+    // Nor is an id in the configuration line the shells log.
+    assert_eq!(
+        c.summary(),
+        "tenant dimension on: header \"x-t\", baggage key \"-\", 1 allowlisted ids, tier header \"-\", \
+         max_tenants 32, hash HMAC-SHA-256 (keyed)"
+    );
 }
 
 fn problems(json: &str) -> Vec<(String, String)> {

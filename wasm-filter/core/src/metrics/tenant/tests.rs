@@ -161,3 +161,25 @@ fn invalid_counters_exist_from_the_start_and_count_by_source_and_reason() {
     assert_eq!(host.value(&name("tier_header", "reserved")), 1);
     assert_eq!(host.value(TENANT_OVERFLOW), 0);
 }
+
+#[test]
+fn calls_past_the_interface_cap_are_observed_under_the_other_interface() {
+    let mut host = Recorder::default();
+    let c = config::parse(br#"{"max_interfaces":1,"tenant":{"header":"x-tenant-id"}}"#).unwrap();
+    let mut m = Metrics::new(&c, &mut host).unwrap();
+    let other = Interface::Grpc {
+        service: "shop.v1.Carts".into(),
+        method: "Add".into(),
+    };
+    let t = Tenant::Tier("free".into());
+    observe(&mut m, &mut host, &grpc(), Some(&t), 1);
+    observe(&mut m, &mut host, &other, Some(&t), 2);
+    let want = format!(
+        "direction=.=inbound;.;rpc_system=.=grpc;.;service=.=other;.;method=.=other;.;tenant=.=free;.;{TENANT_DURATION}"
+    );
+    assert_eq!(
+        host.samples_of(TENANT_DURATION),
+        vec![(want, vec![2]), (series("free"), vec![1])]
+    );
+    assert_eq!(host.sum_of(CALLS), 2);
+}
