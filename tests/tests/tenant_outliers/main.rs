@@ -4,7 +4,8 @@
 //! test does).
 //!
 //! Three tenants call two methods at the same pace; one of them (a hashed tenant) is 40 ms slower on one method. The
-//! outlier rule must name exactly that tenant and method; the heat map query gives each tenant's buckets; every panel
+//! outlier rule must name exactly that tenant and method (each round of traffic checks the rule against the same
+//! math done in the test, and a round the machine's noise reached is run again, [`ROUNDS`] at most); the heat map query gives each tenant's buckets; every panel
 //! of the tenant dashboard has data and names only what exists; the raw tenant ids appear nowhere in Envoy's
 //! `/stats/prometheus`, Envoy's log (the filter at debug level), the agent's log, `tail` or `methods`; and
 //! `grayscope-agent tail --tenant` prints that tenant's linked calls only.
@@ -54,6 +55,9 @@ const CHARGE_MS: u32 = 16;
 const SLOW_MS: u32 = CHARGE_MS + 40;
 /// How long Get takes, for every tenant.
 const GET_MS: u32 = 42;
+
+/// Rounds of traffic at most, for one quiet enough for the scenario's verdict.
+const ROUNDS: u32 = 3;
 
 /// The raw tenant ids, as clients send them in `x-tenant-id`. None may appear in any output.
 const ACME: &str = "acme-corp-7731";
@@ -223,38 +227,27 @@ fn one_slow_tenant_is_named_with_its_method_and_no_raw_id_leaks() {
         t
     });
 
-    let end = drive(&envoy);
-    prom.wait_for("timestamp(grayscope:tenant_min_calls)", Duration::from_secs(30), |s| {
-        s.first().is_some_and(|s| s.value > end + 1.0)
-    });
-
-    // The outlier: exactly the slow tenant on Charge.
-    let outliers = by_tenant(&query(
-        &prom,
-        "interface_tenant:grayscope_tenant_p99_outlier:rate1m",
-        end,
-    ));
-    let p99 = by_tenant(&query(
-        &prom,
-        "interface_tenant:grayscope_tenant_call_duration_milliseconds:p99_rate1m",
-        end,
-    ));
-    let ratios = by_tenant(&query(&prom, "interface_tenant:grayscope_tenant_p99_ratio:rate1m", end));
-    eprintln!("p99 {p99:?}\nratios {ratios:?}\noutliers {outliers:?}");
-    assert_eq!(
-        outliers.keys().collect::<Vec<_>>(),
-        [&format!("Charge {slow}")],
-        "p99 {p99:?}, ratios {ratios:?}"
-    );
-    assert!(outliers[&format!("Charge {slow}")] > 1.5);
-    // Every tenant of both methods has enough calls for a verdict.
+    // A P99 is the tail: on a machine busy enough to delay 2 % of the fast calls by 35 ms, the slow tenant is not 1.5
+    // times slower at the P99 any more, and the rule rightly names nobody. So every round checks the rule against
+    // the same math done here on the recorded P99s, and traffic runs again (3 rounds at most) until a round is
+    // quiet enough for the scenario's verdict: exactly the slow tenant on Charge.
     let tenants = ["enterprise".to_owned(), slow.clone(), initech.clone()];
-    let mut want: Vec<String> = ["Charge", "Get"]
-        .iter()
-        .flat_map(|m| tenants.iter().map(move |t| format!("{m} {t}")))
-        .collect();
-    want.sort();
-    assert_eq!(ratios.keys().cloned().collect::<Vec<_>>(), want);
+    let mut end = 0.0;
+    for round in 1..=ROUNDS {
+        end = drive(&envoy);
+        prom.wait_for("timestamp(grayscope:tenant_min_calls)", Duration::from_secs(30), |s| {
+            s.first().is_some_and(|s| s.value > end + 1.0)
+        });
+        let outliers = judge(&prom, end, &tenants);
+        if outliers == [format!("Charge {slow}")] {
+            break;
+        }
+        assert!(
+            round < ROUNDS,
+            "{ROUNDS} rounds, none named exactly Charge {slow}; the last named {outliers:?}"
+        );
+        eprintln!("round {round}: the machine's noise reached the P99s; the rule named {outliers:?}; again");
+    }
 
     heat_map(&prom, end, &slow);
     panels(&prom, end, &slow);
@@ -295,6 +288,48 @@ fn one_slow_tenant_is_named_with_its_method_and_no_raw_id_leaks() {
     }
     // The check can fail: the labels themselves are there.
     assert!(outputs[0].1.contains(&format!("tenant=\"{slow}\"")), "{}", outputs[0].1);
+}
+
+/// The rules' verdict at `end`, checked against the same math done here: every tenant of both methods has enough
+/// calls; the median is the middle one of the three P99s; each ratio is P99 / median; the outliers are the ratios
+/// over the shipped factor. Returns the outliers (`method tenant`).
+fn judge(prom: &Prometheus, end: f64, tenants: &[String]) -> Vec<String> {
+    let p99 = by_tenant(&query(
+        prom,
+        "interface_tenant:grayscope_tenant_call_duration_milliseconds:p99_rate1m",
+        end,
+    ));
+    let ratios = by_tenant(&query(prom, "interface_tenant:grayscope_tenant_p99_ratio:rate1m", end));
+    let outliers = by_tenant(&query(
+        prom,
+        "interface_tenant:grayscope_tenant_p99_outlier:rate1m",
+        end,
+    ));
+    eprintln!("p99 {p99:?}\nratios {ratios:?}\noutliers {outliers:?}");
+    let factor = query(prom, "grayscope:tenant_p99_factor", end)[0].value;
+    let mut want = Vec::new();
+    for method in ["Charge", "Get"] {
+        let mut mine: Vec<f64> = tenants.iter().map(|t| p99[&format!("{method} {t}")]).collect();
+        mine.sort_by(f64::total_cmp);
+        let median = mine[1];
+        for t in tenants {
+            let k = format!("{method} {t}");
+            let ratio = p99[&k] / median;
+            assert!(
+                (ratios[&k] - ratio).abs() < 1e-9,
+                "{k}: ratio {} but {ratio} by hand",
+                ratios[&k]
+            );
+            if ratio > factor {
+                want.push(k);
+            }
+        }
+    }
+    want.sort();
+    assert_eq!(ratios.len(), 2 * tenants.len(), "{ratios:?}");
+    let named: Vec<String> = outliers.keys().cloned().collect();
+    assert_eq!(named, want, "p99 {p99:?}");
+    named
 }
 
 fn read(rel: &str) -> String {
