@@ -27,13 +27,22 @@ pub enum Chain {
     Dynamic { file: PathBuf, filter_config: String },
 }
 
-/// One configuration of the run: its label (as in the tables) and its filter chain.
+/// One configuration of the run: its label (as in the tables), its filter chain, and the request header the load
+/// adds (`name: value`), if any.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub label: String,
     pub what: String,
     pub chain: Chain,
+    pub request_header: Option<&'static str>,
 }
+
+/// W1 with the tenant dimension on: every id outside an (empty) allowlist, so each request pays the worst case,
+/// a keyed hash (HMAC-SHA-256) of its id and the label lookup.
+pub const TENANT: &str =
+    r#"{"report":{"enabled":false},"tenant":{"header":"x-tenant-id","hash_key":"bench-key-0123456789abcdef"}}"#;
+/// The header the load sends to W1t and D1t.
+pub const TENANT_HEADER: &str = "x-tenant-id: tenant-0042";
 
 /// The filter's configuration without reporting: W1 and every breakdown variant.
 pub const NO_REPORT: &str = r#"{"report":{"enabled":false}}"#;
@@ -83,7 +92,8 @@ pub const STAGES: &[(&str, &str)] = &[
     ),
 ];
 
-/// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1d (the default `{}` with no agent cluster), W1-lean,
+/// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),
+/// W1d (the default `{}` with no agent cluster), W1-lean,
 /// W1-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
@@ -124,6 +134,17 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
                 filter_config: NO_REPORT.to_owned(),
             },
         ),
+        "W1t" => (
+            format!("A + grayscope `{TENANT}`, `{TENANT_HEADER}` on every request"),
+            wasm_cfg(wasm.filter.clone(), TENANT, false),
+        ),
+        "D1t" => (
+            format!("A + grayscope native build `{TENANT}`, `{TENANT_HEADER}` on every request"),
+            Chain::Dynamic {
+                file: wasm.native.clone(),
+                filter_config: TENANT.to_owned(),
+            },
+        ),
         "W1d" => (
             "A + grayscope `{}` in an Envoy without a grayscope_agent cluster".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", false),
@@ -154,7 +175,9 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
                 format!("W1 built with `bench-skip-{stage}`"),
                 wasm_cfg(wasm.variant(stage), NO_REPORT, false),
             ),
-            _ => bail!("unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1d, W1-<stage>, W2-record)"),
+            _ => bail!(
+                "unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, W1d, W1-<stage>, W2-record)"
+            ),
         },
     };
     if let Chain::Wasm { file, .. } | Chain::Dynamic { file, .. } = &chain {
@@ -165,10 +188,12 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             );
         }
     }
+    let request_header = matches!(label, "W1t" | "D1t").then_some(TENANT_HEADER);
     Ok(Config {
         label: label.to_owned(),
         what,
         chain,
+        request_header,
     })
 }
 
@@ -341,6 +366,18 @@ mod tests {
         assert!(d1.contains("envoy.filters.http.dynamic_modules") && d1.contains(&format!("value: '{NO_REPORT}'")));
         assert!(d1.contains("dynamic_modules_strip_custom_stat_prefix: true"));
         assert!(!d1.contains("name: grayscope_agent"));
+    }
+
+    #[test]
+    fn only_the_tenant_configurations_send_a_tenant_header() {
+        for label in ["W1t", "D1t"] {
+            let c = resolve(label, &files()).unwrap();
+            assert_eq!(c.request_header, Some(TENANT_HEADER));
+            assert!(c
+                .bootstrap(1, Path::new("/tmp/a.sock"))
+                .contains(r#""tenant":{"header":"x-tenant-id""#));
+        }
+        assert_eq!(resolve("W1", &files()).unwrap().request_header, None);
     }
 
     #[test]

@@ -21,11 +21,12 @@ pub struct WrkRun {
     pub errors: u64,
 }
 
-/// Runs `wrk` pinned to `cpu` against `addr` for `duration`.
-pub fn wrk(addr: SocketAddr, connections: u32, duration: Duration, cpu: usize) -> Result<WrkRun> {
+/// Runs `wrk` pinned to `cpu` against `addr` for `duration`, adding `header` (`name: value`) to every request.
+pub fn wrk(addr: SocketAddr, connections: u32, duration: Duration, cpu: usize, header: Option<&str>) -> Result<WrkRun> {
     let secs = duration.as_secs_f64().max(1.0).round() as u64;
     let out = Command::new("taskset")
         .args(["-c", &cpu.to_string(), "wrk", "-t1"])
+        .args(header.map(|h| ["-H", h]).into_iter().flatten())
         .arg(format!("-c{connections}"))
         .arg(format!("-d{secs}s"))
         .arg(format!("http://{addr}/x"))
@@ -65,15 +66,27 @@ pub struct Latency {
     pub p99_ms: f64,
 }
 
-/// Sends `rate` requests per second in all over `connections` keep-alive connections for `duration`.
-pub fn fixed_rate(addr: SocketAddr, rate: u32, connections: u32, duration: Duration) -> Result<Latency> {
+/// Sends `rate` requests per second in all over `connections` keep-alive connections for `duration`, each with
+/// `header` (`name: value`) when given.
+pub fn fixed_rate(
+    addr: SocketAddr,
+    rate: u32,
+    connections: u32,
+    duration: Duration,
+    header: Option<&'static str>,
+) -> Result<Latency> {
+    let request = match header {
+        Some(h) => format!("GET /x HTTP/1.1\r\nHost: bench\r\n{h}\r\n\r\n"),
+        None => "GET /x HTTP/1.1\r\nHost: bench\r\n\r\n".to_owned(),
+    };
     let interval = Duration::from_secs_f64(f64::from(connections) / f64::from(rate.max(1)));
     let start = Instant::now() + Duration::from_millis(20);
     let workers: Vec<_> = (0..connections)
         .map(|i| {
             // Connections start staggered, so the requests are spread evenly over each interval.
             let offset = interval.mul_f64(f64::from(i) / f64::from(connections));
-            thread::spawn(move || paced(addr, start + offset, interval, start + duration))
+            let request = request.clone();
+            thread::spawn(move || paced(addr, &request, start + offset, interval, start + duration))
         })
         .collect();
     let mut all = Vec::new();
@@ -95,7 +108,7 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e3
 }
 
-fn paced(addr: SocketAddr, first: Instant, interval: Duration, end: Instant) -> Result<Vec<Duration>> {
+fn paced(addr: SocketAddr, request: &str, first: Instant, interval: Duration, end: Instant) -> Result<Vec<Duration>> {
     let conn = TcpStream::connect(addr)?;
     conn.set_nodelay(true)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -108,7 +121,7 @@ fn paced(addr: SocketAddr, first: Instant, interval: Duration, end: Instant) -> 
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             thread::sleep(wait);
         }
-        writer.write_all(b"GET /x HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        writer.write_all(request.as_bytes())?;
         let mut length = 0usize;
         let mut status_ok = false;
         loop {

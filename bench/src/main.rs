@@ -2,7 +2,7 @@
 //! interleaved run; writes `RESULTS.md` and `RESULTS.json` (see `bench/RESULTS.md` for the method).
 //!
 //! # Layout
-//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, D0, D1, breakdown variants) and their bootstraps.
+//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, breakdown variants) and their bootstraps.
 //! - [`proxy`]: a pinned Envoy, its CPU ticks and admin counters.
 //! - [`upstream`]: the upstream all configurations route to.
 //! - [`load`]: `wrk` at saturation, a fixed-rate latency generator.
@@ -50,7 +50,11 @@ struct Cli {
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
     /// The main run's configurations.
-    #[arg(long, value_delimiter = ',', default_value = "A,B,C,W0,W1,W2,D0,D1,W1d,W1-lean")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "A,B,C,W0,W1,W2,D0,D1,W1t,D1t,W1d,W1-lean"
+    )]
     configs: Vec<String>,
     /// Also run the cost breakdown (filter variants built by `just bench`).
     #[arg(long)]

@@ -174,10 +174,16 @@ impl Report<'_> {
             .iter()
             .map(|l| (format!("{l}-A_us"), range(cpu_diff(s, l, "A"))))
             .collect();
+        // The tenant dimension's extra cost (issue 15): with − without, per build.
+        let tenant: Map<String, Value> = [("W1t", "W1"), ("D1t", "D1")]
+            .iter()
+            .map(|(x, y)| (format!("{x}-{y}_us"), range(cpu_diff(s, x, y))))
+            .collect();
         json!({
             "context": self.context,
             "ratios": ratios,
             "native": native,
+            "tenant": tenant,
             "ratios_range": ranges,
             "latency": {
                 "p99_W2_minus_A_ms": num(p99_diff),
@@ -267,6 +273,21 @@ impl Report<'_> {
                 if let Some(cfg) = self.configs.iter().find(|c| c.label == l) {
                     md.push_str(&format!("| {l} | {} | {} |\n", cfg.what, show(cpu_diff(s, l, "A"), 1)));
                 }
+            }
+            md.push('\n');
+        }
+        let tenant_pairs: Vec<(&str, &str)> = [("W1t", "W1"), ("D1t", "D1")]
+            .into_iter()
+            .filter(|(x, y)| [x, y].iter().all(|l| self.configs.iter().any(|c| c.label == **l)))
+            .collect();
+        if !tenant_pairs.is_empty() {
+            md.push_str("## The tenant dimension\n\nExtra proxy CPU per request of the tenant dimension (a tenant header on every request, hashed with a key), median of per-round differences (min–max):\n\n| with − without | µs/request | over the filter's own cost (X − A) |\n|---|---|---|\n");
+            for (x, y) in tenant_pairs {
+                md.push_str(&format!(
+                    "| {x} − {y} | {} | {} |\n",
+                    show(cpu_diff(s, x, y), 2),
+                    show(cpu_ratio(s, x, y, y, "A"), 3)
+                ));
             }
             md.push('\n');
         }

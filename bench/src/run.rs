@@ -63,7 +63,7 @@ pub fn interleaved(
         .collect::<Result<Vec<_>>>()?;
     for (c, p) in configs.iter().zip(&proxies) {
         eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
-        load::wrk(p.listener, s.connections, s.warmup, s.load_cpu)?;
+        load::wrk(p.listener, s.connections, s.warmup, s.load_cpu, c.request_header)?;
     }
     let mut out = Outcome::default();
     let n = configs.len();
@@ -72,7 +72,7 @@ pub fn interleaved(
             let k = (i + round) % n;
             let (c, p) = (&configs[k], &proxies[k]);
             let (t0, q0, start) = (p.cpu_ticks()?, p.requests()?, std::time::Instant::now());
-            let run = load::wrk(p.listener, s.connections, s.duration, s.load_cpu)?;
+            let run = load::wrk(p.listener, s.connections, s.duration, s.load_cpu, c.request_header)?;
             let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
             let requests = q1 - q0;
             if requests == 0 {
@@ -81,7 +81,7 @@ pub fn interleaved(
             let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
             let (mut p50_ms, mut p99_ms) = (None, None);
             if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
-                let l = load::fixed_rate(p.listener, s.latency_rate, 4, s.latency_duration)?;
+                let l = load::fixed_rate(p.listener, s.latency_rate, 4, s.latency_duration, c.request_header)?;
                 (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
             }
             eprintln!(

@@ -25,7 +25,7 @@ pub enum Command {
     Trace(TraceArgs),
     /// Stream the calls a running agent links to processes, one line each.
     Tail(TailArgs),
-    /// Print the method table of a running agent: per interface x gray version x process.
+    /// Print the method table of a running agent: per interface x gray version x tenant x process.
     Methods(ClientArgs),
     /// Copy the filter's native build (an Envoy dynamic module) that this image carries into a directory: the
     /// init container of pods that opt into the native build.
@@ -68,6 +68,10 @@ pub struct TailArgs {
     /// Only calls linked to this process.
     #[arg(long, value_name = "N")]
     pub pid: Option<u32>,
+    /// Only calls of this tenant label, as the filter's tenant dimension labels them (`enterprise`, `t_<hash>`,
+    /// `none`, `other`, ...): never a raw tenant id.
+    #[arg(long, value_name = "LABEL")]
+    pub tenant: Option<String>,
 }
 
 /// Settings of `run`. Each also comes from a GRAYSCOPE_* environment variable or the config file.

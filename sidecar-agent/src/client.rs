@@ -5,8 +5,11 @@
 //! ```text
 //! 2026-11-27T02:40:00.123Z  pid=4242 (python3)  outbound  grpc pkg.Greeter/SayHello  gray=v2  status=OK  1.234ms
 //! 2026-11-27T02:40:00.125Z  unlinked(no_connection)  inbound  http GET /items/{id}  gray=-  status=2xx  0.870ms
+//! 2026-11-27T02:40:00.126Z  pid=4242 (python3)  inbound  grpc pkg.Greeter/SayHello  gray=v2  tenant=free  status=OK  41.002ms
 //! -- lost 17 calls (this watcher read too slowly)
 //! ```
+//!
+//! `tenant=` is there only when the filter's tenant dimension is on (the record has a tenant label).
 
 use std::{
     fmt::Write as _,
@@ -103,7 +106,7 @@ pub fn watch_lines(msg: &WatchResponse) -> String {
     s
 }
 
-/// One call: time, process, direction, interface, gray version, status, latency.
+/// One call: time, process, direction, interface, gray version, tenant (when there is one), status, latency.
 pub fn call_line(call: &LinkedCall) -> String {
     let c = call.call.clone().unwrap_or_default();
     let time = rfc3339_millis(if c.start_time_unix_nano != 0 {
@@ -116,8 +119,13 @@ pub fn call_line(call: &LinkedCall) -> String {
         (None, Ok(LinkState::NoAddress)) => "unlinked(no_address)".to_owned(),
         (None, _) => "unlinked(no_connection)".to_owned(),
     };
+    let tenant = if c.tenant.is_empty() {
+        String::new()
+    } else {
+        format!("  tenant={}", c.tenant)
+    };
     format!(
-        "{time}  {process}  {}  {}  gray={}  status={}  {:.3}ms",
+        "{time}  {process}  {}  {}  gray={}{tenant}  status={}  {:.3}ms",
         direction(c.direction),
         interface(&c),
         dash(&c.gray_version),
@@ -159,8 +167,8 @@ fn ms(ns: u64) -> f64 {
 /// The method table with aligned columns.
 pub fn methods_table(rows: &[MethodStats]) -> String {
     let header = [
-        "SYSTEM", "SERVICE", "METHOD", "GRAY", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS", "P99_MS",
-        "MAX_MS", "PEERS", "DECLARED",
+        "SYSTEM", "SERVICE", "METHOD", "GRAY", "TENANT", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS",
+        "P99_MS", "MAX_MS", "PEERS", "DECLARED",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     for r in rows {
@@ -179,6 +187,7 @@ pub fn methods_table(rows: &[MethodStats]) -> String {
             dash(&r.service).to_owned(),
             dash(&r.method).to_owned(),
             dash(&r.gray_version).to_owned(),
+            dash(&r.tenant).to_owned(),
             direction(r.direction).to_owned(),
             r.process.as_ref().map_or_else(|| "-".to_owned(), |p| p.pid.to_string()),
             r.process.as_ref().map_or("-", |p| dash(&p.command)).to_owned(),
@@ -271,6 +280,13 @@ mod tests {
             call_line(&call),
             "1970-01-01T00:00:01.000Z  pid=4242 (python3)  outbound  grpc pkg.Greeter/SayHello  gray=v2  status=OK  1.234ms"
         );
+        call.call.as_mut().unwrap().tenant = "free".into();
+        assert_eq!(
+            call_line(&call),
+            "1970-01-01T00:00:01.000Z  pid=4242 (python3)  outbound  grpc pkg.Greeter/SayHello  gray=v2  tenant=free  \
+             status=OK  1.234ms"
+        );
+        call.call.as_mut().unwrap().tenant.clear();
         call.process = None;
         call.link = LinkState::NoConnection as i32;
         let c = call.call.as_mut().unwrap();
@@ -302,6 +318,7 @@ mod tests {
                 command: "server".into(),
                 ..Process::default()
             }),
+            tenant: "enterprise".into(),
             calls: 12,
             errors: 1,
             latency: Some(LatencySummary {
@@ -316,11 +333,11 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(
-            lines[0].starts_with("SYSTEM  SERVICE      METHOD    GRAY  DIR      PID  COMMAND  CALLS"),
+            lines[0].starts_with("SYSTEM  SERVICE      METHOD    GRAY  TENANT      DIR      PID  COMMAND  CALLS"),
             "{text}"
         );
         assert!(
-            lines[1].starts_with("grpc    pkg.Greeter  SayHello  v2    inbound  7    server   12"),
+            lines[1].starts_with("grpc    pkg.Greeter  SayHello  v2    enterprise  inbound  7    server   12"),
             "{text}"
         );
         assert_eq!(lines[0].find("P50_MS"), lines[1].find("1.500"), "{text}");

@@ -31,6 +31,10 @@ use crate::{
 /// Longest text field the agent accepts in a record or declaration, in bytes.
 pub const MAX_FIELD_BYTES: usize = 4096;
 
+/// Longest tenant label the agent accepts, in bytes: the filter's labels are allowlisted names or tiers (bounded
+/// like a gray version, 64 bytes), `t_` + a short hash, or `none`/`invalid`/`other`.
+pub const MAX_TENANT_BYTES: usize = 64;
+
 /// Settings of the linking and fan-out.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreSettings {
@@ -274,6 +278,11 @@ pub enum Invalid {
     TooLong { field: &'static str, len: usize },
     #[error("{0} is not an address")]
     Address(&'static str),
+    /// Not a label the filter's tenant dimension can make: longer than [`MAX_TENANT_BYTES`], or a byte outside
+    /// `[A-Za-z0-9._-]`. The agent keeps a row per tenant and prints the label: a raw id or free text must not get
+    /// there, even from a client that is not the filter.
+    #[error("tenant is not a bounded label ({len} bytes; at most {MAX_TENANT_BYTES} of [A-Za-z0-9._-])")]
+    Tenant { len: usize },
 }
 
 impl Invalid {
@@ -283,12 +292,13 @@ impl Invalid {
             Invalid::Direction(_) => "unknown_direction",
             Invalid::TooLong { .. } => "field_too_long",
             Invalid::Address(_) => "bad_address",
+            Invalid::Tenant { .. } => "bad_tenant",
         }
     }
 }
 
-/// Why a record is refused: an unknown direction, a text field longer than [`MAX_FIELD_BYTES`], or an address
-/// that cannot be one.
+/// Why a record is refused: an unknown direction, a text field longer than [`MAX_FIELD_BYTES`], an address
+/// that cannot be one, or a tenant that is not a bounded label ([`valid_tenant`]).
 pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
     if Direction::try_from(c.direction).is_err() {
         return Err(Invalid::Direction(c.direction));
@@ -320,7 +330,18 @@ pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
             }
         }
     }
+    if !valid_tenant(&c.tenant) {
+        return Err(Invalid::Tenant { len: c.tenant.len() });
+    }
     Ok(())
+}
+
+/// Whether `t` can be a tenant label: empty (the filter's tenant dimension is off), or at most
+/// [`MAX_TENANT_BYTES`] of `[A-Za-z0-9._-]`, the gray version's alphabet, which holds every label the filter makes.
+pub fn valid_tenant(t: &str) -> bool {
+    t.len() <= MAX_TENANT_BYTES
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Counts the messages refused for their size. tonic refuses them (OUT_OF_RANGE) while decoding, before any
@@ -386,7 +407,15 @@ impl Collector for Service {
     type WatchStream = WatchStream;
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        let watcher = self.core.hub().subscribe(Filter::from(request.into_inner()));
+        let request = request.into_inner();
+        // A filter no record can match is a mistake worth saying (a raw tenant id typed where its label belongs).
+        if !valid_tenant(&request.tenant) {
+            return Err(Status::invalid_argument(format!(
+                "tenant: not a tenant label (at most {MAX_TENANT_BYTES} bytes of [A-Za-z0-9._-]; the filter's label, \
+                 such as enterprise or t_<hash>, not the tenant's id)"
+            )));
+        }
+        let watcher = self.core.hub().subscribe(Filter::from(request));
         Ok(Response::new(Box::pin(watcher.into_stream().map(Ok))))
     }
 
@@ -422,3 +451,6 @@ fn gauge(n: usize) -> i64 {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;

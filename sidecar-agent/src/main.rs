@@ -74,8 +74,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 method: a.method.clone().unwrap_or_default(),
                 gray_version: a.gray_version.clone().unwrap_or_default(),
                 pid: a.pid.unwrap_or(0),
-                // `tail --tenant` comes with issue 15's agent side.
-                tenant: String::new(),
+                tenant: a.tenant.clone().unwrap_or_default(),
             };
             client::tail(&config.socket, filter, std::io::stdout().lock(), shutdown_signal()).await?;
             Ok(())

@@ -1,7 +1,9 @@
-//! The method table: calls aggregated per interface x gray version x direction x process, with what each
+//! The method table: calls aggregated per interface x gray version x tenant x direction x process, with what each
 //! process declared through `ReportMethodMetadata`. Bounded, and never full for good:
 //!
-//! - at most `max_rows` rows: a new row beyond that evicts the row idle the longest (counted);
+//! - at most `max_rows` rows: a new row beyond that evicts the row idle the longest (counted). Each tenant label
+//!   (`CallRecord.tenant`, already bounded by the filter: `max_tenants` per VM, then `other`) is a row of its own,
+//!   so tenants count against `max_rows` like versions and processes do, and never against `max_interfaces`;
 //! - at most `max_interfaces` distinct interfaces (service, method) across the rows: calls of further ones count
 //!   under service and method `other`, as the filter labels its metrics, so one client sending endless method
 //!   names cannot flood the table; an interface whose last row went frees its slot;
@@ -68,6 +70,8 @@ struct Key {
     service: String,
     method: String,
     gray_version: String,
+    /// The bounded tenant label (empty when the filter's tenant dimension is off).
+    tenant: String,
     direction: i32,
     rpc_system_name: String,
     pid: u32,
@@ -149,6 +153,7 @@ impl MethodTable {
             service: c.service.clone(),
             method: method_label(c),
             gray_version: c.gray_version.clone(),
+            tenant: c.tenant.clone(),
             direction: c.direction,
             rpc_system_name: c.rpc_system_name.clone(),
             pid: call.process.as_ref().map_or(0, |p| p.pid),
@@ -302,8 +307,8 @@ impl MethodTable {
         self.interfaces.len()
     }
 
-    /// Every row, sorted by service, method, gray version, direction and pid; then declarations of processes
-    /// that have no call yet.
+    /// Every row, sorted by service, method, gray version, tenant, direction and pid; then declarations of
+    /// processes that have no call yet.
     pub fn list(&self) -> Vec<MethodStats> {
         let mut keys: Vec<&Key> = self.rows.keys().collect();
         keys.sort();
@@ -328,8 +333,7 @@ impl MethodTable {
                 last_seen_unix_nano: row.last_seen,
                 peers: row.peers.clone(),
                 declared,
-                // Rows are not kept per tenant yet (issue 15's agent side).
-                tenant: String::new(),
+                tenant: key.tenant.clone(),
             });
         }
         for ((pid, service, method), (m, _)) in &self.declared {

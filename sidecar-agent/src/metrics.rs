@@ -41,7 +41,8 @@ pub struct Metrics {
     pub records_received: Counter,
     /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
     pub records: Family<[(&'static str, &'static str); 1], Counter>,
-    /// Call records refused as invalid, by reason (`unknown_direction`, `field_too_long`, `bad_address`).
+    /// Call records refused as invalid, by reason (`unknown_direction`, `field_too_long`, `bad_address`,
+    /// `bad_tenant`).
     pub records_rejected: Family<Reason, Counter>,
     /// gRPC messages refused because they were larger than `max_message_bytes`.
     pub messages_oversized: Counter,

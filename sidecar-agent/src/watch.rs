@@ -26,6 +26,8 @@ pub struct Filter {
     pub gray_version: String,
     /// Matches the linked process.
     pub pid: u32,
+    /// Matches the bounded tenant label (`CallRecord.tenant`) exactly.
+    pub tenant: String,
 }
 
 // === impl Filter ===
@@ -37,6 +39,7 @@ impl From<WatchRequest> for Filter {
             method: r.method,
             gray_version: r.gray_version,
             pid: r.pid,
+            tenant: r.tenant,
         }
     }
 }
@@ -57,6 +60,7 @@ impl Filter {
             && method_ok
             && (self.gray_version.is_empty() || c.gray_version == self.gray_version)
             && (self.pid == 0 || call.process.as_ref().is_some_and(|p| p.pid == self.pid))
+            && (self.tenant.is_empty() || c.tenant == self.tenant)
     }
 }
 

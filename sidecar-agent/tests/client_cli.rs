@@ -96,8 +96,8 @@ async fn tail_and_methods_print_linked_calls() {
     assert_eq!(
         rows[0],
         [
-            "SYSTEM", "SERVICE", "METHOD", "GRAY", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS", "P99_MS",
-            "MAX_MS", "PEERS", "DECLARED"
+            "SYSTEM", "SERVICE", "METHOD", "GRAY", "TENANT", "DIR", "PID", "COMMAND", "CALLS", "ERRORS", "P50_MS",
+            "P99_MS", "MAX_MS", "PEERS", "DECLARED"
         ],
         "{text}"
     );
@@ -107,12 +107,13 @@ async fn tail_and_methods_print_linked_calls() {
         .find(|r| r[2] == "SayHello")
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(
-        hello[..9],
+        hello[..10],
         [
             "grpc",
             "test.Greeter",
             "SayHello",
             "v2",
+            "-",
             "outbound",
             pid.as_str(),
             exe.as_str(),
@@ -121,9 +122,9 @@ async fn tail_and_methods_print_linked_calls() {
         ],
         "{text}"
     );
-    assert_eq!(hello[11], "1.500", "{text}");
+    assert_eq!(hello[12], "1.500", "{text}");
     assert!(rows.iter().any(|r| r[2] == "Filtered" && r[3] == "v1"), "{text}");
-    assert!(rows.iter().any(|r| r[2] == "Bare" && r[5] == "-"), "{text}");
+    assert!(rows.iter().any(|r| r[2] == "Bare" && r[6] == "-"), "{text}");
     // The columns line up: every row's METHOD starts where the header's does.
     let col = text.lines().next().unwrap().find("METHOD").unwrap();
     for l in text.lines().skip(1) {

@@ -6,7 +6,8 @@ serve: a gRPC server answering any method and an HTTP/1.1 server answering any G
 drive: runs the phases of a JSON plan (argument --plan) against TARGET, one after the other, and prints one JSON line
        per phase: {"start": unix s, "end": unix s, "calls": {stream name: calls}, "failed": {stream name: calls}}.
        A phase is {"seconds": S, "streams": [stream]}; a stream is {"name", "kind": "grpc"|"http", "path",
-       "version", "delay_ms", "fail_every" (0: never), "rate" (calls/s), "threads"}. Each thread paces its calls
+       "version", "delay_ms", "fail_every" (0: never), "rate" (calls/s), "threads", and optionally "headers" (sent
+       with every call, e.g. a tenant's)}. Each thread paces its calls
        (rate / threads per second) and fails exactly every fail_every-th of them, so the failure ratio is exact.
        "extras": requests sent once before the first phase, [{"path", "headers": {..}}], over HTTP.
 """
@@ -67,6 +68,7 @@ def serve():
 def run_thread(target, stream, until, index, calls, failed, lock):
     period = stream["threads"] / stream["rate"]
     headers = {"x-gray-version": stream["version"], "x-delay-ms": str(stream.get("delay_ms", 0))}
+    headers.update(stream.get("headers", {}))
     fail_every = stream.get("fail_every", 0)
     if stream["kind"] == "grpc":
         channel = grpc.insecure_channel(target)

@@ -128,6 +128,11 @@ impl Envoy {
 
     /// Starts Envoy; `Err` with its exit status and log if it exits before it is ready.
     pub fn try_start(bootstrap: &str) -> Result<Self, Refused> {
+        Self::try_start_with(bootstrap, &[])
+    }
+
+    /// Like [`Envoy::try_start`], with extra command-line arguments (e.g. `--component-log-level`).
+    pub fn try_start_with(bootstrap: &str, extra_args: &[&str]) -> Result<Self, Refused> {
         let dir = tempfile::Builder::new()
             .prefix("grayscope-envoy")
             .tempdir()
@@ -146,6 +151,7 @@ impl Envoy {
             .arg(&log)
             .arg("--admin-address-path")
             .arg(&admin_path)
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -76,7 +76,23 @@ impl Stack {
         }
     }
 
+    /// Like [`Stack::start`], with extra Envoy arguments (e.g. `--component-log-level wasm:debug`).
+    pub fn start_with_envoy_args(plugin_config: &str, envoy_args: &[&str]) -> Self {
+        match Self::try_start_with(plugin_config, |yaml| yaml, envoy_args) {
+            Ok(s) => s,
+            Err(r) => panic!("Envoy exited with {}:\n{}", r.status, r.log),
+        }
+    }
+
     fn try_start_edited(plugin_config: &str, edit: impl FnOnce(String) -> String) -> Result<Self, Refused> {
+        Self::try_start_with(plugin_config, edit, &[])
+    }
+
+    fn try_start_with(
+        plugin_config: &str,
+        edit: impl FnOnce(String) -> String,
+        envoy_args: &[&str],
+    ) -> Result<Self, Refused> {
         let http = Upstream::start();
         let grpc = GrpcServer::start();
         let dir = tempfile::Builder::new()
@@ -92,7 +108,7 @@ impl Stack {
             &access_log.display().to_string(),
             &agent_socket.display().to_string(),
         );
-        let envoy = Envoy::try_start(&edit(yaml))?;
+        let envoy = Envoy::try_start_with(&edit(yaml), envoy_args)?;
         Ok(Self {
             envoy,
             http,

@@ -1,6 +1,7 @@
 //! An HTTP/1.1 upstream that records exactly what it received: every header, repeated ones and raw bytes kept.
 //!
-//! It answers 200 unless the request carries `x-respond-status: NNN`. Requests are told apart by `x-test-id`.
+//! It answers 200 unless the request carries `x-respond-status: NNN`, after `x-respond-delay-ms: N` milliseconds
+//! when the request asks for it. Requests are told apart by `x-test-id`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -120,7 +121,13 @@ fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) {
             .first()
             .and_then(|v| v.parse().ok())
             .unwrap_or(200);
+        let delay_ms: u64 = seen
+            .all("x-respond-delay-ms")
+            .first()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         log.lock().expect("upstream log").push(seen);
+        thread::sleep(std::time::Duration::from_millis(delay_ms));
         let reply = format!("HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok");
         if writer.write_all(reply.as_bytes()).is_err() {
             return;

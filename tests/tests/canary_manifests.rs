@@ -1,9 +1,9 @@
-//! The files of `istio/canary/` on their own (no traffic): the recording rules pass `promtool check rules` and their
-//! unit tests (`promtool test rules`); the Flagger and Argo Rollouts manifests validate against the projects' CRDs
-//! in `shared/schemas/` (the `openAPIV3Schema` of the served version, with `additionalProperties: false` added
-//! wherever Kubernetes would prune or, with strict field validation, refuse an unknown field; the CRDs' CEL rules are
-//! not checked); the dashboard is current Grafana JSON with the variables the README promises.
-//! `canary/main.rs` runs every query of these files on a real Prometheus.
+//! The files of `istio/canary/` on their own (no traffic): the recording rules (canary and per-tenant) pass
+//! `promtool check rules` and their unit tests (`promtool test rules`); the Flagger and Argo Rollouts manifests
+//! validate against the projects' CRDs in `shared/schemas/` (the `openAPIV3Schema` of the served version, with
+//! `additionalProperties: false` added wherever Kubernetes would prune or, with strict field validation, refuse an
+//! unknown field; the CRDs' CEL rules are not checked); the dashboards are current Grafana JSON with the variables
+//! the README promises. `canary/main.rs` and `tenants/main.rs` run every query of these files on a real Prometheus.
 
 use std::{fs, path::PathBuf};
 
@@ -20,18 +20,20 @@ fn canary_dir() -> PathBuf {
 #[test]
 fn recording_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = canary_dir().join("prometheus");
-    let check = prometheus::promtool(&dir, &["check", "rules", "grayscope-canary.rules.yml"]);
-    let out = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
-    assert!(
-        check.status.success() && out.contains("SUCCESS"),
-        "promtool check rules:\n{out}"
-    );
-    let test = prometheus::promtool(&dir, &["test", "rules", "grayscope-canary.test.yml"]);
-    let out = String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
-    assert!(
-        test.status.success() && out.contains("SUCCESS"),
-        "promtool test rules:\n{out}"
-    );
+    for name in ["grayscope-canary", "grayscope-tenant"] {
+        let check = prometheus::promtool(&dir, &["check", "rules", &format!("{name}.rules.yml")]);
+        let out = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
+        assert!(
+            check.status.success() && out.contains("SUCCESS"),
+            "promtool check rules {name}:\n{out}"
+        );
+        let test = prometheus::promtool(&dir, &["test", "rules", &format!("{name}.test.yml")]);
+        let out = String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
+        assert!(
+            test.status.success() && out.contains("SUCCESS"),
+            "promtool test rules {name}:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -108,6 +110,59 @@ fn dashboard_is_current_grafana_json_with_its_variables() {
             let expr = t["expr"].as_str().expect("expr");
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: {expr}");
             // Every range is Grafana's $__rate_interval, so the panels follow the scrape interval.
+            for (i, _) in expr.match_indices('[') {
+                assert!(
+                    expr[i..].starts_with("[$__rate_interval]"),
+                    "{title}: fixed range in {expr}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn tenant_dashboard_repeats_a_heat_map_per_interface_and_tenant() {
+    let text = fs::read_to_string(canary_dir().join("grafana/grayscope-tenant.json")).expect("dashboard");
+    let d: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 39));
+    let vars: Vec<(&str, &str)> = d["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or(""), v["type"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        vars,
+        [
+            ("datasource", "datasource"),
+            ("service", "query"),
+            ("method", "query"),
+            ("tenant", "query")
+        ]
+    );
+    let panels = d["panels"].as_array().expect("panels");
+    let kinds: Vec<(&str, &str)> = panels
+        .iter()
+        .map(|p| (p["type"].as_str().unwrap_or(""), p["repeat"].as_str().unwrap_or("")))
+        .collect();
+    // The outliers, then a row per interface (method) holding the tenants' P99 heat map and one buckets heat map per
+    // tenant.
+    assert_eq!(
+        kinds,
+        [
+            ("table", ""),
+            ("stat", ""),
+            ("row", "method"),
+            ("heatmap", ""),
+            ("heatmap", "tenant")
+        ]
+    );
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        let title = p["title"].as_str().expect("title");
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: {expr}");
             for (i, _) in expr.match_indices('[') {
                 assert!(
                     expr[i..].starts_with("[$__rate_interval]"),

@@ -12,7 +12,9 @@
 //! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way. With the real
 //! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table. The native
 //! build placed by `istio/native/03-envoyfilter-native.yaml` (its HTTP filter and BOOTSTRAP patches) shows the
-//! same series under the same names.
+//! same series under the same names. With a `tenant` section in the filter's configuration, the bucket patch of
+//! `istio/01-tenant-histogram-buckets.yaml` gives the per-tenant histogram its heat-map buckets and
+//! `extraStatTags` its `tenant` label.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -433,4 +435,79 @@ fn the_native_envoyfilter_under_istios_bootstrap_shows_the_same_series_under_the
         "series not renamed by the runtime flag:\n{prefixed:#?}"
     );
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
+}
+
+#[test]
+fn the_tenant_histogram_under_istios_bootstrap_gets_its_label_and_the_heat_map_buckets() {
+    // The installed filter with a `tenant` section added to its configuration, as a user turns the dimension on.
+    let with_tenant = |mut filter: Value| {
+        let config = &mut filter["typed_config"]["config"]["configuration"]["value"];
+        let mut plugin: Value = serde_json::from_str(config.as_str().expect("configuration")).expect("json");
+        plugin["tenant"] = json!({"header": "x-tenant-id", "tenants": {"acme-7731": "enterprise"}});
+        *config = json!(plugin.to_string());
+        filter
+    };
+    let patches = filter_patches();
+    let inbound = patches
+        .iter()
+        .find(|(c, _)| c == "SIDECAR_INBOUND")
+        .expect("inbound")
+        .1
+        .clone();
+    let outbound = patches
+        .iter()
+        .find(|(c, _)| c == "SIDECAR_OUTBOUND")
+        .expect("outbound")
+        .1
+        .clone();
+    let buckets = doc("01-tenant-histogram-buckets.yaml");
+    let boot = &buckets["spec"]["configPatches"][0];
+    assert_eq!(
+        (boot["applyTo"].as_str(), boot["patch"]["operation"].as_str()),
+        (Some("BOOTSTRAP"), Some("MERGE"))
+    );
+
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock").display().to_string();
+    let stats = mesh_values().mesh_config.default_config;
+    let rendered = bootstrap_with(
+        &stats,
+        upstream.addr.port(),
+        &socket,
+        &with_tenant(inbound),
+        &with_tenant(outbound),
+    );
+    let mut config: Value = serde_json::from_str(&rendered).expect("bootstrap json");
+    proto_merge(&mut config, &boot["patch"]["value"]);
+    let envoy = Envoy::start(&serde_json::to_string_pretty(&config).expect("json"));
+    let mut inbound = Client::new(envoy.listener("virtualInbound"));
+    for _ in 0..2 {
+        assert_eq!(inbound.get("/orders/1", &[("x-tenant-id", b"acme-7731")]).status, 200);
+    }
+    let text = envoy.prometheus();
+    let series = |le: &str| {
+        format!(
+            "grayscope_tenant_call_duration_milliseconds_bucket{{direction=\"inbound\",rpc_system=\"http\",\
+             service=\"{INBOUND_CLUSTER}\",method=\"GET /orders/{{id}}\",tenant=\"enterprise\",le=\"{le}\"}} 2"
+        )
+    };
+    // `tenant` is a label (extraStatTags), and the buckets are the heat map's: 2, 3 and 7 are not Envoy defaults.
+    for le in ["10000", "+Inf"] {
+        prom::assert_line(&text, &series(le));
+    }
+    let les: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("grayscope_tenant_call_duration_milliseconds_bucket{"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .collect();
+    let want = boot["patch"]["value"]["stats_config"]["histogram_bucket_settings"][0]["buckets"]
+        .as_array()
+        .expect("buckets")
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_owned()])
+        .collect::<Vec<_>>();
+    assert_eq!(les, want);
+    assert!(!text.contains("acme-7731"));
 }

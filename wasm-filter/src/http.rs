@@ -104,6 +104,9 @@ impl Call {
             let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
             self.check(metrics.baggage_dropped(&mut EnvoyMetrics, Dropped::Malformed, malformed));
             self.check(metrics.baggage_dropped(&mut EnvoyMetrics, Dropped::OverLimit, over));
+            for &(source, reason) in decision.tenant.iter().flat_map(|t| &t.invalid) {
+                self.check(metrics.tenant_invalid(&mut EnvoyMetrics, source, reason));
+            }
         }
         let side = Side::resolve(cfg.direction, || {
             abi::property_u64(abi::path::LISTENER_DIRECTION).unwrap_or_else(|e| self.warn(e))
@@ -152,12 +155,17 @@ impl Call {
             version: decision.version.as_deref(),
             status,
             duration_ms: duration_ns / 1_000_000,
+            tenant: decision.tenant.as_ref().map(|t| &t.tenant),
         };
-        match shared.metrics.try_borrow_mut() {
-            Ok(_) if cfg!(feature = "bench-skip-metrics") => {}
+        // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
+        let tenant = match shared.metrics.try_borrow_mut() {
+            Ok(_) if cfg!(feature = "bench-skip-metrics") => None,
             Ok(mut metrics) => metrics.call(&mut EnvoyMetrics, &call)?,
-            Err(_) => log::warn!("#{} metrics busy; call not counted", self.id),
-        }
+            Err(_) => {
+                log::warn!("#{} metrics busy; call not counted", self.id);
+                None
+            }
+        };
         let Some(reporter) = &shared.reporter else {
             return Ok(());
         };
@@ -201,7 +209,8 @@ impl Call {
             decision.request_id.as_deref(),
             decision.trace_id.as_deref(),
             &ctx,
-        );
+        )
+        .with_tenant(tenant.as_deref());
         match reporter.try_borrow_mut() {
             Ok(mut reporter) => reporter.push(&mut EnvoyMetrics, record),
             Err(_) => {
@@ -238,6 +247,7 @@ fn bench_decision() -> Decision {
         baggage_header: Rewrite::Keep,
         request_id: None,
         trace_id: None,
+        tenant: None,
     }
 }
 

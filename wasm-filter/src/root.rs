@@ -93,6 +93,9 @@ impl Root {
             config.gray.header,
             config.gray.baggage_key
         );
+        if let Some(t) = &config.tenant {
+            log::info!("#{} {}", self.id, t.summary());
+        }
         self.shared = Some(Rc::new(Shared {
             config,
             metrics: RefCell::new(metrics),

@@ -182,3 +182,52 @@ fn buckets_are_monotonic_and_cover_their_values() {
         last = b;
     }
 }
+
+fn with_tenant(mut call: LinkedCall, tenant: &str) -> LinkedCall {
+    if let Some(c) = call.call.as_mut() {
+        c.tenant = tenant.into();
+    }
+    call
+}
+
+#[test]
+fn rows_are_kept_per_tenant_and_tenants_use_no_interface_slot() {
+    // One interface slot: three tenants of it are three rows, none folded into `other`.
+    let mut t = MethodTable::new(10, 1);
+    for (tenant, ms, n) in [("enterprise", 2, 3), ("free", 40, 2), ("t_00ff00ff00ff00ff", 3, 1)] {
+        for _ in 0..n {
+            assert_eq!(
+                t.observe(&with_tenant(grpc("Get", "OK", ms, 42), tenant)),
+                Effects::default()
+            );
+        }
+    }
+    t.observe(&grpc("Get", "OK", 1, 42)); // the dimension off: its own row, tenant ""
+    let list = t.list();
+    let rows: Vec<(&str, u64, f64)> = list
+        .iter()
+        .map(|r| (r.tenant.as_str(), r.calls, r.latency.unwrap().max_ms))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("", 1, 1.0),
+            ("enterprise", 3, 2.0),
+            ("free", 2, 40.0),
+            ("t_00ff00ff00ff00ff", 1, 3.0)
+        ]
+    );
+    assert_eq!((t.len(), t.interfaces()), (4, 1));
+}
+
+#[test]
+fn tenant_rows_count_against_max_rows_and_the_idlest_goes() {
+    let mut t = MethodTable::new(2, 10);
+    t.observe(&with_tenant(grpc("Get", "OK", 1, 42), "a"));
+    t.observe(&with_tenant(grpc("Get", "OK", 1, 42), "b"));
+    t.observe(&with_tenant(grpc("Get", "OK", 1, 42), "a"));
+    let fx = t.observe(&with_tenant(grpc("Get", "OK", 1, 42), "c"));
+    assert!(fx.evicted_idle);
+    let tenants: Vec<String> = t.list().into_iter().map(|r| r.tenant).collect();
+    assert_eq!(tenants, ["a", "c"]);
+}

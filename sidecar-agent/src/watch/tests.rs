@@ -69,6 +69,7 @@ fn filters_match_service_method_forms_gray_version_and_pid() {
         method: method.into(),
         gray_version: gray.into(),
         pid,
+        tenant: String::new(),
     };
     assert!(f("", "", "", 0).matches(&c));
     assert!(f("pkg.Greeter", "Get", "v2", 42).matches(&c));
@@ -113,4 +114,30 @@ fn dropping_a_watcher_leaves_the_hub() {
     assert_eq!((hub.len(), hub.count.get()), (2, 2));
     drop(a);
     assert_eq!((hub.len(), hub.count.get()), (1, 1));
+}
+
+#[test]
+fn a_tenant_filter_matches_that_label_only() {
+    let hub = hub(10);
+    let free = hub.subscribe(Filter {
+        tenant: "free".into(),
+        ..Filter::default()
+    });
+    let all = hub.subscribe(Filter::default());
+    for (i, tenant) in ["free", "enterprise", "", "free"].into_iter().enumerate() {
+        let mut c = LinkedCall::clone(&call(i as u64, "s"));
+        c.call.as_mut().unwrap().tenant = tenant.into();
+        hub.publish(&Arc::new(c));
+    }
+    let got: Vec<u64> = std::iter::from_fn(|| free.try_next()).map(|r| n(&r)).collect();
+    assert_eq!(got, [0, 3]);
+    assert_eq!(std::iter::from_fn(|| all.try_next()).count(), 4);
+    assert_eq!(
+        Filter::from(WatchRequest {
+            tenant: "t_0a".into(),
+            ..WatchRequest::default()
+        })
+        .tenant,
+        "t_0a"
+    );
 }

@@ -7,7 +7,12 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::{gray, report::ReportConfig, route::Template};
+use crate::{
+    gray,
+    report::ReportConfig,
+    route::Template,
+    tenant::{self, RawTenant, TenantConfig},
+};
 
 /// Default of `max_interfaces`: distinct interfaces counted per VM before calls go to `other`.
 pub const DEFAULT_MAX_INTERFACES: usize = 256;
@@ -44,6 +49,8 @@ pub struct Config {
     pub filter_state: bool,
     /// Sending call records to the agent.
     pub report: ReportConfig,
+    /// The tenant dimension; `None` (the default) leaves it off.
+    pub tenant: Option<TenantConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +83,7 @@ impl Default for Config {
             },
             filter_state: true,
             report: ReportConfig::default(),
+            tenant: None,
         }
     }
 }
@@ -119,6 +127,7 @@ struct Raw {
     gray: RawGray,
     filter_state: Option<bool>,
     report: RawReport,
+    tenant: Option<RawTenant>,
 }
 
 #[derive(Deserialize, Default)]
@@ -289,6 +298,9 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     }
 
     let report = validate_report(raw.report, &mut bad);
+    let tenant = raw
+        .tenant
+        .map(|t| tenant::validate_config(t, &header, &baggage_key, &mut bad));
 
     if !problems.is_empty() {
         return Err(ConfigError { problems });
@@ -307,6 +319,7 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         },
         filter_state: raw.filter_state.unwrap_or(defaults.filter_state),
         report,
+        tenant,
     })
 }
 

@@ -2,7 +2,9 @@
 //! corpus and every saved crash input through them. Each one checks the parser's promises, not only that it
 //! returns: a fuzzer then finds broken promises too.
 
-use crate::{baggage, config::Config, gray, headers::Headers, request, route};
+use std::sync::OnceLock;
+
+use crate::{baggage, config, config::Config, gray, headers::Headers, request, route, tenant};
 
 /// Baggage: whatever comes in, what goes out is within the W3C limits, made of whole members that parse again.
 pub fn baggage(data: &[u8]) {
@@ -37,6 +39,40 @@ pub fn gray_header(data: &[u8]) {
     }
     // The host's serialized map reader must not trust its input either.
     let _ = Headers::parse(data);
+    tenant_label(data);
+}
+
+/// The tenant dimension, fed the same bytes as id, tier and baggage: the label is always one of the bounded forms.
+fn tenant_label(data: &[u8]) {
+    static CONFIG: OnceLock<Option<Config>> = OnceLock::new();
+    let cfg = CONFIG.get_or_init(|| {
+        let json = br#"{"tenant":{"header":"x-tenant-id","baggage_key":"tenant.id","tier_header":"x-tenant-tier",
+                        "tenants":{"acme":"gold"}}}"#;
+        config::parse(json).ok()
+    });
+    let Some(cfg) = cfg else { return };
+    let pairs: Vec<(&[u8], &[u8])> = vec![
+        (b":path", b"/"),
+        (b"x-tenant-id", data),
+        (b"x-tenant-tier", data),
+        (b"baggage", data),
+    ];
+    let Some(resolved) = request::decide(cfg, &Headers::from_pairs(pairs)).tenant else {
+        return;
+    };
+    let mut buf = [0; tenant::HASHED_LABEL_LEN];
+    let label = resolved.tenant.label(&mut buf);
+    match &resolved.tenant {
+        tenant::Tenant::None | tenant::Tenant::Invalid => assert!(tenant::RESERVED.contains(&label)),
+        tenant::Tenant::Allowed(l) => assert_eq!(&**l, "gold"),
+        tenant::Tenant::Tier(t) => assert_eq!(tenant::validate_label(t.as_bytes()), Ok(t.as_str())),
+        tenant::Tenant::Hashed(_) => {
+            assert!(label.len() == tenant::HASHED_LABEL_LEN && label.starts_with(tenant::HASH_PREFIX));
+            assert!(label[2..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        }
+    }
 }
 
 /// The path normaliser: bounded output, only the placeholder for what was not plain path text.

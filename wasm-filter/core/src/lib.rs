@@ -14,6 +14,7 @@
 //! - [`request`]: the per-request decision: interface, gray version, and the header rewrites to apply.
 //! - [`metrics`]: metric names, label encoding for Envoy's stat tags, and the cardinality bounds.
 //! - [`report`]: call records for the agent, their bounded buffer and batches, and the accounting of each record.
+//! - [`tenant`]: the optional tenant dimension: where the id comes from, and the bounded label it becomes.
 //! - [`attributes`]: the OpenTelemetry attribute names the filter exposes to Envoy (filter state).
 
 pub mod attributes;
@@ -29,3 +30,4 @@ pub mod report;
 pub mod request;
 pub mod route;
 pub mod status;
+pub mod tenant;

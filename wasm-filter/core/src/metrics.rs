@@ -10,14 +10,24 @@
 //! Bounds: at most `max_interfaces` interfaces per VM (then service and method are `other`), and either an
 //! allowlist of versions (others are `unknown`) or at most `max_versions` (then `other`). Every call increments
 //! exactly one series of `grayscope_interface_calls_total`, so the sum over the series is the number of calls.
+//! With the tenant dimension on, every call is also recorded once in the per-tenant histogram, under a label
+//! bounded by `tenant.max_tenants` (the private `tenant` submodule owns those bounds).
 
-use std::collections::{HashMap, HashSet};
+mod tenant;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+pub use self::tenant::{TENANT_DURATION, TENANT_DURATION_LABELS, TENANT_INVALID, TENANT_OVERFLOW};
 
 use crate::{
     config::{Config, Direction},
     gray::{Invalid, Source},
     interface::{Interface, RpcSystem},
     status::Status,
+    tenant::Tenant,
 };
 
 pub const CALLS: &str = "grayscope_interface_calls_total";
@@ -28,7 +38,7 @@ pub const INTERFACE_OVERFLOW: &str = "grayscope_interface_overflow_total";
 pub const BAGGAGE_DROPPED: &str = "grayscope_baggage_members_dropped_total";
 
 /// Label names, in the order they appear in stat names (and must appear in `stats_tags`).
-pub const LABELS: [&str; 9] = [
+pub const LABELS: [&str; 10] = [
     "direction",
     "rpc_system",
     "service",
@@ -38,6 +48,7 @@ pub const LABELS: [&str; 9] = [
     "source",
     "reason",
     "cause",
+    "tenant",
 ];
 
 /// The `service`/`method` of calls past the interface cap, and the version label past the version cap.
@@ -122,6 +133,8 @@ pub struct Call<'a> {
     pub version: Option<&'a str>,
     pub status: Status,
     pub duration_ms: u64,
+    /// The request's tenant; `None` when the dimension is off.
+    pub tenant: Option<&'a Tenant>,
 }
 
 /// An interface as its labels show it: (direction, rpc_system, service, method).
@@ -157,6 +170,8 @@ pub struct Metrics {
     baggage_dropped: HashMap<Dropped, u32>,
     interface_overflow: u32,
     gray_overflow: u32,
+    /// The tenant dimension, when configured.
+    tenant: Option<tenant::TenantMetrics>,
 }
 
 impl Metrics {
@@ -177,7 +192,12 @@ impl Metrics {
             let name = stat_name(BAGGAGE_DROPPED, &[("cause", cause.as_str())]);
             baggage_dropped.insert(cause, host.define(Kind::Counter, &name)?);
         }
+        let tenant = match &cfg.tenant {
+            Some(t) => Some(tenant::TenantMetrics::new(t, host)?),
+            None => None,
+        };
         Ok(Self {
+            tenant,
             max_interfaces: cfg.max_interfaces,
             allowed_versions: cfg.gray.allowed_versions.as_ref().map(|v| v.iter().cloned().collect()),
             max_versions: cfg.gray.max_versions,
@@ -211,8 +231,22 @@ impl Metrics {
         }
     }
 
-    /// Counts one call and records its duration.
-    pub fn call<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<(), H::Error> {
+    /// Counts a tenant id or tier the request carried and the filter refused.
+    pub fn tenant_invalid<H: MetricHost>(
+        &self,
+        host: &mut H,
+        source: crate::tenant::Source,
+        reason: crate::tenant::Invalid,
+    ) -> Result<(), H::Error> {
+        match &self.tenant {
+            Some(t) => t.invalid(host, source, reason),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one call and records its duration (per tenant too, when the dimension is on). Returns the call's
+    /// bounded tenant label, for its record.
+    pub fn call<H: MetricHost>(&mut self, host: &mut H, call: &Call<'_>) -> Result<Option<Arc<str>>, H::Error> {
         let iface = self.interface(host, call)?;
         let version = self.version(host, call.version)?;
         let id = match self.calls.get(&(iface, version, call.status)) {
@@ -235,7 +269,14 @@ impl Metrics {
                 id
             }
         };
-        host.record(id, call.duration_ms)
+        host.record(id, call.duration_ms)?;
+        match (&mut self.tenant, call.tenant) {
+            (Some(metrics), Some(t)) => {
+                let labels = self.interfaces.get(iface as usize);
+                metrics.call(host, iface, labels, t, call.duration_ms).map(Some)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The interface index of a call: its own while under `max_interfaces`, else its direction's `other`.

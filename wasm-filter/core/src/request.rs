@@ -1,5 +1,6 @@
 //! The per-request decision, made once on the request headers: which interface is called, which gray version the
-//! request carries, what was refused, and how the `x-gray-version` and `baggage` headers must be rewritten.
+//! request carries, its tenant when that dimension is on, what was refused, and how the `x-gray-version` and
+//! `baggage` headers must be rewritten.
 //!
 //! Precedence of the version: a valid header, else a valid baggage member, else the configured default. Whatever
 //! was invalid is reported (and counted by the caller) and never forwarded; the request itself always goes on.
@@ -10,6 +11,7 @@ use crate::{
     gray::{self, Invalid, Source},
     headers::Headers,
     interface::Interface,
+    tenant::{self, Resolved},
 };
 
 /// What to do with one request header.
@@ -39,6 +41,8 @@ pub struct Decision {
     pub request_id: Option<String>,
     /// The trace id of a valid W3C `traceparent`, for the call record.
     pub trace_id: Option<String>,
+    /// The tenant and what was refused on the way; `None` when the dimension is off.
+    pub tenant: Option<Resolved>,
 }
 
 /// Decides on a request from its headers.
@@ -89,6 +93,9 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         }
     };
 
+    // Read from the same headers and baggage: the dimension costs no hostcall, and leaves both untouched.
+    let tenant = cfg.tenant.as_ref().map(|t| tenant::resolve(t, headers, &parsed));
+
     let version = from_header
         .map(str::to_owned)
         .or(from_baggage)
@@ -125,6 +132,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
             .first("x-request-id")
             .and_then(|v| String::from_utf8(v.to_vec()).ok()),
         trace_id: headers.first("traceparent").and_then(crate::report::trace_id),
+        tenant,
     }
 }
 

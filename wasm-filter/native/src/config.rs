@@ -49,7 +49,9 @@ impl FilterConfig {
             config: envoy,
             registry: &registry,
         };
-        lock(&registry).declare_per_call(envoy).map_err(|e| e.to_string())?;
+        lock(&registry)
+            .declare_per_call(envoy, config.tenant.is_some())
+            .map_err(|e| e.to_string())?;
         let metrics = Metrics::new(&config, &mut host).map_err(|e| e.to_string())?;
         let reporter = if config.report.enabled {
             let reporter = Reporter::new(config.report.clone(), "grayscope/native".to_owned(), &mut host)
@@ -71,6 +73,9 @@ impl FilterConfig {
             config.gray.header,
             config.gray.baggage_key
         );
+        if let Some(t) = &config.tenant {
+            log::info!("{}", t.summary());
+        }
         Ok(Self {
             envoy,
             config,

@@ -85,7 +85,8 @@ impl<'c> Filter<'c> {
         }
         let (malformed, over) = (decision.baggage_dropped_malformed, decision.baggage_dropped_over_limit);
         // Most requests have nothing to count here: then the shared metrics are not even locked.
-        let counts = !decision.invalid.is_empty() || malformed > 0 || over > 0;
+        let tenant_invalid = decision.tenant.as_ref().is_some_and(|t| !t.invalid.is_empty());
+        let counts = !decision.invalid.is_empty() || malformed > 0 || over > 0 || tenant_invalid;
         if counts && !cfg!(feature = "bench-skip-metrics") {
             let metrics = lock(&self.config.metrics);
             let mut host = self.config.host();
@@ -94,6 +95,9 @@ impl<'c> Filter<'c> {
             }
             warn(metrics.baggage_dropped(&mut host, Dropped::Malformed, malformed));
             warn(metrics.baggage_dropped(&mut host, Dropped::OverLimit, over));
+            for &(source, reason) in decision.tenant.iter().flat_map(|t| &t.invalid) {
+                warn(metrics.tenant_invalid(&mut host, source, reason));
+            }
         }
         let side = Side::resolve(cfg.direction, || {
             abi::attribute_int(envoy, attribute::XDS_LISTENER_DIRECTION)
@@ -135,10 +139,19 @@ impl<'c> Filter<'c> {
             version: decision.version.as_deref(),
             status,
             duration_ms: duration_ns / 1_000_000,
+            tenant: decision.tenant.as_ref().map(|t| &t.tenant),
         };
-        if !cfg!(feature = "bench-skip-metrics") {
-            warn(lock(&self.config.metrics).call(&mut self.config.host(), &call));
-        }
+        // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
+        let tenant = if cfg!(feature = "bench-skip-metrics") {
+            None
+        } else {
+            lock(&self.config.metrics)
+                .call(&mut self.config.host(), &call)
+                .unwrap_or_else(|e| {
+                    log::warn!("{e}");
+                    None
+                })
+        };
         let Some(report) = &self.config.report else { return };
         let service = match &decision.interface {
             Interface::Grpc { service, .. } => service.as_str(),
@@ -168,7 +181,8 @@ impl<'c> Filter<'c> {
             decision.request_id.as_deref(),
             decision.trace_id.as_deref(),
             &ctx,
-        );
+        )
+        .with_tenant(tenant.as_deref());
         warn(lock(report.reporter()).push(&mut self.config.host(), record));
     }
 }

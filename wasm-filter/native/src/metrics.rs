@@ -105,9 +105,15 @@ fn kind_of(kind: Kind) -> MetricKind {
 }
 
 impl Registry {
-    /// Defines the per-call metrics the core only names on first use.
-    pub fn declare_per_call(&mut self, config: ConfigPtr) -> Result<(), MetricError> {
-        for (kind, name, labels) in PER_CALL {
+    /// Defines the per-call metrics the core only names on first use (the tenant histogram only when the
+    /// dimension is on, so a configuration without it exposes nothing new).
+    pub fn declare_per_call(&mut self, config: ConfigPtr, tenant: bool) -> Result<(), MetricError> {
+        let tenant_family = (
+            Kind::Histogram,
+            metrics::TENANT_DURATION,
+            &metrics::TENANT_DURATION_LABELS[..],
+        );
+        for (kind, name, labels) in PER_CALL.into_iter().chain(tenant.then_some(tenant_family)) {
             let labels: Vec<String> = labels.iter().map(|l| (*l).to_owned()).collect();
             self.family(config, kind, name, labels)?;
         }

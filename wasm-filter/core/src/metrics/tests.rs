@@ -36,6 +36,18 @@ impl MetricHost for Recorder {
 }
 
 impl Recorder {
+    /// The samples recorded in every series of `metric`, by series name.
+    pub(crate) fn samples_of(&self, metric: &str) -> Vec<(String, Vec<u64>)> {
+        let mut out: Vec<(String, Vec<u64>)> = self
+            .names
+            .iter()
+            .enumerate()
+            .filter(|(_, (k, n))| *k == Kind::Histogram && n.ends_with(metric))
+            .map(|(i, (_, n))| (n.clone(), self.samples.get(&(i as u32)).cloned().unwrap_or_default()))
+            .collect();
+        out.sort();
+        out
+    }
     pub(crate) fn value(&self, name: &str) -> u64 {
         let id = self
             .names
@@ -44,7 +56,7 @@ impl Recorder {
             .unwrap_or_else(|| panic!("no metric {name}"));
         self.values.get(&(id as u32)).copied().unwrap_or(0)
     }
-    fn sum_of(&self, metric: &str) -> u64 {
+    pub(crate) fn sum_of(&self, metric: &str) -> u64 {
         self.names
             .iter()
             .enumerate()
@@ -52,7 +64,7 @@ impl Recorder {
             .map(|(i, _)| self.values.get(&(i as u32)).copied().unwrap_or(0))
             .sum()
     }
-    fn series_of(&self, metric: &str) -> usize {
+    pub(crate) fn series_of(&self, metric: &str) -> usize {
         self.names.iter().filter(|(_, n)| n.ends_with(metric)).count()
     }
 }
@@ -72,6 +84,7 @@ fn call<'a>(iface: &'a Interface, version: Option<&'a str>, status: Status) -> C
         version,
         status,
         duration_ms: 7,
+        tenant: None,
     }
 }
 

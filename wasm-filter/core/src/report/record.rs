@@ -7,10 +7,10 @@
 //! lose every other call in it. With it, [`MAX_RECORD_BYTES`] bounds an encoded record, so the byte budget of a
 //! batch always fits at least one.
 //!
-//! A record holds four small strings at most (method or route, service, version, request id); the addresses are
-//! parsed into `SocketAddr`s. The wire format is written by hand ([`Record::encode`]) straight from these fields,
-//! so no `CallRecord` with its dozen `String`s is ever built; the tests decode the output with prost to prove it is
-//! the same message.
+//! A record holds five small strings at most (method or route, service, version, request id, tenant label); the
+//! addresses are parsed into `SocketAddr`s. The wire format is written by hand ([`Record::encode`]) straight from
+//! these fields, so no `CallRecord` with its dozen `String`s is ever built; the tests decode the output with prost
+//! to prove it is the same message.
 
 use std::net::SocketAddr;
 
@@ -51,17 +51,23 @@ pub struct Record {
     pub(crate) addrs: [Option<Addr>; 4],
     pub(crate) request_id: String,
     pub(crate) trace_id: String,
+    /// The bounded tenant label; empty when the dimension is off.
+    pub(crate) tenant: String,
     /// Fields cut to [`MAX_FIELD_BYTES`] while building it.
     pub(crate) truncated: u8,
 }
 
 /// Copies `text`, cut to [`MAX_FIELD_BYTES`] with the marker when longer; counts the cut in `truncated`.
 pub(crate) fn bounded(text: &str, truncated: &mut u8) -> String {
-    if text.len() <= MAX_FIELD_BYTES {
+    bounded_to(text, MAX_FIELD_BYTES, truncated)
+}
+
+fn bounded_to(text: &str, max: usize, truncated: &mut u8) -> String {
+    if text.len() <= max {
         return text.to_owned();
     }
     *truncated = truncated.saturating_add(1);
-    let mut end = MAX_FIELD_BYTES - TRUNCATED.len();
+    let mut end = max - TRUNCATED.len();
     while !text.is_char_boundary(end) {
         end -= 1;
     }
@@ -129,8 +135,18 @@ impl Record {
             addrs,
             request_id: bounded(request_id.unwrap_or_default(), &mut truncated),
             trace_id: bounded(trace_id.unwrap_or_default(), &mut truncated),
+            tenant: String::new(),
             truncated,
         }
+    }
+
+    /// Sets the call's bounded tenant label: at most 64 bytes by construction, cut there all the same, so the
+    /// field costs [`MAX_RECORD_BYTES`] almost nothing.
+    pub fn with_tenant(mut self, label: Option<&str>) -> Self {
+        if let Some(label) = label {
+            self.tenant = bounded_to(label, crate::tenant::MAX_LABEL_LEN, &mut self.truncated);
+        }
+        self
     }
 
     fn direction(&self) -> u64 {
@@ -150,7 +166,7 @@ impl Record {
     }
 
     /// The text fields, by field number of `CallRecord`.
-    fn texts(&self) -> [(u32, &str); 9] {
+    fn texts(&self) -> [(u32, &str); 10] {
         let system = if self.grpc { "grpc" } else { "http" };
         let (rpc_method, route) = if self.grpc {
             (self.method.as_str(), "")
@@ -167,6 +183,7 @@ impl Record {
             (8, self.status.as_str()),
             (17, self.request_id.as_str()),
             (18, self.trace_id.as_str()),
+            (19, self.tenant.as_str()),
         ]
     }
 

@@ -225,7 +225,8 @@ fn the_largest_possible_record_is_within_max_record_bytes() {
         Some(&big),
         Some(&big),
         &ctx,
-    );
+    )
+    .with_tenant(Some(&big));
     let mut buf = Vec::new();
     rec.encode(&mut buf);
     assert_eq!(buf.len(), rec.encoded_len());
@@ -291,6 +292,16 @@ fn records_carry_the_call_and_encode_as_prost_would() {
         tenant: String::new(),
         request_id: "rid".into(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+    };
+    assert_eq!(CallRecord::decode(buf.as_slice()).unwrap(), want);
+    // The same call with the tenant dimension on: field 19 carries the bounded label, and the length agrees.
+    let r = r.with_tenant(Some("t_5bc1a08d28e40fe7"));
+    let mut buf = Vec::new();
+    r.encode(&mut buf);
+    assert_eq!(buf.len(), r.encoded_len());
+    let want = CallRecord {
+        tenant: "t_5bc1a08d28e40fe7".into(),
+        ..want
     };
     assert_eq!(CallRecord::decode(buf.as_slice()).unwrap(), want);
     // And a plain HTTP call with nothing known: -1 for the gRPC code, no addresses.

@@ -1,0 +1,3 @@
+//! `tenant_latency.rs` against the native build (see `FilterBuild` in `tests/src/envoy.rs`).
+#[path = "tenant_latency.rs"]
+mod suite;
