@@ -190,6 +190,15 @@ int handle_set_state(struct inet_sock_set_state_ctx *ctx)
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
+	/* Filter on the transition first, before any read: of the ~10 state changes of a connect/accept/close cycle
+	 * only these four matter to the table. The others (LISTEN -> SYN_RECV, FIN_WAIT*, CLOSE_WAIT, LAST_ACK, ...)
+	 * used to read the namespace and the clock for nothing. */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE &&
+	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
+		return 0;
+	/* A close matters only for a socket in `conns` (listeners, untracked sockets: most closes on a busy node). */
+	if (newstate == TCP_CLOSE && !bpf_map_lookup_elem(&conns, &key))
+		return 0;
 	t.family = ctx->family;
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
