@@ -139,9 +139,10 @@ static __always_inline void own(struct gs_conn_state *st)
 #define GS_RB_RING_SIZE 1
 
 /* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
- * the ring on a short timer (sidecar-agent/src/ebpf/reader.rs, POLL_INTERVAL), so an event waits at most that
- * long, and a burst of connections costs one wakeup per batch instead of one per event (the default policy wakes
- * the reader on every submit that finds it caught up, which on a fast reader is nearly every one). */
+ * the ring on a timer (sidecar-agent/src/ebpf/reader.rs: POLL_INTERVAL, MAX_POLL_INTERVAL after a quiet spell),
+ * so an event waits at most that long, and a burst of connections costs one wakeup per batch instead of one per
+ * event (the default policy wakes the reader on every submit that finds it caught up, which on a fast reader is
+ * nearly every one). */
 static __always_inline __u64 wakeup_flag(void)
 {
 	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
