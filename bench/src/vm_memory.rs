@@ -36,7 +36,7 @@ pub struct VmMemory {
     pub rss_kib: u64,
 }
 
-/// One configuration's VMs before and after the requests.
+/// One configuration's VMs before and after the requests (W1 and W2 in `just bench`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct VmReport {
     pub label: String,
