@@ -115,7 +115,7 @@ bench rounds="10" seconds="3" *args="": setup build
     cargo build --locked -q --release -p bench
     # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
     target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost \
-        --grpc-rounds 6 --vm-memory-requests 100000 --watch-delay "${@:3}"
+        --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,
 # a live `grayscope-agent tail`, the agent's method table and the Prometheus series.

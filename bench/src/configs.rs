@@ -110,7 +110,7 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             "A + grayscope `{}` reporting to the agent, its kernel programs filtering every event out".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", true),
         ),
-        // Same chain as W2; the harness points it at the agent that traces connections (`QUIET_NETNS` in main.rs is W2's).
+        // Same chain as W2; the harness points it at the agent that traces connections (W2's: `QUIET_NETNS`).
         "W3" => (
             "W2 with the agent tracing connections (its eBPF programs on every namespace)".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", true),

@@ -46,7 +46,11 @@ use serde_json::json;
 use crate::configs::{WasmFiles, STAGES};
 
 #[derive(Debug, Parser)]
-#[command(about = "grayscope's benchmark: interleaved rounds over Envoy configurations")]
+// A flag given twice keeps the last value, so `just bench`'s extra arguments override the recipe's own.
+#[command(
+    about = "grayscope's benchmark: interleaved rounds over Envoy configurations",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
