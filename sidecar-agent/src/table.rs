@@ -109,8 +109,9 @@ pub struct ConnTable {
     /// The last closed connection of each socket address, with the kernel time of its close, so an event that
     /// was emitted before the close but read after it still lands on the right connection.
     last_closed: HashMap<u64, (u64, u64)>,
-    /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
-    closed: VecDeque<(Instant, u64)>,
+    /// Closed connections in closing order, by id (each entry holds its closing time); ids already gone are
+    /// skipped.
+    closed: VecDeque<u64>,
     /// The newest connection of each `(netns, local, remote)`: ids only, hashed and compared through `entries`.
     by_tuple: HashTable<u64>,
     hasher: RandomState,
@@ -197,7 +198,7 @@ impl ConnTable {
         }
         if let (EventKind::Closed, Some(duration), None) = (ev.kind, ev.duration, conn.closed) {
             conn.closed = Some(Closed { duration, at: now });
-            self.closed.push_back((now, id));
+            self.closed.push_back(id);
             if self.live.get(&ev.skaddr).is_some_and(|l| l.id == id) {
                 self.live.remove(&ev.skaddr);
             }
@@ -218,7 +219,7 @@ impl ConnTable {
                     duration: Duration::from_nanos(closed_ts_ns.saturating_sub(first_ts_ns)),
                     at: now,
                 });
-                self.closed.push_back((now, id));
+                self.closed.push_back(id);
             }
         }
         self.last_closed.insert(skaddr, (id, closed_ts_ns));
@@ -247,8 +248,8 @@ impl ConnTable {
     /// Drops the closed connections whose grace period has ended by `now`.
     pub fn expire(&mut self, now: Instant) -> Evictions {
         let mut out = Evictions::default();
-        while let Some(&(at, id)) = self.closed.front() {
-            if self.entries.contains_key(&id) {
+        while let Some(&id) = self.closed.front() {
+            if let Some(at) = self.entries.get(&id).and_then(|c| c.closed).map(|c| c.at) {
                 if now.saturating_duration_since(at) < self.grace {
                     break;
                 }
@@ -261,7 +262,7 @@ impl ConnTable {
     }
 
     fn make_room(&mut self, out: &mut Evictions) {
-        while let Some((_, id)) = self.closed.pop_front() {
+        while let Some(id) = self.closed.pop_front() {
             if self.entries.contains_key(&id) {
                 self.remove(id);
                 out.closed_for_room += 1;
