@@ -96,8 +96,9 @@ test: setup build
     cargo test --locked --workspace --no-fail-fast
 
 # What grayscope costs (wasm and native builds) next to native Envoy filters, an empty wasm filter and an empty
-# dynamic module: ROUNDS interleaved rounds of SECONDS per configuration, the cost breakdown and the eBPF side;
-# writes bench/RESULTS.md and bench/RESULTS.json.
+# dynamic module: ROUNDS interleaved rounds of SECONDS per configuration, the cost breakdown, gRPC load (h2load),
+# each wasm VM's memory, the eBPF side, the agent's cost and its Watch delay; writes bench/RESULTS.md and
+# bench/RESULTS.json.
 # `just bench 2 1` is a smoke run; extra ARGS go to grayscope-bench (`--help`), e.g. `--load-note "idle machine"`.
 [positional-arguments]
 bench rounds="10" seconds="3" *args="": setup build
@@ -114,7 +115,8 @@ bench rounds="10" seconds="3" *args="": setup build
     cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked -q --release -p bench
     # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
-    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost "${@:3}"
+    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost \
+        --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,
 # a live `grayscope-agent tail`, the agent's method table and the Prometheus series.

@@ -139,9 +139,10 @@ static __always_inline void own(struct gs_conn_state *st)
 #define GS_RB_RING_SIZE 1
 
 /* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
- * the ring on a short timer (sidecar-agent/src/ebpf/reader.rs, POLL_INTERVAL), so an event waits at most that
- * long, and a burst of connections costs one wakeup per batch instead of one per event (the default policy wakes
- * the reader on every submit that finds it caught up, which on a fast reader is nearly every one). */
+ * the ring on a timer (sidecar-agent/src/ebpf/reader.rs: POLL_INTERVAL, MAX_POLL_INTERVAL after a quiet spell),
+ * so an event waits at most that long, and a burst of connections costs one wakeup per batch instead of one per
+ * event (the default policy wakes the reader on every submit that finds it caught up, which on a fast reader is
+ * nearly every one). */
 static __always_inline __u64 wakeup_flag(void)
 {
 	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
@@ -189,6 +190,15 @@ int handle_set_state(struct inet_sock_set_state_ctx *ctx)
 	__u32 netns;
 
 	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	/* Filter on the transition first, before any read: of the ~10 state changes of a connect/accept/close cycle
+	 * only these four matter to the table. The others (LISTEN -> SYN_RECV, FIN_WAIT*, CLOSE_WAIT, LAST_ACK, ...)
+	 * used to read the namespace and the clock for nothing. */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE &&
+	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
+		return 0;
+	/* A close matters only for a socket in `conns` (listeners, untracked sockets: most closes on a busy node). */
+	if (newstate == TCP_CLOSE && !bpf_map_lookup_elem(&conns, &key))
 		return 0;
 	t.family = ctx->family;
 	if (t.family != AF_INET && t.family != AF_INET6)

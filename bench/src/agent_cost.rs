@@ -17,8 +17,11 @@ use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
 
 use crate::{agent::Agent, ebpf, proxy};
 
-/// Records per `Report`, as the filter batches them.
-pub const BATCH: usize = 100;
+/// Records per `Report`, as the filter batches them by default (`report.max_batch`, 256): at 10,000 calls per
+/// second its batches fill long before the flush interval.
+pub fn batch_size() -> usize {
+    wasm_filter_core::report::ReportConfig::default().max_batch
+}
 
 /// What the agent-cost phase measured.
 #[derive(Debug, Clone)]
@@ -27,6 +30,34 @@ pub struct AgentCost {
     pub cpu_pct_at_10k: f64,
     pub rss_mib_100k: f64,
     pub tracked_at_rss: f64,
+    /// The agent's CPU with nothing to do (its timers), % of a core: the fixed part of `cpu_pct_at_10k`.
+    pub cpu_pct_idle: f64,
+    /// RSS of the same agent with its table empty, and the difference per table entry.
+    pub rss_mib_empty: f64,
+    pub bytes_per_entry: f64,
+}
+
+/// CPU time of every thread of `pid`, ns (`/proc/<pid>/task/*/schedstat`, first field): nanosecond resolution,
+/// where utime+stime counts 10 ms ticks.
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// The agent's CPU over `f`, % of a core.
+fn cpu_pct(agent: &Agent, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let (t0, start) = (cpu_ns(agent.pid())?, Instant::now());
+    f()?;
+    let busy = (cpu_ns(agent.pid())? - t0) as f64 / 1e9;
+    Ok(100.0 * busy / start.elapsed().as_secs_f64())
 }
 
 /// `report-loop`: sends batches for `seconds` (at `rate` records/s, 0 for flat out over `streams` concurrent
@@ -50,7 +81,7 @@ pub fn report_loop(socket: &Path, seconds: f64, rate: u32, streams: usize) -> Re
             let batch = batch.clone();
             tasks.push(tokio::spawn(async move {
                 let mut accepted = 0u64;
-                let interval = (rate > 0).then(|| Duration::from_secs_f64(BATCH as f64 / f64::from(rate)));
+                let interval = (rate > 0).then(|| Duration::from_secs_f64(batch.len() as f64 / f64::from(rate)));
                 let mut due = tokio::time::Instant::now();
                 while Instant::now() < end {
                     if let Some(i) = interval {
@@ -82,7 +113,7 @@ fn batch(client: SocketAddr, server: SocketAddr) -> Vec<CallRecord> {
             port: u32::from(a.port()),
         })
     };
-    (0..BATCH)
+    (0..batch_size())
         .map(|i| CallRecord {
             direction: Direction::Outbound as i32,
             rpc_system_name: "grpc".into(),
@@ -117,7 +148,7 @@ fn run_reporter(socket: &Path, cpu: usize, seconds: f64, rate: u32) -> Result<u6
 }
 
 /// Runs the three measurements, each on a fresh agent pinned to `agent_cpu`.
-pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize, clock_ticks: u64) -> Result<AgentCost> {
+pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize) -> Result<AgentCost> {
     let seconds = 3.0;
     let agent = Agent::start(agent_bin, agent_cpu, &[])?;
     let accepted = run_reporter(&agent.socket, client_cpu, seconds, 0)?;
@@ -125,11 +156,13 @@ pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize, clock_tick
     drop(agent);
 
     let agent = Agent::start(agent_bin, agent_cpu, &[])?;
-    let t0 = proxy::cpu_ticks(agent.pid())?;
-    let start = Instant::now();
-    run_reporter(&agent.socket, client_cpu, seconds, 10_000)?;
-    let busy = (proxy::cpu_ticks(agent.pid())? - t0) as f64 / clock_ticks as f64;
-    let cpu_pct_at_10k = 100.0 * busy / start.elapsed().as_secs_f64();
+    let cpu_pct_idle = cpu_pct(&agent, || {
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        Ok(())
+    })?;
+    let cpu_pct_at_10k = cpu_pct(&agent, || {
+        run_reporter(&agent.socket, client_cpu, seconds, 10_000).map(drop)
+    })?;
     drop(agent);
 
     // 100,000 connections opened and closed: closed ones stay in the table for the grace period (30 s).
@@ -138,6 +171,7 @@ pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize, clock_tick
         agent_cpu,
         &["--table-max-entries", "200000", "--kernel-max-conns", "200000"],
     )?;
+    let rss_mib_empty = proxy::rss_kib(agent.pid())? as f64 / 1024.0;
     let mut cycles = 0;
     while cycles < 100_000 {
         cycles += ebpf::connect_loop(Duration::from_millis(500))?;
@@ -150,5 +184,8 @@ pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize, clock_tick
         cpu_pct_at_10k,
         rss_mib_100k,
         tracked_at_rss,
+        cpu_pct_idle,
+        rss_mib_empty,
+        bytes_per_entry: (rss_mib_100k - rss_mib_empty) * 1024.0 * 1024.0 / tracked_at_rss.max(1.0),
     })
 }

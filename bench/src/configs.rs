@@ -117,7 +117,12 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             wasm_cfg(wasm.filter.clone(), NO_REPORT, false),
         ),
         "W2" => (
-            "A + grayscope `{}` reporting to the running agent".to_owned(),
+            "A + grayscope `{}` reporting to the agent, its kernel programs filtering every event out".to_owned(),
+            wasm_cfg(wasm.filter.clone(), "{}", true),
+        ),
+        // Same chain as W2; the harness points it at the agent that traces connections (W2's: `QUIET_NETNS`).
+        "W3" => (
+            "W2 with the agent tracing connections (its eBPF programs on every namespace)".to_owned(),
             wasm_cfg(wasm.filter.clone(), "{}", true),
         ),
         "D0" => (
@@ -317,6 +322,8 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - match: {{prefix: "/bench.Bench/"}}
+                route: {{cluster: upstream_grpc, timeout: 10s}}{headers_to_add}
               - match: {{prefix: "/"}}
                 route: {{cluster: upstream, timeout: 10s}}{headers_to_add}
           http_filters:{filters}
@@ -326,6 +333,17 @@ static_resources:
     connect_timeout: 1s
     load_assignment:
       cluster_name: upstream
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]
+  # The gRPC load (h2load): h2c to the same upstream port, which tells HTTP/2 by its preface.
+  - name: upstream_grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: upstream_grpc
       endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {upstream_port}}}}}}}}}]}}]{agent_cluster}
 "#,
             label = self.label,

@@ -1,4 +1,5 @@
-//! Load: `wrk` for HTTP/1.1 saturation, and a small open-loop generator for latency at a fixed rate.
+//! Load: `wrk` for HTTP/1.1 saturation, and a small open-loop generator for latency at a fixed rate; `h2load` for
+//! gRPC (saturation, and a fixed rate per client with `--rps`, its per-request log giving the percentiles).
 //!
 //! The fixed-rate generator is hand-written because `wrk` has no rate (wrk2 is not packaged) and `h2load --rate`
 //! paces connections, not requests. Each connection sends on a fixed schedule and a latency is measured from the
@@ -7,6 +8,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
@@ -57,6 +59,83 @@ fn parse_wrk(text: &str) -> Option<WrkRun> {
         }
     }
     Some(WrkRun { errors })
+}
+
+/// What one `h2load` run said: requests answered 2xx, and the rest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct H2Run {
+    pub succeeded: u64,
+    pub errors: u64,
+}
+
+/// gRPC load: `h2load` pinned to `cpu`, unary calls of an empty message to the gRPC route over h2c (prior
+/// knowledge), `clients` connections of one stream each, for `duration`. With `rps`, each client sends at that fixed
+/// rate and `log` receives one line per request (h2load's `--log-file`: start µs, status, duration µs).
+pub fn h2load(
+    addr: SocketAddr,
+    clients: u32,
+    duration: Duration,
+    cpu: usize,
+    rps: Option<u32>,
+    log: Option<&Path>,
+) -> Result<H2Run> {
+    let dir = tempfile::tempdir()?;
+    let body = dir.path().join("call.bin");
+    std::fs::write(&body, crate::upstream::EMPTY_GRPC_MESSAGE)?;
+    let secs = duration.as_secs_f64().max(1.0).round() as u64;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", &cpu.to_string(), "h2load", "-t1", "-m1"])
+        .arg(format!("-c{clients}"))
+        .arg(format!("-D{secs}"))
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers", "-d"])
+        .arg(&body);
+    if let Some(r) = rps {
+        cmd.arg(format!("--rps={r}"));
+    }
+    if let Some(l) = log {
+        cmd.arg("--log-file").arg(l);
+    }
+    let out = cmd
+        .arg(format!("http://{addr}/bench.Bench/Call"))
+        .output()
+        .context("run h2load (`just setup` installs nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("h2load failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_h2load(&text).ok_or_else(|| anyhow!("unreadable h2load output: {text}"))
+}
+
+fn parse_h2load(text: &str) -> Option<H2Run> {
+    // "requests: 100 total, 100 started, 100 done, 98 succeeded, 2 failed, 0 errored, 0 timeout"
+    let line = text.lines().find_map(|l| l.trim().strip_prefix("requests: "))?;
+    let field = |name: &str| {
+        line.split(',')
+            .find_map(|p| p.trim().strip_suffix(name)?.trim().parse::<u64>().ok())
+    };
+    let (total, succeeded) = (field("total")?, field("succeeded")?);
+    Some(H2Run {
+        succeeded,
+        errors: total.saturating_sub(succeeded),
+    })
+}
+
+/// p50 and p99 of an h2load `--log-file` (third column: request duration in µs).
+pub fn h2load_latency(log: &Path) -> Result<Latency> {
+    let text = std::fs::read_to_string(log)?;
+    let mut all: Vec<Duration> = text
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<u64>().ok())
+        .map(Duration::from_micros)
+        .collect();
+    if all.is_empty() {
+        bail!("h2load logged no request");
+    }
+    all.sort_unstable();
+    Ok(Latency {
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+    })
 }
 
 /// Latency percentiles of one fixed-rate run, in milliseconds.
@@ -160,6 +239,15 @@ mod tests {
         let run = parse_wrk(text).unwrap();
         assert_eq!(run.errors, 7);
         assert!(parse_wrk("unable to connect").is_none());
+    }
+
+    #[test]
+    fn reads_succeeded_and_errors_from_h2load() {
+        let text = "finished in 2.00s, 500.00 req/s, 10KB/s\nrequests: 1000 total, 1000 started, 1000 done, \
+                    990 succeeded, 10 failed, 0 errored, 0 timeout\nstatus codes: 990 2xx, 0 3xx, 0 4xx, 10 5xx\n";
+        let run = parse_h2load(text).unwrap();
+        assert_eq!((run.succeeded, run.errors), (990, 10));
+        assert!(parse_h2load("connect: Connection refused").is_none());
     }
 
     #[test]

@@ -2,13 +2,16 @@
 //! interleaved run; writes `RESULTS.md` and `RESULTS.json` (see `bench/RESULTS.md` for the method).
 //!
 //! # Layout
-//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, breakdown variants) and their bootstraps.
+//! - [`configs`]: the Envoy configurations (A, B, C, W0, W1, W2, W3, D0, D1, W1t, D1t, breakdown variants) and
+//!   their bootstraps.
 //! - [`proxy`]: a pinned Envoy, its CPU ticks and admin counters.
-//! - [`upstream`]: the upstream all configurations route to.
-//! - [`load`]: `wrk` at saturation, a fixed-rate latency generator.
+//! - [`upstream`]: the upstream all configurations route to (HTTP/1.1, and gRPC over h2c on the same port).
+//! - [`load`]: `wrk` at saturation, a fixed-rate latency generator, `h2load` for gRPC.
 //! - [`run`]: interleaved rounds over a set of configurations.
-//! - [`agent`], [`ebpf`]: the real agent, and the kernel side's cost.
-//! - [`stats`], [`results`]: medians of per-round figures, the two result files.
+//! - [`agent`], [`ebpf`], [`agent_cost`], [`watch_delay`]: the real agent, the kernel side's cost, the agent's own
+//!   cost, and the delay from a call's end to its record on `Watch`.
+//! - [`vm_memory`]: each wasm VM's memory, from the Envoy's `smaps`.
+//! - [`stats`], [`results`], [`results_grpc`]: medians of per-round figures, the two result files.
 
 mod agent;
 mod agent_cost;
@@ -17,9 +20,16 @@ mod ebpf;
 mod load;
 mod proxy;
 mod results;
+mod results_grpc;
 mod run;
 mod stats;
 mod upstream;
+mod vm_memory;
+mod watch_delay;
+
+/// W2's agent watches this network namespace inode, which no namespace has (the kernel numbers namespace inodes
+/// from 0xF0000000), so its programs filter every event out.
+const QUIET_NETNS: &str = "1";
 
 use std::{
     collections::BTreeMap,
@@ -36,7 +46,11 @@ use serde_json::json;
 use crate::configs::{WasmFiles, STAGES};
 
 #[derive(Debug, Parser)]
-#[command(about = "grayscope's benchmark: interleaved rounds over Envoy configurations")]
+// A flag given twice keeps the last value, so `just bench`'s extra arguments override the recipe's own.
+#[command(
+    about = "grayscope's benchmark: interleaved rounds over Envoy configurations",
+    args_override_self = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Sub>,
@@ -53,7 +67,7 @@ struct Cli {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "A,B,C,W0,W1,W2,D0,D1,W1t,D1t,W1d,W1-lean"
+        default_value = "A,B,C,W0,W1,W2,W3,D0,D1,W1t,D1t,W1d,W1-lean"
     )]
     configs: Vec<String>,
     /// Also run the cost breakdown (filter variants built by `just bench`).
@@ -65,6 +79,18 @@ struct Cli {
     /// Also measure the agent's own cost (ingestion, CPU at 10k calls/s, memory with 100k connections).
     #[arg(long)]
     agent_cost: bool,
+    /// Also run gRPC load (h2load, unary calls over h2c) over `--grpc-configs`, with this many rounds.
+    #[arg(long, default_value_t = 0)]
+    grpc_rounds: usize,
+    /// The gRPC run's configurations.
+    #[arg(long, value_delimiter = ',', default_value = "A,W1,W2")]
+    grpc_configs: Vec<String>,
+    /// Also measure each wasm VM's memory after this many requests naming more interfaces than the cap (0: not).
+    #[arg(long, default_value_t = 0)]
+    vm_memory_requests: u64,
+    /// Also measure the delay from a call's end to its linked record on Watch (through a W3 Envoy).
+    #[arg(long)]
+    watch_delay: bool,
     /// wrk connections.
     #[arg(long, default_value_t = 16)]
     connections: u32,
@@ -157,29 +183,66 @@ fn bench(cli: &Cli) -> Result<()> {
         clock_ticks: proxy::clock_ticks_per_s()?,
         latency_rate: cli.latency_rate,
         latency_duration: Duration::from_secs_f64(cli.latency_duration),
+        grpc: false,
     };
     // The harness (upstream threads, latency generator) runs on the load CPU with wrk and the agent.
     pin_self(load_cpu)?;
     let loadavg_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let upstream = upstream::start()?;
-    let needs_agent = configs.iter().any(configs::Config::needs_agent) || cli.breakdown;
-    let agent = if needs_agent {
+    // Two agents: W2's has its kernel programs filter every event out (`--netns` set to an inode no namespace has:
+    // the programs return at the namespace check, no map update nor ring buffer work, and no record links, so
+    // `--link-wait 0s` publishes each at once instead of retrying it); W3's traces the connections of its own
+    // namespace (the default), as deployed. Both run for the whole run: attached programs are global, so every
+    // configuration runs under the same ones and only W3's connections are traced.
+    let grpc_configs = if cli.grpc_rounds > 0 {
+        cli.grpc_configs
+            .iter()
+            .map(|l| configs::resolve(l, &wasm))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+    let needs_agent = configs.iter().chain(&grpc_configs).any(configs::Config::needs_agent)
+        || cli.breakdown
+        || cli.vm_memory_requests > 0;
+    let quiet_agent = if needs_agent {
+        Some(agent::Agent::start(
+            &agent_bin,
+            load_cpu,
+            &["--netns", QUIET_NETNS, "--link-wait", "0s"],
+        )?)
+    } else {
+        None
+    };
+    let tracing_agent = if configs.iter().chain(&grpc_configs).any(|c| c.label == "W3") || cli.watch_delay {
         Some(agent::Agent::start(&agent_bin, load_cpu, &[])?)
     } else {
         None
     };
-    let socket = agent
-        .as_ref()
-        .map_or_else(|| PathBuf::from("/nonexistent"), |a| a.socket.clone());
-    let latency_for = ["A", "W0", "W1", "W2", "D0", "D1"];
-
-    let main_run = run::interleaved(&envoy, &configs, upstream, &socket, &settings, &latency_for)?;
-    let records = match &agent {
-        Some(a) => a.metric("grayscope_agent_call_records_received_total")?,
-        None => 0.0,
+    let socket_of = |a: &Option<agent::Agent>| {
+        a.as_ref()
+            .map_or_else(|| PathBuf::from("/nonexistent"), |a| a.socket.clone())
     };
-    if configs.iter().any(|c| c.label == "W2") && records == 0.0 {
-        bail!("W2 ran but the agent received no call record: the reporting path is not what was measured");
+    let (quiet_socket, tracing_socket) = (socket_of(&quiet_agent), socket_of(&tracing_agent));
+    let socket_for = |c: &configs::Config| {
+        if c.label == "W3" {
+            tracing_socket.clone()
+        } else {
+            quiet_socket.clone()
+        }
+    };
+    let latency_for = ["A", "W0", "W1", "W2", "W3", "D0", "D1"];
+
+    let main_run = run::interleaved(&envoy, &configs, upstream, &socket_for, &settings, &latency_for)?;
+    let received = |a: &Option<agent::Agent>| match a {
+        Some(a) => a.metric("grayscope_agent_call_records_received_total"),
+        None => Ok(0.0),
+    };
+    let records = received(&quiet_agent)?;
+    for (label, n) in [("W2", records), ("W3", received(&tracing_agent)?)] {
+        if configs.iter().any(|c| c.label == label) && n == 0.0 {
+            bail!("{label} ran but its agent received no call record: the reporting path is not what was measured");
+        }
     }
 
     let breakdown = if cli.breakdown {
@@ -199,12 +262,49 @@ fn bench(cli: &Cli) -> Result<()> {
             latency_rate: 0,
             ..settings.clone()
         };
-        let out = run::interleaved(&envoy, &cfgs, upstream, &socket, &s, &[])?;
+        let out = run::interleaved(&envoy, &cfgs, upstream, &socket_for, &s, &[])?;
         Some((cfgs, out.samples))
     } else {
         None
     };
-    drop(agent);
+    let grpc = if grpc_configs.is_empty() {
+        None
+    } else {
+        let s = run::Settings {
+            rounds: cli.grpc_rounds,
+            grpc: true,
+            ..settings.clone()
+        };
+        let out = run::interleaved(&envoy, &grpc_configs, upstream, &socket_for, &s, &latency_for)?;
+        Some(out.samples)
+    };
+    let mut vm_memory = Vec::new();
+    if cli.vm_memory_requests > 0 {
+        // The empty filter's VMs do not grow (2,000 or 20,000 requests leave them as they started), so W0 is left
+        // out to keep `just bench` short.
+        for label in ["W1", "W2"] {
+            let c = configs::resolve(label, &wasm)?;
+            let proxy = proxy::Proxy::start(&envoy, &c.bootstrap(upstream.port(), &socket_for(&c)), proxy_cpu)?;
+            let r = vm_memory::measure(label, &proxy, cli.vm_memory_requests)?;
+            eprintln!("bench: {label} wasm VMs after {} requests: {:?}", r.requests, r.after);
+            vm_memory.push(r);
+        }
+    }
+    let watch_delay = match &tracing_agent {
+        Some(a) if cli.watch_delay => {
+            let w3 = configs::resolve("W3", &wasm)?;
+            let proxy = proxy::Proxy::start(&envoy, &w3.bootstrap(upstream.port(), &a.socket), proxy_cpu)?;
+            let w = watch_delay::measure(&a.socket, proxy.listener, 200, 50, Duration::from_millis(1000))?;
+            eprintln!(
+                "bench: Watch delay p50 {:.1} ms, p99 {:.1} ms ({} of {} calls linked)",
+                w.p50_ms, w.p99_ms, w.linked, w.calls
+            );
+            Some(w)
+        }
+        _ => None,
+    };
+    drop(quiet_agent);
+    drop(tracing_agent);
 
     let ebpf = if cli.ebpf_rounds > 0 {
         Some(ebpf::measure(
@@ -218,12 +318,7 @@ fn bench(cli: &Cli) -> Result<()> {
         None
     };
     let agent_cost = if cli.agent_cost {
-        Some(agent_cost::measure(
-            &agent_bin,
-            proxy_cpu,
-            load_cpu,
-            settings.clock_ticks,
-        )?)
+        Some(agent_cost::measure(&agent_bin, proxy_cpu, load_cpu)?)
     } else {
         None
     };
@@ -237,7 +332,10 @@ fn bench(cli: &Cli) -> Result<()> {
         "watch_delay_p99_ms",
     ] {
         let why = if k == "watch_delay_p99_ms" {
-            "the delay from a call's end to its linked record on Watch has no harness yet"
+            if watch_delay.is_some() {
+                continue;
+            }
+            "not asked for in this run (--watch-delay)"
         } else if agent_cost.is_none() {
             "not asked for in this run (--agent-cost)"
         } else {
@@ -248,18 +346,15 @@ fn bench(cli: &Cli) -> Result<()> {
     if ebpf.is_none() {
         not_measured.insert("ebpf".into(), "not asked for in this run (--ebpf-rounds 0)".into());
     }
-    not_measured.insert(
-        "W3".into(),
-        "the agent cannot run without its eBPF programs, so W2 already reports to an agent whose programs are attached; under keep-alive load they see only the few connections wrk and Envoy open".into(),
-    );
-    not_measured.insert(
-        "grpc".into(),
-        "gRPC throughput with h2load is not in the harness yet; HTTP/1.1 only".into(),
-    );
-    not_measured.insert(
-        "wasm_vm_memory".into(),
-        "per-VM memory is not exposed by Envoy's admin; the table gives each Envoy's RSS after the run instead".into(),
-    );
+    if grpc.is_none() {
+        not_measured.insert("grpc".into(), "not asked for in this run (--grpc-rounds 0)".into());
+    }
+    if vm_memory.is_empty() {
+        not_measured.insert(
+            "wasm_vm_memory".into(),
+            "not asked for in this run (--vm-memory-requests 0)".into(),
+        );
+    }
 
     let context = json!({
         "date": sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -286,6 +381,9 @@ fn bench(cli: &Cli) -> Result<()> {
         breakdown: breakdown.as_ref().map(|(c, s)| (c.as_slice(), s.as_slice())),
         ebpf: ebpf.as_ref(),
         agent: agent_cost.as_ref(),
+        watch_delay: watch_delay.as_ref(),
+        vm_memory: &vm_memory,
+        grpc: grpc.as_ref().map(|g| (grpc_configs.as_slice(), g.as_slice())),
         not_measured,
     };
     write(&cli.out, &report)

@@ -14,6 +14,8 @@ use crate::{
     ebpf::EbpfResult,
     run::Sample,
     stats::Summary,
+    vm_memory::VmReport,
+    watch_delay::WatchDelay,
 };
 
 /// Per round: label -> sample.
@@ -26,7 +28,7 @@ fn by_round(samples: &[Sample]) -> BTreeMap<usize, BTreeMap<&str, &Sample>> {
 }
 
 /// A figure computed from the samples of one round, summarised over rounds; `None` when a label is missing.
-fn per_round(samples: &[Sample], labels: &[&str], f: impl Fn(&[&Sample]) -> f64) -> Option<Summary> {
+pub fn per_round(samples: &[Sample], labels: &[&str], f: impl Fn(&[&Sample]) -> f64) -> Option<Summary> {
     let values: Vec<f64> = by_round(samples)
         .values()
         .filter_map(|r| {
@@ -54,7 +56,7 @@ pub fn cpu_diff(samples: &[Sample], x: &str, y: &str) -> Option<Summary> {
     per_round(samples, &[x, y], |s| s[0].cpu_us - s[1].cpu_us)
 }
 
-fn summary(samples: &[Sample], label: &str, f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
+pub fn summary(samples: &[Sample], label: &str, f: impl Fn(&Sample) -> Option<f64>) -> Option<Summary> {
     let v: Vec<f64> = samples.iter().filter(|s| s.label == label).filter_map(f).collect();
     (!v.is_empty()).then(|| Summary::of(&v))
 }
@@ -76,20 +78,28 @@ pub struct Report<'a> {
     pub breakdown: Option<(&'a [Config], &'a [Sample])>,
     pub ebpf: Option<&'a EbpfResult>,
     pub agent: Option<&'a AgentCost>,
+    pub watch_delay: Option<&'a WatchDelay>,
+    /// Each wasm VM's memory, per configuration.
+    pub vm_memory: &'a [VmReport],
+    /// The gRPC run: its configurations and samples.
+    pub grpc: Option<(&'a [Config], &'a [Sample])>,
     /// Why each figure left null was not measured, keyed like the JSON (e.g. `agent.records_per_s`).
     pub not_measured: BTreeMap<String, String>,
 }
 
-const THROUGHPUT: [(&str, &str, &str); 5] = [
+const THROUGHPUT: [(&str, &str, &str); 6] = [
     ("W1/A", "W1", "A"),
     ("W2/A", "W2", "A"),
+    ("W3/A", "W3", "A"),
     ("W1/W0", "W1", "W0"),
     ("D0/A", "D0", "A"),
     ("D1/A", "D1", "A"),
 ];
-const CPU: [(&str, [&str; 4]); 7] = [
+const CPU: [(&str, [&str; 4]); 8] = [
     ("(W1-A)/(W0-A)", ["W1", "A", "W0", "A"]),
     ("(W2-W1)/(W0-A)", ["W2", "W1", "W0", "A"]),
+    // What tracing the connections adds to the proxy (W3's agent traces, W2's filters every event out).
+    ("(W3-W2)/(W0-A)", ["W3", "W2", "W0", "A"]),
     ("(W1-A)/(C-A)", ["W1", "A", "C", "A"]),
     ("(W1d-W2)/(W0-A)", ["W1d", "W2", "W0", "A"]),
     // The native build (issue 16): against Envoy's own native equivalent, against the wasm build, and the
@@ -195,9 +205,16 @@ impl Report<'_> {
                 "cpu_pct_at_10k_calls_per_s": self.agent.map(|a| a.cpu_pct_at_10k),
                 "rss_mib_100k": self.agent.map(|a| a.rss_mib_100k),
                 "connections_tracked_at_rss": self.agent.map(|a| a.tracked_at_rss),
-                "watch_delay_p99_ms": null,
+                "cpu_pct_idle": self.agent.map(|a| a.cpu_pct_idle),
+                "rss_mib_empty": self.agent.map(|a| a.rss_mib_empty),
+                "bytes_per_table_entry": self.agent.map(|a| a.bytes_per_entry),
+                "watch_delay_p99_ms": self.watch_delay.map(|w| w.p99_ms),
+                "watch_delay_p50_ms": self.watch_delay.map(|w| w.p50_ms),
+                "watch_delay_calls_linked": self.watch_delay.map(|w| json!({"calls": w.calls, "linked": w.linked})),
             },
             "configs": configs,
+            "wasm_vm_memory": if self.vm_memory.is_empty() { Value::Null } else { json!(self.vm_memory) },
+            "grpc": self.grpc.map_or(Value::Null, |(c, g)| crate::results_grpc::json(c, g)),
             "breakdown": breakdown,
             "samples": s.iter().map(|x| json!({
                 "round": x.round, "config": x.label, "cpu_us_per_request": x.cpu_us, "requests_per_s": x.rps,
@@ -330,6 +347,9 @@ impl Report<'_> {
                 ));
             }
         }
+        if let Some((cfgs, g)) = self.grpc {
+            md.push_str(&crate::results_grpc::markdown(cfgs, g, &c["latency_rate"]));
+        }
         md.push_str("\n## Kernel side (eBPF)\n\n");
         match self.ebpf {
             Some(e) => {
@@ -350,10 +370,19 @@ impl Report<'_> {
         md.push_str("\n## The agent\n\n");
         match self.agent {
             Some(a) => md.push_str(&format!(
-                "One run each, the agent pinned to one CPU and the gRPC client (`grayscope-bench report-loop`, batches of {} records naming one real connection, so each is linked through the table) to the other.\n\n| figure | value | target |\n|---|---|---|\n| `Report` ingestion, records/s (4 concurrent calls) | {:.0} | ≥ 200,000 |\n| agent CPU at 10,000 linked calls/s, % of a core | {:.1} | ≤ 2 |\n| agent RSS after ≥ 100,000 connections opened and closed within the grace period, MiB | {:.1} ({:.0} table entries, both ends of each connection, the table bound 200,000) | ≤ 64 |\n",
-                crate::agent_cost::BATCH, a.records_per_s, a.cpu_pct_at_10k, a.rss_mib_100k, a.tracked_at_rss
+                "One run each, the agent pinned to one CPU and the gRPC client (`grayscope-bench report-loop`, batches of {} records naming one real connection, so each is linked through the table) to the other.\n\n| figure | value | target |\n|---|---|---|\n| `Report` ingestion, records/s (4 concurrent calls) | {:.0} | ≥ 200,000 |\n| agent CPU at 10,000 linked calls/s, % of a core (CPU time of all its threads) | {:.2} (idle: {:.2}) | ≤ 2 |\n| agent RSS after ≥ 100,000 connections opened and closed within the grace period, MiB | {:.1} ({:.0} table entries, both ends of each connection, the table bound 200,000; {:.1} MiB with the table empty, {:.0} bytes per entry) | ≤ 64 |\n",
+                crate::agent_cost::batch_size(), a.records_per_s, a.cpu_pct_at_10k, a.cpu_pct_idle, a.rss_mib_100k, a.tracked_at_rss, a.rss_mib_empty, a.bytes_per_entry
             )),
             None => md.push_str("Not measured in this run.\n"),
+        }
+        if !self.vm_memory.is_empty() {
+            md.push_str(&crate::vm_memory::markdown(self.vm_memory));
+        }
+        if let Some(w) = self.watch_delay {
+            md.push_str(&format!(
+                "\nDelay from a call's end (its answer read by the client) to its linked record on `Watch`, through a W3 Envoy (the filter's default flush interval, 1 s) and the tracing agent: {} calls on fresh connections at 50/s, {} linked records arrived. p50 {:.1} ms, **p99 {:.1} ms** (target ≤ flush interval + 50 ms = 1050 ms).\n",
+                w.calls, w.linked, w.p50_ms, w.p99_ms
+            ));
         }
         if !self.not_measured.is_empty() {
             md.push_str("\n## Not measured (null in RESULTS.json)\n\n");

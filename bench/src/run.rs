@@ -1,7 +1,11 @@
 //! One interleaved run over a set of configurations: every proxy started up front on its own port, loaded one at
 //! a time, the order rotated each round; warm-up discarded.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
 
@@ -20,6 +24,8 @@ pub struct Settings {
     /// Fixed-rate latency: requests per second (0: not measured) and its duration per round.
     pub latency_rate: u32,
     pub latency_duration: Duration,
+    /// gRPC load with `h2load` (unary calls over h2c) instead of HTTP/1.1 with `wrk`.
+    pub grpc: bool,
 }
 
 /// One configuration in one round.
@@ -50,20 +56,20 @@ pub fn interleaved(
     envoy: &Path,
     configs: &[Config],
     upstream: SocketAddr,
-    agent_socket: &Path,
+    agent_socket: &dyn Fn(&Config) -> PathBuf,
     s: &Settings,
     latency_for: &[&str],
 ) -> Result<Outcome> {
     let proxies = configs
         .iter()
         .map(|c| {
-            Proxy::start(envoy, &c.bootstrap(upstream.port(), agent_socket), s.proxy_cpu)
+            Proxy::start(envoy, &c.bootstrap(upstream.port(), &agent_socket(c)), s.proxy_cpu)
                 .with_context(|| format!("configuration {}", c.label))
         })
         .collect::<Result<Vec<_>>>()?;
     for (c, p) in configs.iter().zip(&proxies) {
         eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
-        load::wrk(p.listener, s.connections, s.warmup, s.load_cpu, c.request_header)?;
+        saturate(p.listener, s, s.warmup, c.request_header)?;
     }
     let mut out = Outcome::default();
     let n = configs.len();
@@ -72,7 +78,7 @@ pub fn interleaved(
             let k = (i + round) % n;
             let (c, p) = (&configs[k], &proxies[k]);
             let (t0, q0, start) = (p.cpu_ticks()?, p.requests()?, std::time::Instant::now());
-            let run = load::wrk(p.listener, s.connections, s.duration, s.load_cpu, c.request_header)?;
+            let errors = saturate(p.listener, s, s.duration, c.request_header)?;
             let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
             let requests = q1 - q0;
             if requests == 0 {
@@ -81,7 +87,7 @@ pub fn interleaved(
             let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
             let (mut p50_ms, mut p99_ms) = (None, None);
             if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
-                let l = load::fixed_rate(p.listener, s.latency_rate, 4, s.latency_duration, c.request_header)?;
+                let l = fixed_rate(p.listener, s, c.request_header)?;
                 (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
             }
             eprintln!(
@@ -99,7 +105,7 @@ pub fn interleaved(
                 cpu_us,
                 rps: requests as f64 / s.duration.as_secs_f64().max(1.0).round(),
                 requests,
-                errors: run.errors,
+                errors,
                 p50_ms,
                 p99_ms,
             });
@@ -109,4 +115,39 @@ pub fn interleaved(
         out.rss_kib.push((c.label.clone(), p.rss_kib()?));
     }
     Ok(out)
+}
+
+/// Load at saturation for `duration`; the errors (non-2xx answers, socket errors).
+/// `header` (`name: value`) goes on every HTTP request; gRPC rounds run configurations without one.
+fn saturate(addr: SocketAddr, s: &Settings, duration: Duration, header: Option<&str>) -> Result<u64> {
+    if s.grpc {
+        let run = load::h2load(addr, s.connections, duration, s.load_cpu, None, None)?;
+        if run.succeeded == 0 {
+            bail!("no gRPC call through {addr} succeeded");
+        }
+        Ok(run.errors)
+    } else {
+        Ok(load::wrk(addr, s.connections, duration, s.load_cpu, header)?.errors)
+    }
+}
+
+/// Latency at `s.latency_rate` requests per second in all, over 4 connections.
+fn fixed_rate(addr: SocketAddr, s: &Settings, header: Option<&'static str>) -> Result<load::Latency> {
+    const CLIENTS: u32 = 4;
+    if s.grpc {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("h2load.log");
+        let per_client = (s.latency_rate / CLIENTS).max(1);
+        load::h2load(
+            addr,
+            CLIENTS,
+            s.latency_duration,
+            s.load_cpu,
+            Some(per_client),
+            Some(&log),
+        )?;
+        load::h2load_latency(&log)
+    } else {
+        load::fixed_rate(addr, s.latency_rate, CLIENTS, s.latency_duration, header)
+    }
 }

@@ -1,5 +1,6 @@
 //! The harness end to end on a tiny run (two rounds of a second, five configurations: A, the empty and the real
-//! filter in wasm and as a dynamic module): real Envoys, real wrk, the real filters. It checks that the result files are well formed and hold one sample per round; it asserts no
+//! filter in wasm and as a dynamic module; one gRPC round of A and W1; the wasm VM memory phase on 2,000
+//! requests): real Envoys, real wrk and h2load, the real filters, the real agent for W2. It checks that the result files are well formed and hold one sample per round; it asserts no
 //! timing, since the machine may be busy.
 
 use std::{path::Path, process::Command};
@@ -37,6 +38,14 @@ fn a_tiny_run_writes_well_formed_results() {
             "0.5",
             "--load-note",
             "smoke test",
+            // One gRPC round (h2load over h2c to the gRPC upstream), and the VM memory phase on a few requests
+            // (its W2 starts the agent).
+            "--grpc-rounds",
+            "1",
+            "--grpc-configs",
+            "A,W1",
+            "--vm-memory-requests",
+            "2000",
             "--out",
         ])
         .arg(out.path())
@@ -111,6 +120,27 @@ fn a_tiny_run_writes_well_formed_results() {
         assert_eq!(c["p99_ms"]["n"], 2, "{label}: latency measured each round: {c}");
     }
 
+    for label in ["A", "W1"] {
+        let c = &json["grpc"]["configs"][label];
+        assert_eq!(c["cpu_us_per_request"]["n"], 1, "gRPC {label}: one sample: {c}");
+        assert_eq!(c["errors"], 0, "gRPC {label}: h2load saw errors: {c}");
+        assert_eq!(c["p99_ms"]["n"], 1, "gRPC {label}: latency measured: {c}");
+    }
+    let vms = json["wasm_vm_memory"].as_array().expect("wasm_vm_memory");
+    assert_eq!(vms.len(), 2, "W1 and W2: {vms:?}");
+    for (vm, label) in vms.iter().zip(["W1", "W2"]) {
+        assert_eq!(vm["label"], label, "{vm}");
+        assert_eq!(vm["requests"], 2000, "{vm}");
+        // The base VM and one clone per thread (main, the one worker).
+        assert_eq!(vm["after"].as_array().map(Vec::len), Some(3), "{vm}");
+    }
+    // 2,000 requests over 1,024 services: the filter's default cap (256) is reached, the rest count as `other`.
+    assert!(
+        vms[0]["interface_overflow"].as_u64().is_some_and(|n| n > 0),
+        "{}",
+        vms[0]
+    );
+
     let md = std::fs::read_to_string(out.path().join("RESULTS.md")).expect("RESULTS.md");
     for line in [
         "| throughput W1/W0 |",
@@ -119,6 +149,8 @@ fn a_tiny_run_writes_well_formed_results() {
         "| D0 | A + empty Rust dynamic module |",
         "| CPU/request (D1-A)/(W1-A) |",
         "## The native build (dynamic module)",
+        "## gRPC (h2load)",
+        "## Wasm VM memory",
     ] {
         assert!(md.contains(line), "RESULTS.md lacks {line:?}:\n{md}");
     }

@@ -170,16 +170,23 @@ impl Core {
             return;
         }
         let clocks = self.clocks;
+        // One counter update per outcome and batch, not per record: each update hashes the label set and takes
+        // the family's lock.
+        let mut outcomes: Vec<(&'static str, u64)> = Vec::with_capacity(4);
         let calls: Vec<Arc<LinkedCall>> = done
             .into_iter()
             .map(|r| {
-                self.metrics
-                    .records
-                    .get_or_create(&[("outcome", r.outcome.label())])
-                    .inc();
+                let label = r.outcome.label();
+                match outcomes.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, n)) => *n += 1,
+                    None => outcomes.push((label, 1)),
+                }
                 Arc::new(link::linked_call(r, clocks, self.expose_command_line))
             })
             .collect();
+        for (label, n) in outcomes {
+            self.metrics.records.get_or_create(&[("outcome", label)]).inc_by(n);
+        }
         {
             let mut methods = lock(&self.methods);
             for c in &calls {

@@ -365,7 +365,7 @@ pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCal
                     command: info
                         .and_then(|p| p.exe.as_ref())
                         .and_then(|e| e.file_name())
-                        .map_or_else(|| owner.comm.clone(), |n| n.to_string_lossy().into_owned()),
+                        .map_or_else(|| owner.comm.to_string(), |n| n.to_string_lossy().into_owned()),
                     container_id: info.and_then(|p| p.container_id.clone()).unwrap_or_default(),
                     start_time_unix_nano: Clocks::unix(clocks.boot_to_unix, owner.start_ns),
                 }

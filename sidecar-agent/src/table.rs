@@ -12,13 +12,20 @@
 //! 4-tuple, or a second event of the same kind) ends that entry and starts a new connection, and
 //! [`ConnTable::forget`] ends the live entries the kernel no longer holds (the agent checks them periodically).
 //! Both count in [`Evictions`] and the ended connections stay findable for the grace period like closed ones.
+//!
+//! Memory per connection is what bounds the table on a busy node, so the entries are compact: each connection is
+//! boxed once (the ordered map then moves 16-byte items instead of 170-byte ones in its half-full nodes), the
+//! owner's command name is inline, and the 4-tuple index holds only ids, hashing the entries they name.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    hash::{BuildHasher, RandomState},
     net::SocketAddr,
     sync::Arc,
     time::Duration,
 };
+
+use hashbrown::HashTable;
 
 use tokio::time::Instant;
 
@@ -96,15 +103,18 @@ pub struct ConnTable {
     max_entries: usize,
     grace: Duration,
     /// Every connection by id; ids grow, so the first entry is the oldest.
-    entries: BTreeMap<u64, Connection>,
+    entries: BTreeMap<u64, Box<Connection>>,
     /// Live connections by socket address.
     live: HashMap<u64, Live>,
     /// The last closed connection of each socket address, with the kernel time of its close, so an event that
     /// was emitted before the close but read after it still lands on the right connection.
     last_closed: HashMap<u64, (u64, u64)>,
-    /// Closed connections in closing order: (closed at, id); ids already gone are skipped.
-    closed: VecDeque<(Instant, u64)>,
-    by_tuple: HashMap<(u32, SocketAddr, SocketAddr), u64>,
+    /// Closed connections in closing order, by id (each entry holds its closing time); ids already gone are
+    /// skipped.
+    closed: VecDeque<u64>,
+    /// The newest connection of each `(netns, local, remote)`: ids only, hashed and compared through `entries`.
+    by_tuple: HashTable<u64>,
+    hasher: RandomState,
     /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any`] scans them,
     /// so a namespace leaves with its last connection (pods come and go on a node).
     namespaces: HashMap<u32, usize>,
@@ -123,7 +133,8 @@ impl ConnTable {
             live: HashMap::new(),
             last_closed: HashMap::new(),
             closed: VecDeque::new(),
-            by_tuple: HashMap::new(),
+            by_tuple: HashTable::new(),
+            hasher: RandomState::new(),
             namespaces: HashMap::new(),
             next_id: 0,
         }
@@ -136,13 +147,13 @@ impl ConnTable {
         let late = self
             .last_closed
             .get(&ev.skaddr)
-            .filter(|&&(id, closed_ts)| ev.ts_ns <= closed_ts && self.entries.get(&id).is_some_and(same_tuple))
+            .filter(|&&(id, closed_ts)| ev.ts_ns <= closed_ts && self.entries.get(&id).is_some_and(|c| same_tuple(c)))
             .map(|&(id, _)| id);
         let mut existing = self.live.get(&ev.skaddr).copied();
         if let Some(live) = existing {
             // A connection has one ESTABLISHED and one ACCEPTED at most, all of its 4-tuple.
             let repeated = ev.kind != EventKind::Closed && live.seen & kind_bit(ev.kind) != 0;
-            if repeated || !self.entries.get(&live.id).is_some_and(same_tuple) {
+            if repeated || !self.entries.get(&live.id).is_some_and(|c| same_tuple(c)) {
                 let ts = self.entries.get(&live.id).map_or(ev.ts_ns, |c| c.first_ts_ns);
                 self.end(ev.skaddr, live.id, ev.ts_ns.saturating_sub(1), ts, now);
                 out.reused += 1;
@@ -169,9 +180,9 @@ impl ConnTable {
                     first_ts_ns: ev.ts_ns,
                 };
                 *self.namespaces.entry(ev.netns).or_default() += 1;
-                self.by_tuple.insert((ev.netns, ev.local, ev.remote), id);
+                self.entries.insert(id, Box::new(conn));
+                self.index(id);
                 self.live.insert(ev.skaddr, Live { id, seen: 0 });
-                self.entries.insert(id, conn);
                 id
             }
         };
@@ -187,7 +198,7 @@ impl ConnTable {
         }
         if let (EventKind::Closed, Some(duration), None) = (ev.kind, ev.duration, conn.closed) {
             conn.closed = Some(Closed { duration, at: now });
-            self.closed.push_back((now, id));
+            self.closed.push_back(id);
             if self.live.get(&ev.skaddr).is_some_and(|l| l.id == id) {
                 self.live.remove(&ev.skaddr);
             }
@@ -208,7 +219,7 @@ impl ConnTable {
                     duration: Duration::from_nanos(closed_ts_ns.saturating_sub(first_ts_ns)),
                     at: now,
                 });
-                self.closed.push_back((now, id));
+                self.closed.push_back(id);
             }
         }
         self.last_closed.insert(skaddr, (id, closed_ts_ns));
@@ -237,8 +248,8 @@ impl ConnTable {
     /// Drops the closed connections whose grace period has ended by `now`.
     pub fn expire(&mut self, now: Instant) -> Evictions {
         let mut out = Evictions::default();
-        while let Some(&(at, id)) = self.closed.front() {
-            if self.entries.contains_key(&id) {
+        while let Some(&id) = self.closed.front() {
+            if let Some(at) = self.entries.get(&id).and_then(|c| c.closed).map(|c| c.at) {
                 if now.saturating_duration_since(at) < self.grace {
                     break;
                 }
@@ -251,7 +262,7 @@ impl ConnTable {
     }
 
     fn make_room(&mut self, out: &mut Evictions) {
-        while let Some((_, id)) = self.closed.pop_front() {
+        while let Some(id) = self.closed.pop_front() {
             if self.entries.contains_key(&id) {
                 self.remove(id);
                 out.closed_for_room += 1;
@@ -272,9 +283,9 @@ impl ConnTable {
         if self.last_closed.get(&conn.skaddr).is_some_and(|&(i, _)| i == id) {
             self.last_closed.remove(&conn.skaddr);
         }
-        let key = (conn.netns, conn.local, conn.remote);
-        if self.by_tuple.get(&key) == Some(&id) {
-            self.by_tuple.remove(&key);
+        let hash = self.hasher.hash_one((conn.netns, conn.local, conn.remote));
+        if let Ok(slot) = self.by_tuple.find_entry(hash, |&i| i == id) {
+            slot.remove();
         }
         if let Some(n) = self.namespaces.get_mut(&conn.netns) {
             *n -= 1;
@@ -286,29 +297,63 @@ impl ConnTable {
 
     /// The live connection of socket `skaddr`.
     pub fn get_live(&self, skaddr: u64) -> Option<&Connection> {
-        self.live.get(&skaddr).and_then(|l| self.entries.get(&l.id))
+        self.live
+            .get(&skaddr)
+            .and_then(|l| self.entries.get(&l.id))
+            .map(|c| &**c)
+    }
+
+    /// Makes connection `id` (already in `entries`) the one [`ConnTable::find`] returns for its 4-tuple.
+    fn index(&mut self, id: u64) {
+        let Some(conn) = self.entries.get(&id) else { return };
+        let key = (conn.netns, conn.local, conn.remote);
+        let hash = self.hasher.hash_one(key);
+        let entries = &self.entries;
+        let same = |i: &u64| entries.get(i).is_some_and(|c| (c.netns, c.local, c.remote) == key);
+        if let Some(slot) = self.by_tuple.find_mut(hash, same) {
+            *slot = id;
+            return;
+        }
+        let hasher = &self.hasher;
+        // Every id in the index names an entry (`remove` unindexes first), so the rehash finds each one's key.
+        self.by_tuple.insert_unique(hash, id, |i| {
+            entries
+                .get(i)
+                .map_or(0, |c| hasher.hash_one((c.netns, c.local, c.remote)))
+        });
+    }
+
+    /// The id indexed for this 4-tuple.
+    fn lookup(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
+        let key = (netns, local, remote);
+        self.by_tuple
+            .find(self.hasher.hash_one(key), |i| {
+                self.entries.get(i).is_some_and(|c| (c.netns, c.local, c.remote) == key)
+            })
+            .copied()
     }
 
     /// The newest connection with this 4-tuple in namespace `netns`, seen from its local end (live, or closed
     /// within the grace period).
     pub fn find(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
-        self.by_tuple
-            .get(&(netns, local, remote))
-            .and_then(|id| self.entries.get(id))
+        self.lookup(netns, local, remote)
+            .and_then(|id| self.entries.get(&id))
+            .map(|c| &**c)
     }
 
     /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
     pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
         self.namespaces
             .keys()
-            .filter_map(|&ns| self.by_tuple.get(&(ns, local, remote)))
+            .filter_map(|&ns| self.lookup(ns, local, remote))
             .max()
-            .and_then(|id| self.entries.get(id))
+            .and_then(|id| self.entries.get(&id))
+            .map(|c| &**c)
     }
 
     /// Every connection, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = &Connection> {
-        self.entries.values()
+        self.entries.values().map(|c| &**c)
     }
 
     /// Number of connections held.

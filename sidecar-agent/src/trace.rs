@@ -84,10 +84,9 @@ pub fn format_event(e: &ConnEvent) -> String {
         Role::Client => "client",
         Role::Server => "server",
     };
-    let (pid, comm) = e
-        .owner
-        .as_ref()
-        .map_or(("-".to_owned(), "-"), |o| (o.pid.to_string(), o.comm.as_str()));
+    let (pid, comm) = e.owner.as_ref().map_or(("-".to_owned(), "-".into()), |o| {
+        (o.pid.to_string(), o.comm.to_str_lossy())
+    });
     let ms = e
         .duration
         .map_or("-".to_owned(), |d| format!("{:.3}", d.as_secs_f64() * 1000.0));

@@ -68,7 +68,7 @@ pub struct Owner {
     /// The thread that made the call.
     pub tid: u32,
     /// That thread's command name.
-    pub comm: String,
+    pub comm: Comm,
     /// Start time of the process (ns since boot, `start_boottime`): tells a reused pid from the original.
     pub start_ns: u64,
 }
@@ -183,7 +183,7 @@ impl RawConnEvent {
         let owner = (self.pid != 0).then(|| Owner {
             pid: self.pid,
             tid: self.tid,
-            comm: comm(&self.comm),
+            comm: Comm::from_raw(&self.comm),
             start_ns: self.proc_start_ns,
         });
         Ok(ConnEvent {
@@ -225,9 +225,67 @@ fn ip(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
-fn comm(bytes: &[u8; 16]) -> String {
-    let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+/// A thread's command name as the kernel keeps it: at most 16 bytes, NUL-padded. Held inline (no heap string per
+/// event and per table entry: with 100,000 tracked connections that was 3 MiB of 16-byte allocations).
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// From the kernel's bytes; everything after the first NUL is dropped.
+    pub fn from_raw(bytes: &[u8; 16]) -> Self {
+        let mut out = [0u8; 16];
+        let end = bytes.iter().position(|&c| c == 0).unwrap_or(bytes.len());
+        out[..end].copy_from_slice(&bytes[..end]);
+        Self(out)
+    }
+
+    /// The name's bytes, without the padding.
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&c| c == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+
+    /// The name as text (bytes that are not UTF-8 become U+FFFD, as before).
+    pub fn to_str_lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl From<&str> for Comm {
+    /// Truncated to 16 bytes at a character boundary, as the kernel would hold it.
+    fn from(s: &str) -> Self {
+        let mut end = s.len().min(16);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut out = [0u8; 16];
+        out[..end].copy_from_slice(&s.as_bytes()[..end]);
+        Self(out)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.to_str_lossy())
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.to_str_lossy(), f)
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<str> for Comm {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ fn a_counted_call_costs_one_increment_and_one_record_once_its_series_exist() {
         version: None,
         status: Status::http(Some(200)),
         duration_ms: 3,
+        // The tenant dimension off (the default): it must add no hostcall.
+        tenant: None,
     };
     // The first call of a series defines its counter and histogram.
     host = Counting::default();

@@ -39,7 +39,7 @@ fn decodes_ipv4_close() {
     assert_eq!(e.duration, Some(Duration::from_micros(1500)));
     let owner = e.owner.unwrap();
     assert_eq!(
-        (owner.pid, owner.tid, owner.comm.as_str(), owner.start_ns),
+        (owner.pid, owner.tid, &*owner.comm.to_str_lossy(), owner.start_ns),
         (1234, 1235, "curl", 42)
     );
 }
