@@ -12,10 +12,9 @@ use wasm_filter_core::{
     attributes,
     headers::Headers,
     interface::Interface,
-    metrics::{Call as CallMetrics, Dropped, Kind, MetricHost, Side},
-    report::{self, CallContext},
+    metrics::{Dropped, Kind, MetricHost, Side},
+    report::CallContext,
     request::{self, Decision, Rewrite},
-    status::Status,
 };
 
 use crate::{
@@ -125,38 +124,19 @@ impl Call {
         } else {
             abi::property_u64(abi::path::RESPONSE_CODE)?
         };
-        let status = match &decision.interface {
-            // Envoy reports grpc_status 2 when there is none; with no response at all the call was never answered.
-            Interface::Grpc { .. } => match code {
-                None | Some(0) => Status::NoResponse,
-                Some(_) => Status::grpc(abi::property_u64(abi::path::GRPC_STATUS)?, code),
-            },
-            Interface::Http { .. } => Status::http(code),
-        };
+        let status = decision.status(code, || abi::property_u64(abi::path::GRPC_STATUS))?;
         let duration_ns = if skip_properties {
             0
         } else {
             abi::property_u64(abi::path::REQUEST_DURATION)?.unwrap_or(0)
         };
-        let cluster;
-        let http_service = match (&decision.interface, &shared.config.service) {
-            (Interface::Grpc { .. }, _) => "",
-            (Interface::Http { .. }, Some(s)) => s.as_str(),
-            (Interface::Http { .. }, None) if skip_properties => wasm_filter_core::interface::UNKNOWN,
-            (Interface::Http { .. }, None) => {
-                cluster = abi::property(abi::path::CLUSTER_NAME)?.and_then(|b| String::from_utf8(b).ok());
-                cluster.as_deref().unwrap_or(wasm_filter_core::interface::UNKNOWN)
+        let service = decision.service(shared.config.service.as_deref(), || {
+            if skip_properties {
+                return Ok(None);
             }
-        };
-        let call = CallMetrics {
-            side: *side,
-            interface: &decision.interface,
-            http_service,
-            version: decision.version.as_deref(),
-            status,
-            duration_ms: duration_ns / 1_000_000,
-            tenant: decision.tenant.as_ref().map(|t| &t.tenant),
-        };
+            Ok(abi::property(abi::path::CLUSTER_NAME)?.and_then(|b| String::from_utf8(b).ok()))
+        })?;
+        let call = decision.observed(*side, &service, status, duration_ns);
         // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
         let tenant = match shared.metrics.try_borrow_mut() {
             Ok(_) if cfg!(feature = "bench-skip-metrics") => None,
@@ -172,10 +152,6 @@ impl Call {
         if cfg!(feature = "bench-skip-record") {
             return Ok(());
         }
-        let service = match &decision.interface {
-            Interface::Grpc { service, .. } => service.as_str(),
-            Interface::Http { .. } => http_service,
-        };
         let text = |path: &[u8]| -> Result<Option<String>, AbiError> {
             if skip_properties {
                 return Ok(None);
@@ -200,17 +176,7 @@ impl Call {
             upstream_local: upstream_local.as_deref(),
             upstream_peer: upstream_peer.as_deref(),
         };
-        let record = report::record(
-            *side,
-            &decision.interface,
-            service,
-            decision.version.as_deref(),
-            status,
-            decision.request_id.as_deref(),
-            decision.trace_id.as_deref(),
-            &ctx,
-        )
-        .with_tenant(tenant.as_deref());
+        let record = decision.record(*side, &service, status, &ctx, tenant.as_deref());
         match reporter.try_borrow_mut() {
             Ok(mut reporter) => reporter.push(&mut EnvoyMetrics, record),
             Err(_) => {

@@ -136,5 +136,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
     }
 }
 
+mod ending;
+
 #[cfg(test)]
 mod tests;

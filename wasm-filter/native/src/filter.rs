@@ -3,15 +3,17 @@
 //! continues the request: whatever fails is logged and the request goes on untouched (as in `wasm-filter/src/http.rs`,
 //! which this mirrors hook for hook).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::{
+    convert::Infallible,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
 
 use wasm_filter_core::{
     headers::Headers,
-    interface::{Interface, UNKNOWN},
-    metrics::{Call as CallMetrics, Dropped, Side},
-    report::{self, CallContext},
+    interface::Interface,
+    metrics::{Dropped, Side},
+    report::CallContext,
     request::{self, Decision, Rewrite},
-    status::Status,
 };
 
 use crate::{
@@ -114,33 +116,13 @@ impl<'c> Filter<'c> {
         let Some(seen) = &self.seen else { return };
         let decision = &seen.decision;
         let code = abi::attribute_int(envoy, attribute::RESPONSE_CODE).filter(|&c| c != 0);
-        let status = match &decision.interface {
-            Interface::Grpc { .. } => match code {
-                None => Status::NoResponse,
-                Some(_) => Status::grpc(abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS), code),
-            },
-            Interface::Http { .. } => Status::http(code),
-        };
+        let grpc_status = || Ok::<_, Infallible>(abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS));
+        let Ok(status) = decision.status(code, grpc_status);
         let duration_ns = u64::try_from(seen.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let cfg = &self.config.config;
-        let cluster;
-        let http_service = match (&decision.interface, &cfg.service) {
-            (Interface::Grpc { .. }, _) => "",
-            (Interface::Http { .. }, Some(s)) => s.as_str(),
-            (Interface::Http { .. }, None) => {
-                cluster = abi::attribute_string(envoy, attribute::XDS_CLUSTER_NAME);
-                cluster.as_deref().unwrap_or(UNKNOWN)
-            }
-        };
-        let call = CallMetrics {
-            side: seen.side,
-            interface: &decision.interface,
-            http_service,
-            version: decision.version.as_deref(),
-            status,
-            duration_ms: duration_ns / 1_000_000,
-            tenant: decision.tenant.as_ref().map(|t| &t.tenant),
-        };
+        let cluster = || Ok::<_, Infallible>(abi::attribute_string(envoy, attribute::XDS_CLUSTER_NAME));
+        let Ok(service) = decision.service(cfg.service.as_deref(), cluster);
+        let call = decision.observed(seen.side, &service, status, duration_ns);
         // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
         let tenant = if cfg!(feature = "bench-skip-metrics") {
             None
@@ -153,10 +135,6 @@ impl<'c> Filter<'c> {
                 })
         };
         let Some(report) = &self.config.report else { return };
-        let service = match &decision.interface {
-            Interface::Grpc { service, .. } => service.as_str(),
-            Interface::Http { .. } => http_service,
-        };
         let text = |id| abi::attribute_string(envoy, id);
         let (client, server) = (text(attribute::SOURCE_ADDRESS), text(attribute::DESTINATION_ADDRESS));
         let (upstream_local, upstream_peer) = (
@@ -172,17 +150,7 @@ impl<'c> Filter<'c> {
             upstream_local: upstream_local.as_deref(),
             upstream_peer: upstream_peer.as_deref(),
         };
-        let record = report::record(
-            seen.side,
-            &decision.interface,
-            service,
-            decision.version.as_deref(),
-            status,
-            decision.request_id.as_deref(),
-            decision.trace_id.as_deref(),
-            &ctx,
-        )
-        .with_tenant(tenant.as_deref());
+        let record = decision.record(seen.side, &service, status, &ctx, tenant.as_deref());
         warn(lock(report.reporter()).push(&mut self.config.host(), record));
     }
 }

@@ -1,0 +1,129 @@
+//! The end of a call, the same in every shell: its outcome from the response, its `service` label, its metrics
+//! observation and its call record. The shells read Envoy's facts their own way (properties in wasm, attributes in
+//! the dynamic module) and hand over the ones that are needed only sometimes as closures, so a fact nobody needs is
+//! never read: a hostcall saved on every request.
+
+use std::borrow::Cow;
+
+use super::Decision;
+use crate::{
+    interface::{Interface, UNKNOWN},
+    metrics::{Call, Side},
+    report::{self, CallContext, Record},
+    status::Status,
+};
+
+impl Decision {
+    /// The call's outcome. An HTTP call has its status class. A gRPC call with no HTTP status (Envoy reports 0 when
+    /// nothing was sent) got no response; otherwise its `grpc-status`, which `grpc_status` reads only then.
+    pub fn status<E>(
+        &self,
+        http_status: Option<u64>,
+        grpc_status: impl FnOnce() -> Result<Option<u64>, E>,
+    ) -> Result<Status, E> {
+        Ok(match (&self.interface, http_status) {
+            (Interface::Http { .. }, code) => Status::http(code),
+            (Interface::Grpc { .. }, None | Some(0)) => Status::NoResponse,
+            (Interface::Grpc { .. }, code) => Status::grpc(grpc_status()?, code),
+        })
+    }
+
+    /// The call's `service` label: a gRPC interface names its own; an HTTP one the configured service, else the
+    /// upstream cluster that `cluster` reads only then, else `unknown`.
+    pub fn service<'a, E>(
+        &'a self,
+        configured: Option<&'a str>,
+        cluster: impl FnOnce() -> Result<Option<String>, E>,
+    ) -> Result<Cow<'a, str>, E> {
+        Ok(match (&self.interface, configured) {
+            (Interface::Grpc { service, .. }, _) => Cow::Borrowed(service.as_str()),
+            (Interface::Http { .. }, Some(s)) => Cow::Borrowed(s),
+            (Interface::Http { .. }, None) => cluster()?.map_or(Cow::Borrowed(UNKNOWN), Cow::Owned),
+        })
+    }
+
+    /// What the metrics observe of the call.
+    pub fn observed<'a>(&'a self, side: Side, service: &'a str, status: Status, duration_ns: u64) -> Call<'a> {
+        Call {
+            side,
+            interface: &self.interface,
+            http_service: service,
+            version: self.version.as_deref(),
+            status,
+            duration_ms: duration_ns / 1_000_000,
+            tenant: self.tenant.as_ref().map(|t| &t.tenant),
+        }
+    }
+
+    /// The call's record for the agent; `tenant` is the bounded label the metrics gave it.
+    pub fn record(
+        &self,
+        side: Side,
+        service: &str,
+        status: Status,
+        ctx: &CallContext<'_>,
+        tenant: Option<&str>,
+    ) -> Record {
+        report::record(
+            side,
+            &self.interface,
+            service,
+            self.version.as_deref(),
+            status,
+            self.request_id.as_deref(),
+            self.trace_id.as_deref(),
+            ctx,
+        )
+        .with_tenant(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::{config::Config, headers::Headers, request::decide};
+
+    fn decision(path: &str, content_type: Option<&str>) -> Decision {
+        let mut pairs: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":path", path.as_bytes())];
+        if let Some(ct) = content_type {
+            pairs.push((b"content-type", ct.as_bytes()));
+        }
+        decide(&Config::default(), &Headers::from_pairs(pairs))
+    }
+
+    fn never<T>() -> Result<T, &'static str> {
+        Err("read although not needed")
+    }
+
+    #[test]
+    fn a_grpc_call_without_a_response_reads_no_grpc_status() {
+        let d = decision("/shop.v1.Orders/Get", Some("application/grpc"));
+        assert_eq!(d.status(None, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(0), never), Ok(Status::NoResponse));
+        assert_eq!(
+            d.status(Some(200), || Ok::<_, Infallible>(Some(5))),
+            Ok(Status::Grpc(5))
+        );
+        assert_eq!(d.status(Some(200), || Err("hostcall failed")), Err("hostcall failed"));
+    }
+
+    #[test]
+    fn an_http_call_has_its_status_class_and_reads_no_grpc_status() {
+        let d = decision("/x", None);
+        assert_eq!(d.status(Some(503), never), Ok(Status::HttpClass(5)));
+        assert_eq!(d.status(None, never), Ok(Status::NoResponse));
+    }
+
+    #[test]
+    fn the_cluster_is_read_only_for_http_without_a_configured_service() {
+        let grpc = decision("/shop.v1.Orders/Get", Some("application/grpc"));
+        assert_eq!(grpc.service(None, never).as_deref(), Ok("shop.v1.Orders"));
+        let http = decision("/x", None);
+        assert_eq!(http.service(Some("backend"), never).as_deref(), Ok("backend"));
+        let from_cluster = http.service(None, || Ok::<_, Infallible>(Some("outbound|80||b".to_owned())));
+        assert_eq!(from_cluster.as_deref(), Ok("outbound|80||b"));
+        assert_eq!(http.service(None, || Ok::<_, Infallible>(None)).as_deref(), Ok(UNKNOWN));
+    }
+}
