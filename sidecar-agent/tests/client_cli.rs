@@ -5,14 +5,9 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    sync::mpsc,
-};
+use std::process::Command;
 
-use common::{finish, first_line, privileged, python, report, start, wait_for, PATIENCE};
+use common::{finish, privileged, report, start, wait_for, PATIENCE};
 use nix::{sys::signal, unistd::Pid};
 use sidecar_agent::NetnsFilter;
 
@@ -24,38 +19,19 @@ async fn tail_and_methods_print_linked_calls() {
         return;
     }
     let agent = start(common::config(NetnsFilter::Own)).await;
-    let mut tail = Command::new(BIN)
-        .args(["tail", "--service", "test.Greeter", "--gray-version", "v2", "--socket"])
-        .arg(&agent.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = BufReader::new(tail.stdout.take().unwrap());
-    std::thread::spawn(move || stdout.lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    let (mut tail, lines) = common::tail(BIN, &agent, &["--service", "test.Greeter", "--gray-version", "v2"]);
     let hub = std::sync::Arc::clone(agent.agent.core().hub());
     wait_for("tail to subscribe", || hub.len() == 1).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let envoy = listener.local_addr().unwrap();
-    let mut child = python(&format!(
-        "import socket, sys\n\
-         s = socket.create_connection(('127.0.0.1', {}))\n\
-         print(s.getsockname()[1], flush=True)\n\
-         sys.stdin.read()\n",
-        envoy.port()
-    ));
-    let pid = child.id();
-    let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
     // The lines below come in report order only if the linked call need not wait for its connection's event
-    // (the unlinked one never waits): on a busy machine the event can lag the report.
-    let netns = agent.agent.netns();
-    wait_for("the child's connection in the table", || {
-        agent
-            .agent
-            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
-    })
-    .await;
+    // (the unlinked one never waits): the caller is returned once the table has it.
+    let common::Caller {
+        child,
+        pid,
+        local,
+        envoy,
+        ..
+    } = common::connected_caller(&agent).await;
     let mut client = agent.client().await;
     let mut other_version = common::outbound(local, envoy, "Filtered");
     other_version.gray_version = "v1".into();

@@ -7,14 +7,9 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    sync::mpsc,
-};
+use std::process::Command;
 
-use common::{finish, first_line, next, privileged, python, report, start, wait_for, PATIENCE};
+use common::{finish, next, privileged, report, start, wait_for, PATIENCE};
 use proto::v1::{CallRecord, LinkState, ListMethodsRequest, WatchRequest};
 use sidecar_agent::NetnsFilter;
 
@@ -57,36 +52,17 @@ async fn tenant_labels_are_validated_kept_filtered_and_tabled() {
         .await
         .unwrap()
         .into_inner();
-    let mut tail = Command::new(BIN)
-        .args(["tail", "--tenant", "enterprise", "--socket"])
-        .arg(&agent.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = mpsc::channel();
-    let stdout = BufReader::new(tail.stdout.take().unwrap());
-    std::thread::spawn(move || stdout.lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    let (mut tail, lines) = common::tail(BIN, &agent, &["--tenant", "enterprise"]);
     let hub = std::sync::Arc::clone(agent.agent.core().hub());
     wait_for("both watchers to subscribe", || hub.len() == 2).await;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let envoy = listener.local_addr().unwrap();
-    let mut child = python(&format!(
-        "import socket, sys\n\
-         s = socket.create_connection(('127.0.0.1', {}))\n\
-         print(s.getsockname()[1], flush=True)\n\
-         sys.stdin.read()\n",
-        envoy.port()
-    ));
-    let pid = child.id();
-    let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
-    let netns = agent.agent.netns();
-    wait_for("the child's connection in the table", || {
-        agent
-            .agent
-            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
-    })
-    .await;
+    let common::Caller {
+        child,
+        pid,
+        local,
+        envoy,
+        ..
+    } = common::connected_caller(&agent).await;
     let call = || common::outbound(local, envoy, "Get");
     let calls = vec![
         tenant(call(), "enterprise", 2),

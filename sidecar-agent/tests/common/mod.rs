@@ -98,6 +98,66 @@ pub fn first_line(child: &mut Child) -> String {
     line.trim().to_owned()
 }
 
+/// A `python3` child holding one TCP connection to a fresh local listener (the Envoy of these tests), once the
+/// agent's table names the connection's owner: a process whose calls the agent can link.
+pub struct Caller {
+    pub child: Child,
+    pub pid: u32,
+    /// The child's end of the connection.
+    pub local: SocketAddr,
+    /// The listener's end: where the child thinks Envoy is.
+    pub envoy: SocketAddr,
+    /// Kept open: the connection waits in its backlog.
+    _listener: tokio::net::TcpListener,
+}
+
+pub async fn connected_caller(agent: &TestAgent) -> Caller {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envoy = listener.local_addr().unwrap();
+    let mut child = python(&format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         print(s.getsockname()[1], flush=True)\n\
+         sys.stdin.read()\n",
+        envoy.port()
+    ));
+    let pid = child.id();
+    let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
+    // Reports sent before the connection's event reached the table would wait for it (or, past the link wait, go
+    // unlinked): on a busy machine the event can lag.
+    let netns = agent.agent.netns();
+    wait_for("the child's connection in the table", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
+    })
+    .await;
+    Caller {
+        child,
+        pid,
+        local,
+        envoy,
+        _listener: listener,
+    }
+}
+
+/// `grayscope-agent tail <filter> --socket <the agent's>` as a user runs it, and its output lines as they come.
+pub fn tail(bin: &str, agent: &TestAgent, filter: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut tail = Command::new(bin)
+        .arg("tail")
+        .args(filter)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = std::io::BufReader::new(tail.stdout.take().unwrap());
+    std::thread::spawn(move || stdout.lines().map_while(Result::ok).try_for_each(|l| tx.send(l)));
+    (tail, lines)
+}
+
 /// Ends a child started by [`python`]: closes its stdin and waits.
 pub fn finish(mut child: Child) {
     drop(child.stdin.take());
