@@ -16,6 +16,26 @@ use tempfile::TempDir;
 
 use crate::client::Client;
 
+/// A configuration scraping one pod every second, as Istio's scrape configuration would: the Envoy's
+/// `/stats/prometheus` at `envoy_admin`, and the agent's metrics at `agent` if there is one, both labelled
+/// `namespace: shop, app: orders` (the labels Istio puts on a pod's series); `rule_file` evaluated every second.
+pub fn pod_scrape_config(rule_file: &str, envoy_admin: SocketAddr, agent: Option<&str>) -> String {
+    let mut config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: [{rule_file}]\n\
+         scrape_configs:\n\
+         - job_name: envoy\n  metrics_path: /stats/prometheus\n\
+         \x20 static_configs: [{{targets: ['{envoy_admin}'], labels: {{namespace: shop, app: orders}}}}]\n"
+    );
+    if let Some(agent) = agent {
+        config.push_str(&format!(
+            "- job_name: grayscope-agent\n\
+             \x20 static_configs: [{{targets: ['{agent}'], labels: {{namespace: shop, app: orders}}}}]\n"
+        ));
+    }
+    config
+}
+
 /// `PROMETHEUS_BIN`, else Debian's `/usr/bin/prometheus`; panics saying what to run if it is missing.
 pub fn binary() -> PathBuf {
     tool("PROMETHEUS_BIN", "/usr/bin/prometheus")
@@ -169,6 +189,19 @@ impl Prometheus {
             }]),
             other => Err(format!("unexpected result type {other:?}")),
         }
+    }
+
+    /// An instant query at `time` that must succeed and must not return NaN: a rule that divides by nothing gives
+    /// NaN, which Flagger and Argo would read as a pass.
+    pub fn query_at(&self, expr: &str, time: f64) -> Vec<Sample> {
+        let samples = self
+            .query(expr, Some(time))
+            .unwrap_or_else(|e| panic!("{e}\nquery: {expr}"));
+        assert!(
+            samples.iter().all(|s| !s.value.is_nan()),
+            "NaN from\n{expr}\n{samples:?}"
+        );
+        samples
     }
 
     /// Label sets of the series matching `selector` that Prometheus holds (over the last `lookback_s` seconds).

@@ -25,7 +25,7 @@ use std::{collections::BTreeMap, time::Duration};
 use integration_tests::{
     agent::{self, Agent},
     envoy::Envoy,
-    prometheus::{Prometheus, Sample},
+    prometheus::{pod_scrape_config, Prometheus, Sample},
     stack,
 };
 use shipped::{argo_metrics, dashboard_exprs, dashboard_variables, documents, flagger_checks, read};
@@ -35,38 +35,6 @@ use traffic::{drive, Service, RATE};
 pub const WINDOW: &str = "8s";
 /// Calls an interface needs in the window, per version, for a verdict (the shipped default).
 pub const MIN_CALLS: &str = "20";
-
-fn prometheus_config(envoy: &Envoy, agent: Option<&Agent>) -> String {
-    // namespace and app: what Istio's Prometheus scrape configuration puts on a pod's series.
-    let mut config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-         rule_files: [grayscope-canary.rules.yml]\n\
-         scrape_configs:\n\
-         - job_name: envoy\n  metrics_path: /stats/prometheus\n\
-         \x20 static_configs: [{{targets: ['{}'], labels: {{namespace: shop, app: orders}}}}]\n",
-        envoy.admin
-    );
-    if let Some(a) = agent {
-        config.push_str(&format!(
-            "- job_name: grayscope-agent\n\
-             \x20 static_configs: [{{targets: ['{}'], labels: {{namespace: shop, app: orders}}}}]\n",
-            a.metrics_addr
-        ));
-    }
-    config
-}
-
-/// An instant query at `t` that must succeed and must not return NaN.
-fn query(prom: &Prometheus, expr: &str, t: f64) -> Vec<Sample> {
-    let samples = prom
-        .query(expr, Some(t))
-        .unwrap_or_else(|e| panic!("{e}\nquery: {expr}"));
-    assert!(
-        samples.iter().all(|s| !s.value.is_nan()),
-        "NaN (Flagger would pass it) from\n{expr}\n{samples:?}"
-    );
-    samples
-}
 
 /// Samples keyed by `service/method gray_version` (gray_version omitted when absent).
 fn by_interface(samples: &[Sample]) -> BTreeMap<String, f64> {
@@ -151,7 +119,11 @@ fn flagger_argo_rules_and_dashboard_judge_each_interface_on_a_real_prometheus() 
     assert!(rules.contains("[1m]"));
     let rules = rules.replace("[1m]", &format!("[{WINDOW}]"));
     let prom = Prometheus::start(
-        &prometheus_config(&envoy, agent.as_ref()),
+        &pod_scrape_config(
+            "grayscope-canary.rules.yml",
+            envoy.admin,
+            agent.as_ref().map(|a| a.metrics_addr.as_str()),
+        ),
         &[("grayscope-canary.rules.yml", &rules)],
     );
     prom.wait_for("up", Duration::from_secs(30), |s| {
@@ -187,21 +159,13 @@ struct Ends {
 /// The recorded rates, error ratios, quantiles and deltas, against the traffic sent.
 fn recording_rules(prom: &Prometheus, at: &Ends, report: &str) {
     let Ends { broken, healthy, no_v2 } = *at;
-    let calls = by_interface(&query(
-        prom,
-        "interface_version:grayscope_interface_calls:rate1m",
-        broken,
-    ));
+    let calls = by_interface(&prom.query_at("interface_version:grayscope_interface_calls:rate1m", broken));
     assert_eq!(calls.len(), 6, "{calls:?}");
     for (k, rate) in &calls {
         // Paced at RATE calls/s; rate() over 8 s of 1 s scrapes.
         assert_within(&format!("calls/s of {k} ({report})"), *rate, RATE * 0.8, RATE * 1.2);
     }
-    let errors = by_interface(&query(
-        prom,
-        "interface_version:grayscope_interface_error_ratio:rate1m",
-        broken,
-    ));
+    let errors = by_interface(&prom.query_at("interface_version:grayscope_interface_error_ratio:rate1m", broken));
     assert_eq!(errors.len(), 6, "{errors:?}");
     for (k, ratio) in &errors {
         if k == &format!("{CHARGE} v2") {
@@ -213,14 +177,12 @@ fn recording_rules(prom: &Prometheus, at: &Ends, report: &str) {
     }
     // Quantiles: exactly what Prometheus's histogram_quantile makes of the recorded bucket rates of the same
     // evaluation, and within the bucket of the service's delay.
-    let buckets = query(
-        prom,
+    let buckets = prom.query_at(
         "interface_version:grayscope_interface_call_duration_milliseconds_bucket:rate1m",
         broken,
     );
     for (q, name) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
-        let quantiles = by_interface(&query(
-            prom,
+        let quantiles = by_interface(&prom.query_at(
             &format!("interface_version:grayscope_interface_call_duration_milliseconds:{name}_rate1m"),
             broken,
         ));
@@ -249,31 +211,29 @@ fn recording_rules(prom: &Prometheus, at: &Ends, report: &str) {
             }
         }
     }
-    let delta = by_interface(&query(
-        prom,
-        "interface:grayscope_canary_error_ratio_delta:rate1m",
-        broken,
-    ));
+    let delta = by_interface(&prom.query_at("interface:grayscope_canary_error_ratio_delta:rate1m", broken));
     assert_eq!(delta.len(), 3, "{delta:?}");
     assert_within("error ratio delta of Charge", delta[CHARGE], 0.17, 0.23);
     assert_eq!((delta[GET], delta[HTTP]), (0.0, 0.0));
-    let p99 = by_interface(&query(prom, "interface:grayscope_canary_p99_ratio:rate1m", broken));
+    let p99 = by_interface(&prom.query_at("interface:grayscope_canary_p99_ratio:rate1m", broken));
     assert_eq!(p99.len(), 3, "{p99:?}");
     // All in (100, 250] against all in (50, 100]: 248.5 / 99.5 = 2.5.
     assert_within("p99 ratio of Charge", p99[CHARGE], 1.5, 5.0);
     assert_within("p99 ratio of Get", p99[GET], 0.4, 1.5);
     assert_within("p99 ratio of HTTP", p99[HTTP], 0.4, 1.5);
-    assert!(query(prom, "interface:grayscope_canary_not_enough_data:rate1m", broken).is_empty());
+    assert!(prom
+        .query_at("interface:grayscope_canary_not_enough_data:rate1m", broken)
+        .is_empty());
     // Healthy: no delta; no v2: "not enough data" for every interface, and no delta at all.
-    let delta = by_interface(&query(
-        prom,
-        "interface:grayscope_canary_error_ratio_delta:rate1m",
-        healthy,
-    ));
+    let delta = by_interface(&prom.query_at("interface:grayscope_canary_error_ratio_delta:rate1m", healthy));
     assert!(delta.values().all(|d| *d == 0.0) && delta.len() == 3, "{delta:?}");
-    assert!(query(prom, "interface:grayscope_canary_error_ratio_delta:rate1m", no_v2).is_empty());
-    assert!(query(prom, "interface:grayscope_canary_p99_ratio:rate1m", no_v2).is_empty());
-    let not_enough = by_interface(&query(prom, "interface:grayscope_canary_not_enough_data:rate1m", no_v2));
+    assert!(prom
+        .query_at("interface:grayscope_canary_error_ratio_delta:rate1m", no_v2)
+        .is_empty());
+    assert!(prom
+        .query_at("interface:grayscope_canary_p99_ratio:rate1m", no_v2)
+        .is_empty());
+    let not_enough = by_interface(&prom.query_at("interface:grayscope_canary_not_enough_data:rate1m", no_v2));
     assert_eq!(not_enough.len(), 3, "{not_enough:?}");
 }
 
@@ -283,7 +243,7 @@ fn flagger_verdicts(prom: &Prometheus, at: &Ends) -> Vec<(String, String)> {
     let checks = flagger_checks();
     assert_eq!(checks.len(), 2);
     for c in &checks {
-        let at = |t| flagger::judge(&query(prom, &c.query, t), c.min, c.max);
+        let at = |t| flagger::judge(&prom.query_at(&c.query, t), c.min, c.max);
         eprintln!(
             "Flagger {}: broken {:?}, healthy {:?}, no v2 {:?}",
             c.name,
@@ -314,7 +274,7 @@ fn argo_verdicts(prom: &Prometheus, at: &Ends) -> Vec<(String, String)> {
     let metrics = argo_metrics();
     assert_eq!(metrics.len(), 2);
     for (name, q, success, failure) in &metrics {
-        let values = |t| query(prom, q, t);
+        let values = |t| prom.query_at(q, t);
         let phase = |t| argo::evaluate(&values(t).iter().map(|s| s.value).collect::<Vec<_>>(), success, failure);
         eprintln!("Argo {name}: broken {:?} {:?}", phase(broken), values(broken));
         assert_eq!(phase(broken), argo::Phase::Failed, "{name}: broken");
@@ -355,7 +315,7 @@ fn names_and_panels(prom: &Prometheus, at: &Ends, mut exprs: Vec<(String, String
     }
     for (what, expr) in &panels {
         assert!(
-            !query(prom, expr, at.broken).is_empty(),
+            !prom.query_at(expr, at.broken).is_empty(),
             "dashboard panel {what} has no data:\n{expr}"
         );
     }
@@ -365,7 +325,8 @@ fn names_and_panels(prom: &Prometheus, at: &Ends, mut exprs: Vec<(String, String
             unknown.is_empty(),
             "variable {name} names what Prometheus never saw: {unknown:?}"
         );
-        let values: Vec<String> = query(prom, &selector, at.broken)
+        let values: Vec<String> = prom
+            .query_at(&selector, at.broken)
             .iter()
             .map(|s| s.label(&label).to_owned())
             .filter(|v| !v.is_empty())

@@ -38,7 +38,7 @@ use integration_tests::{
     agent::{self, Agent},
     envoy::Envoy,
     paths,
-    prometheus::{Prometheus, Sample},
+    prometheus::{pod_scrape_config, Prometheus, Sample},
     stack,
 };
 use serde_json::json;
@@ -81,37 +81,6 @@ fn label(id: &str) -> String {
 
 const CHARGE: (&str, &str) = ("shop.v1.Payments", "Charge");
 const GET: (&str, &str) = ("shop.v1.Orders", "Get");
-
-fn prometheus_config(envoy: &Envoy, agent: Option<&Agent>) -> String {
-    let mut config = format!(
-        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-         rule_files: [grayscope-tenant.rules.yml]\n\
-         scrape_configs:\n\
-         - job_name: envoy\n  metrics_path: /stats/prometheus\n\
-         \x20 static_configs: [{{targets: ['{}'], labels: {{namespace: shop, app: orders}}}}]\n",
-        envoy.admin
-    );
-    if let Some(a) = agent {
-        config.push_str(&format!(
-            "- job_name: grayscope-agent\n\
-             \x20 static_configs: [{{targets: ['{}'], labels: {{namespace: shop, app: orders}}}}]\n",
-            a.metrics_addr
-        ));
-    }
-    config
-}
-
-/// An instant query at `t` that must succeed and must not return NaN.
-fn query(prom: &Prometheus, expr: &str, t: f64) -> Vec<Sample> {
-    let samples = prom
-        .query(expr, Some(t))
-        .unwrap_or_else(|e| panic!("{e}\nquery: {expr}"));
-    assert!(
-        samples.iter().all(|s| !s.value.is_nan()),
-        "NaN from\n{expr}\n{samples:?}"
-    );
-    samples
-}
 
 /// Samples keyed by `method tenant`.
 fn by_tenant(samples: &[Sample]) -> BTreeMap<String, f64> {
@@ -209,7 +178,11 @@ fn one_slow_tenant_is_named_with_its_method_and_no_raw_id_leaks() {
     .unwrap_or_else(|r| panic!("Envoy exited with {}:\n{}", r.status, r.log));
     let rules = traffic_rules();
     let prom = Prometheus::start(
-        &prometheus_config(&envoy, agent.as_ref()),
+        &pod_scrape_config(
+            "grayscope-tenant.rules.yml",
+            envoy.admin,
+            agent.as_ref().map(|a| a.metrics_addr.as_str()),
+        ),
         &[("grayscope-tenant.rules.yml", &rules)],
     );
     prom.wait_for("up", Duration::from_secs(30), |s| {
@@ -294,19 +267,14 @@ fn one_slow_tenant_is_named_with_its_method_and_no_raw_id_leaks() {
 /// calls; the median is the middle one of the three P99s; each ratio is P99 / median; the outliers are the ratios
 /// over the shipped factor. Returns the outliers (`method tenant`).
 fn judge(prom: &Prometheus, end: f64, tenants: &[String]) -> Vec<String> {
-    let p99 = by_tenant(&query(
-        prom,
+    let p99 = by_tenant(&prom.query_at(
         "interface_tenant:grayscope_tenant_call_duration_milliseconds:p99_rate1m",
         end,
     ));
-    let ratios = by_tenant(&query(prom, "interface_tenant:grayscope_tenant_p99_ratio:rate1m", end));
-    let outliers = by_tenant(&query(
-        prom,
-        "interface_tenant:grayscope_tenant_p99_outlier:rate1m",
-        end,
-    ));
+    let ratios = by_tenant(&prom.query_at("interface_tenant:grayscope_tenant_p99_ratio:rate1m", end));
+    let outliers = by_tenant(&prom.query_at("interface_tenant:grayscope_tenant_p99_outlier:rate1m", end));
     eprintln!("p99 {p99:?}\nratios {ratios:?}\noutliers {outliers:?}");
-    let factor = query(prom, "grayscope:tenant_p99_factor", end)[0].value;
+    let factor = prom.query_at("grayscope:tenant_p99_factor", end)[0].value;
     let mut want = Vec::new();
     for method in ["Charge", "Get"] {
         let mut mine: Vec<f64> = tenants.iter().map(|t| p99[&format!("{method} {t}")]).collect();
@@ -361,7 +329,7 @@ fn heat_map(prom: &Prometheus, end: f64, slow: &str) {
         CHARGE.0, CHARGE.1
     );
     let mut cells: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for s in query(prom, &expr, end) {
+    for s in prom.query_at(&expr, end) {
         let le: f64 = s.label("le").to_ascii_lowercase().parse().expect("le");
         cells
             .entry(s.label("tenant").to_owned())
@@ -427,7 +395,7 @@ fn panels(prom: &Prometheus, end: f64, slow: &str) {
     }
     assert_eq!(exprs.len(), 4, "{exprs:?}");
     for (what, expr) in &exprs {
-        assert!(!query(prom, expr, end).is_empty(), "{what} has no data:\n{expr}");
+        assert!(!prom.query_at(expr, end).is_empty(), "{what} has no data:\n{expr}");
     }
     let rules: serde_json::Value = serde_norway::from_str(&traffic_rules()).expect("rules yaml");
     for group in rules["groups"].as_array().expect("groups") {
@@ -444,7 +412,8 @@ fn panels(prom: &Prometheus, end: f64, slow: &str) {
                 .and_then(|a| a.rsplit_once(','))
                 .map(|(s, l)| (sub(s.trim()), l.trim().to_owned()))
                 .expect("label_values(selector, label)");
-            let values: Vec<String> = query(prom, &selector, end)
+            let values: Vec<String> = prom
+                .query_at(&selector, end)
                 .iter()
                 .map(|s| s.label(&label).to_owned())
                 .filter(|v| !v.is_empty())
