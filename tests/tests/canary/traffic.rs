@@ -102,6 +102,15 @@ pub fn drive(envoy: &Envoy) -> Vec<(f64, serde_json::Value)> {
                    {"path": "/api/v1/orders/1", "headers": {"baggage": "a=1,garbage"}}],
         "phases": [phase(streams(Some((BASE_MS + 50, 5)))), phase(streams(Some((BASE_MS, 0)))), phase(streams(None))],
     });
+    run_plan(envoy, &plan)
+        .into_iter()
+        .map(|v| (v["start"].as_f64().expect("start") + PHASE_SECONDS, v))
+        .collect()
+}
+
+/// Runs a traffic plan through Envoy's `ingress` listener with `canary_peer.py drive`: the driver's report of each
+/// phase, in order.
+pub fn run_plan(envoy: &Envoy, plan: &serde_json::Value) -> Vec<serde_json::Value> {
     let out = Command::new(paths::python())
         .arg(paths::tests_file("peers/canary_peer.py"))
         .args([
@@ -120,9 +129,6 @@ pub fn drive(envoy: &Envoy) -> Vec<(f64, serde_json::Value)> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("driver json");
-            (v["start"].as_f64().expect("start") + PHASE_SECONDS, v)
-        })
+        .map(|l| serde_json::from_str(l).expect("driver json"))
         .collect()
 }

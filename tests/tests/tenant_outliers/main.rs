@@ -106,24 +106,7 @@ fn drive(envoy: &Envoy) -> f64 {
         }
     }
     let plan = json!({"phases": [{"seconds": PHASE_SECONDS, "streams": streams}]});
-    let out = Command::new(paths::python())
-        .arg(paths::tests_file("peers/canary_peer.py"))
-        .args([
-            "drive",
-            "--target",
-            &envoy.listener("ingress").to_string(),
-            "--plan",
-            &plan.to_string(),
-        ])
-        .output()
-        .expect("run canary_peer drive");
-    assert!(
-        out.status.success(),
-        "driver failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().expect("a phase")).expect("json");
+    let report = traffic::run_plan(envoy, &plan).into_iter().next().expect("a phase");
     eprintln!("traffic: {report}");
     report["start"].as_f64().expect("start") + PHASE_SECONDS
 }
