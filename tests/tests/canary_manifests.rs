@@ -78,19 +78,8 @@ fn flagger_and_argo_manifests_validate_against_their_crds() {
 
 #[test]
 fn dashboard_is_current_grafana_json_with_its_variables() {
-    let text = fs::read_to_string(canary_dir().join("grafana/grayscope-canary.json")).expect("dashboard");
-    let d: Value = serde_json::from_str(&text).expect("dashboard JSON");
-    assert!(
-        d["schemaVersion"].as_u64().is_some_and(|v| v >= 39),
-        "schemaVersion {}",
-        d["schemaVersion"]
-    );
-    let vars: Vec<(&str, &str)> = d["templating"]["list"]
-        .as_array()
-        .expect("templating")
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap_or(""), v["type"].as_str().unwrap_or("")))
-        .collect();
+    let d = dashboard("grayscope-canary.json");
+    let vars = variables(&d);
     assert_eq!(
         vars,
         [
@@ -104,33 +93,14 @@ fn dashboard_is_current_grafana_json_with_its_variables() {
     let panels = d["panels"].as_array().expect("panels");
     assert_eq!(panels.len(), 6);
     for p in panels {
-        let title = p["title"].as_str().expect("title");
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
-        for t in p["targets"].as_array().expect("targets") {
-            let expr = t["expr"].as_str().expect("expr");
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: {expr}");
-            // Every range is Grafana's $__rate_interval, so the panels follow the scrape interval.
-            for (i, _) in expr.match_indices('[') {
-                assert!(
-                    expr[i..].starts_with("[$__rate_interval]"),
-                    "{title}: fixed range in {expr}"
-                );
-            }
-        }
+        assert_queries_follow_the_datasource_and_scrape_interval(p);
     }
 }
 
 #[test]
 fn tenant_dashboard_repeats_a_heat_map_per_interface_and_tenant() {
-    let text = fs::read_to_string(canary_dir().join("grafana/grayscope-tenant.json")).expect("dashboard");
-    let d: Value = serde_json::from_str(&text).expect("dashboard JSON");
-    assert!(d["schemaVersion"].as_u64().is_some_and(|v| v >= 39));
-    let vars: Vec<(&str, &str)> = d["templating"]["list"]
-        .as_array()
-        .expect("templating")
-        .iter()
-        .map(|v| (v["name"].as_str().unwrap_or(""), v["type"].as_str().unwrap_or("")))
-        .collect();
+    let d = dashboard("grayscope-tenant.json");
+    let vars = variables(&d);
     assert_eq!(
         vars,
         [
@@ -158,17 +128,45 @@ fn tenant_dashboard_repeats_a_heat_map_per_interface_and_tenant() {
         ]
     );
     for p in panels.iter().filter(|p| p["type"] != "row") {
-        let title = p["title"].as_str().expect("title");
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
-        for t in p["targets"].as_array().expect("targets") {
-            let expr = t["expr"].as_str().expect("expr");
-            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: {expr}");
-            for (i, _) in expr.match_indices('[') {
-                assert!(
-                    expr[i..].starts_with("[$__rate_interval]"),
-                    "{title}: fixed range in {expr}"
-                );
-            }
+        assert_queries_follow_the_datasource_and_scrape_interval(p);
+    }
+}
+
+/// A shipped dashboard, parsed, in a current Grafana schema.
+fn dashboard(file: &str) -> Value {
+    let text = fs::read_to_string(canary_dir().join("grafana").join(file)).expect("dashboard");
+    let d: Value = serde_json::from_str(&text).expect("dashboard JSON");
+    assert!(
+        d["schemaVersion"].as_u64().is_some_and(|v| v >= 39),
+        "{file}: schemaVersion {}",
+        d["schemaVersion"]
+    );
+    d
+}
+
+/// The dashboard's template variables as (name, type).
+fn variables(d: &Value) -> Vec<(&str, &str)> {
+    d["templating"]["list"]
+        .as_array()
+        .expect("templating")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or(""), v["type"].as_str().unwrap_or("")))
+        .collect()
+}
+
+/// Every query of `panel` uses the dashboard's datasource variable, and every range is Grafana's
+/// `$__rate_interval`, so the panels follow the scrape interval.
+fn assert_queries_follow_the_datasource_and_scrape_interval(panel: &Value) {
+    let title = panel["title"].as_str().expect("title");
+    assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+    for t in panel["targets"].as_array().expect("targets") {
+        let expr = t["expr"].as_str().expect("expr");
+        assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}: {expr}");
+        for (i, _) in expr.match_indices('[') {
+            assert!(
+                expr[i..].starts_with("[$__rate_interval]"),
+                "{title}: fixed range in {expr}"
+            );
         }
     }
 }
