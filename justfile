@@ -101,7 +101,7 @@ test: setup build
 # bench/RESULTS.json.
 # `just bench 2 1` is a smoke run; extra ARGS go to grayscope-bench (`--help`), e.g. `--load-note "idle machine"`.
 [positional-arguments]
-bench rounds="10" seconds="3" *args="": setup build
+bench rounds="10" seconds="2" *args="": setup build
     #!/usr/bin/env bash
     set -euo pipefail
     cd {{root}}
@@ -115,7 +115,7 @@ bench rounds="10" seconds="3" *args="": setup build
     cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked -q --release -p bench
     # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
-    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --breakdown --ebpf-rounds 6 --agent-cost \
+    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --warmup 2 --breakdown --ebpf-rounds 6 --agent-cost \
         --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
 # The whole system: Envoy with the filter, the agent (root), demo services and clients, v1/v2/unlabelled traffic,

@@ -73,6 +73,9 @@ struct Cli {
     /// Also run the cost breakdown (filter variants built by `just bench`).
     #[arg(long)]
     breakdown: bool,
+    /// Interleaved rounds of the breakdown run (its own run: the full filter and the router alone run again in it).
+    #[arg(long, default_value_t = 5)]
+    breakdown_rounds: usize,
     /// Also measure the eBPF side (connect rate with and without the agent), with this many rounds.
     #[arg(long, default_value_t = 0)]
     ebpf_rounds: usize,
@@ -83,7 +86,9 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     grpc_rounds: usize,
     /// The gRPC run's configurations.
-    #[arg(long, value_delimiter = ',', default_value = "A,W1,W2")]
+    /// C and D1 are in it because gRPC is where Envoy's `grpc_stats` (in C) counts per method, as our filter does:
+    /// on plain HTTP/1.1 requests it has nothing to count.
+    #[arg(long, value_delimiter = ',', default_value = "A,C,W1,W2,D1")]
     grpc_configs: Vec<String>,
     /// Also measure each wasm VM's memory after this many requests naming more interfaces than the cap (0: not).
     #[arg(long, default_value_t = 0)]
@@ -187,6 +192,7 @@ fn bench(cli: &Cli) -> Result<()> {
     };
     // The harness (upstream threads, latency generator) runs on the load CPU with wrk and the agent.
     pin_self(load_cpu)?;
+    let mut phases = Phases::default();
     let loadavg_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let upstream = upstream::start()?;
     // Two agents: W2's has its kernel programs filter every event out (`--netns` set to an inode no namespace has:
@@ -231,9 +237,11 @@ fn bench(cli: &Cli) -> Result<()> {
             quiet_socket.clone()
         }
     };
-    let latency_for = ["A", "W0", "W1", "W2", "W3", "D0", "D1"];
+    // The latency target is W2 against A; W0, W1 and D1 tell where W2's part comes from.
+    let latency_for = ["A", "W0", "W1", "W2", "D1"];
 
     let main_run = run::interleaved(&envoy, &configs, upstream, &socket_for, &settings, &latency_for)?;
+    phases.done("main run");
     let received = |a: &Option<agent::Agent>| match a {
         Some(a) => a.metric("grayscope_agent_call_records_received_total"),
         None => Ok(0.0),
@@ -259,10 +267,12 @@ fn bench(cli: &Cli) -> Result<()> {
             .map(|l| configs::resolve(l, &wasm))
             .collect::<Result<Vec<_>>>()?;
         let s = run::Settings {
+            rounds: cli.breakdown_rounds,
             latency_rate: 0,
             ..settings.clone()
         };
         let out = run::interleaved(&envoy, &cfgs, upstream, &socket_for, &s, &[])?;
+        phases.done("breakdown");
         Some((cfgs, out.samples))
     } else {
         None
@@ -276,6 +286,7 @@ fn bench(cli: &Cli) -> Result<()> {
             ..settings.clone()
         };
         let out = run::interleaved(&envoy, &grpc_configs, upstream, &socket_for, &s, &latency_for)?;
+        phases.done("gRPC");
         Some(out.samples)
     };
     let mut vm_memory = Vec::new();
@@ -289,6 +300,7 @@ fn bench(cli: &Cli) -> Result<()> {
             eprintln!("bench: {label} wasm VMs after {} requests: {:?}", r.requests, r.after);
             vm_memory.push(r);
         }
+        phases.done("wasm VM memory");
     }
     let watch_delay = match &tracing_agent {
         Some(a) if cli.watch_delay => {
@@ -299,6 +311,7 @@ fn bench(cli: &Cli) -> Result<()> {
                 "bench: Watch delay p50 {:.1} ms, p99 {:.1} ms ({} of {} calls linked)",
                 w.p50_ms, w.p99_ms, w.linked, w.calls
             );
+            phases.done("Watch delay");
             Some(w)
         }
         _ => None,
@@ -317,8 +330,13 @@ fn bench(cli: &Cli) -> Result<()> {
     } else {
         None
     };
+    if ebpf.is_some() {
+        phases.done("eBPF");
+    }
     let agent_cost = if cli.agent_cost {
-        Some(agent_cost::measure(&agent_bin, proxy_cpu, load_cpu)?)
+        let a = agent_cost::measure(&agent_bin, proxy_cpu, load_cpu)?;
+        phases.done("agent cost");
+        Some(a)
     } else {
         None
     };
@@ -372,6 +390,7 @@ fn bench(cli: &Cli) -> Result<()> {
         "loadavg_after": loadavg_after.trim(),
         "load_note": format!("{} (load average before {}, after {})", cli.load_note, first3(&loadavg_before), first3(&loadavg_after)),
         "agent_records_received": records,
+        "phases_s": phases.json(),
     });
     let report = results::Report {
         context,
@@ -431,6 +450,39 @@ fn machine() -> String {
         })
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{} × {cpu}, Linux {}", sh("nproc", &["--all"]), sh("uname", &["-r"]))
+}
+
+/// How long each phase of the run took, for RESULTS.md (`just bench` must fit in 20 minutes on a fresh machine).
+struct Phases {
+    last: std::time::Instant,
+    took: Vec<(&'static str, f64)>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            took: Vec::new(),
+        }
+    }
+}
+
+impl Phases {
+    fn done(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        let s = (now - self.last).as_secs_f64();
+        eprintln!("bench: {phase} took {s:.0} s");
+        self.took.push((phase, s));
+        self.last = now;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (k, v) in &self.took {
+            m.insert((*k).to_owned(), json!(v.round()));
+        }
+        serde_json::Value::Object(m)
+    }
 }
 
 fn first3(loadavg: &str) -> String {

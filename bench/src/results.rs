@@ -239,6 +239,15 @@ impl Report<'_> {
             c["rounds"], c["duration_s"], c["warmup_s"], c["connections"], c["proxy_cpu"], c["load_cpu"],
             c["load_note"].as_str().unwrap_or("?"),
         ));
+        if let Some(phases) = c["phases_s"].as_object().filter(|p| !p.is_empty()) {
+            let total: f64 = phases.values().filter_map(Value::as_f64).sum();
+            let each: Vec<String> = phases.iter().map(|(k, v)| format!("{k} {v} s")).collect();
+            md.push_str(&format!(
+                "- Time: {:.1} min of measuring ({}); building comes on top.\n\n",
+                total / 60.0,
+                each.join(", ")
+            ));
+        }
         md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only.\n\n");
         md.push_str("## Headline ratios\n\n| ratio | median (min–max) | target |\n|---|---|---|\n");
         let targets: BTreeMap<&str, &str> = [
@@ -325,7 +334,11 @@ impl Report<'_> {
             ));
         }
         if let Some((cfgs, bs)) = self.breakdown {
-            md.push_str("\n## Cost breakdown (separate interleaved run)\n\nEach variant is the filter built with one stage skipped (cargo feature `bench-skip-<stage>` of `wasm-filter`); the stage's cost is the median per-round CPU difference to the full filter, also as a multiple of the V8 boundary (W0 − A).\n\n");
+            let rounds = bs.iter().map(|x| x.round).max().map_or(0, |r| r + 1);
+            md.push_str(&format!(
+                "\n## Cost breakdown (separate interleaved run, {rounds} rounds)\n\n"
+            ));
+            md.push_str("Each variant is the filter built with one stage skipped (cargo feature `bench-skip-<stage>` of `wasm-filter`); the stage's cost is the median per-round CPU difference to the full filter, also as a multiple of the V8 boundary (W0 − A).\n\n");
             md.push_str(&format!(
                 "Full filter over the empty one, W1 − W0: {} µs/request; the boundary, W0 − A: {} µs/request.\n\n",
                 show(cpu_diff(bs, "W1", "W0"), 1),

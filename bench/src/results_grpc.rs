@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     configs::Config,
-    results::{cpu_diff, per_round, rps_ratio, summary},
+    results::{cpu_diff, cpu_ratio, per_round, rps_ratio, summary},
     run::Sample,
     stats::Summary,
 };
@@ -16,11 +16,18 @@ const THROUGHPUT: [(&str, &str, &str); 4] = [
     ("W3/A", "W3", "A"),
     ("W1/W0", "W1", "W0"),
 ];
-const OVER: [(&str, &str); 4] = [
+const OVER: [(&str, &str); 6] = [
     ("W0-A_us", "W0"),
     ("W1-A_us", "W1"),
     ("W2-A_us", "W2"),
     ("W3-A_us", "W3"),
+    ("C-A_us", "C"),
+    ("D1-A_us", "D1"),
+];
+/// Against Envoy's own native per-method gRPC statistics (`grpc_stats` in C), on calls it counts.
+const CPU: [(&str, [&str; 4]); 2] = [
+    ("(D1-A)/(C-A)", ["D1", "A", "C", "A"]),
+    ("(W1-A)/(C-A)", ["W1", "A", "C", "A"]),
 ];
 
 fn p99_minus_a(s: &[Sample], x: &str) -> Option<Summary> {
@@ -44,6 +51,10 @@ pub fn json(configs: &[Config], s: &[Sample]) -> Value {
     for (name, x) in OVER {
         over_a.insert(name.into(), range(cpu_diff(s, x, "A")));
     }
+    let mut cpu = Map::new();
+    for (name, [x, y, z, w]) in CPU {
+        cpu.insert(name.into(), range(cpu_ratio(s, x, y, z, w)));
+    }
     let mut per_config = Map::new();
     for c in configs {
         per_config.insert(
@@ -60,6 +71,7 @@ pub fn json(configs: &[Config], s: &[Sample]) -> Value {
     json!({
         "throughput": ratios,
         "cpu_over_A": over_a,
+        "cpu": cpu,
         "p99_W2_minus_A_ms": range(p99_minus_a(s, "W2")),
         "configs": per_config,
     })
@@ -87,6 +99,11 @@ pub fn markdown(configs: &[Config], s: &[Sample], latency_rate: &Value) -> Strin
                 name.trim_end_matches("_us"),
                 d.show(1)
             ));
+        }
+    }
+    for (name, [x, y, z, w]) in CPU {
+        if let Some(r) = cpu_ratio(s, x, y, z, w) {
+            md.push_str(&format!("| CPU/request {name} | {} |\n", r.show(2)));
         }
     }
     md.push_str(&format!(

@@ -43,7 +43,7 @@ fn a_tiny_run_writes_well_formed_results() {
             "--grpc-rounds",
             "1",
             "--grpc-configs",
-            "A,W1",
+            "A,C,W1",
             "--vm-memory-requests",
             "2000",
             "--out",
@@ -117,7 +117,12 @@ fn a_tiny_run_writes_well_formed_results() {
             "{label}: {c}"
         );
         assert_eq!(c["errors"], 0, "{label}: wrk saw errors: {c}");
-        assert_eq!(c["p99_ms"]["n"], 2, "{label}: latency measured each round: {c}");
+        if label == "D0" {
+            // Latency is measured where a target or its explanation needs it (A, W0, W1, W2, D1).
+            assert!(c["p99_ms"].is_null(), "{label}: no latency asked for: {c}");
+        } else {
+            assert_eq!(c["p99_ms"]["n"], 2, "{label}: latency measured each round: {c}");
+        }
     }
 
     for label in ["A", "W1"] {
@@ -125,6 +130,14 @@ fn a_tiny_run_writes_well_formed_results() {
         assert_eq!(c["cpu_us_per_request"]["n"], 1, "gRPC {label}: one sample: {c}");
         assert_eq!(c["errors"], 0, "gRPC {label}: h2load saw errors: {c}");
         assert_eq!(c["p99_ms"]["n"], 1, "gRPC {label}: latency measured: {c}");
+    }
+    // Against Envoy's own per-method gRPC statistics, on calls they count.
+    let vs_c = &json["grpc"]["cpu"]["(W1-A)/(C-A)"];
+    assert_eq!(vs_c["n"], 1, "gRPC (W1-A)/(C-A): {vs_c}");
+    // How long each phase took, for the 20-minute budget of `just bench`.
+    for phase in ["main run", "gRPC", "wasm VM memory"] {
+        let took = &json["context"]["phases_s"][phase];
+        assert!(took.as_f64().is_some_and(|s| s >= 0.0), "{phase}: {took}");
     }
     let vms = json["wasm_vm_memory"].as_array().expect("wasm_vm_memory");
     assert_eq!(vms.len(), 2, "W1 and W2: {vms:?}");
