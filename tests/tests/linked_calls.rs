@@ -236,13 +236,14 @@ fn reporting_resumes_by_itself_when_the_agent_starts_mid_run() {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(-1.0);
         let (produced, sent, dropped) = (v("produced"), v("sent"), v("dropped"));
-        assert_eq!(produced, 4000.0);
+        // Published by the filter's tick: up to a tick behind the calls, never ahead.
+        assert!(produced <= 4000.0, "{produced} produced");
         assert_eq!(
             produced,
             sent + dropped + buffered,
             "produced == sent + dropped + buffered"
         );
-        if buffered == 0.0 && sent >= 2000.0 {
+        if produced == 4000.0 && buffered == 0.0 && sent >= 2000.0 {
             break;
         }
         assert!(

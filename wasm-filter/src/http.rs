@@ -178,12 +178,10 @@ impl Call {
         };
         let record = decision.record(*side, &service, status, &ctx, tenant.as_deref());
         match reporter.try_borrow_mut() {
-            Ok(mut reporter) => reporter.push(&mut EnvoyMetrics, record),
-            Err(_) => {
-                log::warn!("#{} report buffer busy; record not produced", self.id);
-                Ok(())
-            }
+            Ok(mut reporter) => reporter.push(record),
+            Err(_) => log::warn!("#{} report buffer busy; record not produced", self.id),
         }
+        Ok(())
     }
 
     fn check(&self, result: Result<(), AbiError>) {

@@ -3,7 +3,9 @@
 //! The filter never waits for the agent. Records go into a bounded buffer; the root context's timer takes batches
 //! out (when one is full, by count or by bytes, or when the flush interval has passed) and dispatches them as unary
 //! `Report` calls. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
-//! buffer and in calls not yet answered. A record is dropped when the buffer is full, when a call cannot be
+//! buffer and in calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the
+//! drain and the answers, every series in the same callback (one update per series that moved), so a scrape
+//! always sees the equation hold and lags the calls by at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call cannot be
 //! dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or when no
 //! answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of memory
 //! and nothing else.
@@ -122,8 +124,9 @@ struct InFlight {
 /// The per-VM buffer and its accounting.
 ///
 /// Metric hostcalls can fail: the reporter's own state (buffer, calls in flight, their slots) changes first and
-/// whatever the host says, so a failed hostcall costs at most a metric update, never a slot or a record. The first
-/// error is returned once the whole operation is done.
+/// whatever the host says, so a failed hostcall costs at most a metric update, never a slot or a record; what a
+/// failed update did not publish stays pending and goes with the next one. The first error is returned once the
+/// whole operation is done.
 pub struct Reporter {
     cfg: ReportConfig,
     reporter: String,
@@ -132,7 +135,27 @@ pub struct Reporter {
     buffer_bytes: usize,
     in_flight: HashMap<u32, InFlight>,
     since_flush_ms: u64,
+    /// Records produced and not yet sent nor dropped: buffered, in batches handed out, in calls not answered.
+    held: usize,
+    /// What the metrics do not show yet.
+    pending: Pending,
     ids: Ids,
+}
+
+/// Counts not published yet, and the buffered gauge's value as last published (gauges move by deltas: every VM
+/// adds its own share to the one series).
+#[derive(Default)]
+struct Pending {
+    produced: u64,
+    sent: u64,
+    dropped: u64,
+    truncated: u64,
+    held_published: usize,
+}
+
+enum Outcome {
+    Sent,
+    Dropped,
 }
 
 struct Ids {
@@ -147,6 +170,17 @@ struct Ids {
 fn first<E>(acc: &mut Result<(), E>, r: Result<(), E>) {
     if acc.is_ok() {
         *acc = r;
+    }
+}
+
+/// Publishes a pending count: zeroed once the host took it, kept for the next try otherwise.
+fn publish_count<H: MetricHost>(host: &mut H, id: u32, pending: &mut u64, acc: &mut Result<(), H::Error>) {
+    if *pending == 0 {
+        return;
+    }
+    match host.increment(id, *pending) {
+        Ok(()) => *pending = 0,
+        Err(e) => first(acc, Err(e)),
     }
 }
 
@@ -173,6 +207,8 @@ impl Reporter {
             buffer_bytes: 0,
             in_flight: HashMap::new(),
             since_flush_ms: 0,
+            held: 0,
+            pending: Pending::default(),
             ids,
         })
     }
@@ -181,9 +217,9 @@ impl Reporter {
         &self.cfg
     }
 
-    /// Records held: in the buffer and in unanswered calls.
+    /// Records held: in the buffer, in batches handed out and in unanswered calls.
     pub fn buffered(&self) -> usize {
-        self.buffer.len() + self.in_flight.values().map(|c| c.records).sum::<usize>()
+        self.held
     }
 
     /// Calls dispatched and not answered yet.
@@ -196,27 +232,44 @@ impl Reporter {
         self.buffer.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Takes one record; drops it (counted) when the buffer is full.
-    pub fn push<H: MetricHost>(&mut self, host: &mut H, record: Record) -> Result<(), H::Error> {
-        let truncated = u64::from(record.truncated);
-        let mut result = host.increment(self.ids.produced, 1);
-        if truncated > 0 {
-            first(&mut result, host.increment(self.ids.truncated, truncated));
-        }
-        if self.buffered() >= self.cfg.max_buffer {
-            first(&mut result, host.increment(self.ids.dropped, 1));
-            return result;
+    /// Takes one record; drops it (counted) when the buffer is full. No hostcall: the counts are published by the
+    /// next [`Reporter::publish`].
+    pub fn push(&mut self, record: Record) {
+        self.pending.produced += 1;
+        self.pending.truncated += u64::from(record.truncated);
+        if self.held >= self.cfg.max_buffer {
+            self.pending.dropped += 1;
+            return;
         }
         self.buffer_bytes += framed_len(&record);
         self.buffer.push_back(record);
-        first(&mut result, host.add(self.ids.buffered, 1));
+        self.held += 1;
+    }
+
+    /// Brings the metrics up to date: one update per series that moved, all in this callback, so that
+    /// `produced == sent + dropped + buffered` holds in every scrape. The tick, the drain and the answers call it.
+    pub fn publish<H: MetricHost>(&mut self, host: &mut H) -> Result<(), H::Error> {
+        let mut result = Ok(());
+        let p = &mut self.pending;
+        publish_count(host, self.ids.produced, &mut p.produced, &mut result);
+        publish_count(host, self.ids.truncated, &mut p.truncated, &mut result);
+        publish_count(host, self.ids.sent, &mut p.sent, &mut result);
+        publish_count(host, self.ids.dropped, &mut p.dropped, &mut result);
+        if self.held != p.held_published {
+            let delta = self.held as i64 - p.held_published as i64;
+            match host.add(self.ids.buffered, delta) {
+                Ok(()) => p.held_published = self.held,
+                Err(e) => first(&mut result, Err(e)),
+            }
+        }
         result
     }
 
     /// Called by the root's timer every `elapsed_ms`: calls past their deadline are given up (their records
     /// dropped, their slots freed), then the batches to dispatch now are returned.
     pub fn tick<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> (Vec<Batch>, Result<(), H::Error>) {
-        let result = self.expire(host, elapsed_ms);
+        self.expire(elapsed_ms);
+        let result = self.publish(host);
         self.since_flush_ms = self.since_flush_ms.saturating_add(elapsed_ms);
         let due = self.since_flush_ms >= self.cfg.flush_interval_ms;
         let mut batches = Vec::new();
@@ -232,13 +285,14 @@ impl Reporter {
         (batches, result)
     }
 
-    /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight.
-    pub fn drain(&mut self) -> Vec<Batch> {
+    /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight;
+    /// and the metrics brought up to date.
+    pub fn drain<H: MetricHost>(&mut self, host: &mut H) -> (Vec<Batch>, Result<(), H::Error>) {
         let mut batches = Vec::new();
         while !self.buffer.is_empty() {
             batches.push(self.take_batch());
         }
-        batches
+        (batches, self.publish(host))
     }
 
     /// Bytes the records of one batch may take: the budget less the `reporter` field.
@@ -276,7 +330,7 @@ impl Reporter {
     }
 
     /// Ages the calls in flight; those past the timeout and [`DEADLINE_GRACE_MS`] are dropped.
-    fn expire<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> Result<(), H::Error> {
+    fn expire(&mut self, elapsed_ms: u64) {
         let deadline = self.cfg.timeout_ms.saturating_add(DEADLINE_GRACE_MS);
         let mut expired = 0;
         self.in_flight.retain(|_, call| {
@@ -287,7 +341,7 @@ impl Reporter {
             }
             keep
         });
-        self.settle(host, self.ids.dropped, expired)
+        self.settle(Outcome::Dropped, expired);
     }
 
     /// A batch was dispatched as call `token`; its records stay buffered until the answer or the deadline.
@@ -301,7 +355,11 @@ impl Reporter {
 
     /// A batch could not be dispatched: its records are dropped.
     pub fn dispatch_failed<H: MetricHost>(&mut self, host: &mut H, records: usize) -> Result<(), H::Error> {
-        self.settle(host, self.ids.dropped, records)
+        if records == 0 {
+            return Ok(());
+        }
+        self.settle(Outcome::Dropped, records);
+        self.publish(host)
     }
 
     /// The answer to call `token`: gRPC status 0 means the agent has the records, anything else drops them.
@@ -317,21 +375,33 @@ impl Reporter {
             return (0, Ok(()));
         };
         let outcome = if grpc_status == 0 {
-            self.ids.sent
+            Outcome::Sent
         } else {
-            self.ids.dropped
+            Outcome::Dropped
         };
-        (call.records, self.settle(host, outcome, call.records))
+        self.settle(outcome, call.records);
+        (call.records, self.publish(host))
     }
 
-    /// Counts `records` that left the buffer under `outcome`.
-    fn settle<H: MetricHost>(&mut self, host: &mut H, outcome: u32, records: usize) -> Result<(), H::Error> {
-        if records == 0 {
-            return Ok(());
+    /// Records of a batch another reporter handed over (the native build's reload): held here from now on, so
+    /// that this reporter's answers settle them. The giver calls [`Reporter::handed_over`] in the same callback.
+    pub fn adopt(&mut self, records: usize) {
+        self.held += records;
+    }
+
+    /// Records this reporter handed to another one: no longer held here, and neither sent nor dropped.
+    pub fn handed_over(&mut self, records: usize) {
+        self.held = self.held.saturating_sub(records);
+    }
+
+    /// Counts `records` that left the buffer under `outcome` (published by the next [`Reporter::publish`]).
+    fn settle(&mut self, outcome: Outcome, records: usize) {
+        let n = records as u64;
+        match outcome {
+            Outcome::Sent => self.pending.sent += n,
+            Outcome::Dropped => self.pending.dropped += n,
         }
-        let mut result = host.increment(outcome, records as u64);
-        first(&mut result, host.add(self.ids.buffered, -(records as i64)));
-        result
+        self.held = self.held.saturating_sub(records);
     }
 }
 

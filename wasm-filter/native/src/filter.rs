@@ -151,7 +151,7 @@ impl<'c> Filter<'c> {
             upstream_peer: upstream_peer.as_deref(),
         };
         let record = decision.record(seen.side, &service, status, &ctx, tenant.as_deref());
-        warn(lock(report.reporter()).push(&mut self.config.host(), record));
+        lock(report.reporter()).push(record);
     }
 }
 
