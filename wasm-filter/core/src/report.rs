@@ -1,8 +1,9 @@
 //! Call records for the agent: built per call, buffered per VM, sent in batches, every record accounted for.
 //!
-//! The filter never waits for the agent. Records go into a bounded buffer; the root context's timer takes batches
-//! out (when one is full, by count or by bytes, or when the flush interval has passed) and dispatches them as unary
-//! `Report` calls. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
+//! The filter never waits for the agent. Each record is encoded, as it comes, into the `ReportRequest` being filled
+//! (its `reporter` field first, then the records as `calls`); a batch full by count or by bytes waits in a queue.
+//! The root context's timer hands out the finished batches (and the partial one when the flush interval has
+//! passed) and dispatches them as unary `Report` calls: its work does not grow with the number of records. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
 //! buffer and in calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the
 //! drain and the answers, every series in the same callback (one update per series that moved), so a scrape
 //! always sees the equation hold and lags the calls by at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call cannot be
@@ -21,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-pub use self::record::{Addr, Record, MAX_FIELD_BYTES, MAX_RECORD_BYTES, TRUNCATED};
+pub use self::record::{Addr, Record, Text, MAX_FIELD_BYTES, MAX_RECORD_BYTES, TRUNCATED};
 use crate::{
     interface::Interface,
     metrics::{Kind, MetricHost, Side},
@@ -84,16 +85,16 @@ pub struct CallContext<'a> {
 
 /// Builds the record of one call, every field bounded (see [`Record`]).
 #[allow(clippy::too_many_arguments)]
-pub fn record(
+pub fn record<'a>(
     side: Side,
-    interface: &Interface,
-    service: &str,
-    version: Option<&str>,
+    interface: &'a Interface,
+    service: &'a str,
+    version: Option<&'a str>,
     status: Status,
-    request_id: Option<&str>,
-    trace_id: Option<&str>,
-    ctx: &CallContext<'_>,
-) -> Record {
+    request_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    ctx: &CallContext<'a>,
+) -> Record<'a> {
     Record::new(side, interface, service, version, status, request_id, trace_id, ctx)
 }
 
@@ -108,7 +109,7 @@ pub fn trace_id(traceparent: &[u8]) -> Option<String> {
 }
 
 /// A batch ready to dispatch: the encoded `ReportRequest` and how many records it holds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub message: Vec<u8>,
     pub records: usize,
@@ -129,10 +130,12 @@ struct InFlight {
 /// whole operation is done.
 pub struct Reporter {
     cfg: ReportConfig,
-    reporter: String,
-    buffer: VecDeque<Record>,
-    /// Encoded bytes of the buffered records, framing included.
-    buffer_bytes: usize,
+    /// The encoded `reporter` field that starts every batch.
+    header: Vec<u8>,
+    /// The batch being filled: `header`, then the records encoded so far.
+    filling: Batch,
+    /// Batches full by count or by bytes, oldest first.
+    full: VecDeque<Batch>,
     in_flight: HashMap<u32, InFlight>,
     since_flush_ms: u64,
     /// Records produced and not yet sent nor dropped: buffered, in batches handed out, in calls not answered.
@@ -184,12 +187,6 @@ fn publish_count<H: MetricHost>(host: &mut H, id: u32, pending: &mut u64, acc: &
     }
 }
 
-/// A record's bytes as an element of `ReportRequest.calls` (field 2).
-fn framed_len(record: &Record) -> usize {
-    let len = record.encoded_len();
-    key_len(2) + encoded_len_varint(len as u64) + len
-}
-
 impl Reporter {
     pub fn new<H: MetricHost>(cfg: ReportConfig, reporter: String, host: &mut H) -> Result<Self, H::Error> {
         let outcome = |o: &str| crate::metrics::stat_name(PRODUCED, &[("outcome", o)]);
@@ -200,11 +197,17 @@ impl Reporter {
             buffered: host.define(Kind::Gauge, BUFFERED)?,
             truncated: host.define(Kind::Counter, TRUNCATED_FIELDS)?,
         };
+        let mut header = Vec::new();
+        if !reporter.is_empty() {
+            encode_key(1, WireType::LengthDelimited, &mut header);
+            encode_varint(reporter.len() as u64, &mut header);
+            header.extend_from_slice(reporter.as_bytes());
+        }
         Ok(Self {
             cfg,
-            reporter,
-            buffer: VecDeque::new(),
-            buffer_bytes: 0,
+            header,
+            filling: Batch::default(),
+            full: VecDeque::new(),
             in_flight: HashMap::new(),
             since_flush_ms: 0,
             held: 0,
@@ -229,21 +232,52 @@ impl Reporter {
 
     /// Nothing buffered, nothing in flight: a draining reporter is done.
     pub fn is_idle(&self) -> bool {
-        self.buffer.is_empty() && self.in_flight.is_empty()
+        self.filling.records == 0 && self.full.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Takes one record; drops it (counted) when the buffer is full. No hostcall: the counts are published by the
-    /// next [`Reporter::publish`].
-    pub fn push(&mut self, record: Record) {
+    /// Takes one record: encodes it into the batch being filled, or drops it (counted) when the buffer is full. No
+    /// hostcall: the counts are published by the next [`Reporter::publish`].
+    pub fn push(&mut self, record: Record<'_>) {
         self.pending.produced += 1;
         self.pending.truncated += u64::from(record.truncated);
         if self.held >= self.cfg.max_buffer {
             self.pending.dropped += 1;
             return;
         }
-        self.buffer_bytes += framed_len(&record);
-        self.buffer.push_back(record);
+        let len = record.encoded_len();
+        let framed = key_len(2) + encoded_len_varint(len as u64) + len;
+        // At least one record per batch, which always fits: the configuration keeps the budget above
+        // [`MAX_RECORD_BYTES`].
+        if self.filling.records > 0 && self.filling.message.len() + framed > self.cfg.max_batch_bytes {
+            self.close();
+        }
+        if self.filling.records == 0 {
+            // About a batch's worth of room at once (the first record's size as the estimate, within the budget):
+            // a few allocations per batch, none per call.
+            let room = framed.saturating_mul(self.cfg.max_batch).min(self.cfg.max_batch_bytes);
+            self.filling.message.reserve(self.header.len() + room);
+            self.filling.message.extend_from_slice(&self.header);
+        }
+        let message = &mut self.filling.message;
+        encode_key(2, WireType::LengthDelimited, message);
+        encode_varint(len as u64, message);
+        record.encode(message);
+        self.filling.records += 1;
         self.held += 1;
+        if self.filling.records >= self.cfg.max_batch || self.filling.message.len() >= self.cfg.max_batch_bytes {
+            self.close();
+        }
+    }
+
+    /// The batch being filled is full: it waits in the queue, and the next record starts a new one.
+    fn close(&mut self) {
+        let mut batch = std::mem::take(&mut self.filling);
+        // The estimate can overshoot (a large first record, small ones after): give back what a waiting batch
+        // does not use, so the queue holds about its bytes and no more.
+        if batch.message.capacity() > 2 * batch.message.len() {
+            batch.message.shrink_to_fit();
+        }
+        self.full.push_back(batch);
     }
 
     /// Brings the metrics up to date: one update per series that moved, all in this callback, so that
@@ -273,11 +307,14 @@ impl Reporter {
         self.since_flush_ms = self.since_flush_ms.saturating_add(elapsed_ms);
         let due = self.since_flush_ms >= self.cfg.flush_interval_ms;
         let mut batches = Vec::new();
-        while !self.buffer.is_empty()
-            && self.in_flight.len() + batches.len() < self.cfg.max_in_flight
-            && (due || self.buffer.len() >= self.cfg.max_batch || self.buffer_bytes >= self.batch_budget())
-        {
-            batches.push(self.take_batch());
+        while self.in_flight.len() + batches.len() < self.cfg.max_in_flight {
+            if let Some(batch) = self.full.pop_front() {
+                batches.push(batch);
+            } else if due && self.filling.records > 0 {
+                batches.push(std::mem::take(&mut self.filling));
+            } else {
+                break;
+            }
         }
         if due {
             self.since_flush_ms = 0;
@@ -288,45 +325,11 @@ impl Reporter {
     /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight;
     /// and the metrics brought up to date.
     pub fn drain<H: MetricHost>(&mut self, host: &mut H) -> (Vec<Batch>, Result<(), H::Error>) {
-        let mut batches = Vec::new();
-        while !self.buffer.is_empty() {
-            batches.push(self.take_batch());
+        let mut batches: Vec<Batch> = self.full.drain(..).collect();
+        if self.filling.records > 0 {
+            batches.push(std::mem::take(&mut self.filling));
         }
         (batches, self.publish(host))
-    }
-
-    /// Bytes the records of one batch may take: the budget less the `reporter` field.
-    fn batch_budget(&self) -> usize {
-        let reporter = key_len(1) + encoded_len_varint(self.reporter.len() as u64) + self.reporter.len();
-        self.cfg.max_batch_bytes.saturating_sub(reporter)
-    }
-
-    /// The next batch: records in order until the count or the byte budget is reached (at least one record,
-    /// which always fits: the configuration keeps the budget above [`MAX_RECORD_BYTES`]).
-    fn take_batch(&mut self) -> Batch {
-        let budget = self.batch_budget();
-        let mut message = Vec::with_capacity(self.buffer_bytes.min(budget) + self.reporter.len() + 8);
-        if !self.reporter.is_empty() {
-            encode_key(1, WireType::LengthDelimited, &mut message);
-            encode_varint(self.reporter.len() as u64, &mut message);
-            message.extend_from_slice(self.reporter.as_bytes());
-        }
-        let (mut records, mut bytes) = (0, 0);
-        while let Some(next) = self.buffer.front() {
-            let len = next.encoded_len();
-            let framed = key_len(2) + encoded_len_varint(len as u64) + len;
-            if records > 0 && (records >= self.cfg.max_batch || bytes + framed > budget) {
-                break;
-            }
-            encode_key(2, WireType::LengthDelimited, &mut message);
-            encode_varint(len as u64, &mut message);
-            next.encode(&mut message);
-            self.buffer.pop_front();
-            self.buffer_bytes = self.buffer_bytes.saturating_sub(framed);
-            records += 1;
-            bytes += framed;
-        }
-        Batch { message, records }
     }
 
     /// Ages the calls in flight; those past the timeout and [`DEADLINE_GRACE_MS`] are dropped.

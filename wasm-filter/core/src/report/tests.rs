@@ -21,14 +21,17 @@ fn http() -> Interface {
     }
 }
 
-fn rec(n: u32) -> Record {
+/// The interface of [`rec`]'s records, which borrow it.
+static HTTP: std::sync::LazyLock<Interface> = std::sync::LazyLock::new(http);
+
+fn rec(n: u32) -> Record<'static> {
     let ctx = CallContext {
         http_status: Some(u64::from(n)),
         ..CallContext::default()
     };
     record(
         Side::Inbound,
-        &http(),
+        &HTTP,
         "svc",
         None,
         Status::http(Some(200)),
@@ -179,10 +182,11 @@ fn every_field_is_bounded_with_a_visible_marker_and_counted() {
         client: Some("/a/very/long/pipe/path"),
         ..CallContext::default()
     };
+    let service = "s".repeat(2000);
     let rec = record(
         Side::Outbound,
         &iface,
-        &"s".repeat(2000),
+        &service,
         Some("v2"),
         Status::Grpc(0),
         Some(&long_id),
@@ -498,4 +502,135 @@ fn failing_hostcalls_cost_a_metric_update_never_a_slot_nor_a_record() {
             .value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]))
     };
     assert_eq!((v("produced"), v("sent"), v("dropped")), (6, 2, 3));
+}
+
+/// Records of every shape: gRPC and HTTP, each direction, cut fields, IPv4, IPv6 and pipe addresses, a tenant.
+#[allow(clippy::type_complexity)]
+fn golden_batch(host: &mut Recorder) -> Vec<Batch> {
+    let mut r = Reporter::new(cfg(100, 100, 4), "grayscope/7".into(), host).unwrap();
+    let grpc = Interface::Grpc {
+        service: "shop.v1.Orders".into(),
+        method: "Get".into(),
+    };
+    let long_grpc = Interface::Grpc {
+        service: "s".repeat(1020),
+        method: "Method".into(),
+    };
+    let long_route = Interface::Http {
+        verb: "POST",
+        route: format!("/{}", "é".repeat(700)),
+    };
+    let full = CallContext {
+        start_time_unix_nano: 1_700_000_000_123_456_789,
+        duration_ns: 1_500_000,
+        http_status: Some(200),
+        client: Some("10.0.0.7:41234"),
+        server: Some("[::1]:15001"),
+        upstream_local: Some("127.0.0.1:50000"),
+        upstream_peer: Some("/var/run/agent.sock"),
+    };
+    let bare = CallContext::default();
+    let rid = "r".repeat(2000);
+    let cases: [(
+        Side,
+        &Interface,
+        &str,
+        Option<&str>,
+        Status,
+        Option<&str>,
+        Option<&str>,
+        &CallContext<'_>,
+        Option<&str>,
+    ); 5] = [
+        (
+            Side::Outbound,
+            &grpc,
+            "shop.v1.Orders",
+            Some("v2"),
+            Status::Grpc(5),
+            Some("rid"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            &full,
+            Some("t_5bc1a08d28e40fe7"),
+        ),
+        (
+            Side::Inbound,
+            &long_grpc,
+            "svc",
+            None,
+            Status::NoResponse,
+            Some(&rid),
+            None,
+            &bare,
+            None,
+        ),
+        (
+            Side::Unspecified,
+            &long_route,
+            "orders",
+            Some("v1"),
+            Status::http(Some(503)),
+            None,
+            None,
+            &full,
+            None,
+        ),
+        (
+            Side::Inbound,
+            &http(),
+            "svc",
+            None,
+            Status::http(None),
+            None,
+            None,
+            &bare,
+            Some("other"),
+        ),
+        (
+            Side::Outbound,
+            &http(),
+            "svc",
+            None,
+            Status::http(Some(404)),
+            Some("x"),
+            None,
+            &full,
+            None,
+        ),
+    ];
+    for (side, iface, service, version, status, request_id, trace_id, ctx, tenant) in cases {
+        r.push(record(side, iface, service, version, status, request_id, trace_id, ctx).with_tenant(tenant));
+    }
+    r.drain(host).0
+}
+
+/// The bytes the filter sent for [`golden_batch`]'s records before records were encoded at push time (the
+/// encoder of commit fb72dab, which encoded whole batches in the tick).
+const GOLDEN: &str = include_str!("golden-batch.hex");
+
+#[test]
+fn records_encoded_at_push_are_the_bytes_the_tick_used_to_send() {
+    let mut host = Recorder::default();
+    let batches = golden_batch(&mut host);
+    assert_eq!(batches.len(), 1);
+    let hex: String = batches[0].message.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN.trim());
+    // And decoded with the proto types: the reporter, five calls, each field where it belongs.
+    let decoded = decode(&batches[0]);
+    assert_eq!(decoded.reporter, "grayscope/7");
+    assert_eq!(decoded.calls.len(), 5);
+    let first = &decoded.calls[0];
+    assert_eq!(
+        (first.rpc_method.as_str(), first.tenant.as_str(), first.status.as_str()),
+        ("shop.v1.Orders/Get", "t_5bc1a08d28e40fe7", "NOT_FOUND")
+    );
+    let peer = first.upstream_peer.as_ref().unwrap();
+    assert_eq!((peer.address.as_str(), peer.port), ("/var/run/agent.sock", 0));
+    let cut = &decoded.calls[1];
+    assert_eq!(cut.rpc_method.len(), MAX_FIELD_BYTES);
+    assert_eq!(cut.rpc_method, format!("{}/{TRUNCATED}", "s".repeat(1020)));
+    assert!(decoded.calls[2].http_route.ends_with(TRUNCATED));
+    assert!(decoded.calls[2].http_route.len() <= MAX_FIELD_BYTES);
+    assert_eq!(decoded.calls[3].tenant, "other");
+    assert_eq!(host.value(TRUNCATED_FIELDS), 3);
 }
