@@ -83,6 +83,36 @@ pub struct CallContext<'a> {
     pub upstream_peer: Option<&'a str>,
 }
 
+/// Which of Envoy's four addresses a call's record carries, by the call's direction, so that a shell reads no
+/// address nobody uses. The agent's join needs two (README, "Linking calls to processes"): `client` and `server`
+/// for an outbound call (the caller's connection to Envoy), `upstream_peer` and `upstream_local` for an inbound one
+/// (Envoy's connection to the server). Its method table names a call's peer from one more: the upstream host an
+/// outbound call went to (`upstream_peer`), the downstream client of an inbound one (`client`). A call of
+/// unspecified direction carries all four: the agent tries both joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    pub client: bool,
+    pub server: bool,
+    pub upstream_local: bool,
+    pub upstream_peer: bool,
+}
+
+impl Addresses {
+    pub fn of(side: Side) -> Self {
+        let (outbound, inbound) = match side {
+            Side::Outbound => (true, false),
+            Side::Inbound => (false, true),
+            Side::Unspecified => (true, true),
+        };
+        Self {
+            client: true,
+            server: outbound,
+            upstream_local: inbound,
+            upstream_peer: true,
+        }
+    }
+}
+
 /// Builds the record of one call, every field bounded (see [`Record`]).
 #[allow(clippy::too_many_arguments)]
 pub fn record<'a>(

@@ -634,3 +634,19 @@ fn records_encoded_at_push_are_the_bytes_the_tick_used_to_send() {
     assert_eq!(decoded.calls[3].tenant, "other");
     assert_eq!(host.value(TRUNCATED_FIELDS), 3);
 }
+
+#[test]
+fn a_record_carries_the_addresses_its_direction_is_joined_and_named_by() {
+    let a = |client, server, upstream_local, upstream_peer| Addresses {
+        client,
+        server,
+        upstream_local,
+        upstream_peer,
+    };
+    // Outbound: the join's client -> server, and the upstream host as the peer.
+    assert_eq!(Addresses::of(Side::Outbound), a(true, true, false, true));
+    // Inbound: the join's upstream_peer -> upstream_local, and the downstream client as the peer.
+    assert_eq!(Addresses::of(Side::Inbound), a(true, false, true, true));
+    // Unspecified: the agent tries both joins.
+    assert_eq!(Addresses::of(Side::Unspecified), a(true, true, true, true));
+}
