@@ -198,7 +198,16 @@ fn run_traffic(envoy: &Envoy) -> String {
             .status,
         200
     );
-    envoy.prometheus()
+    // The report metrics are published by the filter's tick, up to a tick after the calls: wait for them.
+    let produced = "grayscope_report_records_total{outcome=\"produced\"} 6";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = envoy.prometheus();
+        if text.lines().any(|l| l == produced) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Every grayscope series [`run_traffic`] produces, as whole exposition lines (both builds show the same).

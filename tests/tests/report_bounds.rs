@@ -21,12 +21,15 @@ fn value(text: &str, series: &str) -> f64 {
     line[series.len()..].trim().parse().expect("value")
 }
 
-/// `/stats/prometheus` once nothing is buffered nor in flight any more (or after 60 s, for the assertions to say).
-fn settled(envoy: &Envoy) -> String {
+/// `/stats/prometheus` once the `produced` records are all accounted for (the report metrics are published by the
+/// filter's tick, so they lag the calls by up to a tick) and nothing is buffered nor in flight any more (or after
+/// 60 s, for the assertions to say).
+fn settled(envoy: &Envoy, produced: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let text = envoy.prometheus();
-        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
+        let all = value(&text, "grayscope_report_records_total{outcome=\"produced\"}") == produced as f64;
+        if (all && value(&text, "grayscope_report_records_buffered{}") == 0.0) || Instant::now() > deadline {
             return text;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -65,7 +68,7 @@ fn a_5000_byte_request_id_is_truncated_and_loses_no_other_record() {
         };
         assert_eq!(c.get(&format!("/orders/{n}"), headers).status, 200, "request {n}");
     }
-    let text = settled(&s.envoy);
+    let text = settled(&s.envoy, 1001);
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"produced\"} 1001");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 1001");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
@@ -108,7 +111,7 @@ fn batches_larger_than_the_agents_message_limit_are_split() {
     for n in 0..4500 {
         assert_eq!(c.get(&format!("{path}{n}"), &[]).status, 200, "request {n}");
     }
-    let text = settled(&s.envoy);
+    let text = settled(&s.envoy, 4500);
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"produced\"} 4500");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 4500");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");

@@ -66,12 +66,15 @@ fn start(config: &str) -> (Envoy, Upstream, PathBuf, PathBuf, tempfile::TempDir)
     (Envoy::start(&yaml), http, ecds, socket, dir)
 }
 
-/// `/stats/prometheus` once nothing is buffered nor in flight any more (or after 30 s, for the assertions to say).
-fn settled(envoy: &Envoy) -> String {
+/// `/stats/prometheus` once the `produced` records are all accounted for (the report metrics are published by the
+/// filter's tick, so they lag the calls by up to a tick) and nothing is buffered nor in flight any more (or after
+/// 30 s, for the assertions to say).
+fn settled(envoy: &Envoy, produced: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = envoy.prometheus();
-        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
+        let all = value(&text, "grayscope_report_records_total{outcome=\"produced\"}") == produced as f64;
+        if (all && value(&text, "grayscope_report_records_buffered{}") == 0.0) || Instant::now() > deadline {
             return text;
         }
         thread::sleep(Duration::from_millis(100));
@@ -92,7 +95,7 @@ fn calls_envoy_refuses_give_their_slot_back_and_are_counted_as_dropped() {
         // About one batch per request: many calls, each refused.
         thread::sleep(Duration::from_millis(20));
     }
-    let text = settled(&envoy);
+    let text = settled(&envoy, 50);
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"produced\"} 50");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 0");
     prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 50");
@@ -153,14 +156,7 @@ fn a_plugin_reload_under_load_drains_every_buffered_record() {
     load.join().expect("load thread");
     let requests = sent.load(Ordering::Relaxed);
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let text = envoy.prometheus();
-        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
-            break text;
-        }
-        thread::sleep(Duration::from_millis(100));
-    };
+    let text = settled(&envoy, requests as u64);
     prom::assert_line(
         &text,
         &format!("grayscope_report_records_total{{outcome=\"produced\"}} {requests}"),

@@ -25,11 +25,14 @@ fn with_no_agent_every_request_succeeds_and_every_record_is_counted_as_dropped()
             "request {n}"
         );
     }
-    // Wait until nothing is buffered or in flight (the answers are UNAVAILABLE within milliseconds).
+    // Wait until every call is accounted for (the report metrics are published by the filter's tick, so they lag
+    // the calls by up to a tick) and nothing is buffered or in flight (the answers are UNAVAILABLE within
+    // milliseconds).
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
         let text = s.envoy.prometheus();
-        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
+        let all = value(&text, "grayscope_report_records_total{outcome=\"produced\"}") == 10_000.0;
+        if (all && value(&text, "grayscope_report_records_buffered{}") == 0.0) || Instant::now() > deadline {
             break text;
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -78,6 +78,7 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
 }
 
 fn check(call: &'static str, status: u32) -> Result<(), AbiError> {
@@ -147,7 +148,6 @@ pub mod path {
     pub const RESPONSE_CODE: &[u8] = b"response\0code";
     pub const GRPC_STATUS: &[u8] = b"response\0grpc_status";
     pub const REQUEST_DURATION: &[u8] = b"request\0duration";
-    pub const REQUEST_TIME: &[u8] = b"request\0time";
     pub const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
     pub const LISTENER_DIRECTION: &[u8] = b"xds\0listener_direction";
     pub const SOURCE_ADDRESS: &[u8] = b"source\0address";
@@ -203,6 +203,15 @@ pub fn add_to_metric(id: u32, delta: i64) -> Result<(), AbiError> {
 pub fn record_metric(id: u32, value: u64) -> Result<(), AbiError> {
     // SAFETY: plain integers.
     check("record_metric", unsafe { proxy_record_metric(id, value) })
+}
+
+/// The host's wall clock, nanoseconds since the Unix epoch: one hostcall, and no buffer for the host to allocate
+/// (unlike a property read).
+pub fn now_unix_nano() -> Result<u64, AbiError> {
+    let mut ns = 0;
+    // SAFETY: a pointer to a live `u64`.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut ns) };
+    check("get_current_time_nanoseconds", status).map(|()| ns)
 }
 
 pub fn set_tick_period(ms: u64) -> Result<(), AbiError> {

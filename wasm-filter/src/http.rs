@@ -13,7 +13,7 @@ use wasm_filter_core::{
     headers::Headers,
     interface::Interface,
     metrics::{Dropped, Kind, MetricHost, Side},
-    report::CallContext,
+    report::{Addresses, CallContext},
     request::{self, Decision, Rewrite},
 };
 
@@ -152,23 +152,32 @@ impl Call {
         if cfg!(feature = "bench-skip-record") {
             return Ok(());
         }
-        let text = |path: &[u8]| -> Result<Option<String>, AbiError> {
-            if skip_properties {
+        // Only the addresses the agent uses for this direction: each read is a hostcall and an allocation.
+        let wanted = Addresses::of(*side);
+        let text = |wanted: bool, path: &[u8]| -> Result<Option<String>, AbiError> {
+            if skip_properties || !wanted {
                 return Ok(None);
             }
             Ok(abi::property(path)?.and_then(|b| String::from_utf8(b).ok()))
         };
-        let (client, server) = (text(abi::path::SOURCE_ADDRESS)?, text(abi::path::DESTINATION_ADDRESS)?);
-        let (upstream_local, upstream_peer) = (
-            text(abi::path::UPSTREAM_LOCAL_ADDRESS)?,
-            text(abi::path::UPSTREAM_ADDRESS)?,
+        let (client, server) = (
+            text(wanted.client, abi::path::SOURCE_ADDRESS)?,
+            text(wanted.server, abi::path::DESTINATION_ADDRESS)?,
         );
+        let (upstream_local, upstream_peer) = (
+            text(wanted.upstream_local, abi::path::UPSTREAM_LOCAL_ADDRESS)?,
+            text(wanted.upstream_peer, abi::path::UPSTREAM_ADDRESS)?,
+        );
+        // The start is the end less the duration: a clock read, where `request.time` was a property read with an
+        // allocation callback. Both are Envoy's clock; they differ by the time from the stream's end to this log
+        // callback (microseconds), far below what the agent shows (milliseconds).
+        let start_time_unix_nano = if skip_properties {
+            0
+        } else {
+            abi::now_unix_nano()?.saturating_sub(duration_ns)
+        };
         let ctx = CallContext {
-            start_time_unix_nano: if skip_properties {
-                0
-            } else {
-                abi::property_u64(abi::path::REQUEST_TIME)?.unwrap_or(0)
-            },
+            start_time_unix_nano,
             duration_ns,
             http_status: code,
             client: client.as_deref(),
@@ -178,12 +187,10 @@ impl Call {
         };
         let record = decision.record(*side, &service, status, &ctx, tenant.as_deref());
         match reporter.try_borrow_mut() {
-            Ok(mut reporter) => reporter.push(&mut EnvoyMetrics, record),
-            Err(_) => {
-                log::warn!("#{} report buffer busy; record not produced", self.id);
-                Ok(())
-            }
+            Ok(mut reporter) => reporter.push(record),
+            Err(_) => log::warn!("#{} report buffer busy; record not produced", self.id),
         }
+        Ok(())
     }
 
     fn check(&self, result: Result<(), AbiError>) {

@@ -120,7 +120,11 @@ impl Root {
             log::warn!("#{} {e}", self.id);
         }
         if self.draining {
-            batches.extend(reporter.drain());
+            let (drained, result) = reporter.drain(&mut EnvoyMetrics);
+            if let Err(e) = result {
+                log::warn!("#{} {e}", self.id);
+            }
+            batches.extend(drained);
         }
         self.dispatch(&mut reporter, batches);
         if self.draining && reporter.is_idle() {
@@ -216,7 +220,10 @@ impl Context for Root {
             self.draining = true;
             return false;
         };
-        let batches = reporter.drain();
+        let (batches, result) = reporter.drain(&mut EnvoyMetrics);
+        if let Err(e) = result {
+            log::warn!("#{} {e}", self.id);
+        }
         log::info!(
             "#{} plugin done: draining {} buffered records, {} calls in flight",
             self.id,

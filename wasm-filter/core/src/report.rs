@@ -1,9 +1,12 @@
 //! Call records for the agent: built per call, buffered per VM, sent in batches, every record accounted for.
 //!
-//! The filter never waits for the agent. Records go into a bounded buffer; the root context's timer takes batches
-//! out (when one is full, by count or by bytes, or when the flush interval has passed) and dispatches them as unary
-//! `Report` calls. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
-//! buffer and in calls not yet answered. A record is dropped when the buffer is full, when a call cannot be
+//! The filter never waits for the agent. Each record is encoded, as it comes, into the `ReportRequest` being filled
+//! (its `reporter` field first, then the records as `calls`); a batch full by count or by bytes waits in a queue.
+//! The root context's timer hands out the finished batches (and the partial one when the flush interval has
+//! passed) and dispatches them as unary `Report` calls: its work does not grow with the number of records. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
+//! buffer and in calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the
+//! drain and the answers, every series in the same callback (one update per series that moved), so a scrape
+//! always sees the equation hold and lags the calls by at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call cannot be
 //! dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or when no
 //! answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of memory
 //! and nothing else.
@@ -19,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 
 use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 
-pub use self::record::{Addr, Record, MAX_FIELD_BYTES, MAX_RECORD_BYTES, TRUNCATED};
+pub use self::record::{Addr, Record, Text, MAX_FIELD_BYTES, MAX_RECORD_BYTES, TRUNCATED};
 use crate::{
     interface::Interface,
     metrics::{Kind, MetricHost, Side},
@@ -80,18 +83,48 @@ pub struct CallContext<'a> {
     pub upstream_peer: Option<&'a str>,
 }
 
+/// Which of Envoy's four addresses a call's record carries, by the call's direction, so that a shell reads no
+/// address nobody uses. The agent's join needs two (README, "Linking calls to processes"): `client` and `server`
+/// for an outbound call (the caller's connection to Envoy), `upstream_peer` and `upstream_local` for an inbound one
+/// (Envoy's connection to the server). Its method table names a call's peer from one more: the upstream host an
+/// outbound call went to (`upstream_peer`), the downstream client of an inbound one (`client`). A call of
+/// unspecified direction carries all four: the agent tries both joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    pub client: bool,
+    pub server: bool,
+    pub upstream_local: bool,
+    pub upstream_peer: bool,
+}
+
+impl Addresses {
+    pub fn of(side: Side) -> Self {
+        let (outbound, inbound) = match side {
+            Side::Outbound => (true, false),
+            Side::Inbound => (false, true),
+            Side::Unspecified => (true, true),
+        };
+        Self {
+            client: true,
+            server: outbound,
+            upstream_local: inbound,
+            upstream_peer: true,
+        }
+    }
+}
+
 /// Builds the record of one call, every field bounded (see [`Record`]).
 #[allow(clippy::too_many_arguments)]
-pub fn record(
+pub fn record<'a>(
     side: Side,
-    interface: &Interface,
-    service: &str,
-    version: Option<&str>,
+    interface: &'a Interface,
+    service: &'a str,
+    version: Option<&'a str>,
     status: Status,
-    request_id: Option<&str>,
-    trace_id: Option<&str>,
-    ctx: &CallContext<'_>,
-) -> Record {
+    request_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    ctx: &CallContext<'a>,
+) -> Record<'a> {
     Record::new(side, interface, service, version, status, request_id, trace_id, ctx)
 }
 
@@ -106,7 +139,7 @@ pub fn trace_id(traceparent: &[u8]) -> Option<String> {
 }
 
 /// A batch ready to dispatch: the encoded `ReportRequest` and how many records it holds.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub message: Vec<u8>,
     pub records: usize,
@@ -122,17 +155,40 @@ struct InFlight {
 /// The per-VM buffer and its accounting.
 ///
 /// Metric hostcalls can fail: the reporter's own state (buffer, calls in flight, their slots) changes first and
-/// whatever the host says, so a failed hostcall costs at most a metric update, never a slot or a record. The first
-/// error is returned once the whole operation is done.
+/// whatever the host says, so a failed hostcall costs at most a metric update, never a slot or a record; what a
+/// failed update did not publish stays pending and goes with the next one. The first error is returned once the
+/// whole operation is done.
 pub struct Reporter {
     cfg: ReportConfig,
-    reporter: String,
-    buffer: VecDeque<Record>,
-    /// Encoded bytes of the buffered records, framing included.
-    buffer_bytes: usize,
+    /// The encoded `reporter` field that starts every batch.
+    header: Vec<u8>,
+    /// The batch being filled: `header`, then the records encoded so far.
+    filling: Batch,
+    /// Batches full by count or by bytes, oldest first.
+    full: VecDeque<Batch>,
     in_flight: HashMap<u32, InFlight>,
     since_flush_ms: u64,
+    /// Records produced and not yet sent nor dropped: buffered, in batches handed out, in calls not answered.
+    held: usize,
+    /// What the metrics do not show yet.
+    pending: Pending,
     ids: Ids,
+}
+
+/// Counts not published yet, and the buffered gauge's value as last published (gauges move by deltas: every VM
+/// adds its own share to the one series).
+#[derive(Default)]
+struct Pending {
+    produced: u64,
+    sent: u64,
+    dropped: u64,
+    truncated: u64,
+    held_published: usize,
+}
+
+enum Outcome {
+    Sent,
+    Dropped,
 }
 
 struct Ids {
@@ -150,10 +206,15 @@ fn first<E>(acc: &mut Result<(), E>, r: Result<(), E>) {
     }
 }
 
-/// A record's bytes as an element of `ReportRequest.calls` (field 2).
-fn framed_len(record: &Record) -> usize {
-    let len = record.encoded_len();
-    key_len(2) + encoded_len_varint(len as u64) + len
+/// Publishes a pending count: zeroed once the host took it, kept for the next try otherwise.
+fn publish_count<H: MetricHost>(host: &mut H, id: u32, pending: &mut u64, acc: &mut Result<(), H::Error>) {
+    if *pending == 0 {
+        return;
+    }
+    match host.increment(id, *pending) {
+        Ok(()) => *pending = 0,
+        Err(e) => first(acc, Err(e)),
+    }
 }
 
 impl Reporter {
@@ -166,13 +227,21 @@ impl Reporter {
             buffered: host.define(Kind::Gauge, BUFFERED)?,
             truncated: host.define(Kind::Counter, TRUNCATED_FIELDS)?,
         };
+        let mut header = Vec::new();
+        if !reporter.is_empty() {
+            encode_key(1, WireType::LengthDelimited, &mut header);
+            encode_varint(reporter.len() as u64, &mut header);
+            header.extend_from_slice(reporter.as_bytes());
+        }
         Ok(Self {
             cfg,
-            reporter,
-            buffer: VecDeque::new(),
-            buffer_bytes: 0,
+            header,
+            filling: Batch::default(),
+            full: VecDeque::new(),
             in_flight: HashMap::new(),
             since_flush_ms: 0,
+            held: 0,
+            pending: Pending::default(),
             ids,
         })
     }
@@ -181,9 +250,9 @@ impl Reporter {
         &self.cfg
     }
 
-    /// Records held: in the buffer and in unanswered calls.
+    /// Records held: in the buffer, in batches handed out and in unanswered calls.
     pub fn buffered(&self) -> usize {
-        self.buffer.len() + self.in_flight.values().map(|c| c.records).sum::<usize>()
+        self.held
     }
 
     /// Calls dispatched and not answered yet.
@@ -193,38 +262,89 @@ impl Reporter {
 
     /// Nothing buffered, nothing in flight: a draining reporter is done.
     pub fn is_idle(&self) -> bool {
-        self.buffer.is_empty() && self.in_flight.is_empty()
+        self.filling.records == 0 && self.full.is_empty() && self.in_flight.is_empty()
     }
 
-    /// Takes one record; drops it (counted) when the buffer is full.
-    pub fn push<H: MetricHost>(&mut self, host: &mut H, record: Record) -> Result<(), H::Error> {
-        let truncated = u64::from(record.truncated);
-        let mut result = host.increment(self.ids.produced, 1);
-        if truncated > 0 {
-            first(&mut result, host.increment(self.ids.truncated, truncated));
+    /// Takes one record: encodes it into the batch being filled, or drops it (counted) when the buffer is full. No
+    /// hostcall: the counts are published by the next [`Reporter::publish`].
+    pub fn push(&mut self, record: Record<'_>) {
+        self.pending.produced += 1;
+        self.pending.truncated += u64::from(record.truncated);
+        if self.held >= self.cfg.max_buffer {
+            self.pending.dropped += 1;
+            return;
         }
-        if self.buffered() >= self.cfg.max_buffer {
-            first(&mut result, host.increment(self.ids.dropped, 1));
-            return result;
+        let len = record.encoded_len();
+        let framed = key_len(2) + encoded_len_varint(len as u64) + len;
+        // At least one record per batch, which always fits: the configuration keeps the budget above
+        // [`MAX_RECORD_BYTES`].
+        if self.filling.records > 0 && self.filling.message.len() + framed > self.cfg.max_batch_bytes {
+            self.close();
         }
-        self.buffer_bytes += framed_len(&record);
-        self.buffer.push_back(record);
-        first(&mut result, host.add(self.ids.buffered, 1));
+        if self.filling.records == 0 {
+            // About a batch's worth of room at once (the first record's size as the estimate, within the budget):
+            // a few allocations per batch, none per call.
+            let room = framed.saturating_mul(self.cfg.max_batch).min(self.cfg.max_batch_bytes);
+            self.filling.message.reserve(self.header.len() + room);
+            self.filling.message.extend_from_slice(&self.header);
+        }
+        let message = &mut self.filling.message;
+        encode_key(2, WireType::LengthDelimited, message);
+        encode_varint(len as u64, message);
+        record.encode(message);
+        self.filling.records += 1;
+        self.held += 1;
+        if self.filling.records >= self.cfg.max_batch || self.filling.message.len() >= self.cfg.max_batch_bytes {
+            self.close();
+        }
+    }
+
+    /// The batch being filled is full: it waits in the queue, and the next record starts a new one.
+    fn close(&mut self) {
+        let mut batch = std::mem::take(&mut self.filling);
+        // The estimate can overshoot (a large first record, small ones after): give back what a waiting batch
+        // does not use, so the queue holds about its bytes and no more.
+        if batch.message.capacity() > 2 * batch.message.len() {
+            batch.message.shrink_to_fit();
+        }
+        self.full.push_back(batch);
+    }
+
+    /// Brings the metrics up to date: one update per series that moved, all in this callback, so that
+    /// `produced == sent + dropped + buffered` holds in every scrape. The tick, the drain and the answers call it.
+    pub fn publish<H: MetricHost>(&mut self, host: &mut H) -> Result<(), H::Error> {
+        let mut result = Ok(());
+        let p = &mut self.pending;
+        publish_count(host, self.ids.produced, &mut p.produced, &mut result);
+        publish_count(host, self.ids.truncated, &mut p.truncated, &mut result);
+        publish_count(host, self.ids.sent, &mut p.sent, &mut result);
+        publish_count(host, self.ids.dropped, &mut p.dropped, &mut result);
+        if self.held != p.held_published {
+            let delta = self.held as i64 - p.held_published as i64;
+            match host.add(self.ids.buffered, delta) {
+                Ok(()) => p.held_published = self.held,
+                Err(e) => first(&mut result, Err(e)),
+            }
+        }
         result
     }
 
     /// Called by the root's timer every `elapsed_ms`: calls past their deadline are given up (their records
     /// dropped, their slots freed), then the batches to dispatch now are returned.
     pub fn tick<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> (Vec<Batch>, Result<(), H::Error>) {
-        let result = self.expire(host, elapsed_ms);
+        self.expire(elapsed_ms);
+        let result = self.publish(host);
         self.since_flush_ms = self.since_flush_ms.saturating_add(elapsed_ms);
         let due = self.since_flush_ms >= self.cfg.flush_interval_ms;
         let mut batches = Vec::new();
-        while !self.buffer.is_empty()
-            && self.in_flight.len() + batches.len() < self.cfg.max_in_flight
-            && (due || self.buffer.len() >= self.cfg.max_batch || self.buffer_bytes >= self.batch_budget())
-        {
-            batches.push(self.take_batch());
+        while self.in_flight.len() + batches.len() < self.cfg.max_in_flight {
+            if let Some(batch) = self.full.pop_front() {
+                batches.push(batch);
+            } else if due && self.filling.records > 0 {
+                batches.push(std::mem::take(&mut self.filling));
+            } else {
+                break;
+            }
         }
         if due {
             self.since_flush_ms = 0;
@@ -232,51 +352,18 @@ impl Reporter {
         (batches, result)
     }
 
-    /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight.
-    pub fn drain(&mut self) -> Vec<Batch> {
-        let mut batches = Vec::new();
-        while !self.buffer.is_empty() {
-            batches.push(self.take_batch());
+    /// The plugin is going away: every buffered record, in batches, whatever the interval and the calls in flight;
+    /// and the metrics brought up to date.
+    pub fn drain<H: MetricHost>(&mut self, host: &mut H) -> (Vec<Batch>, Result<(), H::Error>) {
+        let mut batches: Vec<Batch> = self.full.drain(..).collect();
+        if self.filling.records > 0 {
+            batches.push(std::mem::take(&mut self.filling));
         }
-        batches
-    }
-
-    /// Bytes the records of one batch may take: the budget less the `reporter` field.
-    fn batch_budget(&self) -> usize {
-        let reporter = key_len(1) + encoded_len_varint(self.reporter.len() as u64) + self.reporter.len();
-        self.cfg.max_batch_bytes.saturating_sub(reporter)
-    }
-
-    /// The next batch: records in order until the count or the byte budget is reached (at least one record,
-    /// which always fits: the configuration keeps the budget above [`MAX_RECORD_BYTES`]).
-    fn take_batch(&mut self) -> Batch {
-        let budget = self.batch_budget();
-        let mut message = Vec::with_capacity(self.buffer_bytes.min(budget) + self.reporter.len() + 8);
-        if !self.reporter.is_empty() {
-            encode_key(1, WireType::LengthDelimited, &mut message);
-            encode_varint(self.reporter.len() as u64, &mut message);
-            message.extend_from_slice(self.reporter.as_bytes());
-        }
-        let (mut records, mut bytes) = (0, 0);
-        while let Some(next) = self.buffer.front() {
-            let len = next.encoded_len();
-            let framed = key_len(2) + encoded_len_varint(len as u64) + len;
-            if records > 0 && (records >= self.cfg.max_batch || bytes + framed > budget) {
-                break;
-            }
-            encode_key(2, WireType::LengthDelimited, &mut message);
-            encode_varint(len as u64, &mut message);
-            next.encode(&mut message);
-            self.buffer.pop_front();
-            self.buffer_bytes = self.buffer_bytes.saturating_sub(framed);
-            records += 1;
-            bytes += framed;
-        }
-        Batch { message, records }
+        (batches, self.publish(host))
     }
 
     /// Ages the calls in flight; those past the timeout and [`DEADLINE_GRACE_MS`] are dropped.
-    fn expire<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> Result<(), H::Error> {
+    fn expire(&mut self, elapsed_ms: u64) {
         let deadline = self.cfg.timeout_ms.saturating_add(DEADLINE_GRACE_MS);
         let mut expired = 0;
         self.in_flight.retain(|_, call| {
@@ -287,7 +374,7 @@ impl Reporter {
             }
             keep
         });
-        self.settle(host, self.ids.dropped, expired)
+        self.settle(Outcome::Dropped, expired);
     }
 
     /// A batch was dispatched as call `token`; its records stay buffered until the answer or the deadline.
@@ -301,7 +388,11 @@ impl Reporter {
 
     /// A batch could not be dispatched: its records are dropped.
     pub fn dispatch_failed<H: MetricHost>(&mut self, host: &mut H, records: usize) -> Result<(), H::Error> {
-        self.settle(host, self.ids.dropped, records)
+        if records == 0 {
+            return Ok(());
+        }
+        self.settle(Outcome::Dropped, records);
+        self.publish(host)
     }
 
     /// The answer to call `token`: gRPC status 0 means the agent has the records, anything else drops them.
@@ -317,21 +408,33 @@ impl Reporter {
             return (0, Ok(()));
         };
         let outcome = if grpc_status == 0 {
-            self.ids.sent
+            Outcome::Sent
         } else {
-            self.ids.dropped
+            Outcome::Dropped
         };
-        (call.records, self.settle(host, outcome, call.records))
+        self.settle(outcome, call.records);
+        (call.records, self.publish(host))
     }
 
-    /// Counts `records` that left the buffer under `outcome`.
-    fn settle<H: MetricHost>(&mut self, host: &mut H, outcome: u32, records: usize) -> Result<(), H::Error> {
-        if records == 0 {
-            return Ok(());
+    /// Records of a batch another reporter handed over (the native build's reload): held here from now on, so
+    /// that this reporter's answers settle them. The giver calls [`Reporter::handed_over`] in the same callback.
+    pub fn adopt(&mut self, records: usize) {
+        self.held += records;
+    }
+
+    /// Records this reporter handed to another one: no longer held here, and neither sent nor dropped.
+    pub fn handed_over(&mut self, records: usize) {
+        self.held = self.held.saturating_sub(records);
+    }
+
+    /// Counts `records` that left the buffer under `outcome` (published by the next [`Reporter::publish`]).
+    fn settle(&mut self, outcome: Outcome, records: usize) {
+        let n = records as u64;
+        match outcome {
+            Outcome::Sent => self.pending.sent += n,
+            Outcome::Dropped => self.pending.dropped += n,
         }
-        let mut result = host.increment(outcome, records as u64);
-        first(&mut result, host.add(self.ids.buffered, -(records as i64)));
-        result
+        self.held = self.held.saturating_sub(records);
     }
 }
 

@@ -12,7 +12,7 @@ use wasm_filter_core::{
     headers::Headers,
     interface::Interface,
     metrics::{Dropped, Side},
-    report::CallContext,
+    report::{Addresses, CallContext},
     request::{self, Decision, Rewrite},
 };
 
@@ -135,11 +135,16 @@ impl<'c> Filter<'c> {
                 })
         };
         let Some(report) = &self.config.report else { return };
-        let text = |id| abi::attribute_string(envoy, id);
-        let (client, server) = (text(attribute::SOURCE_ADDRESS), text(attribute::DESTINATION_ADDRESS));
+        // Only the addresses the agent uses for this direction: each read copies a string out of Envoy.
+        let wanted = Addresses::of(seen.side);
+        let text = |wanted: bool, id| wanted.then(|| abi::attribute_string(envoy, id)).flatten();
+        let (client, server) = (
+            text(wanted.client, attribute::SOURCE_ADDRESS),
+            text(wanted.server, attribute::DESTINATION_ADDRESS),
+        );
         let (upstream_local, upstream_peer) = (
-            text(attribute::UPSTREAM_LOCAL_ADDRESS),
-            text(attribute::UPSTREAM_ADDRESS),
+            text(wanted.upstream_local, attribute::UPSTREAM_LOCAL_ADDRESS),
+            text(wanted.upstream_peer, attribute::UPSTREAM_ADDRESS),
         );
         let ctx = CallContext {
             start_time_unix_nano: seen.start_unix_nano,
@@ -151,7 +156,7 @@ impl<'c> Filter<'c> {
             upstream_peer: upstream_peer.as_deref(),
         };
         let record = decision.record(seen.side, &service, status, &ctx, tenant.as_deref());
-        warn(lock(report.reporter()).push(&mut self.config.host(), record));
+        lock(report.reporter()).push(record);
     }
 }
 

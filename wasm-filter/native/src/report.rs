@@ -122,6 +122,15 @@ impl Report {
         }
     }
 
+    /// Takes over `records` another configuration's reporter handed over (see [`Report::shutdown`]).
+    fn adopt(&self, registry: &Mutex<Registry>, records: usize) {
+        let mut reporter = lock(&self.reporter);
+        reporter.adopt(records);
+        if let Err(e) = reporter.publish(&mut self.host(registry)) {
+            log::warn!("{e}");
+        }
+    }
+
     /// Response headers or trailers of stream `id`: remembers its `grpc-status`.
     pub fn on_headers(&self, id: u64, headers: &[(&[u8], &[u8])]) {
         lock(&self.streams).headers(id, headers);
@@ -167,11 +176,23 @@ impl Report {
             }
             batches
         };
-        batches.extend(lock(&self.reporter).drain());
+        let (drained, result) = lock(&self.reporter).drain(&mut host);
+        if let Err(e) = result {
+            log::warn!("{e}");
+        }
+        batches.extend(drained);
         let records: usize = batches.iter().map(|b| b.records).sum();
         match adopter.and_then(|a| Some((a.report.as_ref()?, &a.registry))) {
             Some((next, next_registry)) => {
                 log::info!("filter configuration replaced: {records} buffered records handed to its successor");
+                // Both reporters' buffered shares move in this callback, so the (shared) gauge never misses them.
+                let mut reporter = lock(&self.reporter);
+                reporter.handed_over(records);
+                if let Err(e) = reporter.publish(&mut host) {
+                    log::warn!("{e}");
+                }
+                drop(reporter);
+                next.adopt(next_registry, records);
                 for batch in batches {
                     next.dispatch(next_registry, batch);
                 }

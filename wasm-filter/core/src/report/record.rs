@@ -1,5 +1,6 @@
-//! One call's record, compact while it waits in the buffer, encoded as a `grayscope.v1.CallRecord` only when its
-//! batch is built.
+//! One call's record: a view of what the call already holds (the decision, the properties the shell read), every
+//! text field bounded, encoded as a `grayscope.v1.CallRecord` straight into the batch being filled
+//! ([`super::Reporter::push`]). Nothing is copied: a record costs no allocation, and once encoded it is bytes.
 //!
 //! Every text field is bounded when the record is built ([`MAX_FIELD_BYTES`]): a longer value is cut at a UTF-8
 //! boundary and ends with [`TRUNCATED`], and the cut is counted. A client chooses some of these values (Envoy passes
@@ -7,10 +8,8 @@
 //! lose every other call in it. With it, [`MAX_RECORD_BYTES`] bounds an encoded record, so the byte budget of a
 //! batch always fits at least one.
 //!
-//! A record holds five small strings at most (method or route, service, version, request id, tenant label); the
-//! addresses are parsed into `SocketAddr`s. The wire format is written by hand ([`Record::encode`]) straight from
-//! these fields, so no `CallRecord` with its dozen `String`s is ever built; the tests decode the output with prost
-//! to prove it is the same message.
+//! The wire format is written by hand ([`Record::encode`]) straight from these views, so no `CallRecord` with its
+//! dozen `String`s is ever built; the tests decode the output with prost to prove it is the same message.
 
 use std::net::SocketAddr;
 
@@ -25,96 +24,132 @@ pub const TRUNCATED: &str = "…";
 /// An upper bound of one encoded record, with its framing as a `calls` element of `ReportRequest`.
 pub const MAX_RECORD_BYTES: usize = 10 * 1024;
 
-/// An address as Envoy gave it: `ip:port`, or other text (a pipe's path), bounded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Addr {
-    Ip(SocketAddr),
-    Text(String),
+/// A bounded text field: up to three borrowed pieces written one after the other (a gRPC method is `service`, `/`,
+/// `method`), cut at a UTF-8 boundary to a byte budget, and then followed by [`TRUNCATED`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Text<'a> {
+    pieces: [&'a str; 3],
+    cut: bool,
 }
 
-/// One call, bounded.
+impl<'a> Text<'a> {
+    /// A text known to be short (a verb, a status name).
+    fn plain(text: &'a str) -> Self {
+        Self {
+            pieces: [text, "", ""],
+            cut: false,
+        }
+    }
+
+    /// `text` cut to [`MAX_FIELD_BYTES`]; counts the cut in `truncated`.
+    fn bounded(text: &'a str, truncated: &mut u8) -> Self {
+        Self::bounded_to([text, "", ""], MAX_FIELD_BYTES, truncated)
+    }
+
+    /// The pieces cut to `max` bytes in all, the marker included, when longer; counts the cut in `truncated`.
+    fn bounded_to(pieces: [&'a str; 3], max: usize, truncated: &mut u8) -> Self {
+        if pieces.iter().map(|p| p.len()).sum::<usize>() <= max {
+            return Self { pieces, cut: false };
+        }
+        *truncated = truncated.saturating_add(1);
+        let mut room = max.saturating_sub(TRUNCATED.len());
+        let mut kept = ["", "", ""];
+        for (kept, piece) in kept.iter_mut().zip(pieces) {
+            if piece.len() <= room {
+                *kept = piece;
+                room -= piece.len();
+            } else {
+                let mut end = room;
+                while !piece.is_char_boundary(end) {
+                    end -= 1;
+                }
+                *kept = piece.get(..end).unwrap_or_default();
+                break;
+            }
+        }
+        Self {
+            pieces: kept,
+            cut: true,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.pieces.iter().map(|p| p.len()).sum::<usize>() + if self.cut { TRUNCATED.len() } else { 0 }
+    }
+
+    fn write(&self, buf: &mut Vec<u8>) {
+        for piece in self.pieces {
+            buf.extend_from_slice(piece.as_bytes());
+        }
+        if self.cut {
+            buf.extend_from_slice(TRUNCATED.as_bytes());
+        }
+    }
+}
+
+/// An address as Envoy gave it: `ip:port`, or other text (a pipe's path), bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addr<'a> {
+    Ip(SocketAddr),
+    Text(Text<'a>),
+}
+
+/// One call, bounded: borrowed from the call's context until [`super::Reporter::push`] encodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
+pub struct Record<'a> {
     pub(crate) side: Side,
     /// gRPC, or plain HTTP with `verb`.
     pub(crate) grpc: bool,
     pub(crate) verb: &'static str,
     /// `pkg.Service/Method` for gRPC, the route for HTTP.
-    pub(crate) method: String,
-    pub(crate) service: String,
-    pub(crate) version: String,
+    pub(crate) method: Text<'a>,
+    pub(crate) service: Text<'a>,
+    pub(crate) version: Text<'a>,
     pub(crate) status: Status,
     pub(crate) http_status: u32,
     pub(crate) duration_ns: u64,
     pub(crate) start_time_unix_nano: u64,
     /// client, server, upstream_local, upstream_peer.
-    pub(crate) addrs: [Option<Addr>; 4],
-    pub(crate) request_id: String,
-    pub(crate) trace_id: String,
+    pub(crate) addrs: [Option<Addr<'a>>; 4],
+    pub(crate) request_id: Text<'a>,
+    pub(crate) trace_id: Text<'a>,
     /// The bounded tenant label; empty when the dimension is off.
-    pub(crate) tenant: String,
+    pub(crate) tenant: Text<'a>,
     /// Fields cut to [`MAX_FIELD_BYTES`] while building it.
     pub(crate) truncated: u8,
 }
 
-/// Copies `text`, cut to [`MAX_FIELD_BYTES`] with the marker when longer; counts the cut in `truncated`.
-pub(crate) fn bounded(text: &str, truncated: &mut u8) -> String {
-    bounded_to(text, MAX_FIELD_BYTES, truncated)
-}
-
-fn bounded_to(text: &str, max: usize, truncated: &mut u8) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    *truncated = truncated.saturating_add(1);
-    let mut end = max - TRUNCATED.len();
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut out = String::with_capacity(end + TRUNCATED.len());
-    out.push_str(&text[..end]);
-    out.push_str(TRUNCATED);
-    out
-}
-
 /// `1.2.3.4:80`, `[::1]:80` → an IP address; anything else (a pipe path) → its text, bounded.
-pub(crate) fn addr(text: &str, truncated: &mut u8) -> Addr {
+fn addr<'a>(text: &'a str, truncated: &mut u8) -> Addr<'a> {
     match text.parse::<SocketAddr>() {
         Ok(a) => Addr::Ip(a),
-        Err(_) => Addr::Text(bounded(text, truncated)),
+        Err(_) => Addr::Text(Text::bounded(text, truncated)),
     }
 }
 
-impl Record {
+impl<'a> Record<'a> {
     /// Builds the record of one call from what the request context knows.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         side: Side,
-        interface: &Interface,
-        service: &str,
-        version: Option<&str>,
+        interface: &'a Interface,
+        service: &'a str,
+        version: Option<&'a str>,
         status: Status,
-        request_id: Option<&str>,
-        trace_id: Option<&str>,
-        ctx: &super::CallContext<'_>,
+        request_id: Option<&'a str>,
+        trace_id: Option<&'a str>,
+        ctx: &super::CallContext<'a>,
     ) -> Self {
         let mut truncated = 0;
         let (grpc, verb, method) = match interface {
-            Interface::Grpc { service, method } => {
-                let mut text = String::with_capacity(service.len() + 1 + method.len());
-                text.push_str(service);
-                text.push('/');
-                text.push_str(method);
-                let method = if text.len() > MAX_FIELD_BYTES {
-                    bounded(&text, &mut truncated)
-                } else {
-                    text
-                };
-                (true, "", method)
-            }
-            Interface::Http { verb, route } => (false, *verb, bounded(route, &mut truncated)),
+            Interface::Grpc { service, method } => (
+                true,
+                "",
+                Text::bounded_to([service, "/", method], MAX_FIELD_BYTES, &mut truncated),
+            ),
+            Interface::Http { verb, route } => (false, *verb, Text::bounded(route, &mut truncated)),
         };
-        let mut a = |t: Option<&str>| t.map(|t| addr(t, &mut truncated));
+        let mut a = |t: Option<&'a str>| t.map(|t| addr(t, &mut truncated));
         let addrs = [
             a(ctx.client),
             a(ctx.server),
@@ -126,25 +161,25 @@ impl Record {
             grpc,
             verb,
             method,
-            service: bounded(service, &mut truncated),
-            version: bounded(version.unwrap_or_default(), &mut truncated),
+            service: Text::bounded(service, &mut truncated),
+            version: Text::bounded(version.unwrap_or_default(), &mut truncated),
             status,
             http_status: ctx.http_status.and_then(|c| u32::try_from(c).ok()).unwrap_or(0),
             duration_ns: ctx.duration_ns,
             start_time_unix_nano: ctx.start_time_unix_nano,
             addrs,
-            request_id: bounded(request_id.unwrap_or_default(), &mut truncated),
-            trace_id: bounded(trace_id.unwrap_or_default(), &mut truncated),
-            tenant: String::new(),
+            request_id: Text::bounded(request_id.unwrap_or_default(), &mut truncated),
+            trace_id: Text::bounded(trace_id.unwrap_or_default(), &mut truncated),
+            tenant: Text::default(),
             truncated,
         }
     }
 
     /// Sets the call's bounded tenant label: at most 64 bytes by construction, cut there all the same, so the
     /// field costs [`MAX_RECORD_BYTES`] almost nothing.
-    pub fn with_tenant(mut self, label: Option<&str>) -> Self {
+    pub fn with_tenant(mut self, label: Option<&'a str>) -> Self {
         if let Some(label) = label {
-            self.tenant = bounded_to(label, crate::tenant::MAX_LABEL_LEN, &mut self.truncated);
+            self.tenant = Text::bounded_to([label, "", ""], crate::tenant::MAX_LABEL_LEN, &mut self.truncated);
         }
         self
     }
@@ -166,24 +201,24 @@ impl Record {
     }
 
     /// The text fields, by field number of `CallRecord`.
-    fn texts(&self) -> [(u32, &str); 10] {
-        let system = if self.grpc { "grpc" } else { "http" };
+    fn texts(&self) -> [(u32, Text<'a>); 10] {
+        let system = Text::plain(if self.grpc { "grpc" } else { "http" });
         let (rpc_method, route) = if self.grpc {
-            (self.method.as_str(), "")
+            (self.method, Text::default())
         } else {
-            ("", self.method.as_str())
+            (Text::default(), self.method)
         };
         [
             (2, system),
             (3, rpc_method),
-            (4, self.verb),
+            (4, Text::plain(self.verb)),
             (5, route),
-            (6, self.service.as_str()),
-            (7, self.version.as_str()),
-            (8, self.status.as_str()),
-            (17, self.request_id.as_str()),
-            (18, self.trace_id.as_str()),
-            (19, self.tenant.as_str()),
+            (6, self.service),
+            (7, self.version),
+            (8, Text::plain(self.status.as_str())),
+            (17, self.request_id),
+            (18, self.trace_id),
+            (19, self.tenant),
         ]
     }
 
@@ -252,69 +287,62 @@ impl Record {
     }
 }
 
-fn string_len(tag: u32, text: &str) -> usize {
-    if text.is_empty() {
+fn string_len(tag: u32, text: Text<'_>) -> usize {
+    let len = text.len();
+    if len == 0 {
         0
     } else {
-        key_len(tag) + encoded_len_varint(text.len() as u64) + text.len()
+        key_len(tag) + encoded_len_varint(len as u64) + len
     }
 }
 
-fn put_string(tag: u32, text: &str, buf: &mut Vec<u8>) {
-    if !text.is_empty() {
+fn put_string(tag: u32, text: Text<'_>, buf: &mut Vec<u8>) {
+    let len = text.len();
+    if len != 0 {
         encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(text.len() as u64, buf);
-        buf.extend_from_slice(text.as_bytes());
+        encode_varint(len as u64, buf);
+        text.write(buf);
     }
 }
 
-/// `SocketAddress { address = 1; port = 2; }`: the IP is written as text, as `Display` writes it (no brackets).
-fn addr_parts(a: &Addr) -> (AddrText<'_>, u16) {
-    match a {
-        Addr::Ip(s) => (AddrText::Ip(s.ip()), s.port()),
-        Addr::Text(t) => (AddrText::Text(t), 0),
-    }
+/// Calls `f` with the IP's text, written into a stack buffer (at most 45 bytes for IPv6) as `Display` writes it
+/// (no brackets), so encoding allocates nothing.
+fn with_ip<R>(ip: std::net::IpAddr, f: impl FnOnce(&str) -> R) -> R {
+    use std::io::Write as _;
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let len = match write!(cursor, "{ip}") {
+        Ok(()) => usize::try_from(cursor.position()).unwrap_or(0),
+        Err(_) => 0,
+    };
+    f(std::str::from_utf8(buf.get(..len).unwrap_or_default()).unwrap_or_default())
 }
 
-enum AddrText<'a> {
-    Ip(std::net::IpAddr),
-    Text(&'a str),
-}
-
-impl AddrText<'_> {
-    /// The IP's text in a stack buffer (at most 45 bytes for IPv6), so encoding allocates nothing.
-    fn with<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        match self {
-            AddrText::Text(t) => f(t),
-            AddrText::Ip(ip) => {
-                use std::io::Write as _;
-                let mut buf = [0u8; 64];
-                let mut cursor = std::io::Cursor::new(&mut buf[..]);
-                let len = match write!(cursor, "{ip}") {
-                    Ok(()) => usize::try_from(cursor.position()).unwrap_or(0),
-                    Err(_) => 0,
-                };
-                f(std::str::from_utf8(&buf[..len]).unwrap_or_default())
-            }
-        }
-    }
-}
-
-fn addr_len(a: &Addr) -> usize {
-    let (text, port) = addr_parts(a);
-    let port_len = if port == 0 {
+fn port_len(port: u16) -> usize {
+    if port == 0 {
         0
     } else {
         key_len(2) + encoded_len_varint(u64::from(port))
-    };
-    text.with(|t| string_len(1, t)) + port_len
+    }
 }
 
-fn put_addr(a: &Addr, buf: &mut Vec<u8>) {
-    let (text, port) = addr_parts(a);
-    text.with(|t| put_string(1, t, buf));
-    if port != 0 {
-        encode_key(2, WireType::Varint, buf);
-        encode_varint(u64::from(port), buf);
+/// `SocketAddress { address = 1; port = 2; }`; a text address (a pipe) has no port.
+fn addr_len(a: &Addr<'_>) -> usize {
+    match a {
+        Addr::Ip(s) => with_ip(s.ip(), |t| string_len(1, Text::plain(t))) + port_len(s.port()),
+        Addr::Text(t) => string_len(1, *t),
+    }
+}
+
+fn put_addr(a: &Addr<'_>, buf: &mut Vec<u8>) {
+    match a {
+        Addr::Ip(s) => {
+            with_ip(s.ip(), |t| put_string(1, Text::plain(t), buf));
+            if s.port() != 0 {
+                encode_key(2, WireType::Varint, buf);
+                encode_varint(u64::from(s.port()), buf);
+            }
+        }
+        Addr::Text(t) => put_string(1, *t, buf),
     }
 }

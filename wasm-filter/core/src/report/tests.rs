@@ -21,14 +21,17 @@ fn http() -> Interface {
     }
 }
 
-fn rec(n: u32) -> Record {
+/// The interface of [`rec`]'s records, which borrow it.
+static HTTP: std::sync::LazyLock<Interface> = std::sync::LazyLock::new(http);
+
+fn rec(n: u32) -> Record<'static> {
     let ctx = CallContext {
         http_status: Some(u64::from(n)),
         ..CallContext::default()
     };
     record(
         Side::Inbound,
-        &http(),
+        &HTTP,
         "svc",
         None,
         Status::http(Some(200)),
@@ -48,8 +51,9 @@ fn ticked<H: MetricHost>(r: &mut Reporter, host: &mut H, ms: u64) -> Vec<Batch> 
     batches
 }
 
-/// produced == sent + dropped + buffered, as the metrics say and as the reporter says.
-fn assert_accounted(host: &Recorder, r: &Reporter) {
+/// produced == sent + dropped + buffered, as the metrics say once published and as the reporter says.
+fn assert_accounted(host: &mut Recorder, r: &mut Reporter) {
+    r.publish(host).unwrap();
     let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
     let buffered = host.value(BUFFERED);
     assert_eq!(buffered as usize, r.buffered());
@@ -61,7 +65,7 @@ fn full_batches_leave_at_once_partial_ones_on_the_interval() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(3, 100, 4), "test".into(), &mut host).unwrap();
     for n in 0..7 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     let batches = ticked(&mut r, &mut host, 100);
     assert_eq!(batches.iter().map(|b| b.records).collect::<Vec<_>>(), [3, 3]);
@@ -78,7 +82,7 @@ fn full_batches_leave_at_once_partial_ones_on_the_interval() {
     for (token, b) in batches.iter().enumerate() {
         r.dispatched(token as u32, b.records);
     }
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     assert!(
         ticked(&mut r, &mut host, 100).is_empty(),
         "the last record waits for the interval"
@@ -92,18 +96,18 @@ fn answers_settle_the_accounting() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(2, 100, 4), "t".into(), &mut host).unwrap();
     for n in 0..6 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     let batches = ticked(&mut r, &mut host, 1000);
     assert_eq!(batches.len(), 3);
     r.dispatched(1, 2);
     r.dispatched(2, 2);
     r.dispatch_failed(&mut host, 2).unwrap();
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     assert_eq!(r.completed(&mut host, 1, 0).0, 2);
     assert_eq!(r.completed(&mut host, 2, 14).0, 2);
     assert_eq!(r.completed(&mut host, 99, 0).0, 0, "unknown token");
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     assert!(r.is_idle());
     assert_eq!(host.value("outcome=.=sent;.;grayscope_report_records_total"), 2);
     assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 4);
@@ -114,17 +118,17 @@ fn the_buffer_is_bounded_and_in_flight_calls_count_against_it() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(5, 10, 1), "t".into(), &mut host).unwrap();
     for n in 0..10 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     let batches = ticked(&mut r, &mut host, 1000);
     assert_eq!(batches.len(), 1, "max_in_flight");
     r.dispatched(7, 5);
     for n in 0..100 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     assert_eq!(r.buffered(), 10);
     assert!(ticked(&mut r, &mut host, 1000).is_empty(), "still one call in flight");
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 100);
     r.completed(&mut host, 7, 4).1.unwrap();
     assert_eq!(ticked(&mut r, &mut host, 1000).len(), 1);
@@ -146,7 +150,7 @@ fn batches_are_split_by_bytes_and_a_budget_full_of_records_leaves_at_once() {
     for _ in 0..100 {
         let ctx = CallContext::default();
         let rec = record(Side::Inbound, &iface, "svc", None, Status::http(None), None, None, &ctx);
-        r.push(&mut host, rec).unwrap();
+        r.push(rec);
     }
     // Not due, not 10,000 records: the bytes alone make the batches full.
     let batches = ticked(&mut r, &mut host, 10);
@@ -178,10 +182,11 @@ fn every_field_is_bounded_with_a_visible_marker_and_counted() {
         client: Some("/a/very/long/pipe/path"),
         ..CallContext::default()
     };
+    let service = "s".repeat(2000);
     let rec = record(
         Side::Outbound,
         &iface,
-        &"s".repeat(2000),
+        &service,
         Some("v2"),
         Status::Grpc(0),
         Some(&long_id),
@@ -189,9 +194,9 @@ fn every_field_is_bounded_with_a_visible_marker_and_counted() {
         &ctx,
     );
     assert_eq!(rec.truncated, 3);
-    r.push(&mut host, rec).unwrap();
-    assert_eq!(host.value(TRUNCATED_FIELDS), 3);
-    let batch = r.drain().pop().unwrap();
+    r.push(rec);
+    let batch = r.drain(&mut host).0.pop().unwrap();
+    assert_eq!(host.value(TRUNCATED_FIELDS), 3, "counted, and published by the drain");
     let call = &decode(&batch).calls[0];
     for text in [&call.request_id, &call.rpc_method, &call.service] {
         assert!(text.len() <= MAX_FIELD_BYTES, "{} bytes", text.len());
@@ -326,7 +331,7 @@ fn a_call_never_answered_is_dropped_at_its_deadline_and_frees_its_slot() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(2, 100, 1), "t".into(), &mut host).unwrap();
     for n in 0..4 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     let batches = ticked(&mut r, &mut host, 1000);
     assert_eq!(batches.len(), 1);
@@ -343,10 +348,10 @@ fn a_call_never_answered_is_dropped_at_its_deadline_and_frees_its_slot() {
     assert_eq!(next.iter().map(|b| b.records).collect::<Vec<_>>(), [2]);
     assert_eq!(host.value("outcome=.=dropped;.;grayscope_report_records_total"), 2);
     r.dispatched(2, 2);
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     // A late answer to the expired call changes nothing.
     assert_eq!(r.completed(&mut host, 1, 0).0, 0);
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
 }
 
 #[test]
@@ -354,12 +359,12 @@ fn drain_hands_out_everything_whatever_the_interval_and_the_slots() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(3, 100, 1), "t".into(), &mut host).unwrap();
     for n in 0..8 {
-        r.push(&mut host, rec(n)).unwrap();
+        r.push(rec(n));
     }
     r.dispatched(9, 0);
-    let batches = r.drain();
+    let batches = r.drain(&mut host).0;
     assert_eq!(batches.iter().map(|b| b.records).collect::<Vec<_>>(), [3, 3, 2]);
-    assert!(r.drain().is_empty());
+    assert!(r.drain(&mut host).0.is_empty());
     for (token, b) in (10..).zip(&batches) {
         r.dispatched(token, b.records);
     }
@@ -368,7 +373,7 @@ fn drain_hands_out_everything_whatever_the_interval_and_the_slots() {
     }
     r.completed(&mut host, 9, 0).1.unwrap();
     assert!(r.is_idle());
-    assert_accounted(&host, &r);
+    assert_accounted(&mut host, &mut r);
     assert_eq!(host.value("outcome=.=sent;.;grayscope_report_records_total"), 8);
 }
 
@@ -378,6 +383,8 @@ struct Failing {
     inner: Recorder,
     fail: bool,
     failures: usize,
+    /// Every metric update tried, failed or not.
+    calls: usize,
 }
 
 impl MetricHost for Failing {
@@ -386,6 +393,7 @@ impl MetricHost for Failing {
         self.inner.define(kind, name)
     }
     fn increment(&mut self, id: u32, by: u64) -> Result<(), String> {
+        self.calls += 1;
         if self.fail {
             self.failures += 1;
             return Err("increment failed".into());
@@ -400,6 +408,7 @@ impl MetricHost for Failing {
         self.inner.record(id, value)
     }
     fn add(&mut self, id: u32, delta: i64) -> Result<(), String> {
+        self.calls += 1;
         if self.fail {
             self.failures += 1;
             return Err("add failed".into());
@@ -409,20 +418,62 @@ impl MetricHost for Failing {
 }
 
 #[test]
+fn a_push_makes_no_hostcall_and_a_tick_one_update_per_series() {
+    let mut host = Failing::default();
+    let mut r = Reporter::new(cfg(1000, 50, 4), "t".into(), &mut host).unwrap();
+    let long = Interface::Http {
+        verb: "GET",
+        route: "/x".repeat(1000),
+    };
+    for n in 0..100 {
+        let ctx = CallContext::default();
+        let iface = if n % 2 == 0 { long.clone() } else { http() };
+        r.push(record(
+            Side::Inbound,
+            &iface,
+            "svc",
+            None,
+            Status::http(None),
+            None,
+            None,
+            &ctx,
+        ));
+    }
+    assert_eq!(host.calls, 0, "pushing costs no metric update");
+    let v = |h: &Failing, o: &str| h.inner.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
+    assert_eq!(v(&host, "produced"), 0, "nothing shows before the tick");
+    assert!(ticked(&mut r, &mut host, 10).is_empty(), "not due");
+    // produced, truncated, dropped and buffered moved; sent did not: four updates for a hundred calls.
+    assert_eq!(host.calls, 4);
+    assert_eq!(
+        (v(&host, "produced"), v(&host, "dropped"), host.inner.value(BUFFERED)),
+        (100, 50, 50)
+    );
+    assert_eq!(
+        host.inner.value(TRUNCATED_FIELDS),
+        50,
+        "every long record counts its cut, kept or dropped"
+    );
+    assert!(ticked(&mut r, &mut host, 10).is_empty());
+    assert_eq!(host.calls, 4, "nothing moved, nothing published");
+}
+
+#[test]
 fn failing_hostcalls_cost_a_metric_update_never_a_slot_nor_a_record() {
     let mut host = Failing::default();
     let mut r = Reporter::new(cfg(2, 4, 1), "t".into(), &mut host).unwrap();
     host.fail = true;
     for n in 0..5 {
-        let result = r.push(&mut host, rec(n));
-        assert!(result.is_err(), "the error is reported");
+        r.push(rec(n));
     }
+    assert_eq!(host.calls, 0, "a push makes no hostcall");
     assert_eq!(
         r.buffered(),
         4,
         "the records are buffered all the same, the fifth dropped"
     );
-    let (batches, _) = r.tick(&mut host, 1000);
+    let (batches, result) = r.tick(&mut host, 1000);
+    assert!(result.is_err(), "the publishing failed, and says so");
     assert_eq!(batches.len(), 1);
     r.dispatched(1, 2);
     // Every path that settles records, with every hostcall failing: the state moves on regardless.
@@ -437,12 +488,165 @@ fn failing_hostcalls_cost_a_metric_update_never_a_slot_nor_a_record() {
     let (_, result) = r.tick(&mut host, r.config().timeout_ms + DEADLINE_GRACE_MS + 1);
     assert!(result.is_err(), "the expiry's counting failed, and says so");
     assert!(r.is_idle(), "but the call is gone and its slot free");
-    assert!(r.dispatch_failed(&mut host, 3).is_err());
-    assert!(host.failures >= 10, "{} hostcalls failed", host.failures);
-    // The host recovers: the reporter works as before.
+    assert!(host.failures >= 5, "{} hostcalls failed", host.failures);
+    // The host recovers: the reporter works as before, and what failed to show is published now.
     host.fail = false;
-    r.push(&mut host, rec(9)).unwrap();
+    r.push(rec(9));
     let (batches, result) = r.tick(&mut host, 1000);
     assert!(result.is_ok());
     assert_eq!(batches.len(), 1);
+    r.dispatched(3, 1);
+    assert_accounted(&mut host.inner, &mut r);
+    let v = |o: &str| {
+        host.inner
+            .value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]))
+    };
+    assert_eq!((v("produced"), v("sent"), v("dropped")), (6, 2, 3));
+}
+
+/// Records of every shape: gRPC and HTTP, each direction, cut fields, IPv4, IPv6 and pipe addresses, a tenant.
+#[allow(clippy::type_complexity)]
+fn golden_batch(host: &mut Recorder) -> Vec<Batch> {
+    let mut r = Reporter::new(cfg(100, 100, 4), "grayscope/7".into(), host).unwrap();
+    let grpc = Interface::Grpc {
+        service: "shop.v1.Orders".into(),
+        method: "Get".into(),
+    };
+    let long_grpc = Interface::Grpc {
+        service: "s".repeat(1020),
+        method: "Method".into(),
+    };
+    let long_route = Interface::Http {
+        verb: "POST",
+        route: format!("/{}", "é".repeat(700)),
+    };
+    let full = CallContext {
+        start_time_unix_nano: 1_700_000_000_123_456_789,
+        duration_ns: 1_500_000,
+        http_status: Some(200),
+        client: Some("10.0.0.7:41234"),
+        server: Some("[::1]:15001"),
+        upstream_local: Some("127.0.0.1:50000"),
+        upstream_peer: Some("/var/run/agent.sock"),
+    };
+    let bare = CallContext::default();
+    let rid = "r".repeat(2000);
+    let cases: [(
+        Side,
+        &Interface,
+        &str,
+        Option<&str>,
+        Status,
+        Option<&str>,
+        Option<&str>,
+        &CallContext<'_>,
+        Option<&str>,
+    ); 5] = [
+        (
+            Side::Outbound,
+            &grpc,
+            "shop.v1.Orders",
+            Some("v2"),
+            Status::Grpc(5),
+            Some("rid"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            &full,
+            Some("t_5bc1a08d28e40fe7"),
+        ),
+        (
+            Side::Inbound,
+            &long_grpc,
+            "svc",
+            None,
+            Status::NoResponse,
+            Some(&rid),
+            None,
+            &bare,
+            None,
+        ),
+        (
+            Side::Unspecified,
+            &long_route,
+            "orders",
+            Some("v1"),
+            Status::http(Some(503)),
+            None,
+            None,
+            &full,
+            None,
+        ),
+        (
+            Side::Inbound,
+            &http(),
+            "svc",
+            None,
+            Status::http(None),
+            None,
+            None,
+            &bare,
+            Some("other"),
+        ),
+        (
+            Side::Outbound,
+            &http(),
+            "svc",
+            None,
+            Status::http(Some(404)),
+            Some("x"),
+            None,
+            &full,
+            None,
+        ),
+    ];
+    for (side, iface, service, version, status, request_id, trace_id, ctx, tenant) in cases {
+        r.push(record(side, iface, service, version, status, request_id, trace_id, ctx).with_tenant(tenant));
+    }
+    r.drain(host).0
+}
+
+/// The bytes the filter sent for [`golden_batch`]'s records before records were encoded at push time (the
+/// encoder of commit fb72dab, which encoded whole batches in the tick).
+const GOLDEN: &str = include_str!("golden-batch.hex");
+
+#[test]
+fn records_encoded_at_push_are_the_bytes_the_tick_used_to_send() {
+    let mut host = Recorder::default();
+    let batches = golden_batch(&mut host);
+    assert_eq!(batches.len(), 1);
+    let hex: String = batches[0].message.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, GOLDEN.trim());
+    // And decoded with the proto types: the reporter, five calls, each field where it belongs.
+    let decoded = decode(&batches[0]);
+    assert_eq!(decoded.reporter, "grayscope/7");
+    assert_eq!(decoded.calls.len(), 5);
+    let first = &decoded.calls[0];
+    assert_eq!(
+        (first.rpc_method.as_str(), first.tenant.as_str(), first.status.as_str()),
+        ("shop.v1.Orders/Get", "t_5bc1a08d28e40fe7", "NOT_FOUND")
+    );
+    let peer = first.upstream_peer.as_ref().unwrap();
+    assert_eq!((peer.address.as_str(), peer.port), ("/var/run/agent.sock", 0));
+    let cut = &decoded.calls[1];
+    assert_eq!(cut.rpc_method.len(), MAX_FIELD_BYTES);
+    assert_eq!(cut.rpc_method, format!("{}/{TRUNCATED}", "s".repeat(1020)));
+    assert!(decoded.calls[2].http_route.ends_with(TRUNCATED));
+    assert!(decoded.calls[2].http_route.len() <= MAX_FIELD_BYTES);
+    assert_eq!(decoded.calls[3].tenant, "other");
+    assert_eq!(host.value(TRUNCATED_FIELDS), 3);
+}
+
+#[test]
+fn a_record_carries_the_addresses_its_direction_is_joined_and_named_by() {
+    let a = |client, server, upstream_local, upstream_peer| Addresses {
+        client,
+        server,
+        upstream_local,
+        upstream_peer,
+    };
+    // Outbound: the join's client -> server, and the upstream host as the peer.
+    assert_eq!(Addresses::of(Side::Outbound), a(true, true, false, true));
+    // Inbound: the join's upstream_peer -> upstream_local, and the downstream client as the peer.
+    assert_eq!(Addresses::of(Side::Inbound), a(true, false, true, true));
+    // Unspecified: the agent tries both joins.
+    assert_eq!(Addresses::of(Side::Unspecified), a(true, true, true, true));
 }

@@ -56,14 +56,14 @@ impl Decision {
     }
 
     /// The call's record for the agent; `tenant` is the bounded label the metrics gave it.
-    pub fn record(
-        &self,
+    pub fn record<'a>(
+        &'a self,
         side: Side,
-        service: &str,
+        service: &'a str,
         status: Status,
-        ctx: &CallContext<'_>,
-        tenant: Option<&str>,
-    ) -> Record {
+        ctx: &CallContext<'a>,
+        tenant: Option<&'a str>,
+    ) -> Record<'a> {
         report::record(
             side,
             &self.interface,
