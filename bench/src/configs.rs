@@ -310,6 +310,8 @@ static_resources:
   listeners:
   - name: bench
     address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    # As Istio sets it on a sidecar's listeners: the filter reads the addresses of the call's direction only.
+    traffic_direction: OUTBOUND
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
