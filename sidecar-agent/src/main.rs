@@ -64,6 +64,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 netns: config.netns.clone(),
                 ring_buffer_bytes: config.ring_buffer_bytes,
                 kernel_max_conns: config.kernel_max_conns,
+                accept_tracepoints: config.accept_tracepoints,
             };
             sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
             Ok(())
