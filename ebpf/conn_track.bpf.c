@@ -2,7 +2,7 @@
 /*
  * grayscope connection tracking: TCP connections with the process that owns them, from tracepoints only.
  *
- * - sock:inet_sock_set_state
+ * - raw tracepoint inet_sock_set_state (the arguments sk, oldstate, newstate; see handle_set_state)
  *     CLOSE -> LISTEN          remember the listener's owner (the listen() caller is `current`) in `listeners`,
  *                              keyed by (netns, family, bound address, port)
  *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc)
@@ -85,23 +85,8 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* The tracepoint contexts, written from /sys/kernel/tracing/events/<cat>/<name>/format (the vmlinux
- * trace_event_raw_* types make clang emit ctx pointer arithmetic that the verifier refuses). */
-struct inet_sock_set_state_ctx {
-	__u64 common;
-	__u64 skaddr;
-	__s32 oldstate;
-	__s32 newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u32 saddr;
-	__u32 daddr;
-	__u64 saddr_v6[2];
-	__u64 daddr_v6[2];
-};
-
+/* The syscall tracepoint context, written from /sys/kernel/tracing/events/syscalls/sys_exit_accept4/format (the
+ * vmlinux trace_event_raw_* types make clang emit ctx pointer arithmetic that the verifier refuses). */
 struct sys_exit_ctx {
 	__u64 common;
 	__s32 syscall_nr;
@@ -117,6 +102,23 @@ struct tuple {
 	__u16 lport;
 	__u16 rport;
 };
+
+/* The socket's 4-tuple from `struct sock` (CO-RE reads): local end = bound address and port, remote end = peer,
+ * as the inet_sock_set_state trace event shows them. The local port is `inet_sport`, not `skc_num`: a close
+ * releases the port (zeroing `skc_num`) before its state change. An AF_INET6 socket keeps its IPv6 addresses
+ * (v4-mapped for a dual-stack one). */
+static __always_inline void sk_tuple(const struct sock *sk, struct tuple *t)
+{
+	t->lport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t->family == AF_INET) {
+		t->laddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		t->raddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	} else {
+		bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
 
 static __always_inline void count(__u32 slot)
 {
@@ -252,45 +254,37 @@ static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, cons
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int handle_set_state(struct inet_sock_set_state_ctx *ctx)
+/* A raw tracepoint, not the `sock:inet_sock_set_state` trace event: the kernel then calls the program with the
+ * tracepoint's arguments (sk, oldstate, newstate) instead of first formatting the ~100-byte trace record on every
+ * one of the ~10 state changes of a connection, and the transitions that do not matter cost only the compare. */
+SEC("raw_tp/inet_sock_set_state")
+int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
+	const struct sock *sk = (const struct sock *)ctx->args[0];
+	__s32 oldstate = (__s32)ctx->args[1], newstate = (__s32)ctx->args[2];
 	struct gs_conn_state fresh = {}, *st;
 	struct gs_listen_owner *lo;
 	struct tuple t = {};
-	__u64 key = ctx->skaddr, now;
-	__s32 oldstate = ctx->oldstate, newstate = ctx->newstate;
+	__u64 key = (__u64)sk, now;
 	__u32 netns;
 
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
 	/* Filter on the transition first, before any read: of the ~10 state changes of a connect/accept/close cycle
-	 * only four matter to the table, plus the rare ones into and out of LISTEN. The others (LISTEN -> SYN_RECV,
-	 * FIN_WAIT*, CLOSE_WAIT, LAST_ACK, ...) used to read the namespace and the clock for nothing. */
+	 * only four matter to the table, plus the rare ones into and out of LISTEN. */
 	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE && newstate != TCP_LISTEN &&
 	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
 		return 0;
 	/* A close matters only for a listener or a socket in `conns` (untracked sockets: most closes on a busy node). */
 	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN && !bpf_map_lookup_elem(&conns, &key))
 		return 0;
-	t.family = ctx->family;
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0; /* the tracepoint also fires for other inet protocols (MPTCP subflows' parent, SCTP) */
+	t.family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
-	netns = sk_netns((const struct sock *)key);
+	netns = sk_netns(sk);
 	if (!netns_wanted(netns))
 		return 0;
-
-	if (t.family == AF_INET) {
-		t.laddr[0] = ctx->saddr;
-		t.raddr[0] = ctx->daddr;
-	} else {
-		t.laddr[0] = ctx->saddr_v6[0];
-		t.laddr[1] = ctx->saddr_v6[1];
-		t.raddr[0] = ctx->daddr_v6[0];
-		t.raddr[1] = ctx->daddr_v6[1];
-	}
-	t.lport = ctx->sport;
-	t.rport = ctx->dport;
+	sk_tuple(sk, &t);
 
 	if (newstate == TCP_LISTEN) {
 		on_listen(key, netns, &t);
@@ -406,15 +400,7 @@ static __always_inline int on_accept_exit(__s64 ret)
 		st = &fresh;
 	}
 
-	t.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (t.family == AF_INET) {
-		t.laddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		t.raddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-	} else {
-		bpf_core_read(t.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(t.raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
+	sk_tuple(sk, &t);
 	emit(GS_EVENT_ACCEPTED, st, &t, key, netns, now);
 	return 0;
 }

@@ -84,6 +84,7 @@ impl Agent {
             ring_buffer_bytes: config.ring_buffer_bytes,
             kernel_max_conns: config.kernel_max_conns,
             accept_tracepoints: config.accept_tracepoints,
+            program_stats: config.program_stats,
         })?;
         let ring = probe.take_ring().ok_or(Error::Map {
             name: "events",

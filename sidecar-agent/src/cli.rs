@@ -181,6 +181,11 @@ pub struct KernelArgs {
     /// [env: GRAYSCOPE_ACCEPT_TRACEPOINTS] [default: false].
     #[arg(long, value_name = "BOOL")]
     pub accept_tracepoints: Option<String>,
+    /// Turn on the kernel's BPF run statistics (`BPF_ENABLE_STATS`, needs CAP_SYS_ADMIN) for the
+    /// `bpf_program_run*` metrics; they then cost two clock reads on every run of every BPF program of the node
+    /// [env: GRAYSCOPE_PROGRAM_STATS] [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub program_stats: Option<String>,
     /// Log filter, tracing/RUST_LOG syntax [env: GRAYSCOPE_LOG] [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -208,6 +213,7 @@ impl Command {
         flag(config::RING_BUFFER_BYTES, &kernel.ring_buffer_bytes);
         flag(config::KERNEL_MAX_CONNS, &kernel.kernel_max_conns);
         flag(config::ACCEPT_TRACEPOINTS, &kernel.accept_tracepoints);
+        flag(config::PROGRAM_STATS, &kernel.program_stats);
         flag(config::LOG, &kernel.log);
         if let Self::Run(a) = self {
             flag(config::SOCKET, &a.socket);

@@ -65,6 +65,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 ring_buffer_bytes: config.ring_buffer_bytes,
                 kernel_max_conns: config.kernel_max_conns,
                 accept_tracepoints: config.accept_tracepoints,
+                program_stats: config.program_stats,
             };
             sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
             Ok(())

@@ -29,10 +29,15 @@ fn bash_client(server: SocketAddr) -> std::process::Child {
 }
 
 async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
-    let agent = check_with(common::config(NetnsFilter::Own), listen, connect_to).await;
+    let config = Config {
+        program_stats: true,
+        ..common::config(NetnsFilter::Own)
+    };
+    let agent = check_with(config, listen, connect_to).await;
     let text = common::http_get(agent.metrics_addr, "/metrics").await;
     assert!(
-        !text.contains("handle_accept4_exit"),
+        text.contains("grayscope_agent_bpf_program_runs_total{program=\"handle_set_state\"}")
+            && !text.contains("handle_accept4_exit"),
         "the accept tracepoints are not attached by default:\n{text}"
     );
     agent.agent.stop().await;
@@ -136,6 +141,7 @@ async fn with_accept_tracepoints_the_server_is_named_by_accept() {
     }
     let config = Config {
         accept_tracepoints: true,
+        program_stats: true,
         ..common::config(NetnsFilter::Own)
     };
     let agent = check_with(config, "127.0.0.1:0", "127.0.0.1".parse().unwrap()).await;
@@ -153,7 +159,11 @@ async fn metrics_endpoint_reports_events_table_and_program_runs() {
     if !privileged() {
         return;
     }
-    let agent = start(common::config(NetnsFilter::Own)).await;
+    let config = Config {
+        program_stats: true,
+        ..common::config(NetnsFilter::Own)
+    };
+    let agent = start(config).await;
     let (client_port, server_port) = common::loopback_connection();
     let netns = agent.agent.netns();
     let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));

@@ -1,7 +1,7 @@
 //! Loading and attaching the kernel programs, and access to what they produce.
 //!
 //! [`Probe::load`] runs the [`preflight`] checks, loads `conn_track.bpf.o` with the network namespace filter
-//! (`target_netns`) and the map sizes set at load time, attaches `sock:inet_sock_set_state` (and the accept
+//! (`target_netns`) and the map sizes set at load time, attaches the raw tracepoint `inet_sock_set_state` (and the accept
 //! syscall tracepoints only when asked: see [`ProbeOptions::accept_tracepoints`]), seeds the `listeners` map with
 //! the listeners that existed before (see [`listeners`]) and turns on the kernel's program statistics when it can.
 //! The ring buffer then goes to a [`reader::Reader`]; the counters and the listeners stay reachable through
@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
     EbpfLoader,
 };
 
@@ -32,9 +32,10 @@ pub use self::{
 };
 use crate::{config::NetnsFilter, error::Error};
 
-/// The programs of `conn_track.bpf.o` and where they attach.
+/// The programs of `conn_track.bpf.o` and where they attach: (program, tracefs category, tracepoint); an empty
+/// category is a raw tracepoint (attached by name, with no trace record formatted for it).
 const PROGRAMS: [(&str, &str, &str); 3] = [
-    ("handle_set_state", "sock", "inet_sock_set_state"),
+    ("handle_set_state", "", "inet_sock_set_state"),
     ("handle_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("handle_accept_exit", "syscalls", "sys_exit_accept"),
 ];
@@ -58,6 +59,10 @@ pub struct ProbeOptions {
     /// path (the connect rate of a loopback loop fell to 0.70–1.05 of the rate without, with only that
     /// tracepoint enabled and a filter matching nothing).
     pub accept_tracepoints: bool,
+    /// Turn on the kernel's run statistics (`BPF_ENABLE_STATS`) while the probe lives. Off by default: the kernel
+    /// then reads the clock twice around every run of every BPF program of the node, not only ours. Without it
+    /// the run counts are reported only when the host sets the `kernel.bpf_stats_enabled` sysctl.
+    pub program_stats: bool,
 }
 
 /// The loaded and attached programs.
@@ -97,16 +102,19 @@ impl Probe {
                 program,
                 source: Box::new(source),
             };
-            let tp: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(Error::Map {
-                    name: program,
-                    detail: "program missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(prog_err)?;
-            tp.load().map_err(prog_err)?;
-            tp.attach(category, name).map_err(prog_err)?;
+            let prog = ebpf.program_mut(program).ok_or(Error::Map {
+                name: program,
+                detail: "program missing from the object".into(),
+            })?;
+            if category.is_empty() {
+                let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
+                tp.load().map_err(prog_err)?;
+                tp.attach(name).map_err(prog_err)?;
+            } else {
+                let tp: &mut TracePoint = prog.try_into().map_err(prog_err)?;
+                tp.load().map_err(prog_err)?;
+                tp.attach(category, name).map_err(prog_err)?;
+            }
         }
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let conns = KernelConns(take_map(&mut ebpf, "conns", HashMap::try_from)?);
@@ -119,7 +127,11 @@ impl Probe {
             name: "listeners",
             detail: e.to_string(),
         })?;
-        let stats_fd = enable_program_stats();
+        let stats_fd = if opts.program_stats {
+            enable_program_stats()
+        } else {
+            None
+        };
         tracing::info!(
             netns,
             program_stats = stats_fd.is_some(),
