@@ -50,7 +50,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => {
             // Say what privilege is missing before touching the sockets (whose directory may need it too).
-            sidecar_agent::ebpf::preflight::check()?;
+            sidecar_agent::ebpf::preflight::check(config.accept_tracepoints)?;
             let control = control::bind_with_mode(&config.socket, config.socket_mode)?;
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await

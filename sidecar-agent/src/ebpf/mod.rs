@@ -83,7 +83,7 @@ impl Probe {
     /// Checks the privileges, loads and attaches the programs.
     pub fn load(opts: &ProbeOptions) -> Result<Self, Error> {
         let object = objects::conn_track()?;
-        preflight::check()?;
+        preflight::check(opts.accept_tracepoints)?;
         raise_memlock();
         let netns = resolve_netns(&opts.netns)?;
         let mut ebpf = EbpfLoader::new()
