@@ -44,6 +44,11 @@
 /* Network namespace filter: the inode of the only netns to watch, 0 for all. Set by the loader
  * (EbpfLoader::override_global), so a new value never needs a recompile. */
 const volatile __u32 target_netns = 0;
+/* Size of the `events` ring in bytes, set by the loader with the map's size (saves a bpf_ringbuf_query per event). */
+const volatile __u32 ring_bytes = 256 * 1024;
+/* Whether the accept syscall tracepoints are attached (set by the loader): only then can an accept have named a
+ * passive connection before its SYN_RECV -> ESTABLISHED. */
+const volatile __u8 accept_attached = 0;
 
 /* Per-connection state, keyed by the struct sock address. */
 struct gs_conn_state {
@@ -210,7 +215,6 @@ static __always_inline struct gs_listen_owner *listener_of(__u32 netns, const st
 #define GS_RB_NO_WAKEUP 1
 #define GS_RB_FORCE_WAKEUP 2
 #define GS_RB_AVAIL_DATA 0
-#define GS_RB_RING_SIZE 1
 
 /* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
  * the ring on a timer (sidecar-agent/src/ebpf/reader.rs: POLL_INTERVAL, MAX_POLL_INTERVAL after a quiet spell),
@@ -221,7 +225,7 @@ static __always_inline __u64 wakeup_flag(void)
 {
 	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
 
-	return pending >= bpf_ringbuf_query(&events, GS_RB_RING_SIZE) / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
+	return pending >= ring_bytes / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
 }
 
 static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, const struct tuple *t, __u64 skaddr,
@@ -273,9 +277,14 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE && newstate != TCP_LISTEN &&
 	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
 		return 0;
-	/* A close matters only for a listener or a socket in `conns` (untracked sockets: most closes on a busy node). */
-	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN && !bpf_map_lookup_elem(&conns, &key))
-		return 0;
+	/* A close matters only for a listener or a socket in `conns` (untracked sockets: most closes on a busy node);
+	 * the entry found is the one the close emits from. */
+	st = 0;
+	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (!st)
+			return 0;
+	}
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0; /* the tracepoint also fires for other inet protocols (MPTCP subflows' parent, SCTP) */
 	t.family = BPF_CORE_READ(sk, __sk_common.skc_family);
@@ -313,7 +322,7 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 	}
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-		st = bpf_map_lookup_elem(&conns, &key);
+		st = accept_attached ? bpf_map_lookup_elem(&conns, &key) : 0;
 		if (st) { /* accept() already returned it (it raced ahead of this softirq) and named the owner */
 			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
 			return 0;
@@ -335,10 +344,7 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	}
 
-	if (newstate == TCP_CLOSE) {
-		st = bpf_map_lookup_elem(&conns, &key);
-		if (!st)
-			return 0;
+	if (newstate == TCP_CLOSE && st) {
 		emit(GS_EVENT_CLOSED, st, &t, key, netns, now);
 		bpf_map_delete_elem(&conns, &key);
 	}

@@ -88,6 +88,8 @@ impl Probe {
         let netns = resolve_netns(&opts.netns)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("target_netns", &netns, true)
+            .override_global("ring_bytes", &opts.ring_buffer_bytes, true)
+            .override_global("accept_attached", &u8::from(opts.accept_tracepoints), true)
             .map_max_entries("events", opts.ring_buffer_bytes)
             .map_max_entries("conns", opts.kernel_max_conns)
             .load(object)
