@@ -56,8 +56,8 @@ pub struct ProbeOptions {
     /// Also attach `syscalls:sys_exit_accept{4,}`, which name the exact process that accepted each connection
     /// (a pre-fork server's worker rather than the master that called listen()). Off by default: while any
     /// syscall tracepoint is enabled, every syscall of every process on the node takes the kernel's slow tracing
-    /// path (the connect rate of a loopback loop fell to 0.70–1.05 of the rate without, with only that
-    /// tracepoint enabled and a filter matching nothing).
+    /// path (measured at +1 ns on a 131 ns syscall on kernel 6.18: small there), and the program adds a run and an
+    /// event per accepted connection.
     pub accept_tracepoints: bool,
     /// Turn on the kernel's run statistics (`BPF_ENABLE_STATS`) while the probe lives. Off by default: the kernel
     /// then reads the clock twice around every run of every BPF program of the node, not only ours. Without it
