@@ -2,21 +2,27 @@
 /*
  * grayscope connection tracking: TCP connections with the process that owns them, from tracepoints only.
  *
- * - sock:inet_sock_set_state
+ * - raw tracepoint inet_sock_set_state (the arguments sk, oldstate, newstate; see handle_set_state)
+ *     CLOSE -> LISTEN          remember the listener's owner (the listen() caller is `current`) in `listeners`,
+ *                              keyed by (netns, family, bound address, port)
+ *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc)
  *     CLOSE -> SYN_SENT        remember the connecting task (it is `current` here) in `conns`
  *     SYN_SENT -> ESTABLISHED  emit ESTABLISHED (client) with the full 4-tuple, now that the port is bound
- *     SYN_RECV -> ESTABLISHED  remember a passive connection; emit ESTABLISHED (server, owner not known yet:
- *                              `current` is whoever ran the softirq, on loopback the *client*)
+ *     SYN_RECV -> ESTABLISHED  remember a passive connection and emit ESTABLISHED (server) named after the owner of
+ *                              its listener (exact address first, then the wildcard one); `current` is whoever ran
+ *                              the softirq, on loopback the *client*, so it is never used here
  *     * -> CLOSE               emit CLOSED with the duration, then delete the `conns` entry
- * - syscalls:sys_exit_accept4 / sys_exit_accept
+ * - syscalls:sys_exit_accept4 / sys_exit_accept (attached only when the agent is asked for them)
  *     the returned fd -> struct file -> struct socket -> sk (the tracepoint's skaddr): the accepting task is
- *     `current`, so the server side gets its owner; emit ACCEPTED.
+ *     `current`, so the server side gets the exact accepting process; emit ACCEPTED. Off by default: enabling any
+ *     syscall tracepoint puts every syscall of every task on the node on the tracing slow path.
  *
- * Every `conns` insert is deleted at TCP_CLOSE. The one insert that may miss its delete (the accept side winning
- * a race with a close, see on_accept_exit) is bounded by the LRU map, which evicts instead of filling up.
+ * Every `conns` insert is deleted at TCP_CLOSE, every `listeners` insert at LISTEN -> CLOSE. The inserts that may
+ * miss their delete (the accept side winning a race with a close, see on_accept_exit; a listener replaced at its
+ * key by another one) are bounded by the LRU maps, which evict instead of filling up.
  *
  * Every emit counts GS_STAT_PRODUCED and, when the ring buffer is full, GS_STAT_DROPPED, so the reader can check
- * delivered + dropped == produced.
+ * delivered + dropped == produced. A passive open whose listener is unknown counts GS_STAT_UNOWNED.
  */
 #include "vmlinux_min.h"
 #include "conn_event.h"
@@ -33,10 +39,16 @@
 #define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
 
 /* Network namespace filter: the inode of the only netns to watch, 0 for all. Set by the loader
  * (EbpfLoader::override_global), so a new value never needs a recompile. */
 const volatile __u32 target_netns = 0;
+/* Size of the `events` ring in bytes, set by the loader with the map's size (saves a bpf_ringbuf_query per event). */
+const volatile __u32 ring_bytes = 256 * 1024;
+/* Whether the accept syscall tracepoints are attached (set by the loader): only then can an accept have named a
+ * passive connection before its SYN_RECV -> ESTABLISHED. */
+const volatile __u8 accept_attached = 0;
 
 /* Per-connection state, keyed by the struct sock address. */
 struct gs_conn_state {
@@ -57,6 +69,15 @@ struct {
 	__type(value, struct gs_conn_state);
 } conns SEC(".maps");
 
+/* Listening sockets by bound address. Sized for every listener of a node; the LRU bounds it if a node has more,
+ * and an evicted listener's connections are then emitted without an owner (GS_STAT_UNOWNED). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct gs_listen_key);
+	__type(value, struct gs_listen_owner);
+} listeners SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
@@ -69,23 +90,8 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
-/* The tracepoint contexts, written from /sys/kernel/tracing/events/<cat>/<name>/format (the vmlinux
- * trace_event_raw_* types make clang emit ctx pointer arithmetic that the verifier refuses). */
-struct inet_sock_set_state_ctx {
-	__u64 common;
-	__u64 skaddr;
-	__s32 oldstate;
-	__s32 newstate;
-	__u16 sport;
-	__u16 dport;
-	__u16 family;
-	__u16 protocol;
-	__u32 saddr;
-	__u32 daddr;
-	__u64 saddr_v6[2];
-	__u64 daddr_v6[2];
-};
-
+/* The syscall tracepoint context, written from /sys/kernel/tracing/events/syscalls/sys_exit_accept4/format (the
+ * vmlinux trace_event_raw_* types make clang emit ctx pointer arithmetic that the verifier refuses). */
 struct sys_exit_ctx {
 	__u64 common;
 	__s32 syscall_nr;
@@ -101,6 +107,23 @@ struct tuple {
 	__u16 lport;
 	__u16 rport;
 };
+
+/* The socket's 4-tuple from `struct sock` (CO-RE reads): local end = bound address and port, remote end = peer,
+ * as the inet_sock_set_state trace event shows them. The local port is `inet_sport`, not `skc_num`: a close
+ * releases the port (zeroing `skc_num`) before its state change. An AF_INET6 socket keeps its IPv6 addresses
+ * (v4-mapped for a dual-stack one). */
+static __always_inline void sk_tuple(const struct sock *sk, struct tuple *t)
+{
+	t->lport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (t->family == AF_INET) {
+		t->laddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		t->raddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	} else {
+		bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
 
 static __always_inline void count(__u32 slot)
 {
@@ -120,23 +143,78 @@ static __always_inline int netns_wanted(__u32 netns)
 	return target_netns == 0 || netns == target_netns;
 }
 
-/* Fill the owner fields from the current task. */
+/* Fill the owner fields (pid, tid, proc_start_ns, comm) of `st` from the current task; `st` is a gs_conn_state or
+ * a gs_listen_owner, which name them alike. */
+#define OWN(st)                                                                                                    \
+	do {                                                                                                       \
+		struct task_struct *task_ = (struct task_struct *)bpf_get_current_task();                         \
+		__u64 id_ = bpf_get_current_pid_tgid();                                                            \
+		(st)->pid = id_ >> 32;                                                                             \
+		(st)->tid = (__u32)id_;                                                                            \
+		(st)->proc_start_ns = BPF_CORE_READ(task_, group_leader, start_boottime);                         \
+		bpf_get_current_comm((st)->comm, sizeof((st)->comm));                                              \
+	} while (0)
+
 static __always_inline void own(struct gs_conn_state *st)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 id = bpf_get_current_pid_tgid();
+	OWN(st);
+}
 
-	st->pid = id >> 32;
-	st->tid = (__u32)id;
-	st->proc_start_ns = BPF_CORE_READ(task, group_leader, start_boottime);
-	bpf_get_current_comm(st->comm, sizeof(st->comm));
+/* The `listeners` key of a socket from its local end. */
+static __always_inline void listen_key(struct gs_listen_key *k, __u32 netns, const struct tuple *t)
+{
+	k->netns = netns;
+	k->family = t->family;
+	k->port = t->lport;
+	__builtin_memcpy(k->addr, t->laddr, sizeof(k->addr));
+}
+
+/* listen(): the caller owns the listener. BPF_ANY: of several SO_REUSEPORT listeners on one address, the newest
+ * names them all (the map has one entry per address). Deleted at LISTEN -> CLOSE. */
+static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tuple *t)
+{
+	struct gs_listen_key k = {};
+	struct gs_listen_owner o = {};
+
+	listen_key(&k, netns, t);
+	o.skaddr = skaddr;
+	OWN(&o);
+	bpf_map_update_elem(&listeners, &k, &o, BPF_ANY);
+}
+
+/* A listener closed: forget its entry, unless a newer listener on the same address replaced it. An entry the agent
+ * seeded from /proc (skaddr 0) cannot be told apart, so it goes with the first listener closed at its address. */
+static __always_inline void on_listen_close(__u64 skaddr, __u32 netns, const struct tuple *t)
+{
+	struct gs_listen_key k = {};
+	struct gs_listen_owner *o;
+
+	listen_key(&k, netns, t);
+	o = bpf_map_lookup_elem(&listeners, &k);
+	if (o && (o->skaddr == skaddr || o->skaddr == 0))
+		bpf_map_delete_elem(&listeners, &k);
+}
+
+/* The owner of the listener that accepted the connection whose local end is `t`: a listener bound to that address,
+ * else one bound to the wildcard address of the family (a dual-stack [::] listener's v4-mapped connections find it
+ * that way too). */
+static __always_inline struct gs_listen_owner *listener_of(__u32 netns, const struct tuple *t)
+{
+	struct gs_listen_key k = {};
+	struct gs_listen_owner *o;
+
+	listen_key(&k, netns, t);
+	o = bpf_map_lookup_elem(&listeners, &k);
+	if (o)
+		return o;
+	__builtin_memset(k.addr, 0, sizeof(k.addr));
+	return bpf_map_lookup_elem(&listeners, &k);
 }
 
 /* bpf_ringbuf_submit flags and bpf_ringbuf_query selectors (uapi enums, not in vmlinux_min.h). */
 #define GS_RB_NO_WAKEUP 1
 #define GS_RB_FORCE_WAKEUP 2
 #define GS_RB_AVAIL_DATA 0
-#define GS_RB_RING_SIZE 1
 
 /* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
  * the ring on a timer (sidecar-agent/src/ebpf/reader.rs: POLL_INTERVAL, MAX_POLL_INTERVAL after a quiet spell),
@@ -147,7 +225,7 @@ static __always_inline __u64 wakeup_flag(void)
 {
 	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
 
-	return pending >= bpf_ringbuf_query(&events, GS_RB_RING_SIZE) / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
+	return pending >= ring_bytes / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
 }
 
 static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, const struct tuple *t, __u64 skaddr,
@@ -180,44 +258,51 @@ static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, cons
 	bpf_ringbuf_submit(e, wakeup_flag());
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int handle_set_state(struct inet_sock_set_state_ctx *ctx)
+/* A raw tracepoint, not the `sock:inet_sock_set_state` trace event: the kernel then calls the program with the
+ * tracepoint's arguments (sk, oldstate, newstate) instead of first formatting the ~100-byte trace record on every
+ * one of the ~10 state changes of a connection, and the transitions that do not matter cost only the compare. */
+SEC("raw_tp/inet_sock_set_state")
+int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 {
+	const struct sock *sk = (const struct sock *)ctx->args[0];
+	__s32 oldstate = (__s32)ctx->args[1], newstate = (__s32)ctx->args[2];
 	struct gs_conn_state fresh = {}, *st;
+	struct gs_listen_owner *lo;
 	struct tuple t = {};
-	__u64 key = ctx->skaddr, now;
-	__s32 oldstate = ctx->oldstate, newstate = ctx->newstate;
+	__u64 key = (__u64)sk, now;
 	__u32 netns;
 
-	if (ctx->protocol != IPPROTO_TCP)
-		return 0;
 	/* Filter on the transition first, before any read: of the ~10 state changes of a connect/accept/close cycle
-	 * only these four matter to the table. The others (LISTEN -> SYN_RECV, FIN_WAIT*, CLOSE_WAIT, LAST_ACK, ...)
-	 * used to read the namespace and the clock for nothing. */
-	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE &&
+	 * only four matter to the table, plus the rare ones into and out of LISTEN. */
+	if (newstate != TCP_SYN_SENT && newstate != TCP_CLOSE && newstate != TCP_LISTEN &&
 	    !(newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)))
 		return 0;
-	/* A close matters only for a socket in `conns` (listeners, untracked sockets: most closes on a busy node). */
-	if (newstate == TCP_CLOSE && !bpf_map_lookup_elem(&conns, &key))
-		return 0;
-	t.family = ctx->family;
+	/* A close matters only for a listener or a socket in `conns` (untracked sockets: most closes on a busy node);
+	 * the entry found is the one the close emits from. */
+	st = 0;
+	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
+		st = bpf_map_lookup_elem(&conns, &key);
+		if (!st)
+			return 0;
+	}
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0; /* the tracepoint also fires for other inet protocols (MPTCP subflows' parent, SCTP) */
+	t.family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
-	netns = sk_netns((const struct sock *)key);
+	netns = sk_netns(sk);
 	if (!netns_wanted(netns))
 		return 0;
+	sk_tuple(sk, &t);
 
-	if (t.family == AF_INET) {
-		t.laddr[0] = ctx->saddr;
-		t.raddr[0] = ctx->daddr;
-	} else {
-		t.laddr[0] = ctx->saddr_v6[0];
-		t.laddr[1] = ctx->saddr_v6[1];
-		t.raddr[0] = ctx->daddr_v6[0];
-		t.raddr[1] = ctx->daddr_v6[1];
+	if (newstate == TCP_LISTEN) {
+		on_listen(key, netns, &t);
+		return 0;
 	}
-	t.lport = ctx->sport;
-	t.rport = ctx->dport;
+	if (oldstate == TCP_LISTEN) { /* LISTEN -> CLOSE */
+		on_listen_close(key, netns, &t);
+		return 0;
+	}
 	now = bpf_ktime_get_ns();
 
 	if (newstate == TCP_SYN_SENT) {
@@ -237,23 +322,29 @@ int handle_set_state(struct inet_sock_set_state_ctx *ctx)
 	}
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-		st = bpf_map_lookup_elem(&conns, &key);
+		st = accept_attached ? bpf_map_lookup_elem(&conns, &key) : 0;
 		if (st) { /* accept() already returned it (it raced ahead of this softirq) and named the owner */
 			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
 			return 0;
 		}
-		/* The owner is unknown until accept; `current` is not the server. Deleted at TCP_CLOSE. */
+		/* `current` is not the server: the listener's owner is. Deleted at TCP_CLOSE. */
 		fresh.start_ns = now;
 		fresh.role = GS_ROLE_SERVER;
+		lo = listener_of(netns, &t);
+		if (lo) {
+			fresh.pid = lo->pid;
+			fresh.tid = lo->tid;
+			fresh.proc_start_ns = lo->proc_start_ns;
+			__builtin_memcpy(fresh.comm, lo->comm, sizeof(fresh.comm));
+		} else {
+			count(GS_STAT_UNOWNED);
+		}
 		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
 		emit(GS_EVENT_ESTABLISHED, &fresh, &t, key, netns, now);
 		return 0;
 	}
 
-	if (newstate == TCP_CLOSE) {
-		st = bpf_map_lookup_elem(&conns, &key);
-		if (!st)
-			return 0;
+	if (newstate == TCP_CLOSE && st) {
 		emit(GS_EVENT_CLOSED, st, &t, key, netns, now);
 		bpf_map_delete_elem(&conns, &key);
 	}
@@ -315,15 +406,7 @@ static __always_inline int on_accept_exit(__s64 ret)
 		st = &fresh;
 	}
 
-	t.lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (t.family == AF_INET) {
-		t.laddr[0] = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		t.raddr[0] = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-	} else {
-		bpf_core_read(t.laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(t.raddr, 16, &sk->__sk_common.skc_v6_daddr);
-	}
+	sk_tuple(sk, &t);
 	emit(GS_EVENT_ACCEPTED, st, &t, key, netns, now);
 	return 0;
 }

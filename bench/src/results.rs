@@ -381,12 +381,12 @@ impl Report<'_> {
         match self.ebpf {
             Some(e) => {
                 md.push_str(&format!(
-                    "Loopback connect + accept + close cycles per second, generator pinned to one CPU and the agent to the other, interleaved rounds with the agent running (programs attached) and stopped.\n\n| figure | median (min–max) |\n|---|---|\n| connects/s without | {} |\n| connects/s with | {} |\n| ratio with/without (target ≥ 0.95) | {} |\n| events produced / lost (target 0 lost) | {} / {} |\n| program run time per emitted event (ns) | {} |\n\n",
+                    "Loopback connect + accept + close cycles per second, generator pinned to one CPU and the agent to the other, interleaved rounds with the agent running (programs attached, as deployed: no run statistics) and stopped. The programs' run times come from one more round with `--program-stats true` (`BPF_ENABLE_STATS`), not counted in the ratio.\n\n| figure | median (min–max) |\n|---|---|\n| connects/s without | {} |\n| connects/s with | {} |\n| ratio with/without (target ≥ 0.95) | {} |\n| events produced / lost (target 0 lost) | {} / {} |\n| program run time per emitted event (ns) | {} |\n\n",
                     e.without_per_s.show(0), e.with_per_s.show(0), e.connect_ratio.show(3), e.produced, e.lost,
                     e.ns_per_event.map_or("n/a (no kernel run statistics)".into(), |v| format!("{v:.0}")),
                 ));
                 if !e.programs.is_empty() {
-                    md.push_str("| program | runs (last round) | ns per run |\n|---|---|---|\n");
+                    md.push_str("| program | runs (statistics round) | ns per run |\n|---|---|---|\n");
                     for (n, r, ns) in &e.programs {
                         md.push_str(&format!("| {n} | {r} | {ns:.0} |\n"));
                     }

@@ -21,7 +21,8 @@
 /* slots of the per-CPU `stats` array */
 #define GS_STAT_PRODUCED 0 /* events the programs tried to emit */
 #define GS_STAT_DROPPED 1  /* of those, ring buffer reservations that failed */
-#define GS_STAT_MAX 2
+#define GS_STAT_UNOWNED 2  /* passive opens whose listener has no known owner (emitted without one) */
+#define GS_STAT_MAX 3
 
 #define GS_COMM_LEN 16
 
@@ -47,5 +48,29 @@ struct gs_conn_event {
 _Static_assert(sizeof(struct gs_conn_event) == 104, "gs_conn_event ABI changed: update events.rs too");
 _Static_assert(__builtin_offsetof(struct gs_conn_event, laddr) == 56, "gs_conn_event ABI changed: update events.rs too");
 _Static_assert(__builtin_offsetof(struct gs_conn_event, comm) == 88, "gs_conn_event ABI changed: update events.rs too");
+
+/*
+ * The `listeners` map: who owns each listening socket, so an accepted connection is named after its listener's
+ * owner at the passive open (a softirq, where `current` is meaningless) without a syscall tracepoint. Filled by
+ * the kernel at CLOSE -> LISTEN (the listen() caller is `current`) and by the agent from /proc at start for the
+ * listeners that already existed. Mirrored by `sidecar-agent/src/ebpf/listeners.rs`.
+ */
+struct gs_listen_key {
+	__u32 netns;   /* inode number of the listener's network namespace */
+	__u16 family;  /* AF_INET or AF_INET6 */
+	__u16 port;    /* local port, host byte order */
+	__u8 addr[16]; /* bound address, network order (AF_INET: first 4 bytes); all zero for a wildcard bind */
+};
+
+struct gs_listen_owner {
+	__u64 skaddr;        /* the listening struct sock; 0 when the agent found the listener in /proc */
+	__u64 proc_start_ns; /* owner's thread-group leader start_boottime */
+	__u32 pid;           /* tgid of the process that called listen() */
+	__u32 tid;           /* its thread */
+	char comm[GS_COMM_LEN];
+};
+
+_Static_assert(sizeof(struct gs_listen_key) == 24, "gs_listen_key ABI changed: update listeners.rs too");
+_Static_assert(sizeof(struct gs_listen_owner) == 40, "gs_listen_owner ABI changed: update listeners.rs too");
 
 #endif /* __GRAYSCOPE_CONN_EVENT_H */

@@ -51,6 +51,13 @@ struct sock {
 	__u16 sk_protocol;
 };
 
+/* `struct inet_sock` starts with its `struct sock`; `inet_sport` (network order) keeps the local port after a
+ * close has released the bound port (`skc_num` is zeroed by inet_put_port before the CLOSE state change). */
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+};
+
 struct socket {
 	struct sock *sk;
 };

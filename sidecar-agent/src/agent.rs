@@ -83,6 +83,8 @@ impl Agent {
             netns: config.netns.clone(),
             ring_buffer_bytes: config.ring_buffer_bytes,
             kernel_max_conns: config.kernel_max_conns,
+            accept_tracepoints: config.accept_tracepoints,
+            program_stats: config.program_stats,
         })?;
         let ring = probe.take_ring().ok_or(Error::Map {
             name: "events",
@@ -191,6 +193,12 @@ impl Agent {
         })
     }
 
+    /// The owner the kernel holds for the listener of this agent's namespace (or of `netns` when the agent watches
+    /// every one) bound to `addr`; a wildcard bind is `0.0.0.0` or `[::]`.
+    pub fn listener_owner(&self, netns: u32, addr: std::net::SocketAddr) -> Option<crate::ebpf::ListenOwner> {
+        self.kernel.listener_owner(netns, addr)
+    }
+
     /// The Collector's state (what the gRPC service serves).
     pub fn core(&self) -> &Arc<Core> {
         &self.core
@@ -207,7 +215,7 @@ impl Agent {
         // read, so `delivered + dropped <= produced` always holds. Read the other way round, events produced and
         // delivered between the two reads made the sum exceed `produced` under load.
         let delivered = self.reader.delivered.load(Ordering::Acquire);
-        let KernelCounters { produced, dropped } = self.kernel.counters().map_err(|e| Error::Map {
+        let KernelCounters { produced, dropped, .. } = self.kernel.counters().map_err(|e| Error::Map {
             name: "stats",
             detail: e.to_string(),
         })?;

@@ -176,6 +176,16 @@ pub struct KernelArgs {
     /// Capacity of the kernel map of open connections [env: GRAYSCOPE_KERNEL_MAX_CONNS] [default: 65536].
     #[arg(long, value_name = "N")]
     pub kernel_max_conns: Option<String>,
+    /// Also attach the accept syscall tracepoints, to name the exact accepting process (a pre-fork server's
+    /// worker) instead of the listener's owner; every syscall of the node then takes the slow tracing path
+    /// [env: GRAYSCOPE_ACCEPT_TRACEPOINTS] [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub accept_tracepoints: Option<String>,
+    /// Turn on the kernel's BPF run statistics (`BPF_ENABLE_STATS`, needs CAP_SYS_ADMIN) for the
+    /// `bpf_program_run*` metrics; they then cost two clock reads on every run of every BPF program of the node
+    /// [env: GRAYSCOPE_PROGRAM_STATS] [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub program_stats: Option<String>,
     /// Log filter, tracing/RUST_LOG syntax [env: GRAYSCOPE_LOG] [default: info].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -202,6 +212,8 @@ impl Command {
         flag(config::NETNS, &kernel.netns);
         flag(config::RING_BUFFER_BYTES, &kernel.ring_buffer_bytes);
         flag(config::KERNEL_MAX_CONNS, &kernel.kernel_max_conns);
+        flag(config::ACCEPT_TRACEPOINTS, &kernel.accept_tracepoints);
+        flag(config::PROGRAM_STATS, &kernel.program_stats);
         flag(config::LOG, &kernel.log);
         if let Self::Run(a) = self {
             flag(config::SOCKET, &a.socket);

@@ -50,7 +50,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => {
             // Say what privilege is missing before touching the sockets (whose directory may need it too).
-            sidecar_agent::ebpf::preflight::check()?;
+            sidecar_agent::ebpf::preflight::check(config.accept_tracepoints)?;
             let control = control::bind_with_mode(&config.socket, config.socket_mode)?;
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await
@@ -64,6 +64,8 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 netns: config.netns.clone(),
                 ring_buffer_bytes: config.ring_buffer_bytes,
                 kernel_max_conns: config.kernel_max_conns,
+                accept_tracepoints: config.accept_tracepoints,
+                program_stats: config.program_stats,
             };
             sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
             Ok(())

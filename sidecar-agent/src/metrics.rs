@@ -258,6 +258,12 @@ impl Collector for Live {
                     "Events lost because the ring buffer was full",
                     k.dropped,
                 )?;
+                counter(
+                    &mut enc,
+                    "inbound_unowned",
+                    "Accepted connections whose listener had no known owner (reported without a process)",
+                    k.unowned,
+                )?;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
         }
@@ -281,6 +287,13 @@ impl Collector for Live {
             "Most connections the table holds",
             None,
             cap.metric_type(),
+        )?)?;
+        let listeners = ConstGauge::new(i64::try_from(self.kernel.listeners()).unwrap_or(i64::MAX));
+        listeners.encode(enc.encode_descriptor(
+            "listeners_tracked",
+            "Listening sockets the kernel holds an owner for",
+            None,
+            listeners.metric_type(),
         )?)?;
         if let Some(runs) = self.kernel.program_runs() {
             let c = ConstCounter::new(0u64);

@@ -1,6 +1,7 @@
 //! A child process with a known pid connects to a listener of the test process, over IPv4, IPv6 and a
 //! v4-mapped dual-stack socket: the agent's table names the child on the client side (pid, comm, ports,
-//! executable) and the test process on the server side (from the accept tracepoint).
+//! executable) and the test process on the server side: by default from the owner of the listener (recorded at
+//! listen()), and with `accept_tracepoints` from the accept syscall tracepoint.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -11,7 +12,7 @@ use std::{
 };
 
 use common::{privileged, start, wait_some};
-use sidecar_agent::{ebpf::events::Role, table::Connection, NetnsFilter};
+use sidecar_agent::{ebpf::events::Role, table::Connection, Config, NetnsFilter};
 
 /// Runs `bash`, which connects to `server` with its /dev/tcp redirection and waits for the server to close.
 fn bash_client(server: SocketAddr) -> std::process::Child {
@@ -28,7 +29,23 @@ fn bash_client(server: SocketAddr) -> std::process::Child {
 }
 
 async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
-    let agent = start(common::config(NetnsFilter::Own)).await;
+    let config = Config {
+        program_stats: true,
+        ..common::config(NetnsFilter::Own)
+    };
+    let agent = check_with(config, listen, connect_to).await;
+    let text = common::http_get(agent.metrics_addr, "/metrics").await;
+    assert!(
+        text.contains("grayscope_agent_bpf_program_runs_total{program=\"handle_set_state\"}")
+            && !text.contains("handle_accept4_exit"),
+        "the accept tracepoints are not attached by default:\n{text}"
+    );
+    agent.agent.stop().await;
+}
+
+/// Checks both sides of a connection from a child; returns the agent, still running.
+async fn check_with(config: Config, listen: &str, connect_to: IpAddr) -> common::TestAgent {
+    let agent = start(config).await;
     let netns = agent.agent.netns();
     let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
     let server = SocketAddr::new(connect_to, listener.local_addr().unwrap().port());
@@ -89,7 +106,7 @@ async fn check_child_and_server(listen: &str, connect_to: IpAddr) {
         closed.0.duration >= closed.1.duration,
         "the client side opened first: {closed:?}"
     );
-    agent.agent.stop().await;
+    agent
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +135,35 @@ async fn v4_mapped_dual_stack_server_is_named() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_accept_tracepoints_the_server_is_named_by_accept() {
+    if !privileged() {
+        return;
+    }
+    let config = Config {
+        accept_tracepoints: true,
+        program_stats: true,
+        ..common::config(NetnsFilter::Own)
+    };
+    let agent = check_with(config, "127.0.0.1:0", "127.0.0.1".parse().unwrap()).await;
+    let text = common::http_get(agent.metrics_addr, "/metrics").await;
+    let runs = text
+        .lines()
+        .find_map(|l| l.strip_prefix("grayscope_agent_bpf_program_runs_total{program=\"handle_accept4_exit\"} "))
+        .unwrap_or_else(|| panic!("no accept4 program runs in:\n{text}"));
+    assert!(runs.parse::<f64>().unwrap() >= 1.0, "the accept tracepoint ran: {runs}");
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_reports_events_table_and_program_runs() {
     if !privileged() {
         return;
     }
-    let agent = start(common::config(NetnsFilter::Own)).await;
+    let config = Config {
+        program_stats: true,
+        ..common::config(NetnsFilter::Own)
+    };
+    let agent = start(config).await;
     let (client_port, server_port) = common::loopback_connection();
     let netns = agent.agent.netns();
     let lo = |p| SocketAddr::from(([127, 0, 0, 1], p));

@@ -41,6 +41,8 @@ fields! {
     CLOSED_GRACE: "closed_grace", "closed-grace", "GRAYSCOPE_CLOSED_GRACE", "30s";
     RING_BUFFER_BYTES: "ring_buffer_bytes", "ring-buffer-bytes", "GRAYSCOPE_RING_BUFFER_BYTES", "262144";
     KERNEL_MAX_CONNS: "kernel_max_conns", "kernel-max-conns", "GRAYSCOPE_KERNEL_MAX_CONNS", "65536";
+    ACCEPT_TRACEPOINTS: "accept_tracepoints", "accept-tracepoints", "GRAYSCOPE_ACCEPT_TRACEPOINTS", "false";
+    PROGRAM_STATS: "program_stats", "program-stats", "GRAYSCOPE_PROGRAM_STATS", "false";
     LOG: "log", "log", "GRAYSCOPE_LOG", "info";
     SOCKET_MODE: "socket_mode", "socket-mode", "GRAYSCOPE_SOCKET_MODE", "0660";
     ALLOWED_UIDS: "allowed_uids", "allowed-uids", "GRAYSCOPE_ALLOWED_UIDS", "self,0";
@@ -120,6 +122,12 @@ pub struct Config {
     pub ring_buffer_bytes: u32,
     /// Capacity of the kernel's map of open connections.
     pub kernel_max_conns: u32,
+    /// Name the exact accepting process through the accept syscall tracepoints (every syscall of the node then
+    /// takes the slow tracing path); by default the listener's owner is named.
+    pub accept_tracepoints: bool,
+    /// Turn on the kernel's run statistics of BPF programs (`BPF_ENABLE_STATS`) while the agent runs: two clock
+    /// reads on every run of every BPF program of the node.
+    pub program_stats: bool,
     /// `tracing` filter directives.
     pub log: String,
     /// Mode of the socket file.
@@ -202,6 +210,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let closed_grace = p.get(CLOSED_GRACE, |s| value::duration(s, max_day));
     let ring_buffer_bytes = p.get(RING_BUFFER_BYTES, value::ring_size);
     let kernel_max_conns = p.get(KERNEL_MAX_CONNS, |s| value::count(s, 1, 10_000_000));
+    let accept_tracepoints = p.get(ACCEPT_TRACEPOINTS, value::boolean);
+    let program_stats = p.get(PROGRAM_STATS, value::boolean);
     let log = p.get(LOG, |s| value::log_filter(s).map(|()| s.to_owned()));
     let socket_mode = p.get(SOCKET_MODE, value::mode);
     let allowed_uids = p.get(ALLOWED_UIDS, value::uids);
@@ -232,6 +242,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(closed_grace),
         Some(ring_buffer_bytes),
         Some(kernel_max_conns),
+        Some(accept_tracepoints),
+        Some(program_stats),
         Some(log),
         Some(socket_mode),
         Some(allowed_uids),
@@ -258,6 +270,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         closed_grace,
         ring_buffer_bytes,
         kernel_max_conns,
+        accept_tracepoints,
+        program_stats,
         log,
         socket_mode,
         allowed_uids,
@@ -291,6 +305,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         closed_grace,
         ring_buffer_bytes: u32::try_from(ring_buffer_bytes).unwrap_or(u32::MAX),
         kernel_max_conns: u32::try_from(kernel_max_conns).unwrap_or(u32::MAX),
+        accept_tracepoints,
+        program_stats,
         log,
         socket_mode,
         allowed_uids,

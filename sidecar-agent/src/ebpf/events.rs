@@ -205,7 +205,7 @@ pub fn decode(bytes: &[u8]) -> Result<ConnEvent, DecodeError> {
     RawConnEvent::from_bytes(bytes)?.decode()
 }
 
-fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+pub(crate) fn arr<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(&b[off..off + N]);
     out

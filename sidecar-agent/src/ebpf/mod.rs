@@ -1,11 +1,14 @@
 //! Loading and attaching the kernel programs, and access to what they produce.
 //!
 //! [`Probe::load`] runs the [`preflight`] checks, loads `conn_track.bpf.o` with the network namespace filter
-//! (`target_netns`) and the map sizes set at load time, attaches its three tracepoints and turns on the kernel's
-//! program statistics when it can. The ring buffer then goes to a [`reader::Reader`]; the counters stay
-//! reachable through [`KernelStats`].
+//! (`target_netns`) and the map sizes set at load time, attaches the raw tracepoint `inet_sock_set_state` (and the accept
+//! syscall tracepoints only when asked: see [`ProbeOptions::accept_tracepoints`]), seeds the `listeners` map with
+//! the listeners that existed before (see [`listeners`]) and turns on the kernel's program statistics when it can.
+//! The ring buffer then goes to a [`reader::Reader`]; the counters and the listeners stay reachable through
+//! [`KernelStats`].
 
 pub mod events;
+pub mod listeners;
 pub mod objects;
 pub mod preflight;
 pub mod reader;
@@ -19,19 +22,27 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{RawTracePoint, TracePoint},
     EbpfLoader,
 };
 
-pub use self::stats::{KernelCounters, KernelStats, ProgramRuns};
+pub use self::{
+    listeners::{KernelListeners, ListenOwner},
+    stats::{KernelCounters, KernelStats, ProgramRuns},
+};
 use crate::{config::NetnsFilter, error::Error};
 
-/// The programs of `conn_track.bpf.o` and where they attach.
+/// The programs of `conn_track.bpf.o` and where they attach: (program, tracefs category, tracepoint); an empty
+/// category is a raw tracepoint (attached by name, with no trace record formatted for it).
 const PROGRAMS: [(&str, &str, &str); 3] = [
-    ("handle_set_state", "sock", "inet_sock_set_state"),
+    ("handle_set_state", "", "inet_sock_set_state"),
     ("handle_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("handle_accept_exit", "syscalls", "sys_exit_accept"),
 ];
+
+/// How many of [`PROGRAMS`] are syscall tracepoints (the last ones), attached only with
+/// [`ProbeOptions::accept_tracepoints`].
+const SYSCALL_PROGRAMS: usize = 2;
 
 /// Load-time knobs of the kernel programs.
 #[derive(Clone, Debug)]
@@ -42,6 +53,16 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: u32,
     /// Capacity of the in-kernel LRU map of open connections.
     pub kernel_max_conns: u32,
+    /// Also attach `syscalls:sys_exit_accept{4,}`, which name the exact process that accepted each connection
+    /// (a pre-fork server's worker rather than the master that called listen()). Off by default: while any
+    /// syscall tracepoint is enabled, every syscall of every process on the node takes the kernel's slow tracing
+    /// path (measured at +1 ns on a 131 ns syscall on kernel 6.18: small there), and the program adds a run and an
+    /// event per accepted connection.
+    pub accept_tracepoints: bool,
+    /// Turn on the kernel's run statistics (`BPF_ENABLE_STATS`) while the probe lives. Off by default: the kernel
+    /// then reads the clock twice around every run of every BPF program of the node, not only ours. Without it
+    /// the run counts are reported only when the host sets the `kernel.bpf_stats_enabled` sysctl.
+    pub program_stats: bool,
 }
 
 /// The loaded and attached programs.
@@ -62,37 +83,67 @@ impl Probe {
     /// Checks the privileges, loads and attaches the programs.
     pub fn load(opts: &ProbeOptions) -> Result<Self, Error> {
         let object = objects::conn_track()?;
-        preflight::check()?;
+        preflight::check(opts.accept_tracepoints)?;
         raise_memlock();
         let netns = resolve_netns(&opts.netns)?;
         let mut ebpf = EbpfLoader::new()
             .override_global("target_netns", &netns, true)
+            .override_global("ring_bytes", &opts.ring_buffer_bytes, true)
+            .override_global("accept_attached", &u8::from(opts.accept_tracepoints), true)
             .map_max_entries("events", opts.ring_buffer_bytes)
             .map_max_entries("conns", opts.kernel_max_conns)
             .load(object)
             .map_err(|e| Error::Load(Box::new(e)))?;
-        for (program, category, name) in PROGRAMS {
+        let attached = if opts.accept_tracepoints {
+            &PROGRAMS[..]
+        } else {
+            &PROGRAMS[..PROGRAMS.len() - SYSCALL_PROGRAMS]
+        };
+        for &(program, category, name) in attached {
             let prog_err = |source| Error::Program {
                 program,
                 source: Box::new(source),
             };
-            let tp: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or(Error::Map {
-                    name: program,
-                    detail: "program missing from the object".into(),
-                })?
-                .try_into()
-                .map_err(prog_err)?;
-            tp.load().map_err(prog_err)?;
-            tp.attach(category, name).map_err(prog_err)?;
+            let prog = ebpf.program_mut(program).ok_or(Error::Map {
+                name: program,
+                detail: "program missing from the object".into(),
+            })?;
+            if category.is_empty() {
+                let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
+                tp.load().map_err(prog_err)?;
+                tp.attach(name).map_err(prog_err)?;
+            } else {
+                let tp: &mut TracePoint = prog.try_into().map_err(prog_err)?;
+                tp.load().map_err(prog_err)?;
+                tp.attach(category, name).map_err(prog_err)?;
+            }
         }
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
         let conns = KernelConns(take_map(&mut ebpf, "conns", HashMap::try_from)?);
         let counters = take_map(&mut ebpf, "stats", PerCpuArray::<MapData, u64>::try_from)?;
-        let stats_fd = enable_program_stats();
-        tracing::info!(netns, program_stats = stats_fd.is_some(), "eBPF programs attached");
-        let stats = Arc::new(KernelStats::new(ebpf, counters, stats_fd, PROGRAMS.map(|p| p.0)));
+        // After the attach, so a listener is either recorded by the kernel or already in /proc; the seed never
+        // replaces what the kernel recorded.
+        let mut listeners = KernelListeners::new(take_map(&mut ebpf, "listeners", HashMap::try_from)?);
+        let found = listeners::scan_proc(std::path::Path::new("/proc"), netns);
+        let seeded = listeners.seed(&found).map_err(|e| Error::Map {
+            name: "listeners",
+            detail: e.to_string(),
+        })?;
+        let stats_fd = if opts.program_stats {
+            enable_program_stats()
+        } else {
+            None
+        };
+        tracing::info!(
+            netns,
+            program_stats = stats_fd.is_some(),
+            accept_tracepoints = opts.accept_tracepoints,
+            listeners_found = found.len(),
+            listeners_seeded = seeded,
+            "eBPF programs attached"
+        );
+        let names = attached.iter().map(|p| p.0).collect();
+        let stats = Arc::new(KernelStats::new(ebpf, counters, listeners, stats_fd, names));
         Ok(Self {
             ring: Some(ring),
             conns: Some(conns),

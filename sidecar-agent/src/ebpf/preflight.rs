@@ -4,7 +4,8 @@
 //! - capabilities: `CAP_BPF` (create maps, load programs) and `CAP_PERFMON` (attach tracepoints through
 //!   perf events, read kernel pointers) — or `CAP_SYS_ADMIN`, which implies both;
 //! - kernel BTF at `/sys/kernel/btf/vmlinux`, for the CO-RE relocations of the programs;
-//! - tracefs, where tracepoint ids are looked up; mounted at `/sys/kernel/tracing` when absent and permitted.
+//! - tracefs, where tracepoint ids are looked up, only for the accept syscall tracepoints (the raw tracepoint is
+//!   attached by name); mounted at `/sys/kernel/tracing` when absent and permitted.
 
 use std::{fs, io, path::Path};
 
@@ -18,8 +19,8 @@ pub(crate) const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 
-/// Runs every check; the first failure is returned.
-pub fn check() -> Result<(), Error> {
+/// Runs every check (tracefs only when `tracefs` is needed); the first failure is returned.
+pub fn check(tracefs: bool) -> Result<(), Error> {
     let status = fs::read_to_string("/proc/self/status").map_err(|e| Error::Io {
         what: "reading /proc/self/status".into(),
         source: e,
@@ -33,7 +34,10 @@ pub fn check() -> Result<(), Error> {
     if !Path::new(BTF_PATH).exists() {
         return Err(Error::NoBtf);
     }
-    ensure_tracefs()
+    if tracefs {
+        ensure_tracefs()?;
+    }
+    Ok(())
 }
 
 /// The capabilities the agent lacks, from the `CapEff:` line of `/proc/self/status`.

@@ -1,7 +1,8 @@
-//! Counters that live in the kernel: events produced and dropped by the programs (the per-CPU `stats` map) and
-//! the programs' own run counts (`BPF_ENABLE_STATS`).
+//! Counters that live in the kernel: events produced and dropped by the programs (the per-CPU `stats` map), the
+//! programs' own run counts (`BPF_ENABLE_STATS`), and the `listeners` map.
 
 use std::{
+    net::SocketAddr,
     os::fd::OwnedFd,
     sync::{Mutex, PoisonError},
     time::Duration,
@@ -12,9 +13,12 @@ use aya::{
     Ebpf,
 };
 
+use super::listeners::{KernelListeners, ListenOwner};
+
 /// Slots of the `stats` map (`GS_STAT_*` in `conn_event.h`).
 const STAT_PRODUCED: u32 = 0;
 const STAT_DROPPED: u32 = 1;
+const STAT_UNOWNED: u32 = 2;
 
 /// Sums of the per-CPU counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,6 +27,8 @@ pub struct KernelCounters {
     pub produced: u64,
     /// Of those, the ones the ring buffer had no room for.
     pub dropped: u64,
+    /// Passive opens whose listener had no known owner (emitted without one).
+    pub unowned: u64,
 }
 
 /// One program's statistics.
@@ -42,10 +48,12 @@ pub struct KernelStats {
     ebpf: Mutex<Ebpf>,
     /// The per-CPU `stats` map.
     counters: Mutex<PerCpuArray<MapData, u64>>,
+    /// The owners of the listening sockets.
+    listeners: Mutex<KernelListeners>,
     /// Keeps `BPF_ENABLE_STATS` on; `None` when the kernel refused it.
     program_stats: Option<OwnedFd>,
-    /// The program names to report.
-    programs: [&'static str; 3],
+    /// The attached programs' names.
+    programs: Vec<&'static str>,
 }
 
 // === impl KernelStats ===
@@ -54,12 +62,14 @@ impl KernelStats {
     pub(crate) fn new(
         ebpf: Ebpf,
         counters: PerCpuArray<MapData, u64>,
+        listeners: KernelListeners,
         program_stats: Option<OwnedFd>,
-        programs: [&'static str; 3],
+        programs: Vec<&'static str>,
     ) -> Self {
         Self {
             ebpf: Mutex::new(ebpf),
             counters: Mutex::new(counters),
+            listeners: Mutex::new(listeners),
             program_stats,
             programs,
         }
@@ -74,7 +84,21 @@ impl KernelStats {
         Ok(KernelCounters {
             produced: sum(STAT_PRODUCED)?,
             dropped: sum(STAT_DROPPED)?,
+            unowned: sum(STAT_UNOWNED)?,
         })
+    }
+
+    /// The owner the kernel holds for the listener of namespace `netns` bound to `addr` (a wildcard bind is
+    /// `0.0.0.0` or `[::]`).
+    pub fn listener_owner(&self, netns: u32, addr: SocketAddr) -> Option<ListenOwner> {
+        let map = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        map.owner(netns, addr)
+    }
+
+    /// Number of listeners the kernel holds an owner for.
+    pub fn listeners(&self) -> usize {
+        let map = self.listeners.lock().unwrap_or_else(PoisonError::into_inner);
+        map.len()
     }
 
     /// Run counts of the programs, when the kernel keeps them: `BPF_ENABLE_STATS` was accepted (it needs

@@ -1,0 +1,107 @@
+//! Inbound connections are named after the process that owns their listener, without the accept syscall
+//! tracepoints (off by default): a `python3` server accepts a connection from the test process, and the agent's
+//! table names the server's pid on the accepted side, whether the server called listen() after the agent started
+//! (recorded by the kernel at CLOSE -> LISTEN) or before (found in /proc at start). Closing the listener deletes
+//! its entry in the kernel's `listeners` map.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpStream},
+    process::Child,
+};
+
+use common::{first_line, privileged, python, start, wait_for, wait_some, TestAgent};
+use sidecar_agent::{ebpf::events::Role, NetnsFilter};
+
+/// Listens on `BIND` (an address, port 0), prints the port, accepts one connection, and on a line from stdin
+/// closes the connection and the listener and prints `closed`; then waits for stdin to close.
+const SERVER: &str = "import socket, sys\n\
+    fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET\n\
+    l = socket.socket(fam)\n\
+    l.bind((sys.argv[1], 0)); l.listen(8)\n\
+    print(l.getsockname()[1], flush=True)\n\
+    c, _ = l.accept()\n\
+    sys.stdin.readline()\n\
+    c.close(); l.close()\n\
+    print('closed', flush=True)\n\
+    sys.stdin.read()\n";
+
+fn server(bind: &str) -> (Child, u16) {
+    let mut child = python(&format!("import sys; sys.argv = ['server', '{bind}']\n{SERVER}"));
+    let port = first_line(&mut child).parse().unwrap();
+    (child, port)
+}
+
+/// Connects to the server, checks that the accepted side is named after the server's pid, then closes the
+/// listener and checks that its map entry goes. `listen_addr` is the listener's key (its bound address).
+async fn check(agent: &TestAgent, mut child: Child, listen_addr: SocketAddr, seeded: bool) {
+    let netns = agent.agent.netns();
+    let server_pid = child.id();
+    let owner = agent
+        .agent
+        .listener_owner(netns, listen_addr)
+        .expect("the listener's entry");
+    assert_eq!(owner.pid, server_pid, "{owner:?}");
+    assert_eq!(owner.comm(), "python3");
+    // The kernel records the listening socket's address; an entry found in /proc at start has none.
+    assert_eq!(owner.skaddr == 0, seeded, "{owner:?}");
+
+    let client = TcpStream::connect(("127.0.0.1", listen_addr.port())).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let accepted = wait_some("the accepted side with its owner", || {
+        agent.agent.with_table(|t| {
+            t.iter()
+                .find(|c| c.role == Role::Server && c.remote.port() == client_port && c.closed.is_none())
+                .filter(|c| c.owner.is_some())
+                .cloned()
+        })
+    })
+    .await;
+    assert_eq!(accepted.local.port(), listen_addr.port());
+    let named = accepted.owner.as_ref().unwrap();
+    assert_eq!(named.pid, server_pid, "the server, not the connecting test process");
+    assert_eq!(named.comm, "python3");
+    assert_eq!(
+        accepted.process.as_ref().map(|p| p.pid),
+        Some(server_pid),
+        "enriched from /proc like any owner"
+    );
+
+    child.stdin.as_mut().unwrap().write_all(b"close\n").unwrap();
+    assert_eq!(first_line(&mut child), "closed");
+    wait_for("the listener's entry to be deleted at its close", || {
+        agent.agent.listener_owner(netns, listen_addr).is_none()
+    })
+    .await;
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    drop(client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_opened_after_the_agent_names_its_connections() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    // A wildcard listener: the connection to 127.0.0.1 finds it through the wildcard key.
+    let (child, port) = server("0.0.0.0");
+    check(&agent, child, SocketAddr::from(([0, 0, 0, 0], port)), false).await;
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_opened_before_the_agent_names_its_connections() {
+    if !privileged() {
+        return;
+    }
+    // A dual-stack [::] listener from before the agent: found in /proc/net/tcp6 and matched through the server's
+    // fds; the IPv4 connection is accepted as a v4-mapped AF_INET6 socket that finds it through the wildcard key.
+    let (child, port) = server("::");
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    check(&agent, child, SocketAddr::from(([0u16; 8], port)), true).await;
+    agent.agent.stop().await;
+}
