@@ -173,24 +173,35 @@ impl Core {
         // One counter update per outcome and batch, not per record: each update hashes the label set and takes
         // the family's lock.
         let mut outcomes: Vec<(&'static str, u64)> = Vec::with_capacity(4);
-        let calls: Vec<Arc<LinkedCall>> = done
-            .into_iter()
-            .map(|r| {
-                let label = r.outcome.label();
-                match outcomes.iter_mut().find(|(l, _)| *l == label) {
-                    Some((_, n)) => *n += 1,
-                    None => outcomes.push((label, 1)),
-                }
-                Arc::new(link::linked_call(r, clocks, self.expose_command_line))
-            })
-            .collect();
+        for r in &done {
+            let label = r.outcome.label();
+            match outcomes.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => outcomes.push((label, 1)),
+            }
+        }
         for (label, n) in outcomes {
             self.metrics.records.get_or_create(&[("outcome", label)]).inc_by(n);
         }
+        // The message of each call is built only when somebody watches: the method table needs the record and
+        // its process, and the process is built once per process and batch. A watcher subscribing meanwhile
+        // gets the calls of the next batch, as it would have had it subscribed a moment later.
+        let watched = !self.hub.is_empty();
+        let mut processes = link::Processes::new(clocks, self.expose_command_line);
+        let mut calls: Vec<Arc<LinkedCall>> = Vec::with_capacity(if watched { done.len() } else { 0 });
         {
             let mut methods = lock(&self.methods);
-            for c in &calls {
-                self.metrics.record_methods(methods.observe(c));
+            for r in done {
+                let process = match &r.outcome {
+                    link::Outcome::Linked(conn, _) => processes.get(conn),
+                    _ => None,
+                };
+                self.metrics
+                    .record_methods(methods.observe_record(&r.record, r.received_unix_nano, process));
+                if watched {
+                    let process = process.cloned();
+                    calls.push(Arc::new(link::linked_call_with(r, process, clocks)));
+                }
             }
             self.metrics.methods_rows.set(gauge(methods.len()));
         }
