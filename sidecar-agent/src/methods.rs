@@ -16,7 +16,6 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashSet},
-    fmt::Write as _,
     time::Duration,
 };
 
@@ -61,28 +60,51 @@ pub fn is_error(c: &CallRecord) -> bool {
     c.http_response_status_code >= 500 || c.status == "5xx"
 }
 
-/// The peer of the call, written into `out` (cleared first; a buffer reused across calls, so that a peer the row
-/// already holds costs no allocation): where an outbound call went (the upstream host, `ip:port`), or who made an
-/// inbound call (the downstream client's address, without its ephemeral port). `false` when there is none.
-fn peer(c: &CallRecord, out: &mut String) -> bool {
-    out.clear();
-    let a = if c.direction == Direction::Inbound as i32 {
-        let Some(a) = &c.client else { return false };
-        out.push_str(&a.address);
-        return true;
-    } else {
-        let Some(a) = c.upstream_peer.as_ref().or(c.server.as_ref()) else {
-            return false;
-        };
-        a
-    };
-    // Writing to a String cannot fail.
-    let _ = if a.address.contains(':') {
-        write!(out, "[{}]:{}", a.address, a.port)
-    } else {
-        write!(out, "{}:{}", a.address, a.port)
-    };
-    true
+/// The peer of a call: where an outbound call went (the upstream host and its port), or who made an inbound call
+/// (the downstream client's address, without its ephemeral port). Kept as reported and formatted only when the
+/// table is listed, so that counting a call from a known peer formats nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Peer {
+    address: String,
+    port: Option<u32>,
+}
+
+impl Peer {
+    /// Whether `p` is this peer.
+    fn is(&self, p: PeerRef<'_>) -> bool {
+        self.port == p.port && self.address == p.address
+    }
+
+    /// `ip:port` (`[ip]:port` for IPv6), or the address alone.
+    fn text(&self) -> String {
+        match self.port {
+            None => self.address.clone(),
+            Some(port) if self.address.contains(':') => format!("[{}]:{port}", self.address),
+            Some(port) => format!("{}:{port}", self.address),
+        }
+    }
+}
+
+/// [`Peer`], borrowed from the record.
+#[derive(Clone, Copy)]
+struct PeerRef<'a> {
+    address: &'a str,
+    port: Option<u32>,
+}
+
+fn peer(c: &CallRecord) -> Option<PeerRef<'_>> {
+    if c.direction == Direction::Inbound as i32 {
+        let a = c.client.as_ref()?;
+        return Some(PeerRef {
+            address: &a.address,
+            port: None,
+        });
+    }
+    let a = c.upstream_peer.as_ref().or(c.server.as_ref())?;
+    Some(PeerRef {
+        address: &a.address,
+        port: Some(a.port),
+    })
 }
 
 #[derive(Debug)]
@@ -93,7 +115,7 @@ struct Row {
     latency: Histogram,
     first_seen: u64,
     last_seen: u64,
-    peers: Vec<String>,
+    peers: Vec<Peer>,
     /// Position in [`MethodTable::idle`].
     used: u64,
 }
@@ -101,15 +123,20 @@ struct Row {
 // === impl Row ===
 
 impl Row {
-    /// Counts call `c`, seen at `seen`; `peer` is a buffer for its peer.
-    fn count(&mut self, c: &CallRecord, seen: u64, peer_buf: &mut String) {
+    /// Counts call `c`, seen at `seen`.
+    fn count(&mut self, c: &CallRecord, seen: u64) {
         self.calls += 1;
         self.errors += u64::from(is_error(c));
         self.latency.record(c.duration_ns);
         self.first_seen = self.first_seen.min(seen);
         self.last_seen = self.last_seen.max(seen);
-        if self.peers.len() < MAX_PEERS && peer(c, peer_buf) && !self.peers.iter().any(|p| p == peer_buf) {
-            self.peers.push(peer_buf.clone());
+        if self.peers.len() < MAX_PEERS {
+            if let Some(p) = peer(c).filter(|&p| !self.peers.iter().any(|known| known.is(p))) {
+                self.peers.push(Peer {
+                    address: p.address.to_owned(),
+                    port: p.port,
+                });
+            }
         }
     }
 }
@@ -138,8 +165,6 @@ pub struct MethodTable {
     /// Processes found gone, since when: (pid, start time; 0 for a declaring pid).
     gone: HashMap<(u32, u64), Instant>,
     next_use: u64,
-    /// The peer of the call being counted ([`peer`]).
-    peer: String,
 }
 
 // === impl MethodTable ===
@@ -156,7 +181,6 @@ impl MethodTable {
             declared: BTreeMap::new(),
             gone: HashMap::new(),
             next_use: 0,
-            peer: String::new(),
         }
     }
 
@@ -188,21 +212,26 @@ impl MethodTable {
         };
         let used = self.tick();
         let seen = seen(c, received_unix_nano);
-        if !self.rows.contains_key(&key) {
-            let interface = InterfaceRef(key.service, key.method);
-            if !self.interfaces.contains_key(&interface) && self.interfaces.len() >= self.max_interfaces {
-                (key.service, key.method) = (OTHER, OTHER);
-                fx.folded = true;
-            }
-        }
-        if let Some(row) = self.rows.get_mut(&key) {
-            // The row's key moves to its new place in the idle order.
-            if let Some(k) = self.idle.remove(&row.used) {
-                self.idle.insert(used, k);
+        // The row's key moves to its new place in the idle order.
+        let touch = |row: &mut Row, idle: &mut BTreeMap<u64, Key>| {
+            if let Some(k) = idle.remove(&row.used) {
+                idle.insert(used, k);
             }
             row.used = used;
-            row.count(c, seen, &mut self.peer);
+            row.count(c, seen);
+        };
+        if let Some(row) = self.rows.get_mut(&key) {
+            touch(row, &mut self.idle);
             return fx;
+        }
+        let interface = InterfaceRef(key.service, key.method);
+        if !self.interfaces.contains_key(&interface) && self.interfaces.len() >= self.max_interfaces {
+            (key.service, key.method) = (OTHER, OTHER);
+            fx.folded = true;
+            if let Some(row) = self.rows.get_mut(&key) {
+                touch(row, &mut self.idle);
+                return fx;
+            }
         }
         if self.rows.len() >= self.max_rows {
             if let Some((_, idlest)) = self.idle.pop_first() {
@@ -228,7 +257,7 @@ impl MethodTable {
             peers: Vec::new(),
             used,
         };
-        row.count(c, seen, &mut self.peer);
+        row.count(c, seen);
         self.idle.insert(used, key.clone());
         self.rows.insert(key, row);
         fx
@@ -355,7 +384,7 @@ impl MethodTable {
                 latency: Some(row.latency.summary()),
                 first_seen_unix_nano: row.first_seen,
                 last_seen_unix_nano: row.last_seen,
-                peers: row.peers.clone(),
+                peers: row.peers.iter().map(Peer::text).collect(),
                 declared,
                 tenant: key.tenant.clone(),
             });
