@@ -397,7 +397,12 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Collector for Service {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
-        let netns = peer_netns(&request);
+        // The reporter's namespace only matters when the agent watches every namespace (it reads /proc per call).
+        let netns = if self.core.netns.is_some() {
+            None
+        } else {
+            peer_netns(&request)
+        };
         let r = request.into_inner();
         let n = r.calls.len();
         let accepted = self.core.report(r.calls, Instant::now(), netns);
