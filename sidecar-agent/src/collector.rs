@@ -71,6 +71,8 @@ pub struct Core {
     /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
     /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
     clocks: Clocks,
+    /// Signalled when a batch leaves records waiting, so the retry timer sleeps while none waits.
+    queued: tokio::sync::Notify,
 }
 
 // === impl Core ===
@@ -88,6 +90,7 @@ impl Core {
             expose_command_line: s.expose_command_line,
             metrics,
             clocks: Clocks::now(),
+            queued: tokio::sync::Notify::new(),
         })
     }
 
@@ -138,6 +141,9 @@ impl Core {
                 .filter_map(|c| pending.offer_in(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
+            if !pending.is_empty() {
+                self.queued.notify_one();
+            }
             done
         };
         self.finish(done);
@@ -284,6 +290,11 @@ impl Core {
     /// Records waiting for their connection.
     pub fn pending(&self) -> usize {
         lock(&self.pending).len()
+    }
+
+    /// Waits until a batch has left records waiting (at once if one did since the last wait).
+    pub async fn queued(&self) {
+        self.queued.notified().await;
     }
 }
 
