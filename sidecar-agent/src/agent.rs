@@ -263,13 +263,22 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future) -
     Ok(())
 }
 
-/// Retries the records waiting for their connection, a few times per link wait; on shutdown ends the watch
-/// streams so the gRPC server can drain.
+/// Retries the records waiting for their connection, a few times per link wait, and sleeps while none waits (its
+/// ticks were most of an idle agent's wakeups); on shutdown ends the watch streams so the gRPC server can drain.
 async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) {
     let period = (wait / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if core.pending() == 0 {
+            tokio::select! {
+                () = cancel.cancelled() => {
+                    core.hub().close();
+                    return;
+                }
+                () = core.queued() => tick.reset(),
+            }
+        }
         tokio::select! {
             () = cancel.cancelled() => {
                 core.hub().close();

@@ -71,6 +71,8 @@ pub struct Core {
     /// Clock offsets read once: a process's start time must convert to the same Unix time on every call, or the
     /// method table would split one process into several rows by nanoseconds of clock-reading jitter.
     clocks: Clocks,
+    /// Signalled when a batch leaves records waiting, so the retry timer sleeps while none waits.
+    queued: tokio::sync::Notify,
 }
 
 // === impl Core ===
@@ -88,6 +90,7 @@ impl Core {
             expose_command_line: s.expose_command_line,
             metrics,
             clocks: Clocks::now(),
+            queued: tokio::sync::Notify::new(),
         })
     }
 
@@ -138,6 +141,9 @@ impl Core {
                 .filter_map(|c| pending.offer_in(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
+            if !pending.is_empty() {
+                self.queued.notify_one();
+            }
             done
         };
         self.finish(done);
@@ -173,24 +179,35 @@ impl Core {
         // One counter update per outcome and batch, not per record: each update hashes the label set and takes
         // the family's lock.
         let mut outcomes: Vec<(&'static str, u64)> = Vec::with_capacity(4);
-        let calls: Vec<Arc<LinkedCall>> = done
-            .into_iter()
-            .map(|r| {
-                let label = r.outcome.label();
-                match outcomes.iter_mut().find(|(l, _)| *l == label) {
-                    Some((_, n)) => *n += 1,
-                    None => outcomes.push((label, 1)),
-                }
-                Arc::new(link::linked_call(r, clocks, self.expose_command_line))
-            })
-            .collect();
+        for r in &done {
+            let label = r.outcome.label();
+            match outcomes.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, n)) => *n += 1,
+                None => outcomes.push((label, 1)),
+            }
+        }
         for (label, n) in outcomes {
             self.metrics.records.get_or_create(&[("outcome", label)]).inc_by(n);
         }
+        // The message of each call is built only when somebody watches: the method table needs the record and
+        // its process, and the process is built once per process and batch. A watcher subscribing meanwhile
+        // gets the calls of the next batch, as it would have had it subscribed a moment later.
+        let watched = !self.hub.is_empty();
+        let mut processes = link::Processes::new(clocks, self.expose_command_line);
+        let mut calls: Vec<Arc<LinkedCall>> = Vec::with_capacity(if watched { done.len() } else { 0 });
         {
             let mut methods = lock(&self.methods);
-            for c in &calls {
-                self.metrics.record_methods(methods.observe(c));
+            for r in done {
+                let process = match &r.outcome {
+                    link::Outcome::Linked(conn, _) => processes.get(conn),
+                    _ => None,
+                };
+                self.metrics
+                    .record_methods(methods.observe_record(&r.record, r.received_unix_nano, process));
+                if watched {
+                    let process = process.cloned();
+                    calls.push(Arc::new(link::linked_call_with(r, process, clocks)));
+                }
             }
             self.metrics.methods_rows.set(gauge(methods.len()));
         }
@@ -273,6 +290,11 @@ impl Core {
     /// Records waiting for their connection.
     pub fn pending(&self) -> usize {
         lock(&self.pending).len()
+    }
+
+    /// Waits until a batch has left records waiting (at once if one did since the last wait).
+    pub async fn queued(&self) {
+        self.queued.notified().await;
     }
 }
 
@@ -386,7 +408,12 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Se
 #[tonic::async_trait]
 impl Collector for Service {
     async fn report(&self, request: Request<ReportRequest>) -> Result<Response<ReportResponse>, Status> {
-        let netns = peer_netns(&request);
+        // The reporter's namespace only matters when the agent watches every namespace (it reads /proc per call).
+        let netns = if self.core.netns.is_some() {
+            None
+        } else {
+            peer_netns(&request)
+        };
         let r = request.into_inner();
         let n = r.calls.len();
         let accepted = self.core.report(r.calls, Instant::now(), netns);

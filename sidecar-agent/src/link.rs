@@ -15,13 +15,18 @@
 use std::{
     collections::VecDeque,
     net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
 use proto::v1::{self as pb, CallRecord, Direction, LinkState, LinkedCall};
 use tokio::time::Instant;
 
-use crate::table::{ConnTable, Connection};
+use crate::{
+    ebpf::events::Owner,
+    procinfo::ProcessInfo,
+    table::{ConnTable, Connection},
+};
 
 /// Finds a connection by its 4-tuple, seen from its local end.
 pub trait Lookup {
@@ -339,6 +344,16 @@ impl Clocks {
 /// The message for a resolved record. The process's command line is included only with `command_line` (it may
 /// carry secrets: tokens, passwords in arguments); the executable's path and name always are.
 pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCall {
+    let process = match &r.outcome {
+        Outcome::Linked(conn, _) => process(conn, clocks, command_line),
+        _ => None,
+    };
+    linked_call_with(r, process, clocks)
+}
+
+/// [`linked_call`] with the linked connection's [`process`] already built (it is the same for every call of a
+/// process, so a batch builds it once per process).
+pub fn linked_call_with(r: Resolved, process: Option<pb::Process>, clocks: Clocks) -> LinkedCall {
     let mut call = LinkedCall {
         call: Some(r.record),
         received_unix_nano: r.received_unix_nano,
@@ -348,28 +363,7 @@ pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCal
         Outcome::Linked(conn, rule) => {
             call.link = LinkState::Linked as i32;
             call.link_rule = rule.name().to_owned();
-            call.process = conn.owner.as_ref().map(|owner| {
-                let info = conn.process.as_deref();
-                pb::Process {
-                    pid: owner.pid,
-                    executable_path: info
-                        .and_then(|p| p.exe.as_ref())
-                        .map(|e| e.display().to_string())
-                        .unwrap_or_default(),
-                    command_line: info
-                        .filter(|_| command_line)
-                        .map(|p| p.cmdline.join(" "))
-                        .unwrap_or_default(),
-                    // OTel `process.executable.name`: the base name of /proc/<pid>/exe. The kernel's comm is the
-                    // name of the *thread* that connected (grpcio's `event_engine`), so it is only the fallback.
-                    command: info
-                        .and_then(|p| p.exe.as_ref())
-                        .and_then(|e| e.file_name())
-                        .map_or_else(|| owner.comm.to_string(), |n| n.to_string_lossy().into_owned()),
-                    container_id: info.and_then(|p| p.container_id.clone()).unwrap_or_default(),
-                    start_time_unix_nano: Clocks::unix(clocks.boot_to_unix, owner.start_ns),
-                }
-            });
+            call.process = process;
             let sa = |a: SocketAddr| pb::SocketAddress {
                 address: a.ip().to_string(),
                 port: u32::from(a.port()),
@@ -391,6 +385,86 @@ pub fn linked_call(r: Resolved, clocks: Clocks, command_line: bool) -> LinkedCal
         }
     }
     call
+}
+
+/// The process that owns `conn`, as `LinkedCall.process` and the method table show it; `None` while no process
+/// owns it.
+pub fn process(conn: &Connection, clocks: Clocks, command_line: bool) -> Option<pb::Process> {
+    let owner = conn.owner.as_ref()?;
+    let info = conn.process.as_deref();
+    Some(pb::Process {
+        pid: owner.pid,
+        executable_path: info
+            .and_then(|p| p.exe.as_ref())
+            .map(|e| e.display().to_string())
+            .unwrap_or_default(),
+        command_line: info
+            .filter(|_| command_line)
+            .map(|p| p.cmdline.join(" "))
+            .unwrap_or_default(),
+        // OTel `process.executable.name`: the base name of /proc/<pid>/exe. The kernel's comm is the name of the
+        // *thread* that connected (grpcio's `event_engine`), so it is only the fallback.
+        command: info
+            .and_then(|p| p.exe.as_ref())
+            .and_then(|e| e.file_name())
+            .map_or_else(|| owner.comm.to_string(), |n| n.to_string_lossy().into_owned()),
+        container_id: info.and_then(|p| p.container_id.clone()).unwrap_or_default(),
+        start_time_unix_nano: Clocks::unix(clocks.boot_to_unix, owner.start_ns),
+    })
+}
+
+/// The [`process`] of each connection a batch linked to, built once per process: what it shows depends only on
+/// the owner and on what `/proc` said about it, and a batch's calls come from a handful of processes.
+#[derive(Debug)]
+pub struct Processes {
+    clocks: Clocks,
+    command_line: bool,
+    /// (owner, its `/proc` description) and the message; a few, searched in order.
+    built: Vec<(Owner, Option<Arc<ProcessInfo>>, Option<pb::Process>)>,
+}
+
+// === impl Processes ===
+
+impl Processes {
+    /// Most distinct processes remembered per batch; calls of further ones build their own.
+    const MAX: usize = 8;
+
+    /// None built yet.
+    pub fn new(clocks: Clocks, command_line: bool) -> Self {
+        Self {
+            clocks,
+            command_line,
+            built: Vec::new(),
+        }
+    }
+
+    /// [`process`] of `conn`.
+    pub fn get(&mut self, conn: &Connection) -> Option<&pb::Process> {
+        let owner = conn.owner.as_ref()?;
+        let same = |o: &Owner, p: &Option<Arc<ProcessInfo>>| {
+            o == owner
+                && match (p, &conn.process) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        };
+        let at = match self.built.iter().position(|(o, p, _)| same(o, p)) {
+            Some(i) => i,
+            None => {
+                if self.built.len() >= Self::MAX {
+                    self.built.pop();
+                }
+                self.built.push((
+                    owner.clone(),
+                    conn.process.clone(),
+                    process(conn, self.clocks, self.command_line),
+                ));
+                self.built.len() - 1
+            }
+        };
+        self.built[at].2.as_ref()
+    }
 }
 
 #[cfg(test)]

@@ -14,12 +14,21 @@
 //! two, so a percentile is within 12.5% of the true value); count, sum, min and max are exact.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    borrow::Cow,
+    collections::{BTreeMap, HashSet},
     time::Duration,
 };
 
+// hashbrown's maps (foldhash) rather than std's (SipHash): every call looks its row up, and SipHash over the
+// row's key was the largest part of that. The rows are bounded (`max_rows`, `max_interfaces`), so a client
+// choosing colliding names could slow its own lookups at most, never grow the table.
+use hashbrown::HashMap;
 use proto::v1::{CallRecord, Direction, LatencySummary, LinkedCall, MethodMetadata, MethodStats, Process};
 use tokio::time::Instant;
+
+use key::{InterfaceRef, Key, KeyRef};
+
+mod key;
 
 /// Distinct peers kept per row.
 pub const MAX_PEERS: usize = 16;
@@ -29,14 +38,15 @@ pub const OTHER: &str = "other";
 
 /// The `method` label: `Method` for gRPC (after the `/` of `rpc.method`), `VERB route` for HTTP.
 pub fn method_label(c: &CallRecord) -> String {
+    method_label_ref(c).into_owned()
+}
+
+/// [`method_label`], borrowed from the record where it can be (gRPC).
+fn method_label_ref(c: &CallRecord) -> Cow<'_, str> {
     if !c.rpc_method.is_empty() {
-        return c
-            .rpc_method
-            .rsplit_once('/')
-            .map_or(c.rpc_method.as_str(), |(_, m)| m)
-            .to_owned();
+        return Cow::Borrowed(c.rpc_method.rsplit_once('/').map_or(c.rpc_method.as_str(), |(_, m)| m));
     }
-    format!("{} {}", c.http_request_method, c.http_route)
+    Cow::Owned(format!("{} {}", c.http_request_method, c.http_route))
 }
 
 /// Whether the call failed: a gRPC status other than OK, an HTTP 5xx, or no response at all.
@@ -50,38 +60,51 @@ pub fn is_error(c: &CallRecord) -> bool {
     c.http_response_status_code >= 500 || c.status == "5xx"
 }
 
-/// The peer of the call: where an outbound call went (the upstream host, `ip:port`), or who made an inbound
-/// call (the downstream client's address, without its ephemeral port).
-fn peer(c: &CallRecord) -> Option<String> {
-    let a = if c.direction == Direction::Inbound as i32 {
-        return c.client.as_ref().map(|a| a.address.clone());
-    } else {
-        c.upstream_peer.as_ref().or(c.server.as_ref())?
-    };
-    Some(if a.address.contains(':') {
-        format!("[{}]:{}", a.address, a.port)
-    } else {
-        format!("{}:{}", a.address, a.port)
-    })
+/// The peer of a call: where an outbound call went (the upstream host and its port), or who made an inbound call
+/// (the downstream client's address, without its ephemeral port). Kept as reported and formatted only when the
+/// table is listed, so that counting a call from a known peer formats nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Peer {
+    address: String,
+    port: Option<u32>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Key {
-    service: String,
-    method: String,
-    gray_version: String,
-    /// The bounded tenant label (empty when the filter's tenant dimension is off).
-    tenant: String,
-    direction: i32,
-    rpc_system_name: String,
-    pid: u32,
-    start: u64,
-}
-
-impl Key {
-    fn interface(&self) -> (String, String) {
-        (self.service.clone(), self.method.clone())
+impl Peer {
+    /// Whether `p` is this peer.
+    fn is(&self, p: PeerRef<'_>) -> bool {
+        self.port == p.port && self.address == p.address
     }
+
+    /// `ip:port` (`[ip]:port` for IPv6), or the address alone.
+    fn text(&self) -> String {
+        match self.port {
+            None => self.address.clone(),
+            Some(port) if self.address.contains(':') => format!("[{}]:{port}", self.address),
+            Some(port) => format!("{}:{port}", self.address),
+        }
+    }
+}
+
+/// [`Peer`], borrowed from the record.
+#[derive(Clone, Copy)]
+struct PeerRef<'a> {
+    address: &'a str,
+    port: Option<u32>,
+}
+
+fn peer(c: &CallRecord) -> Option<PeerRef<'_>> {
+    if c.direction == Direction::Inbound as i32 {
+        let a = c.client.as_ref()?;
+        return Some(PeerRef {
+            address: &a.address,
+            port: None,
+        });
+    }
+    let a = c.upstream_peer.as_ref().or(c.server.as_ref())?;
+    Some(PeerRef {
+        address: &a.address,
+        port: Some(a.port),
+    })
 }
 
 #[derive(Debug)]
@@ -92,9 +115,30 @@ struct Row {
     latency: Histogram,
     first_seen: u64,
     last_seen: u64,
-    peers: Vec<String>,
+    peers: Vec<Peer>,
     /// Position in [`MethodTable::idle`].
     used: u64,
+}
+
+// === impl Row ===
+
+impl Row {
+    /// Counts call `c`, seen at `seen`.
+    fn count(&mut self, c: &CallRecord, seen: u64) {
+        self.calls += 1;
+        self.errors += u64::from(is_error(c));
+        self.latency.record(c.duration_ns);
+        self.first_seen = self.first_seen.min(seen);
+        self.last_seen = self.last_seen.max(seen);
+        if self.peers.len() < MAX_PEERS {
+            if let Some(p) = peer(c).filter(|&p| !self.peers.iter().any(|known| known.is(p))) {
+                self.peers.push(Peer {
+                    address: p.address.to_owned(),
+                    port: p.port,
+                });
+            }
+        }
+    }
 }
 
 /// What one [`MethodTable::observe`] or [`MethodTable::declare`] did besides counting.
@@ -147,73 +191,82 @@ impl MethodTable {
 
     /// Counts one call.
     pub fn observe(&mut self, call: &LinkedCall) -> Effects {
+        let Some(c) = &call.call else { return Effects::default() };
+        self.observe_record(c, call.received_unix_nano, call.process.as_ref())
+    }
+
+    /// Counts one call: `c` as reported, received at `received_unix_nano`, made or served by `process`. A call
+    /// whose row exists costs no allocation: the row is found by a key borrowed from the record.
+    pub fn observe_record(&mut self, c: &CallRecord, received_unix_nano: u64, process: Option<&Process>) -> Effects {
         let mut fx = Effects::default();
-        let Some(c) = &call.call else { return fx };
-        let mut key = Key {
-            service: c.service.clone(),
-            method: method_label(c),
-            gray_version: c.gray_version.clone(),
-            tenant: c.tenant.clone(),
+        let method = method_label_ref(c);
+        let mut key = KeyRef {
+            service: &c.service,
+            method: &method,
+            gray_version: &c.gray_version,
+            tenant: &c.tenant,
             direction: c.direction,
-            rpc_system_name: c.rpc_system_name.clone(),
-            pid: call.process.as_ref().map_or(0, |p| p.pid),
-            start: call.process.as_ref().map_or(0, |p| p.start_time_unix_nano),
+            rpc_system_name: &c.rpc_system_name,
+            pid: process.map_or(0, |p| p.pid),
+            start: process.map_or(0, |p| p.start_time_unix_nano),
         };
-        if !self.rows.contains_key(&key) {
-            let interface = (key.service.clone(), key.method.clone());
-            if !self.interfaces.contains_key(&interface) && self.interfaces.len() >= self.max_interfaces {
-                OTHER.clone_into(&mut key.service);
-                OTHER.clone_into(&mut key.method);
-                fx.folded = true;
-            }
-        }
         let used = self.tick();
-        if let Some(row) = self.rows.get_mut(&key) {
-            self.idle.remove(&row.used);
+        let seen = seen(c, received_unix_nano);
+        // The row's key moves to its new place in the idle order.
+        let touch = |row: &mut Row, idle: &mut BTreeMap<u64, Key>| {
+            if let Some(k) = idle.remove(&row.used) {
+                idle.insert(used, k);
+            }
             row.used = used;
-        } else {
-            if self.rows.len() >= self.max_rows {
-                if let Some((_, idlest)) = self.idle.pop_first() {
-                    self.remove(&idlest);
-                    fx.evicted_idle = true;
-                }
-            }
-            *self.interfaces.entry(key.interface()).or_default() += 1;
-            let seen = seen(c, call.received_unix_nano);
-            self.rows.insert(
-                key.clone(),
-                Row {
-                    process: call.process.clone(),
-                    calls: 0,
-                    errors: 0,
-                    latency: Histogram::default(),
-                    first_seen: seen,
-                    last_seen: seen,
-                    peers: Vec::new(),
-                    used,
-                },
-            );
+            row.count(c, seen);
+        };
+        if let Some(row) = self.rows.get_mut(&key) {
+            touch(row, &mut self.idle);
+            return fx;
         }
+        let interface = InterfaceRef(key.service, key.method);
+        if !self.interfaces.contains_key(&interface) && self.interfaces.len() >= self.max_interfaces {
+            (key.service, key.method) = (OTHER, OTHER);
+            fx.folded = true;
+            if let Some(row) = self.rows.get_mut(&key) {
+                touch(row, &mut self.idle);
+                return fx;
+            }
+        }
+        if self.rows.len() >= self.max_rows {
+            if let Some((_, idlest)) = self.idle.pop_first() {
+                self.remove(&idlest);
+                fx.evicted_idle = true;
+            }
+        }
+        match self.interfaces.get_mut(&InterfaceRef(key.service, key.method)) {
+            Some(n) => *n += 1,
+            None => {
+                self.interfaces
+                    .insert((key.service.to_owned(), key.method.to_owned()), 1);
+            }
+        }
+        let key = key.to_owned();
+        let mut row = Row {
+            process: process.cloned(),
+            calls: 0,
+            errors: 0,
+            latency: Histogram::default(),
+            first_seen: seen,
+            last_seen: seen,
+            peers: Vec::new(),
+            used,
+        };
+        row.count(c, seen);
         self.idle.insert(used, key.clone());
-        let Some(row) = self.rows.get_mut(&key) else { return fx };
-        let seen = seen(c, call.received_unix_nano);
-        row.calls += 1;
-        row.errors += u64::from(is_error(c));
-        row.latency.record(c.duration_ns);
-        row.first_seen = row.first_seen.min(seen);
-        row.last_seen = row.last_seen.max(seen);
-        if let Some(p) = peer(c) {
-            if row.peers.len() < MAX_PEERS && !row.peers.contains(&p) {
-                row.peers.push(p);
-            }
-        }
+        self.rows.insert(key, row);
         fx
     }
 
     fn remove(&mut self, key: &Key) {
         let Some(row) = self.rows.remove(key) else { return };
         self.idle.remove(&row.used);
-        let interface = key.interface();
+        let interface = InterfaceRef(&key.service, &key.method);
         if let Some(n) = self.interfaces.get_mut(&interface) {
             *n -= 1;
             if *n == 0 {
@@ -331,7 +384,7 @@ impl MethodTable {
                 latency: Some(row.latency.summary()),
                 first_seen_unix_nano: row.first_seen,
                 last_seen_unix_nano: row.last_seen,
-                peers: row.peers.clone(),
+                peers: row.peers.iter().map(Peer::text).collect(),
                 declared,
                 tenant: key.tenant.clone(),
             });

@@ -17,6 +17,13 @@
 //! Chosen over vendoring a patched h2 (a fork of the HTTP/2 stack to keep up with) and over asking every client to
 //! set `grpc.default_authority` (the issue: applications in most languages could not call the agent at all).
 //! Cost: one HPACK decode and encode per request header block; DATA frames are copied through as they are.
+//!
+//! **A connection whose first request has a valid `:authority` is passed through untouched from then on**: its
+//! first block goes to h2 as the client encoded it (so h2's HPACK table stays the client's), and no later block is
+//! decoded. A gRPC client names one authority per channel (the target's, or `grpc.default_authority`), so the
+//! clients that need the repair need it from their first call; the others (tonic, grpc-go, Envoy's gRPC client,
+//! the filter's reports) no longer pay an HPACK decode and encode per call, which was most of a `Report`'s fixed
+//! cost (fluke-hpack builds its Huffman decoding table for every Huffman-coded string: `:path` is never indexed).
 
 use std::{
     io,
@@ -81,6 +88,10 @@ pub struct FixAuthority<S> {
     frames: Vec<(u8, u8, u32)>,
     /// Whether the preface and a whole first frame have been read: HTTP/2 has started.
     started: bool,
+    /// Whether header blocks pass untouched: the first one had no `:authority` to repair.
+    passthrough: bool,
+    /// Whether the first header block has been seen.
+    decided: bool,
 }
 
 impl<S> std::fmt::Debug for FixAuthority<S> {
@@ -109,6 +120,8 @@ impl<S> FixAuthority<S> {
             eof: false,
             frames: Vec::new(),
             started: false,
+            passthrough: false,
+            decided: false,
         }
     }
 
@@ -153,7 +166,8 @@ impl<S> FixAuthority<S> {
                     let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
                     let (kind, flags) = (head[3], head[4]);
                     let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-                    let header_frame = kind == HEADERS || (kind == CONTINUATION && self.block.is_some());
+                    let header_frame =
+                        !self.passthrough && (kind == HEADERS || (kind == CONTINUATION && self.block.is_some()));
                     if !header_frame {
                         self.started = true;
                         self.frames.push((kind, flags, stream));
@@ -226,26 +240,32 @@ impl<S> FixAuthority<S> {
         Ok(())
     }
 
-    /// Decodes a whole block, fixes `:authority`, and writes it out as literals without indexing.
+    /// Decodes a whole block, fixes `:authority`, and writes it out as literals without indexing. The connection's
+    /// first block, when it needs no fix, is written as it came and turns the connection to pass-through.
     fn emit(&mut self, block: &Block) -> io::Result<()> {
         let fields = self
             .decoder
             .decode(&block.fragment)
             .map_err(|e| invalid(&format!("HPACK: {e:?}")))?;
-        let mut encoded = Vec::with_capacity(block.fragment.len() * 2);
-        for (name, value) in &fields {
-            let value: &[u8] = if name == b":authority" && Authority::try_from(value.as_slice()).is_err() {
-                REPLACEMENT
-            } else {
-                value
-            };
-            // Literal header field without indexing, new name (RFC 7541 §6.2.2), no Huffman coding.
-            encoded.push(0);
-            for s in [name.as_slice(), value] {
-                fluke_hpack::encoder::encode_integer_into(s.len(), 7, 0, &mut encoded)?;
-                encoded.extend_from_slice(s);
+        let bad = |name: &[u8], value: &[u8]| name == b":authority" && Authority::try_from(value).is_err();
+        let first = !self.decided;
+        self.decided = true;
+        let encoded = if first && !fields.iter().any(|(n, v)| bad(n, v)) {
+            self.passthrough = true;
+            block.fragment.clone()
+        } else {
+            let mut encoded = Vec::with_capacity(block.fragment.len() * 2);
+            for (name, value) in &fields {
+                let value: &[u8] = if bad(name, value) { REPLACEMENT } else { value };
+                // Literal header field without indexing, new name (RFC 7541 §6.2.2), no Huffman coding.
+                encoded.push(0);
+                for s in [name.as_slice(), value] {
+                    fluke_hpack::encoder::encode_integer_into(s.len(), 7, 0, &mut encoded)?;
+                    encoded.extend_from_slice(s);
+                }
             }
-        }
+            encoded
+        };
         let mut first = true;
         let mut chunks = encoded.as_slice();
         loop {

@@ -276,3 +276,31 @@ fn without_a_direction_the_callers_connection_is_tried_first_then_the_servers() 
          127.0.0.1:40000 in the table after waiting 1s"
     );
 }
+
+#[test]
+fn a_batch_builds_each_process_once_and_tells_processes_apart() {
+    let fake = Fake::default();
+    fake.add("127.0.0.1:5000", "127.0.0.1:15001", Some(42));
+    fake.add("127.0.0.1:5001", "127.0.0.1:15001", Some(43));
+    let conn = |local: &str| {
+        fake.lookup(None, local.parse().unwrap(), "127.0.0.1:15001".parse().unwrap())
+            .unwrap()
+    };
+    let (a, b) = (conn("127.0.0.1:5000"), conn("127.0.0.1:5001"));
+    let clocks = Clocks {
+        boot_to_unix: 1_000_000_000_000,
+        mono_to_unix: 0,
+    };
+    let mut built = Processes::new(clocks, false);
+    assert_eq!(built.get(&a), process(&a, clocks, false).as_ref());
+    assert_eq!(built.get(&b).unwrap().pid, 43);
+    assert_eq!(built.get(&a).unwrap().pid, 42);
+    assert_eq!(built.built.len(), 2);
+    // The same owner with another /proc description (re-read after a pid was reused) is another process.
+    let mut reread = a.clone();
+    reread.process = Some(Arc::new(ProcessInfo::clone(a.process.as_deref().unwrap())));
+    assert_eq!(built.get(&reread), process(&a, clocks, false).as_ref());
+    assert_eq!(built.built.len(), 3);
+    let unowned = Connection { owner: None, ..a };
+    assert_eq!(built.get(&unowned), None);
+}

@@ -114,3 +114,49 @@ async fn a_frame_inside_a_header_block_ends_the_connection() {
     let err = FixAuthority::new(ours).read_to_end(&mut out).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
 }
+
+#[tokio::test]
+async fn a_connection_whose_first_authority_is_valid_passes_every_block_as_the_client_encoded_it() {
+    // The client indexes what it sends: the second block refers to the first one's entries, so h2 can only decode
+    // it if it saw the first block as it was encoded.
+    let mut client_hpack = fluke_hpack::Encoder::new();
+    let request = |enc: &mut fluke_hpack::Encoder<'_>, authority: &[u8]| {
+        enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/grayscope.v1.Collector/Report"),
+            (b":authority", authority),
+            (b"content-type", b"application/grpc"),
+        ])
+    };
+    let first = request(&mut client_hpack, b"localhost");
+    let second = request(&mut client_hpack, b"localhost");
+    let mut wire = PREFACE.to_vec();
+    let sent = [
+        frame(HEADERS, END_HEADERS, 1, &first),
+        frame(0x0, END_STREAM, 1, b"\0\0\0\0\0"),
+        frame(HEADERS, END_HEADERS | END_STREAM, 3, &second),
+        // Not even looked at any more: an HPACK block this layer could not decode.
+        frame(HEADERS, END_HEADERS | END_STREAM, 5, &[0xff, 0xff, 0xff]),
+    ];
+    for f in &sent {
+        wire.extend(f);
+    }
+    let (mut peer, ours) = tokio::io::duplex(64);
+    let writer = tokio::spawn(async move {
+        for piece in wire.chunks(5) {
+            peer.write_all(piece).await.unwrap();
+        }
+    });
+    let mut out = Vec::new();
+    FixAuthority::new(ours).read_to_end(&mut out).await.unwrap();
+    writer.await.unwrap();
+    assert_eq!(out[24..], sent.concat());
+    let mut h2_hpack = fluke_hpack::Decoder::new();
+    h2_hpack.decode(&first).unwrap();
+    let fields = h2_hpack.decode(&second).unwrap();
+    assert!(
+        fields.contains(&(b":authority".to_vec(), b"localhost".to_vec())),
+        "{fields:?}"
+    );
+}
