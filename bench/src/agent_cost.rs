@@ -17,8 +17,8 @@ use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
 
 use crate::{agent::Agent, ebpf, proxy};
 
-/// Records per `Report`, as the filter batches them by default (`report.max_batch`, 256): at 10,000 calls per
-/// second its batches fill long before the flush interval.
+/// Records per `Report`, as the filter batches them by default (`report.max_batch`, 1,024): at 10,000 calls per
+/// second its batches fill before the flush interval.
 pub fn batch_size() -> usize {
     wasm_filter_core::report::ReportConfig::default().max_batch
 }

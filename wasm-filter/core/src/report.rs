@@ -62,7 +62,9 @@ impl Default for ReportConfig {
             enabled: true,
             cluster: "grayscope_agent".to_owned(),
             flush_interval_ms: 1000,
-            max_batch: 256,
+            // A tick sends at most `max_in_flight` batches, so a VM reports at most 4 × 1,024 records per 200 ms
+            // tick (20,480/s: more than a worker serves); and fewer, larger calls cost the agent less per record.
+            max_batch: 1024,
             max_batch_bytes: 1 << 20,
             max_buffer: 4096,
             timeout_ms: 2000,
@@ -282,9 +284,12 @@ impl Reporter {
             self.close();
         }
         if self.filling.records == 0 {
-            // About a batch's worth of room at once (the first record's size as the estimate, within the budget):
-            // a few allocations per batch, none per call.
-            let room = framed.saturating_mul(self.cfg.max_batch).min(self.cfg.max_batch_bytes);
+            // Room for up to 64 records at once (the first record's size as the estimate, within the budget), then
+            // the vector doubles: a few allocations per batch, none per call, and a quiet VM that flushes a handful
+            // of records per interval does not reserve a full batch's bytes each time.
+            let room = framed
+                .saturating_mul(self.cfg.max_batch.min(64))
+                .min(self.cfg.max_batch_bytes);
             self.filling.message.reserve(self.header.len() + room);
             self.filling.message.extend_from_slice(&self.header);
         }
