@@ -94,7 +94,7 @@ pub const STAGES: &[(&str, &str)] = &[
 
 /// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),
 /// W1d (the default `{}` with no agent cluster), W1-lean,
-/// W1-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
+/// W1-before and W2-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
         file,
@@ -161,6 +161,10 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
         "W1-before" => (
             "W1 with the filter as it was before this branch's optimisations".to_owned(),
             wasm_cfg(wasm.variants.join("grayscope_filter-before.wasm"), NO_REPORT, false),
+        ),
+        "W2-before" => (
+            "W2 with the filter as it was before this branch's optimisations".to_owned(),
+            wasm_cfg(wasm.variants.join("grayscope_filter-before.wasm"), "{}", true),
         ),
         "W2-record" => (
             "W2 built with `bench-skip-record`".to_owned(),

@@ -239,7 +239,7 @@ fn bench(cli: &Cli) -> Result<()> {
     };
     // The latency target is W2 against A. W1 (no reporting) and W1d (reporting with nowhere to send: records are
     // built and batched, no gRPC call leaves) tell where W2's part comes from; D1 is the native build.
-    let latency_for = ["A", "W1", "W1d", "W2", "D1"];
+    let latency_for = ["A", "W1", "W1d", "W2", "D1", "W2-before"];
 
     let main_run = run::interleaved(&envoy, &configs, upstream, &socket_for, &settings, &latency_for)?;
     phases.done("main run");

@@ -300,12 +300,28 @@ impl Report<'_> {
             }
         }
         md.push('\n');
-        if self.configs.iter().any(|c| c.label == "W1-before") {
-            md.push_str(&format!(
-                "Before/after in this run: W1 − W1-before = {} µs/request; (W1-before − A)/(W0 − A) = {}.\n\n",
-                show(cpu_diff(s, "W1", "W1-before"), 1),
-                show(cpu_ratio(s, "W1-before", "A", "W0", "A"), 2)
-            ));
+        let befores: Vec<&str> = ["W1", "W2", "D1"]
+            .into_iter()
+            .filter(|x| self.configs.iter().any(|c| c.label == format!("{x}-before")))
+            .collect();
+        if !befores.is_empty() {
+            md.push_str("Before/after in this run (an earlier build in the `-before` configurations), medians of per-round differences (min–max):\n\n| X | X − X-before, CPU µs/request | (X − A)/(W0 − A) | (X-before − A)/(W0 − A) | p99 X − X-before, ms |\n|---|---|---|---|---|\n");
+            for x in befores {
+                let before = format!("{x}-before");
+                let p99 = per_round(s, &[x, &before], |r| match (r[0].p99_ms, r[1].p99_ms) {
+                    (Some(a), Some(b)) => a - b,
+                    _ => f64::NAN,
+                })
+                .filter(|d| d.n > 0);
+                md.push_str(&format!(
+                    "| {x} | {} | {} | {} | {} |\n",
+                    show(cpu_diff(s, x, &before), 1),
+                    show(cpu_ratio(s, x, "A", "W0", "A"), 2),
+                    show(cpu_ratio(s, &before, "A", "W0", "A"), 2),
+                    show(p99, 3)
+                ));
+            }
+            md.push('\n');
         }
         if self.configs.iter().any(|c| c.label.starts_with('D')) {
             md.push_str("## The native build (dynamic module)\n\nProxy CPU per request over the router alone (X − A), µs, median of per-round differences (min–max):\n\n| X | what | X − A µs/request |\n|---|---|---|\n");
