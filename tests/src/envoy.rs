@@ -228,6 +228,19 @@ impl Envoy {
         read(&self.dir.path().join("envoy.log"))
     }
 
+    /// Envoy's log once it holds `needle`, or as it is after 10 s: Envoy writes its log file on a timer
+    /// (`--file-flush-interval-msec`), so a line logged before readiness may not be in the file yet.
+    pub fn log_with(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// A path in this Envoy's scratch directory (for access logs).
     pub fn scratch(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

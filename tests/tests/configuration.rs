@@ -35,10 +35,9 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
 #[test]
 fn an_empty_object_is_a_valid_configuration() {
     let s = Stack::start("{}");
-    assert!(s
-        .envoy
-        .log()
-        .contains("configured: 0 route templates, max_interfaces 256"));
+    let expected = "configured: 0 route templates, max_interfaces 256";
+    let log = s.envoy.log_with(expected);
+    assert!(log.contains(expected), "{log}");
 }
 
 #[test]

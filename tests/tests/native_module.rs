@@ -7,15 +7,7 @@ use integration_tests::{client::Client, envoy::Envoy, paths, prom, stack::Stack,
 #[test]
 fn the_module_matches_envoys_abi_version_and_configures() {
     let s = Stack::start("{}");
-    // Envoy writes its log file on a timer: wait (bounded) for the configuration line.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let log = loop {
-        let log = s.envoy.log();
-        if log.contains("grayscope: configured") || std::time::Instant::now() > deadline {
-            break log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = s.envoy.log_with("grayscope: configured");
     assert!(
         log.contains("[info][dynamic_modules]") && log.contains("Dynamic module ABI version v0.2.0 matched."),
         "{log}"
