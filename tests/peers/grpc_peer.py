@@ -6,6 +6,8 @@ call:  makes COUNT unary calls of METHOD to TARGET with the given metadata and p
        {"code": "<status name>", "body": <the server's JSON or null>}.
 """
 import argparse
+import os
+import time
 import json
 import sys
 from concurrent import futures
@@ -62,5 +64,13 @@ def main():
         call(args)
 
 
+def linger():
+    """Stay alive GRAYSCOPE_PEER_LINGER_S seconds after the work: a test that checks which process the agent names
+    needs /proc/<pid> readable when the agent reads it, which a process that has exited no longer is."""
+    time.sleep(float(os.environ.get("GRAYSCOPE_PEER_LINGER_S", "0")))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    linger()
+    sys.exit(rc)

@@ -3,6 +3,8 @@ headers, one JSON line per response: {"status": N}. Its pid is what the agent mu
 import argparse
 import http.client
 import json
+import os
+import time
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--target", required=True)
@@ -19,3 +21,5 @@ for _ in range(args.count):
     response.read()
     print(json.dumps({"status": response.status}), flush=True)
 conn.close()
+# Stay alive a moment (see grpc_peer.linger): the agent reads /proc/<pid> of the process that connected.
+time.sleep(float(os.environ.get("GRAYSCOPE_PEER_LINGER_S", "0")))

@@ -109,7 +109,11 @@ pub fn http_get_with_pid(target: SocketAddr, path: &str, headers: &[(&str, &str)
 /// Runs a Python peer to completion with `args` plus `flag k=v` per pair; returns its JSON lines and its pid.
 fn run_peer(script: &str, args: &[&str], flag: &str, pairs: &[(&str, &str)]) -> (Vec<serde_json::Value>, u32) {
     let mut cmd = Command::new(paths::python());
-    cmd.arg(paths::tests_file(script)).args(args);
+    // The caller asserts which process the agent names: the peer stays alive 1 s after its calls, so the agent can
+    // still read its /proc entry however late the connection's event reaches it on a loaded machine.
+    cmd.arg(paths::tests_file(script))
+        .args(args)
+        .env("GRAYSCOPE_PEER_LINGER_S", "1");
     for (k, v) in pairs {
         cmd.arg(flag).arg(format!("{k}={v}"));
     }
