@@ -112,9 +112,9 @@ const CPU: [(&str, [&str; 4]); 8] = [
 /// batched, no gRPC call), D1 (the native build).
 const P99_CONTEXT: [&str; 3] = ["W1", "W1d", "D1"];
 
-/// p99 latency X − A per round, ms.
-fn p99_minus_a(s: &[Sample], x: &str) -> Option<Summary> {
-    per_round(s, &[x, "A"], |r| match (r[0].p99_ms, r[1].p99_ms) {
+/// p99 latency X − Y per round, ms.
+pub fn p99_diff(s: &[Sample], x: &str, y: &str) -> Option<Summary> {
+    per_round(s, &[x, y], |r| match (r[0].p99_ms, r[1].p99_ms) {
         (Some(a), Some(b)) => a - b,
         _ => f64::NAN,
     })
@@ -137,12 +137,12 @@ impl Report<'_> {
             ranges.insert(name.into(), range(cpu_ratio(s, x, y, z, w)));
         }
         let p99 = |l: &str| summary(s, l, |x| x.p99_ms);
-        let p99_diff = p99_minus_a(s, "W2");
+        let w2_p99 = p99_diff(s, "W2", "A");
         let mut latency = Map::new();
-        latency.insert("p99_W2_minus_A_ms".into(), num(p99_diff));
-        latency.insert("p99_W2_minus_A_ms_range".into(), range(p99_diff));
+        latency.insert("p99_W2_minus_A_ms".into(), num(w2_p99));
+        latency.insert("p99_W2_minus_A_ms_range".into(), range(w2_p99));
         for x in P99_CONTEXT {
-            latency.insert(format!("p99_{x}_minus_A_ms_range"), range(p99_minus_a(s, x)));
+            latency.insert(format!("p99_{x}_minus_A_ms_range"), range(p99_diff(s, x, "A")));
         }
         let mut configs = Map::new();
         for c in self.configs {
@@ -292,10 +292,10 @@ impl Report<'_> {
         md.push_str(&format!(
             "| p99 latency W2 − A at {} req/s (ms) | {} | ≤ 0.2 |\n",
             c["latency_rate"],
-            show(p99_minus_a(s, "W2"), 3)
+            show(p99_diff(s, "W2", "A"), 3)
         ));
         for x in P99_CONTEXT {
-            if let Some(d) = p99_minus_a(s, x).filter(|d| d.n > 0) {
+            if let Some(d) = p99_diff(s, x, "A").filter(|d| d.n > 0) {
                 md.push_str(&format!("| p99 latency {x} − A (ms) | {} |  |\n", d.show(3)));
             }
         }
@@ -308,11 +308,7 @@ impl Report<'_> {
             md.push_str("Before/after in this run (an earlier build in the `-before` configurations), medians of per-round differences (min–max):\n\n| X | X − X-before, CPU µs/request | (X − A)/(W0 − A) | (X-before − A)/(W0 − A) | p99 X − X-before, ms |\n|---|---|---|---|---|\n");
             for x in befores {
                 let before = format!("{x}-before");
-                let p99 = per_round(s, &[x, &before], |r| match (r[0].p99_ms, r[1].p99_ms) {
-                    (Some(a), Some(b)) => a - b,
-                    _ => f64::NAN,
-                })
-                .filter(|d| d.n > 0);
+                let p99 = p99_diff(s, x, &before).filter(|d| d.n > 0);
                 md.push_str(&format!(
                     "| {x} | {} | {} | {} | {} |\n",
                     show(cpu_diff(s, x, &before), 1),

@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     configs::Config,
-    results::{cpu_diff, cpu_ratio, per_round, rps_ratio, summary},
+    results::{cpu_diff, cpu_ratio, p99_diff, rps_ratio, summary},
     run::Sample,
     stats::Summary,
 };
@@ -29,13 +29,6 @@ const CPU: [(&str, [&str; 4]); 2] = [
     ("(D1-A)/(C-A)", ["D1", "A", "C", "A"]),
     ("(W1-A)/(C-A)", ["W1", "A", "C", "A"]),
 ];
-
-fn p99_minus_a(s: &[Sample], x: &str) -> Option<Summary> {
-    per_round(s, &[x, "A"], |r| match (r[0].p99_ms, r[1].p99_ms) {
-        (Some(a), Some(b)) => a - b,
-        _ => f64::NAN,
-    })
-}
 
 fn range(s: Option<Summary>) -> Value {
     s.filter(|s| s.n > 0).map_or(Value::Null, |s| json!(s))
@@ -72,7 +65,7 @@ pub fn json(configs: &[Config], s: &[Sample]) -> Value {
         "throughput": ratios,
         "cpu_over_A": over_a,
         "cpu": cpu,
-        "p99_W2_minus_A_ms": range(p99_minus_a(s, "W2")),
+        "p99_W2_minus_A_ms": range(p99_diff(s, "W2", "A")),
         "configs": per_config,
     })
 }
@@ -108,7 +101,7 @@ pub fn markdown(configs: &[Config], s: &[Sample], latency_rate: &Value) -> Strin
     }
     md.push_str(&format!(
         "| p99 latency W2 − A (ms) | {} |\n\n| config | proxy CPU µs/request | calls/s at saturation | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
-        show(p99_minus_a(s, "W2"), 3)
+        show(p99_diff(s, "W2", "A"), 3)
     ));
     for c in configs {
         let l = c.label.as_str();
