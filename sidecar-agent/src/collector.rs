@@ -99,24 +99,25 @@ impl Core {
     /// every limit of every agent version, and one client-chosen value must not lose other calls' records.
     /// `reporter_netns`: the reporter's network namespace, where its records are looked up when the agent watches
     /// every namespace.
-    pub fn report(&self, calls: Vec<CallRecord>, now: Instant, reporter_netns: Option<u32>) -> u32 {
+    pub fn report(&self, mut calls: Vec<CallRecord>, now: Instant, reporter_netns: Option<u32>) -> u32 {
         let total = calls.len();
         let mut refused = None;
-        let calls: Vec<CallRecord> = calls
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, c)| match validate(&c) {
-                Ok(()) => Some(c),
+        // In place: a valid record stays where it is (records are large; moving each one showed in profiles).
+        let mut i = 0;
+        calls.retain(|c| {
+            i += 1;
+            match validate(c) {
+                Ok(()) => true,
                 Err(e) => {
                     self.metrics
                         .records_rejected
                         .get_or_create(&[("reason", e.reason())])
                         .inc();
-                    refused.get_or_insert((i, e));
-                    None
+                    refused.get_or_insert((i - 1, e));
+                    false
                 }
-            })
-            .collect();
+            }
+        });
         if let Some((i, e)) = refused {
             tracing::debug!(
                 refused = total - calls.len(),

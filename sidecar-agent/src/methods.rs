@@ -116,8 +116,10 @@ struct Row {
     first_seen: u64,
     last_seen: u64,
     peers: Vec<Peer>,
-    /// Position in [`MethodTable::idle`].
+    /// When the row was last used.
     used: u64,
+    /// Its position in [`MethodTable::idle`]: the `used` it had when placed there (see [`MethodTable::idlest`]).
+    placed: u64,
 }
 
 // === impl Row ===
@@ -156,7 +158,8 @@ pub struct MethodTable {
     max_rows: usize,
     max_interfaces: usize,
     rows: HashMap<Key, Row>,
-    /// Rows by last use, the idlest first.
+    /// Rows by their last use as of when they were placed here, the idlest first. A use does not move its row
+    /// (that was a B-tree removal and insertion per call, the table's largest cost); the eviction does, lazily.
     idle: BTreeMap<u64, Key>,
     /// Rows per interface (service, method).
     interfaces: HashMap<(String, String), usize>,
@@ -212,16 +215,12 @@ impl MethodTable {
         };
         let used = self.tick();
         let seen = seen(c, received_unix_nano);
-        // The row's key moves to its new place in the idle order.
-        let touch = |row: &mut Row, idle: &mut BTreeMap<u64, Key>| {
-            if let Some(k) = idle.remove(&row.used) {
-                idle.insert(used, k);
-            }
+        let touch = |row: &mut Row| {
             row.used = used;
             row.count(c, seen);
         };
         if let Some(row) = self.rows.get_mut(&key) {
-            touch(row, &mut self.idle);
+            touch(row);
             return fx;
         }
         let interface = InterfaceRef(key.service, key.method);
@@ -229,12 +228,12 @@ impl MethodTable {
             (key.service, key.method) = (OTHER, OTHER);
             fx.folded = true;
             if let Some(row) = self.rows.get_mut(&key) {
-                touch(row, &mut self.idle);
+                touch(row);
                 return fx;
             }
         }
         if self.rows.len() >= self.max_rows {
-            if let Some((_, idlest)) = self.idle.pop_first() {
+            if let Some(idlest) = self.idlest() {
                 self.remove(&idlest);
                 fx.evicted_idle = true;
             }
@@ -256,6 +255,7 @@ impl MethodTable {
             last_seen: seen,
             peers: Vec::new(),
             used,
+            placed: used,
         };
         row.count(c, seen);
         self.idle.insert(used, key.clone());
@@ -263,9 +263,27 @@ impl MethodTable {
         fx
     }
 
+    /// The row idle the longest. The first entry of `idle` is, unless its row was used since it was placed: then
+    /// the row is placed again at its last use and the next entry tried. Each use moves its row at most once
+    /// here, and only when the table is full, so a use costs no B-tree operation.
+    fn idlest(&mut self) -> Option<Key> {
+        while let Some((placed, key)) = self.idle.pop_first() {
+            match self.rows.get_mut(&key) {
+                Some(row) if row.used > placed => {
+                    row.placed = row.used;
+                    self.idle.insert(row.used, key);
+                }
+                Some(_) => return Some(key),
+                // Cannot happen (a row and its entry go together); the entry is dropped.
+                None => {}
+            }
+        }
+        None
+    }
+
     fn remove(&mut self, key: &Key) {
         let Some(row) = self.rows.remove(key) else { return };
-        self.idle.remove(&row.used);
+        self.idle.remove(&row.placed);
         let interface = InterfaceRef(&key.service, &key.method);
         if let Some(n) = self.interfaces.get_mut(&interface) {
             *n -= 1;

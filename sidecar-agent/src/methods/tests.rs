@@ -75,6 +75,34 @@ fn method_labels_and_errors() {
 }
 
 #[test]
+fn the_row_evicted_is_always_the_least_recently_used_one() {
+    // The table moves a used row in its idle order only when it evicts; a plain list in use order is the model.
+    let names = ["A", "B", "C", "D", "E", "F", "G"];
+    let mut t = MethodTable::new(4, 100);
+    let mut model: Vec<&str> = Vec::new();
+    let mut x: u64 = 7;
+    for _ in 0..5_000 {
+        // A small LCG: a fixed, repeatable sequence that favours no name.
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let name = names[(x >> 33) as usize % names.len()];
+        let fx = t.observe(&grpc(name, "OK", 1, 1));
+        let full = model.len() == 4 && !model.contains(&name);
+        assert_eq!(fx.evicted_idle, full);
+        model.retain(|m| *m != name);
+        if full {
+            model.remove(0);
+        }
+        model.push(name);
+        let mut want: Vec<String> = model.iter().map(|m| (*m).to_owned()).collect();
+        want.sort();
+        let have: Vec<String> = t.list().into_iter().map(|r| r.method).collect();
+        assert_eq!(have, want);
+    }
+}
+
+#[test]
 fn rows_and_peers_are_bounded_and_the_idlest_row_makes_room() {
     let mut t = MethodTable::new(2, 10);
     t.observe(&grpc("A", "OK", 1, 1));
