@@ -125,7 +125,7 @@ pub fn interleaved(
 
 /// The configuration loaded `i`-th in `round`: the order rotated by one each round, and reversed in odd rounds.
 fn order(round: usize, i: usize, n: usize) -> usize {
-    let i = if round % 2 == 0 { i } else { n - 1 - i };
+    let i = if round.is_multiple_of(2) { i } else { n - 1 - i };
     (i + round) % n
 }
 
