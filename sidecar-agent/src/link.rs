@@ -369,8 +369,8 @@ pub fn linked_call_with(r: Resolved, process: Option<pb::Process>, clocks: Clock
                 port: u32::from(a.port()),
             };
             call.connection = Some(pb::Connection {
-                local: Some(sa(conn.local)),
-                remote: Some(sa(conn.remote)),
+                local: Some(sa(conn.local.into())),
+                remote: Some(sa(conn.remote.into())),
                 netns: u64::from(conn.netns),
                 established_unix_nano: Clocks::unix(clocks.mono_to_unix, conn.first_ts_ns),
             });

@@ -14,8 +14,14 @@
 //! Both count in [`Evictions`] and the ended connections stay findable for the grace period like closed ones.
 //!
 //! Memory per connection is what bounds the table on a busy node, so the entries are compact: each connection is
-//! boxed once (the ordered map then moves 16-byte items instead of 170-byte ones in its half-full nodes), the
-//! owner's command name is inline, and the 4-tuple index holds only ids, hashing the entries they name.
+//! boxed once (the ordered map then moves 16-byte items instead of 136-byte ones in its half-full nodes), the
+//! owner's command name is inline, addresses are 20-byte [`Endpoint`]s, and the 4-tuple index holds only ids,
+//! hashing the entries they name. A test keeps a [`Connection`] within one allocator size class (see
+//! `a_connection_fits_its_allocation_class`).
+
+mod endpoint;
+
+pub use endpoint::Endpoint;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -44,9 +50,9 @@ pub struct Connection {
     /// Which end this socket is.
     pub role: Role,
     /// Local end.
-    pub local: SocketAddr,
+    pub local: Endpoint,
     /// Remote end.
-    pub remote: SocketAddr,
+    pub remote: Endpoint,
     /// The owning process as the kernel named it; `None` for a server socket not yet accepted.
     pub owner: Option<Owner>,
     /// What `/proc` said about the owner (read once per process).
@@ -60,10 +66,17 @@ pub struct Connection {
 /// The end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Closed {
-    /// Lifetime as measured in the kernel.
-    pub duration: Duration,
+    /// Lifetime as measured in the kernel, ns (a `Duration` would take 8 bytes more per entry).
+    pub lifetime_ns: u64,
     /// When the close was applied to the table; the grace period counts from here.
     pub at: Instant,
+}
+
+impl Closed {
+    /// Lifetime as measured in the kernel.
+    pub fn duration(&self) -> Duration {
+        Duration::from_nanos(self.lifetime_ns)
+    }
 }
 
 /// What [`ConnTable::apply`] and [`ConnTable::expire`] removed.
@@ -143,7 +156,8 @@ impl ConnTable {
     /// Applies one event; `process` is the enrichment of its owner, if any.
     pub fn apply(&mut self, ev: &ConnEvent, process: Option<Arc<ProcessInfo>>, now: Instant) -> Evictions {
         let mut out = Evictions::default();
-        let same_tuple = |c: &Connection| (c.netns, c.local, c.remote) == (ev.netns, ev.local, ev.remote);
+        let tuple = (ev.netns, Endpoint::from(ev.local), Endpoint::from(ev.remote));
+        let same_tuple = |c: &Connection| (c.netns, c.local, c.remote) == tuple;
         let late = self
             .last_closed
             .get(&ev.skaddr)
@@ -172,8 +186,8 @@ impl ConnTable {
                     skaddr: ev.skaddr,
                     netns: ev.netns,
                     role: ev.role,
-                    local: ev.local,
-                    remote: ev.remote,
+                    local: tuple.1,
+                    remote: tuple.2,
                     owner: None,
                     process: None,
                     closed: None,
@@ -197,7 +211,8 @@ impl ConnTable {
             conn.process = process;
         }
         if let (EventKind::Closed, Some(duration), None) = (ev.kind, ev.duration, conn.closed) {
-            conn.closed = Some(Closed { duration, at: now });
+            let lifetime_ns = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
+            conn.closed = Some(Closed { lifetime_ns, at: now });
             self.closed.push_back(id);
             if self.live.get(&ev.skaddr).is_some_and(|l| l.id == id) {
                 self.live.remove(&ev.skaddr);
@@ -216,7 +231,7 @@ impl ConnTable {
         if let Some(conn) = self.entries.get_mut(&id) {
             if conn.closed.is_none() {
                 conn.closed = Some(Closed {
-                    duration: Duration::from_nanos(closed_ts_ns.saturating_sub(first_ts_ns)),
+                    lifetime_ns: closed_ts_ns.saturating_sub(first_ts_ns),
                     at: now,
                 });
                 self.closed.push_back(id);
@@ -325,7 +340,7 @@ impl ConnTable {
 
     /// The id indexed for this 4-tuple.
     fn lookup(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
-        let key = (netns, local, remote);
+        let key = (netns, Endpoint::from(local), Endpoint::from(remote));
         self.by_tuple
             .find(self.hasher.hash_one(key), |i| {
                 self.entries.get(i).is_some_and(|c| (c.netns, c.local, c.remote) == key)

@@ -103,7 +103,7 @@ async fn check_with(config: Config, listen: &str, connect_to: IpAddr) -> common:
     })
     .await;
     assert!(
-        closed.0.duration >= closed.1.duration,
+        closed.0.duration() >= closed.1.duration(),
         "the client side opened first: {closed:?}"
     );
     agent

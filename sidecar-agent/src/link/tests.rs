@@ -20,13 +20,13 @@ impl Lookup for Fake {
 
 impl Fake {
     fn add(&self, local: &str, remote: &str, owner: Option<u32>) {
-        let (local, remote) = (local.parse().unwrap(), remote.parse().unwrap());
+        let (local, remote): (SocketAddr, SocketAddr) = (local.parse().unwrap(), remote.parse().unwrap());
         let conn = Connection {
             skaddr: 1,
             netns: 7,
             role: Role::Client,
-            local,
-            remote,
+            local: local.into(),
+            remote: remote.into(),
             owner: owner.map(|pid| Owner {
                 pid,
                 tid: pid,
