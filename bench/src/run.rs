@@ -2,10 +2,11 @@
 //! a time, the order rotated each round and reversed every other round; warm-up discarded.
 //!
 //! Why reversed: with rotation alone, each configuration always runs right after the same neighbour, and the
-//! position is not neutral here. A build compared with itself under two names (`A,W1,W1-before` then
-//! `A,W1-before,W1`) gave the one loaded second 4 µs/request less CPU in both orders, a bias as large as the
-//! change being measured. Reversing every other round puts each configuration as often before as after each
-//! neighbour, so over an even number of rounds the bias cancels in the medians of per-round differences.
+//! position is not neutral here. The same two builds run in both orders (W1 right before W1-before, then right
+//! after it) gave, solved for a build difference and a position effect, about 4 µs/request less CPU to the one
+//! loaded second, a bias as large as the changes being measured (`bench/RESULTS.md`, notes). Reversing every other
+//! round puts each configuration as often before as after each neighbour, so over an even number of rounds the
+//! bias cancels in the medians of per-round differences.
 
 use std::{
     net::SocketAddr,
