@@ -339,8 +339,8 @@ impl ConnTable {
     }
 
     /// The id indexed for this 4-tuple.
-    fn lookup(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<u64> {
-        let key = (netns, Endpoint::from(local), Endpoint::from(remote));
+    fn lookup(&self, netns: u32, local: Endpoint, remote: Endpoint) -> Option<u64> {
+        let key = (netns, local, remote);
         self.by_tuple
             .find(self.hasher.hash_one(key), |i| {
                 self.entries.get(i).is_some_and(|c| (c.netns, c.local, c.remote) == key)
@@ -351,13 +351,14 @@ impl ConnTable {
     /// The newest connection with this 4-tuple in namespace `netns`, seen from its local end (live, or closed
     /// within the grace period).
     pub fn find(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
-        self.lookup(netns, local, remote)
+        self.lookup(netns, local.into(), remote.into())
             .and_then(|id| self.entries.get(&id))
             .map(|c| &**c)
     }
 
     /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
     pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
+        let (local, remote) = (local.into(), remote.into());
         self.namespaces
             .keys()
             .filter_map(|&ns| self.lookup(ns, local, remote))
