@@ -8,7 +8,8 @@ drive: runs the phases of a JSON plan (argument --plan) against TARGET, one afte
        A phase is {"seconds": S, "streams": [stream]}; a stream is {"name", "kind": "grpc"|"http", "path",
        "version", "delay_ms", "fail_every" (0: never), "rate" (calls/s), "threads", and optionally "headers" (sent
        with every call, e.g. a tenant's)}. Each thread paces its calls
-       (rate / threads per second) and fails exactly every fail_every-th of them, so the failure ratio is exact.
+       (rate / threads per second), the threads spread over one period, and the stream fails exactly every
+       fail_every-th of its calls in that order, so the failure ratio is exact in any window of whole calls.
        "extras": requests sent once before the first phase, [{"path", "headers": {..}}], over HTTP.
 """
 import argparse
@@ -82,7 +83,8 @@ def run_thread(target, stream, until, index, calls, failed, lock):
     while next_at < until:
         time.sleep(max(0.0, next_at - time.time()))
         n += 1
-        fail = fail_every and n % fail_every == 0
+        # The stream's call number in paced order: failures evenly spaced, not a burst of one per thread.
+        fail = fail_every and (stream["threads"] * (n - 1) + index + 1) % fail_every == 0
         h = dict(headers)
         ok = True
         if stream["kind"] == "grpc":

@@ -1,13 +1,19 @@
 //! The demo service and the traffic of the three phases (`tests/peers/canary_peer.py`).
 //!
-//! Every stream makes 10 calls/s, paced, from two threads. The service answers after 62 ms, so each call lands in
-//! Envoy's (50, 100] ms bucket: never lower, and higher only if a noisy machine delays it by 38 ms. In the broken
-//! phase, `shop.v1.Payments/Charge` of `v2` answers after 112 ms, in the (100, 250] bucket (50 ms slower), and
-//! fails every 5th call of each thread with UNAVAILABLE (20 %).
+//! Every stream makes 10 calls/s, paced, from four threads. The service answers after 110 ms, so each call lands in
+//! Envoy's (100, 250] ms bucket: never lower, and higher only if a noisy machine delays it by 140 ms. In the broken
+//! phase, `shop.v1.Payments/Charge` of `v2` answers after 300 ms, in the (250, 500] bucket, and fails every 5th call
+//! of each thread with UNAVAILABLE (20 %).
 //!
-//! Why not 55 and 105: Envoy's histograms (circllhist) keep two significant digits, and a bucket's cumulative count
-//! takes a whole bin by its lower bound, so 105 ms (bin [100, 110)) is counted as <= 100. Slower calls must be
-//! at least 110 ms.
+//! Why the margins are wide: a phase's window holds about 80 calls of a stream, so its p99 is the second slowest
+//! call. With the baseline 38 ms under its bucket's bound (62 ms in (50, 100]), two calls delayed that much by a
+//! loaded CI machine moved the baseline's p99 into the canary's bucket and its ratio fell from 2.5 to 1.16. Now a
+//! delay needs 140 ms (baseline) or 200 ms (canary) to move a p99 across a bound, and even then the Charge ratio
+//! stays in the asserted range (497.5 / 248.5 = 2.0 or 997.5 / 248.5 = 4.0 instead of 497.5 / 248.5).
+//!
+//! Why not 105 ms or 255 ms: Envoy's histograms (circllhist) keep two significant digits, and a bucket's cumulative
+//! count takes a whole bin by its lower bound, so 105 ms (bin [100, 110)) is counted as <= 100. A call must be at
+//! least 110 ms to count above 100, and 260 ms above 250.
 
 use std::{
     io::{BufRead, BufReader},
@@ -22,7 +28,11 @@ pub const PHASE_SECONDS: f64 = 11.0;
 /// Calls per second of each stream (interface and version).
 pub const RATE: f64 = 10.0;
 /// How long the service takes to answer, in ms.
-const BASE_MS: u32 = 62;
+const BASE_MS: u32 = 110;
+/// How long the broken canary (`Charge` of `v2`) takes to answer, in ms.
+const SLOW_MS: u32 = 300;
+/// Threads per stream: each paces a call every 400 ms, more than the slowest answer takes.
+const THREADS: u32 = 4;
 
 /// The demo service (gRPC and HTTP, `tests/peers/canary_peer.py serve`); killed on drop.
 pub struct Service {
@@ -68,7 +78,7 @@ impl Drop for Service {
 
 fn stream(name: &str, kind: &str, path: &str, version: &str, delay_ms: u32, fail_every: u32) -> serde_json::Value {
     json!({"name": name, "kind": kind, "path": path, "version": version, "delay_ms": delay_ms,
-           "fail_every": fail_every, "rate": RATE, "threads": 2})
+           "fail_every": fail_every, "rate": RATE, "threads": THREADS})
 }
 
 /// The streams of one phase: three interfaces; `v2` as given (None: no v2 traffic at all).
@@ -100,7 +110,7 @@ pub fn drive(envoy: &Envoy) -> Vec<(f64, serde_json::Value)> {
         // For the dashboard's counters: an invalid version, and a malformed baggage member.
         "extras": [{"path": "/api/v1/orders/1", "headers": {"x-gray-version": "v 2"}},
                    {"path": "/api/v1/orders/1", "headers": {"baggage": "a=1,garbage"}}],
-        "phases": [phase(streams(Some((BASE_MS + 50, 5)))), phase(streams(Some((BASE_MS, 0)))), phase(streams(None))],
+        "phases": [phase(streams(Some((SLOW_MS, 5)))), phase(streams(Some((BASE_MS, 0)))), phase(streams(None))],
     });
     run_plan(envoy, &plan)
         .into_iter()
