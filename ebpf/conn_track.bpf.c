@@ -216,16 +216,36 @@ static __always_inline struct gs_listen_owner *listener_of(__u32 netns, const st
 #define GS_RB_FORCE_WAKEUP 2
 #define GS_RB_AVAIL_DATA 0
 
-/* Wakeup batching: a submit wakes the reader only once a quarter of the ring is pending. The reader also drains
- * the ring on a timer (sidecar-agent/src/ebpf/reader.rs: POLL_INTERVAL, MAX_POLL_INTERVAL after a quiet spell),
- * so an event waits at most that long, and a burst of connections costs one wakeup per batch instead of one per
- * event (the default policy wakes the reader on every submit that finds it caught up, which on a fast reader is
- * nearly every one). */
-static __always_inline __u64 wakeup_flag(void)
+/* Wakeup batching. A submit wakes the reader in two cases only:
+ * - a quarter of the ring is pending (a burst: one wakeup per batch instead of one per event);
+ * - no event was emitted for GS_QUIET_NS: the reader may have gone idle, so the first event of a quiet spell wakes
+ *   it at once.
+ * Every other event is left to the reader's follow-up read: after a read that found events, it reads again
+ * POLL_INTERVAL (10 ms) later, until a read finds nothing (sidecar-agent/src/ebpf/reader.rs). That covers them:
+ * an event not woken for came at most GS_QUIET_NS after an earlier one, and the read that found the earlier one
+ * is followed by a read at least 10 ms after it, so after the later one too. An idle agent then wakes for events
+ * only, not on a timer (the default policy instead wakes the reader on every submit that finds it caught up, which
+ * on a fast reader is nearly every one).
+ *
+ * `last_emit_ns` is shared by every CPU and written without a lock, at most every GS_QUIET_REFRESH_NS. Whatever it
+ * holds is the time of an event that was emitted, no later than the latest one: a stale value, or one written out
+ * of order by another CPU, only makes `now - last` larger (a spare wakeup), never smaller. */
+#define GS_QUIET_NS (5ULL * 1000 * 1000)
+#define GS_QUIET_REFRESH_NS (1000ULL * 1000)
+__u64 last_emit_ns = 0;
+
+static __always_inline __u64 wakeup_flag(__u64 now)
 {
 	__u64 pending = bpf_ringbuf_query(&events, GS_RB_AVAIL_DATA);
+	__u64 last = last_emit_ns;
+	/* A concurrent emit on another CPU may have stored a later time than ours: the difference is then "negative"
+	 * (huge as unsigned), which wakes the reader once more, harmlessly. */
+	__u64 since = now - last;
 
-	return pending >= ring_bytes / 4 ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
+	/* Written at most every GS_QUIET_REFRESH_NS: every CPU writing one cache line on every event would bounce it. */
+	if (since > GS_QUIET_REFRESH_NS)
+		last_emit_ns = now;
+	return pending >= ring_bytes / 4 || since > GS_QUIET_NS ? GS_RB_FORCE_WAKEUP : GS_RB_NO_WAKEUP;
 }
 
 static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, const struct tuple *t, __u64 skaddr,
@@ -255,7 +275,7 @@ static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, cons
 	__builtin_memcpy(e->laddr, t->laddr, sizeof(e->laddr));
 	__builtin_memcpy(e->raddr, t->raddr, sizeof(e->raddr));
 	__builtin_memcpy(e->comm, st->comm, sizeof(e->comm));
-	bpf_ringbuf_submit(e, wakeup_flag());
+	bpf_ringbuf_submit(e, wakeup_flag(now));
 }
 
 /* A raw tracepoint, not the `sock:inet_sock_set_state` trace event: the kernel then calls the program with the

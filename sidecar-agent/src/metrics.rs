@@ -244,6 +244,19 @@ impl Collector for Live {
             "Events read that did not decode (agent and eBPF object out of step)",
             self.reader.decode_errors.load(Ordering::Relaxed),
         )?;
+        let reads = ConstCounter::new(0u64);
+        let mut m = enc.encode_descriptor(
+            "ring_reads",
+            "Reads of the kernel ring buffer, by what started them (a kernel wakeup, or a timed read)",
+            None,
+            reads.metric_type(),
+        )?;
+        for (trigger, n) in [
+            ("wakeup", &self.reader.woken_reads),
+            ("timer", &self.reader.timed_reads),
+        ] {
+            ConstCounter::new(n.load(Ordering::Relaxed)).encode(m.encode_family(&[("trigger", trigger)])?)?;
+        }
         match self.kernel.counters() {
             Ok(k) => {
                 counter(

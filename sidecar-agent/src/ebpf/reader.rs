@@ -1,11 +1,12 @@
 //! Drains the ring buffer asynchronously: the ring's fd is registered with tokio ([`AsyncFd`]), so the task
-//! sleeps until the kernel signals data or the poll interval passes, then reads every record, decodes it and hands
-//! it on. The kernel programs signal only once a quarter of the ring is pending (`wakeup_flag` in
-//! `ebpf/conn_track.bpf.c`): one wakeup per batch instead of one per event, and the timer picks up the rest.
+//! sleeps until the kernel signals data or a timed read is due, then reads every record, decodes it and hands it on.
 //!
-//! The poll interval is [`POLL_INTERVAL`] while events arrive and doubles after each poll that finds none, up to
-//! [`MAX_POLL_INTERVAL`]: a node with few new connections wakes the agent 20 times a second instead of 100 (those
-//! idle wakeups were a sixth of the agent's CPU at 10,000 calls per second).
+//! The kernel programs signal only the first event after a quiet spell and a ring a quarter full (`wakeup_flag` in
+//! `ebpf/conn_track.bpf.c`): one wakeup per burst instead of one per event. The events they do not signal are
+//! picked up by the follow-up read: after every read that found events, the reader reads again [`POLL_INTERVAL`]
+//! later, until a read finds nothing. Then it sleeps until the kernel signals, with a timed read every
+//! [`IDLE_POLL`] only as a backstop. An agent on a quiet node wakes about once a second instead of 20 times: those
+//! timer wakeups were most of an idle agent's CPU, which is the fixed part of its cost at 10,000 calls per second.
 //!
 //! The reader can be paused through a [`PauseControl`]: it then leaves the ring alone, the ring fills up and
 //! the kernel programs count what they cannot store. Every record taken from the ring counts as
@@ -28,13 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::events::{self, ConnEvent};
 
-/// How often the reader drains the ring without being woken: the longest an event waits in the ring (the agent
-/// waits `--link-wait`, 500 ms by default, for a call's connection, so this is far inside it).
+/// How soon after a read that found events the reader reads again: the longest an event the kernel did not
+/// signal waits in the ring (the agent waits `--link-wait`, 500 ms by default, for a call's connection, so this is
+/// far inside it).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-/// The poll interval after polls that found nothing: the longest the first event after a quiet spell waits in the
-/// ring (also far inside `--link-wait`).
-pub const MAX_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// The timed read of an idle reader, a backstop: the kernel signals the first event after a quiet spell, so no
+/// event should wait for it.
+pub const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Counts kept by the reader.
 #[derive(Debug, Default)]
@@ -43,6 +45,10 @@ pub struct ReaderCounters {
     pub delivered: AtomicU64,
     /// Of those, records that did not decode (a build mismatch between the object and the agent).
     pub decode_errors: AtomicU64,
+    /// Reads of the ring after the kernel signalled it.
+    pub woken_reads: AtomicU64,
+    /// Timed reads: follow-ups of a read that found events, and the idle backstop.
+    pub timed_reads: AtomicU64,
 }
 
 /// The agent's side of the pause switch.
@@ -93,6 +99,7 @@ impl PauseControl {
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: Arc<ReaderCounters>,
+    idle_poll: Duration,
 }
 
 // === impl Reader ===
@@ -105,7 +112,19 @@ impl Reader {
         #[allow(unsafe_code)]
         let ring =
             unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(std::io::Error::from)?;
-        Ok(Self { ring, counters })
+        Ok(Self {
+            ring,
+            counters,
+            idle_poll: IDLE_POLL,
+        })
+    }
+
+    /// Sets the idle backstop ([`IDLE_POLL`] by default). A test sets it to hours, so that every event it sees
+    /// was either signalled by the kernel or picked up by a follow-up read.
+    #[must_use]
+    pub fn with_idle_poll(mut self, idle_poll: Duration) -> Self {
+        self.idle_poll = idle_poll;
+        self
     }
 
     /// Reads until `cancel` fires or the receiver of `tx` goes away; not while `switch` says pause.
@@ -116,12 +135,16 @@ impl Reader {
         cancel: CancellationToken,
     ) -> std::io::Result<()> {
         let mut batch = Vec::new();
-        let mut interval = POLL_INTERVAL;
-        let poll = tokio::time::sleep(interval);
+        let mut paused = false;
+        // The next timed read: POLL_INTERVAL after a read that found events, else the idle backstop.
+        let poll = tokio::time::sleep(POLL_INTERVAL);
         tokio::pin!(poll);
         loop {
             if *switch.request.borrow_and_update() {
-                switch.state.send_replace(true);
+                if !paused {
+                    paused = true;
+                    switch.state.send_replace(true);
+                }
                 tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(()),
@@ -129,25 +152,37 @@ impl Reader {
                 }
                 continue;
             }
-            switch.state.send_replace(false);
-            tokio::select! {
+            if paused {
+                paused = false;
+                switch.state.send_replace(false);
+                // What piled up meanwhile is read at once.
+                poll.as_mut().reset(tokio::time::Instant::now());
+            }
+            let found = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 changed = switch.request.changed() => if changed.is_err() { return Ok(()) } else { continue },
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready?;
-                    drain(guard.get_inner_mut(), &self.counters, &mut batch);
+                    self.counters.woken_reads.fetch_add(1, Ordering::Relaxed);
+                    let n = drain(guard.get_inner_mut(), &self.counters, &mut batch);
                     guard.clear_ready();
                     // A record committed between the drain and clear_ready would leave the fd not ready while
                     // data waits: drain once more (cheap when empty).
-                    drain(guard.get_inner_mut(), &self.counters, &mut batch);
-                    interval = POLL_INTERVAL;
+                    n + drain(guard.get_inner_mut(), &self.counters, &mut batch)
                 }
                 () = &mut poll => {
-                    let found = drain(self.ring.get_mut(), &self.counters, &mut batch);
-                    interval = if found > 0 { POLL_INTERVAL } else { (interval * 2).min(MAX_POLL_INTERVAL) };
-                    poll.as_mut().reset(tokio::time::Instant::now() + interval);
+                    self.counters.timed_reads.fetch_add(1, Ordering::Relaxed);
+                    let n = drain(self.ring.get_mut(), &self.counters, &mut batch);
+                    if n == 0 {
+                        poll.as_mut().reset(tokio::time::Instant::now() + self.idle_poll);
+                    }
+                    n
                 }
+            };
+            // The kernel may not have signalled events that came right after these: read again soon.
+            if found > 0 {
+                poll.as_mut().reset(tokio::time::Instant::now() + POLL_INTERVAL);
             }
             for event in batch.drain(..) {
                 if tx.send(event).await.is_err() {
