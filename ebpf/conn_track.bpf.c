@@ -2,7 +2,8 @@
 /*
  * grayscope connection tracking: TCP connections with the process that owns them, from tracepoints only.
  *
- * - raw tracepoint inet_sock_set_state (the arguments sk, oldstate, newstate; see handle_set_state)
+ * - inet_sock_set_state as a tp_btf program (handle_set_state), or a raw tracepoint where the kernel refuses BTF
+ *   tracing programs (handle_set_state_raw); the arguments sk, oldstate, newstate; see set_state
  *     CLOSE -> LISTEN          remember the listener's owner (the listen() caller is `current`) in `listeners`,
  *                              keyed by (netns, family, bound address, port)
  *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc)
@@ -125,6 +126,23 @@ static __always_inline void sk_tuple(const struct sock *sk, struct tuple *t)
 	}
 }
 
+/* The same reads as direct loads, for the tp_btf program: there the verifier knows `sk` is a `struct sock` (from the
+ * tracepoint's BTF prototype), so each field is one load (relocated by CO-RE) instead of a bpf_probe_read_kernel
+ * call. `inet_sport` lies beyond `struct sock`, which the verifier refuses to a direct load through a sock
+ * pointer, and the IPv6 addresses are 16-byte arrays: those stay probe reads. */
+static __always_inline void sk_tuple_direct(const struct sock *sk, struct tuple *t)
+{
+	t->lport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+	t->rport = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (t->family == AF_INET) {
+		t->laddr[0] = sk->__sk_common.skc_rcv_saddr;
+		t->raddr[0] = sk->__sk_common.skc_daddr;
+	} else {
+		bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
 static __always_inline void count(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &slot);
@@ -136,6 +154,11 @@ static __always_inline void count(__u32 slot)
 static __always_inline __u32 sk_netns(const struct sock *sk)
 {
 	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline __u32 sk_netns_direct(const struct sock *sk)
+{
+	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
 static __always_inline int netns_wanted(__u32 netns)
@@ -160,6 +183,17 @@ static __always_inline void own(struct gs_conn_state *st)
 	OWN(st);
 }
 
+/* OWN with direct loads: bpf_get_current_task_btf() gives the verifier a typed task pointer (tp_btf only). */
+#define OWN_DIRECT(st)                                                                                             \
+	do {                                                                                                       \
+		struct task_struct *task_ = bpf_get_current_task_btf();                                           \
+		__u64 id_ = bpf_get_current_pid_tgid();                                                            \
+		(st)->pid = id_ >> 32;                                                                             \
+		(st)->tid = (__u32)id_;                                                                            \
+		(st)->proc_start_ns = task_->group_leader->start_boottime;                                         \
+		bpf_get_current_comm((st)->comm, sizeof((st)->comm));                                              \
+	} while (0)
+
 /* The `listeners` key of a socket from its local end. */
 static __always_inline void listen_key(struct gs_listen_key *k, __u32 netns, const struct tuple *t)
 {
@@ -171,14 +205,17 @@ static __always_inline void listen_key(struct gs_listen_key *k, __u32 netns, con
 
 /* listen(): the caller owns the listener. BPF_ANY: of several SO_REUSEPORT listeners on one address, the newest
  * names them all (the map has one entry per address). Deleted at LISTEN -> CLOSE. */
-static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tuple *t)
+static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tuple *t, const int direct)
 {
 	struct gs_listen_key k = {};
 	struct gs_listen_owner o = {};
 
 	listen_key(&k, netns, t);
 	o.skaddr = skaddr;
-	OWN(&o);
+	if (direct)
+		OWN_DIRECT(&o);
+	else
+		OWN(&o);
 	bpf_map_update_elem(&listeners, &k, &o, BPF_ANY);
 }
 
@@ -278,14 +315,13 @@ static __always_inline void emit(__u8 kind, const struct gs_conn_state *st, cons
 	bpf_ringbuf_submit(e, wakeup_flag(now));
 }
 
-/* A raw tracepoint, not the `sock:inet_sock_set_state` trace event: the kernel then calls the program with the
- * tracepoint's arguments (sk, oldstate, newstate) instead of first formatting the ~100-byte trace record on every
- * one of the ~10 state changes of a connection, and the transitions that do not matter cost only the compare. */
-SEC("raw_tp/inet_sock_set_state")
-int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
+/* The state changes of a TCP socket (`inet_sock_set_state`, with its arguments sk, oldstate, newstate), in two
+ * builds of one body: `direct` (a tp_btf program: the socket's and the task's fields are direct loads) and not (a
+ * raw tracepoint: every field a bpf_probe_read_kernel call, for kernels that refuse BTF tracing programs). Neither
+ * formats the ~100-byte trace record the classic `sock:inet_sock_set_state` event builds on every one of the ~10
+ * state changes of a connection, and the transitions that do not matter cost only the compare. */
+static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s32 newstate, const int direct)
 {
-	const struct sock *sk = (const struct sock *)ctx->args[0];
-	__s32 oldstate = (__s32)ctx->args[1], newstate = (__s32)ctx->args[2];
 	struct gs_conn_state fresh = {}, *st;
 	struct gs_listen_owner *lo;
 	struct tuple t = {};
@@ -305,18 +341,22 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 		if (!st)
 			return 0;
 	}
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0; /* the tracepoint also fires for other inet protocols (MPTCP subflows' parent, SCTP) */
-	t.family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/* the tracepoint also fires for other inet protocols (MPTCP subflows' parent, SCTP) */
+	if ((direct ? sk->sk_protocol : BPF_CORE_READ(sk, sk_protocol)) != IPPROTO_TCP)
+		return 0;
+	t.family = direct ? sk->__sk_common.skc_family : BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (t.family != AF_INET && t.family != AF_INET6)
 		return 0;
-	netns = sk_netns(sk);
+	netns = direct ? sk_netns_direct(sk) : sk_netns(sk);
 	if (!netns_wanted(netns))
 		return 0;
-	sk_tuple(sk, &t);
+	if (direct)
+		sk_tuple_direct(sk, &t);
+	else
+		sk_tuple(sk, &t);
 
 	if (newstate == TCP_LISTEN) {
-		on_listen(key, netns, &t);
+		on_listen(key, netns, &t, direct);
 		return 0;
 	}
 	if (oldstate == TCP_LISTEN) { /* LISTEN -> CLOSE */
@@ -329,7 +369,10 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 		/* connect(2): the caller is `current`. Deleted at TCP_CLOSE. */
 		fresh.start_ns = now;
 		fresh.role = GS_ROLE_CLIENT;
-		own(&fresh);
+		if (direct)
+			OWN_DIRECT(&fresh);
+		else
+			own(&fresh);
 		bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY);
 		return 0;
 	}
@@ -369,6 +412,18 @@ int handle_set_state(struct bpf_raw_tracepoint_args *ctx)
 		bpf_map_delete_elem(&conns, &key);
 	}
 	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int handle_set_state(__u64 *ctx)
+{
+	return set_state((const struct sock *)ctx[0], (__s32)ctx[1], (__s32)ctx[2], 1);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int handle_set_state_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return set_state((const struct sock *)ctx->args[0], (__s32)ctx->args[1], (__s32)ctx->args[2], 0);
 }
 
 static __always_inline int on_accept_exit(__s64 ret)

@@ -85,6 +85,7 @@ impl Agent {
             kernel_max_conns: config.kernel_max_conns,
             accept_tracepoints: config.accept_tracepoints,
             program_stats: config.program_stats,
+            raw_tracepoint: false,
         })?;
         let ring = probe.take_ring().ok_or(Error::Map {
             name: "events",

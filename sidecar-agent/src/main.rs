@@ -66,6 +66,7 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 kernel_max_conns: config.kernel_max_conns,
                 accept_tracepoints: config.accept_tracepoints,
                 program_stats: config.program_stats,
+                raw_tracepoint: false,
             };
             sidecar_agent::trace::trace(&opts, std::io::stdout().lock(), shutdown_signal()).await?;
             Ok(())

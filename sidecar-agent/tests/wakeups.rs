@@ -38,6 +38,7 @@ async fn every_event_arrives_without_the_idle_timer() {
         kernel_max_conns: 65536,
         accept_tracepoints: false,
         program_stats: false,
+        raw_tracepoint: false,
     })
     .unwrap();
     let counters = Arc::new(ReaderCounters::default());

@@ -22,8 +22,8 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
-    EbpfLoader,
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    Btf, EbpfLoader,
 };
 
 pub use self::{
@@ -33,12 +33,18 @@ pub use self::{
 use crate::{config::NetnsFilter, error::Error};
 
 /// The programs of `conn_track.bpf.o` and where they attach: (program, tracefs category, tracepoint); an empty
-/// category is a raw tracepoint (attached by name, with no trace record formatted for it).
+/// category is a BTF tracepoint (`tp_btf`, attached by name, with no trace record formatted for it), which falls
+/// back to [`RAW_FALLBACK`] where the kernel refuses it.
 const PROGRAMS: [(&str, &str, &str); 3] = [
     ("handle_set_state", "", "inet_sock_set_state"),
     ("handle_accept4_exit", "syscalls", "sys_exit_accept4"),
     ("handle_accept_exit", "syscalls", "sys_exit_accept"),
 ];
+
+/// The raw tracepoint build of `handle_set_state`: the same logic with every field of the socket and the task read
+/// through `bpf_probe_read_kernel`, for kernels that refuse BTF tracing programs (`tp_btf` needs the kernel's
+/// BTF and a kernel that lets tracing programs load; some lockdown policies refuse them as they refuse fentry).
+const RAW_FALLBACK: &str = "handle_set_state_raw";
 
 /// How many of [`PROGRAMS`] are syscall tracepoints (the last ones), attached only with
 /// [`ProbeOptions::accept_tracepoints`].
@@ -63,6 +69,9 @@ pub struct ProbeOptions {
     /// then reads the clock twice around every run of every BPF program of the node, not only ours. Without it
     /// the run counts are reported only when the host sets the `kernel.bpf_stats_enabled` sysctl.
     pub program_stats: bool,
+    /// Attach the raw tracepoint build of the state-change program even where the kernel takes the BTF one: every
+    /// field then costs a `bpf_probe_read_kernel` call. The agent falls back to it by itself; this is for tests.
+    pub raw_tracepoint: bool,
 }
 
 /// The loaded and attached programs.
@@ -75,6 +84,15 @@ pub struct Probe {
     stats: Arc<KernelStats>,
     /// Inode of the watched namespace, 0 for all.
     netns: u32,
+}
+
+/// Loads `prog` as a BTF tracepoint against the running kernel's BTF and attaches it to tracepoint `name`.
+fn attach_btf(prog: &mut aya::programs::Program, name: &str) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let tp: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+    tp.load(name, &btf).map_err(|e| format!("load: {e}"))?;
+    tp.attach().map_err(|e| format!("attach: {e}"))?;
+    Ok(())
 }
 
 // === impl Probe ===
@@ -99,6 +117,7 @@ impl Probe {
         } else {
             &PROGRAMS[..PROGRAMS.len() - SYSCALL_PROGRAMS]
         };
+        let mut names = Vec::with_capacity(attached.len());
         for &(program, category, name) in attached {
             let prog_err = |source| Error::Program {
                 program,
@@ -109,13 +128,35 @@ impl Probe {
                 detail: "program missing from the object".into(),
             })?;
             if category.is_empty() {
-                let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
-                tp.load().map_err(prog_err)?;
-                tp.attach(name).map_err(prog_err)?;
+                let btf = if opts.raw_tracepoint {
+                    Err("asked for the raw tracepoint build".to_owned())
+                } else {
+                    attach_btf(prog, name)
+                };
+                match btf {
+                    Ok(()) => names.push(program),
+                    Err(e) => {
+                        tracing::info!(reason = %e, program, fallback = RAW_FALLBACK,
+                            "BTF tracepoint not attached; attaching the raw tracepoint build");
+                        let prog_err = |source| Error::Program {
+                            program: RAW_FALLBACK,
+                            source: Box::new(source),
+                        };
+                        let prog = ebpf.program_mut(RAW_FALLBACK).ok_or(Error::Map {
+                            name: RAW_FALLBACK,
+                            detail: "program missing from the object".into(),
+                        })?;
+                        let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
+                        tp.load().map_err(prog_err)?;
+                        tp.attach(name).map_err(prog_err)?;
+                        names.push(RAW_FALLBACK);
+                    }
+                }
             } else {
                 let tp: &mut TracePoint = prog.try_into().map_err(prog_err)?;
                 tp.load().map_err(prog_err)?;
                 tp.attach(category, name).map_err(prog_err)?;
+                names.push(program);
             }
         }
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
@@ -142,7 +183,6 @@ impl Probe {
             listeners_seeded = seeded,
             "eBPF programs attached"
         );
-        let names = attached.iter().map(|p| p.0).collect();
         let stats = Arc::new(KernelStats::new(ebpf, counters, listeners, stats_fd, names));
         Ok(Self {
             ring: Some(ring),
