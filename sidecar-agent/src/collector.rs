@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
 
 use crate::{
-    link::{self, Clocks, Pending, Resolved, TableLookup},
+    link::{self, Clocks, Outcome, Pending, Resolved, TableLookup},
     methods::MethodTable,
     metrics::Metrics,
     table::ConnTable,
@@ -130,24 +130,31 @@ impl Core {
         let n = u32::try_from(calls.len()).unwrap_or(u32::MAX);
         self.metrics.records_received.inc_by(calls.len() as u64);
         let received = unix_now();
-        let done: Vec<Resolved> = {
+        // The outcomes beside the records, which stay in place (a record that waits is taken by the queue).
+        let outcomes: Vec<Option<Outcome>> = {
             let mut pending = lock(&self.pending);
             let table = lock(&self.table);
             let lookup = TableLookup {
                 table: &table,
                 netns: self.netns,
             };
-            let done = calls
-                .into_iter()
-                .filter_map(|c| pending.offer_in(&lookup, c, reporter_netns, received, now))
+            let outcomes = calls
+                .iter_mut()
+                .map(|c| pending.offer_in_place(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
             if !pending.is_empty() {
                 self.queued.notify_one();
             }
-            done
+            outcomes
         };
-        self.finish(done);
+        self.finish(calls.into_iter().zip(outcomes).filter_map(|(record, outcome)| {
+            Some(Resolved {
+                record,
+                received_unix_nano: received,
+                outcome: outcome?,
+            })
+        }));
         n
     }
 
@@ -172,33 +179,25 @@ impl Core {
         self.finish(done);
     }
 
-    fn finish(&self, done: Vec<Resolved>) {
-        if done.is_empty() {
-            return;
-        }
+    fn finish(&self, done: impl IntoIterator<Item = Resolved>) {
         let clocks = self.clocks;
-        // One counter update per outcome and batch, not per record: each update hashes the label set and takes
-        // the family's lock.
-        let mut outcomes: Vec<(&'static str, u64)> = Vec::with_capacity(4);
-        for r in &done {
-            let label = r.outcome.label();
-            match outcomes.iter_mut().find(|(l, _)| *l == label) {
-                Some((_, n)) => *n += 1,
-                None => outcomes.push((label, 1)),
-            }
-        }
-        for (label, n) in outcomes {
-            self.metrics.records.get_or_create(&[("outcome", label)]).inc_by(n);
-        }
         // The message of each call is built only when somebody watches: the method table needs the record and
         // its process, and the process is built once per process and batch. A watcher subscribing meanwhile
         // gets the calls of the next batch, as it would have had it subscribed a moment later.
         let watched = !self.hub.is_empty();
         let mut processes = link::Processes::new(clocks, self.expose_command_line);
-        let mut calls: Vec<Arc<LinkedCall>> = Vec::with_capacity(if watched { done.len() } else { 0 });
+        let mut calls: Vec<Arc<LinkedCall>> = Vec::new();
+        // One counter update per outcome and batch, not per record: each update hashes the label set and takes
+        // the family's lock.
+        let mut outcomes: Vec<(&'static str, u64)> = Vec::with_capacity(4);
         {
             let mut methods = lock(&self.methods);
             for r in done {
+                let label = r.outcome.label();
+                match outcomes.iter_mut().find(|(l, _)| *l == label) {
+                    Some((_, n)) => *n += 1,
+                    None => outcomes.push((label, 1)),
+                }
                 let process = match &r.outcome {
                     link::Outcome::Linked(conn, _) => processes.get(conn),
                     _ => None,
@@ -210,7 +209,13 @@ impl Core {
                     calls.push(Arc::new(link::linked_call_with(r, process, clocks)));
                 }
             }
+            if outcomes.is_empty() {
+                return;
+            }
             self.metrics.methods_rows.set(gauge(methods.len()));
+        }
+        for (label, n) in outcomes {
+            self.metrics.records.get_or_create(&[("outcome", label)]).inc_by(n);
         }
         for c in &calls {
             self.hub.publish(c);

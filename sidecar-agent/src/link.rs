@@ -231,31 +231,40 @@ impl Pending {
     pub fn offer_in(
         &mut self,
         lookup: &impl Lookup,
-        record: CallRecord,
+        mut record: CallRecord,
         netns: Option<u32>,
         received_unix_nano: u64,
         now: Instant,
     ) -> Option<Resolved> {
-        let done = |record, outcome| {
-            Some(Resolved {
-                record,
-                received_unix_nano,
-                outcome,
-            })
-        };
-        match attempt(lookup, &record, netns) {
-            Ok(outcome) => done(record, outcome),
-            Err(reason) if self.wait.is_zero() => done(record, Outcome::NoConnection(reason)),
-            Err(reason) if self.queue.len() >= self.max => done(
-                record,
-                Outcome::QueueFull(format!(
-                    "{reason}, and {} records already wait for theirs (link_pending_max)",
-                    self.queue.len()
-                )),
-            ),
+        let outcome = self.offer_in_place(lookup, &mut record, netns, received_unix_nano, now)?;
+        Some(Resolved {
+            record,
+            received_unix_nano,
+            outcome,
+        })
+    }
+
+    /// [`Pending::offer_in`] for a record of a batch: it stays where it is unless it waits (then the queue takes it
+    /// and leaves an empty record). Returns its outcome when it is done. A record is about 400 bytes: moving every
+    /// record of a batch into a new vector of results was a tenth of the agent's time at 10,000 calls per second.
+    pub fn offer_in_place(
+        &mut self,
+        lookup: &impl Lookup,
+        record: &mut CallRecord,
+        netns: Option<u32>,
+        received_unix_nano: u64,
+        now: Instant,
+    ) -> Option<Outcome> {
+        match attempt(lookup, record, netns) {
+            Ok(outcome) => Some(outcome),
+            Err(reason) if self.wait.is_zero() => Some(Outcome::NoConnection(reason)),
+            Err(reason) if self.queue.len() >= self.max => Some(Outcome::QueueFull(format!(
+                "{reason}, and {} records already wait for theirs (link_pending_max)",
+                self.queue.len()
+            ))),
             Err(reason) => {
                 self.queue.push_back(Waiting {
-                    record,
+                    record: std::mem::take(record),
                     netns,
                     received_unix_nano,
                     deadline: now + self.wait,
