@@ -9,13 +9,10 @@ mod common;
 use std::sync::Arc;
 
 use common::{loopback_connection, patiently, privileged, Netns};
-use sidecar_agent::{
-    ebpf::{
-        events::{EventKind, Role},
-        reader::{self, Reader, ReaderCounters},
-        Probe, ProbeOptions,
-    },
-    NetnsFilter,
+use sidecar_agent::ebpf::{
+    events::{EventKind, Role},
+    reader::{self, Reader, ReaderCounters},
+    Probe, ProbeOptions,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,12 +25,9 @@ async fn one_connection(raw_tracepoint: bool) -> (Seen, (u16, u16)) {
     // Its own namespace, so the events are this connection's only.
     let ns = Netns::new(if raw_tracepoint { "raw-tp" } else { "btf-tp" });
     let mut probe = Probe::load(&ProbeOptions {
-        netns: NetnsFilter::Path(ns.path()),
-        ring_buffer_bytes: 256 * 1024,
-        kernel_max_conns: 65536,
-        accept_tracepoints: false,
         program_stats: true,
         raw_tracepoint,
+        ..ns.probe_options()
     })
     .unwrap();
     let reader = Reader::new(probe.take_ring().unwrap(), Arc::new(ReaderCounters::default())).unwrap();

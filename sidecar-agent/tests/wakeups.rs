@@ -12,12 +12,9 @@ use std::{
 };
 
 use common::{loopback_connection, patiently, privileged, Netns};
-use sidecar_agent::{
-    ebpf::{
-        reader::{self, Reader, ReaderCounters},
-        Probe, ProbeOptions,
-    },
-    NetnsFilter,
+use sidecar_agent::ebpf::{
+    reader::{self, Reader, ReaderCounters},
+    Probe,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,15 +29,7 @@ async fn every_event_arrives_without_the_idle_timer() {
     }
     // Its own namespace, so the events are this test's only.
     let ns = Netns::new("wakeups");
-    let mut probe = Probe::load(&ProbeOptions {
-        netns: NetnsFilter::Path(ns.path()),
-        ring_buffer_bytes: 256 * 1024,
-        kernel_max_conns: 65536,
-        accept_tracepoints: false,
-        program_stats: false,
-        raw_tracepoint: false,
-    })
-    .unwrap();
+    let mut probe = Probe::load(&ns.probe_options()).unwrap();
     let counters = Arc::new(ReaderCounters::default());
     let reader = Reader::new(probe.take_ring().unwrap(), Arc::clone(&counters))
         .unwrap()

@@ -288,6 +288,18 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Options for the kernel programs alone (no agent) watching this namespace, as the agent loads them by default.
+    pub fn probe_options(&self) -> sidecar_agent::ebpf::ProbeOptions {
+        sidecar_agent::ebpf::ProbeOptions {
+            netns: NetnsFilter::Path(self.path()),
+            ring_buffer_bytes: 256 * 1024,
+            kernel_max_conns: 65536,
+            accept_tracepoints: false,
+            program_stats: false,
+            raw_tracepoint: false,
+        }
+    }
+
     /// Its inode number, as the kernel programs report it.
     pub fn inode(&self) -> u32 {
         u32::try_from(std::fs::metadata(self.path()).unwrap().ino()).unwrap()
