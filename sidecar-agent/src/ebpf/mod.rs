@@ -22,8 +22,8 @@ use std::{
 
 use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
-    Btf, EbpfLoader,
+    programs::{BtfTracePoint, Program, RawTracePoint, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
 
 pub use self::{
@@ -87,11 +87,39 @@ pub struct Probe {
 }
 
 /// Loads `prog` as a BTF tracepoint against the running kernel's BTF and attaches it to tracepoint `name`.
-fn attach_btf(prog: &mut aya::programs::Program, name: &str) -> Result<(), String> {
+fn attach_btf(prog: &mut Program, name: &str) -> Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     let tp: &mut BtfTracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
     tp.load(name, &btf).map_err(|e| format!("load: {e}"))?;
     tp.attach().map_err(|e| format!("attach: {e}"))?;
+    Ok(())
+}
+
+/// The program `program` of the object.
+fn program_mut<'a>(ebpf: &'a mut Ebpf, program: &'static str) -> Result<&'a mut Program, Error> {
+    ebpf.program_mut(program).ok_or(Error::Map {
+        name: program,
+        detail: "program missing from the object".into(),
+    })
+}
+
+/// Loads `program` and attaches it to tracepoint `name`: a raw tracepoint when `category` is empty, else the
+/// tracefs event `category/name`.
+fn attach_tracepoint(ebpf: &mut Ebpf, program: &'static str, category: &str, name: &str) -> Result<(), Error> {
+    let prog_err = |source| Error::Program {
+        program,
+        source: Box::new(source),
+    };
+    let prog = program_mut(ebpf, program)?;
+    if category.is_empty() {
+        let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
+        tp.load().map_err(prog_err)?;
+        tp.attach(name).map_err(prog_err)?;
+    } else {
+        let tp: &mut TracePoint = prog.try_into().map_err(prog_err)?;
+        tp.load().map_err(prog_err)?;
+        tp.attach(category, name).map_err(prog_err)?;
+    }
     Ok(())
 }
 
@@ -119,44 +147,24 @@ impl Probe {
         };
         let mut names = Vec::with_capacity(attached.len());
         for &(program, category, name) in attached {
-            let prog_err = |source| Error::Program {
-                program,
-                source: Box::new(source),
-            };
-            let prog = ebpf.program_mut(program).ok_or(Error::Map {
-                name: program,
-                detail: "program missing from the object".into(),
-            })?;
-            if category.is_empty() {
-                let btf = if opts.raw_tracepoint {
-                    Err("asked for the raw tracepoint build".to_owned())
-                } else {
-                    attach_btf(prog, name)
-                };
-                match btf {
-                    Ok(()) => names.push(program),
-                    Err(e) => {
-                        tracing::info!(reason = %e, program, fallback = RAW_FALLBACK,
-                            "BTF tracepoint not attached; attaching the raw tracepoint build");
-                        let prog_err = |source| Error::Program {
-                            program: RAW_FALLBACK,
-                            source: Box::new(source),
-                        };
-                        let prog = ebpf.program_mut(RAW_FALLBACK).ok_or(Error::Map {
-                            name: RAW_FALLBACK,
-                            detail: "program missing from the object".into(),
-                        })?;
-                        let tp: &mut RawTracePoint = prog.try_into().map_err(prog_err)?;
-                        tp.load().map_err(prog_err)?;
-                        tp.attach(name).map_err(prog_err)?;
-                        names.push(RAW_FALLBACK);
-                    }
-                }
-            } else {
-                let tp: &mut TracePoint = prog.try_into().map_err(prog_err)?;
-                tp.load().map_err(prog_err)?;
-                tp.attach(category, name).map_err(prog_err)?;
+            if !category.is_empty() {
+                attach_tracepoint(&mut ebpf, program, category, name)?;
                 names.push(program);
+                continue;
+            }
+            let btf = if opts.raw_tracepoint {
+                Err("asked for the raw tracepoint build".to_owned())
+            } else {
+                attach_btf(program_mut(&mut ebpf, program)?, name)
+            };
+            match btf {
+                Ok(()) => names.push(program),
+                Err(e) => {
+                    tracing::info!(reason = %e, program, fallback = RAW_FALLBACK,
+                        "BTF tracepoint not attached; attaching the raw tracepoint build");
+                    attach_tracepoint(&mut ebpf, RAW_FALLBACK, "", name)?;
+                    names.push(RAW_FALLBACK);
+                }
             }
         }
         let ring = take_map(&mut ebpf, "events", RingBuf::try_from)?;
@@ -232,7 +240,7 @@ impl std::fmt::Debug for KernelConns {
 }
 
 fn take_map<T, E: std::fmt::Display>(
-    ebpf: &mut aya::Ebpf,
+    ebpf: &mut Ebpf,
     name: &'static str,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, E>,
 ) -> Result<T, Error> {
