@@ -11,7 +11,7 @@ use std::{
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
@@ -244,19 +244,16 @@ impl Collector for Live {
             "Events read that did not decode (agent and eBPF object out of step)",
             self.reader.decode_errors.load(Ordering::Relaxed),
         )?;
-        let reads = ConstCounter::new(0u64);
-        let mut m = enc.encode_descriptor(
+        labelled_counters(
+            &mut enc,
             "ring_reads",
             "Reads of the kernel ring buffer, by what started them (a kernel wakeup, or a timed read)",
-            None,
-            reads.metric_type(),
+            "trigger",
+            [
+                ("wakeup", self.reader.woken_reads.load(Ordering::Relaxed)),
+                ("timer", self.reader.timed_reads.load(Ordering::Relaxed)),
+            ],
         )?;
-        for (trigger, n) in [
-            ("wakeup", &self.reader.woken_reads),
-            ("timer", &self.reader.timed_reads),
-        ] {
-            ConstCounter::new(n.load(Ordering::Relaxed)).encode(m.encode_family(&[("trigger", trigger)])?)?;
-        }
         match self.kernel.counters() {
             Ok(k) => {
                 counter(
@@ -309,26 +306,20 @@ impl Collector for Live {
             listeners.metric_type(),
         )?)?;
         if let Some(runs) = self.kernel.program_runs() {
-            let c = ConstCounter::new(0u64);
-            let mut m = enc.encode_descriptor(
+            labelled_counters(
+                &mut enc,
                 "bpf_program_runs",
                 "Runs of each eBPF program (BPF_ENABLE_STATS)",
-                None,
-                c.metric_type(),
+                "program",
+                runs.iter().map(|r| (r.program, r.runs)),
             )?;
-            for r in &runs {
-                ConstCounter::new(r.runs).encode(m.encode_family(&[("program", r.program)])?)?;
-            }
-            let c = ConstCounter::new(0f64);
-            let mut m = enc.encode_descriptor(
+            labelled_counters(
+                &mut enc,
                 "bpf_program_run_seconds",
                 "Time spent in each eBPF program",
-                None,
-                c.metric_type(),
+                "program",
+                runs.iter().map(|r| (r.program, r.run_time.as_secs_f64())),
             )?;
-            for r in &runs {
-                ConstCounter::new(r.run_time.as_secs_f64()).encode(m.encode_family(&[("program", r.program)])?)?;
-            }
         }
         Ok(())
     }
@@ -337,6 +328,21 @@ impl Collector for Live {
 fn counter(enc: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> Result<(), fmt::Error> {
     let c = ConstCounter::new(v);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// A counter family with one label: a series per (label value, count).
+fn labelled_counters<'a, N: EncodeCounterValue>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl IntoIterator<Item = (&'a str, N)>,
+) -> Result<(), fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, ConstCounter::new(0u64).metric_type())?;
+    for (value, n) in values {
+        ConstCounter::new(n).encode(m.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
 }
 
 /// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires.
