@@ -92,9 +92,35 @@ pub const STAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The operations `just bench-ops` amplifies (cargo features `bench-x10-<op>` of `wasm-filter`: the operation runs
+/// ten extra times per request), with what each one is.
+pub const OPS: &[(&str, &str)] = &[
+    (
+        "decide",
+        "the core's decision on the request headers (interface, route, gray version, baggage): wasm code only, no hostcall",
+    ),
+    (
+        "header-read",
+        "`proxy_get_header_map_pairs` of the request headers (Envoy serializes the map and calls into the VM to allocate it)",
+    ),
+    (
+        "property",
+        "`proxy_get_property` of `xds.listener_direction` (Envoy's attribute lookup, and a call into the VM to allocate the answer)",
+    ),
+    (
+        "clock",
+        "`proxy_get_current_time_nanoseconds`: a bare crossing of the V8 boundary with no allocation",
+    ),
+    (
+        "filter-state",
+        "`proxy_set_property` of a filter state key (Envoy replaces the filter state object)",
+    ),
+];
+
 /// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),
 /// W1d (the default `{}` with no agent cluster), W1-lean,
-/// W1-before and W2-before (an earlier build, for before/after in one run) or `W1-<stage>` / `W2-record` (breakdown variants).
+/// W1-before and W2-before (an earlier build, for before/after in one run), `W1-<stage>` / `W2-record` (breakdown variants)
+/// or `W1-x10-<op>` (amplified variants, see [`OPS`]).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
         file,
@@ -180,12 +206,16 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             },
         ),
         other => match other.strip_prefix("W1-") {
+            Some(op) if op.strip_prefix("x10-").is_some_and(|op| OPS.iter().any(|(o, _)| *o == op)) => (
+                format!("W1 built with `bench-{op}` (one operation ten extra times per request)"),
+                wasm_cfg(wasm.variants.join(format!("grayscope_filter-{op}.wasm")), NO_REPORT, false),
+            ),
             Some(stage) if STAGES.iter().any(|(s, _)| *s == stage) && stage != "record" => (
                 format!("W1 built with `bench-skip-{stage}`"),
                 wasm_cfg(wasm.variant(stage), NO_REPORT, false),
             ),
             _ => bail!(
-                "unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, W1d, W1-<stage>, W2-record)"
+                "unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, W1d, W1-<stage>, W2-record, W1-x10-<op>)"
             ),
         },
     };
@@ -378,6 +408,10 @@ mod tests {
         assert!(e.contains("unknown configuration \"W9\""), "{e}");
         let e = resolve("W1-metrics", &files()).unwrap_err().to_string();
         assert!(e.contains("grayscope_filter-skip-metrics.wasm not found"), "{e}");
+        let e = resolve("W1-x10-clock", &files()).unwrap_err().to_string();
+        assert!(e.contains("grayscope_filter-x10-clock.wasm not found"), "{e}");
+        let e = resolve("W1-x10-nothing", &files()).unwrap_err().to_string();
+        assert!(e.contains("unknown configuration \"W1-x10-nothing\""), "{e}");
         let e = resolve("D0", &files()).unwrap_err().to_string();
         assert!(e.contains("D0: /nonexistent/libgrayscope_empty.so not found"), "{e}");
     }

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     agent_cost::AgentCost,
-    configs::{Config, STAGES},
+    configs::{Config, OPS, STAGES},
     ebpf::EbpfResult,
     run::Sample,
     stats::Summary,
@@ -316,6 +316,23 @@ impl Report<'_> {
                     show(cpu_ratio(s, &before, "A", "W0", "A"), 2),
                     show(p99, 3)
                 ));
+            }
+            md.push('\n');
+        }
+        let amplified: Vec<&Config> = self.configs.iter().filter(|c| c.label.starts_with("W1-x10-")).collect();
+        if !amplified.is_empty() {
+            md.push_str(&format!(
+                "## Per-operation costs (`just bench-ops`)\n\nEach variant is W1 with one operation repeated ten extra times per request (cargo feature `bench-x10-<op>` of `wasm-filter`). The operation's marginal cost is a tenth of the variant's CPU per request over W1, the median of per-round values (min–max); repeated, it is measured warm, so a single first call can cost more (its code and data out of the caches). W0 − A, the V8 boundary of an empty filter, in this run: {} µs/request.\n\n| operation | what | µs per operation | / (W0 − A) |\n|---|---|---|---|\n",
+                show(cpu_diff(s, "W0", "A"), 1)
+            ));
+            for cfg in amplified {
+                let op = cfg.label.trim_start_matches("W1-x10-");
+                let what = OPS.iter().find(|(o, _)| *o == op).map_or("", |(_, w)| w);
+                let each = per_round(s, &[&cfg.label, "W1"], |r| (r[0].cpu_us - r[1].cpu_us) / 10.0);
+                let share = per_round(s, &[&cfg.label, "W1", "W0", "A"], |r| {
+                    (r[0].cpu_us - r[1].cpu_us) / 10.0 / (r[2].cpu_us - r[3].cpu_us)
+                });
+                md.push_str(&format!("| {op} | {what} | {} | {} |\n", show(each, 2), show(share, 3)));
             }
             md.push('\n');
         }

@@ -73,6 +73,8 @@ impl Call {
             }
         };
         let cfg = &shared.config;
+        #[cfg(feature = "bench-x10")]
+        crate::bench::amplify(cfg, &headers);
         let decision = if cfg!(feature = "bench-skip-decide") {
             bench_decision()
         } else {

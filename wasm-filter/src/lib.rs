@@ -7,8 +7,11 @@
 //! - [`logger`]: `log` records and panics into Envoy's log.
 //! - [`root`]: the root context: parses the plugin configuration, owns the metrics, creates one context per request.
 //! - [`http`]: the per-request context: decides on the request headers, counts the call when it is logged.
+//! - `bench` (only with the `bench-x10` feature): benchmark-only amplification of one operation.
 
 pub mod abi;
+#[cfg(feature = "bench-x10")]
+mod bench;
 mod http;
 mod logger;
 mod root;

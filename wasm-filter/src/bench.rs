@@ -1,0 +1,34 @@
+//! Benchmark-only amplification (`bench-x10-*` features; compiled out of every other build): one operation of the
+//! per-request path repeated ten extra times, so that `just bench-ops` can measure its marginal cost as a tenth
+//! of the difference to the filter. Removing a stage (`bench-skip-*`) moves the CPU per request by a few µs, the
+//! size of the noise between rounds; ten repetitions move it by ten times the operation's cost.
+
+use std::hint::black_box;
+
+use wasm_filter_core::{attributes, config::Config, headers::Headers, request};
+
+use crate::abi::{self, REQUEST_HEADERS};
+
+const EXTRA: usize = 10;
+
+/// Runs the enabled operations `EXTRA` times each; every result is discarded (failures too: the filter's own call
+/// of the same operation reports them).
+pub fn amplify(cfg: &Config, headers: &Headers<'_>) {
+    for _ in 0..EXTRA {
+        if cfg!(feature = "bench-x10-decide") {
+            black_box(request::decide(cfg, black_box(headers)));
+        }
+        if cfg!(feature = "bench-x10-header-read") {
+            let _ = black_box(abi::header_pairs(REQUEST_HEADERS));
+        }
+        if cfg!(feature = "bench-x10-property") {
+            let _ = black_box(abi::property_u64(abi::path::LISTENER_DIRECTION));
+        }
+        if cfg!(feature = "bench-x10-clock") {
+            let _ = black_box(abi::now_unix_nano());
+        }
+        if cfg!(feature = "bench-x10-filter-state") {
+            let _ = black_box(abi::set_filter_state(attributes::HTTP_ROUTE, b"/bench"));
+        }
+    }
+}
