@@ -6,12 +6,10 @@
 //! (same import module and signatures); only the status is read as a plain `u32`, so an unknown status value from
 //! a future host is an error, not undefined behaviour.
 //!
-//! One call goes through the SDK: `dispatch_grpc_call`, because the SDK's dispatcher routes the answer only for
-//! calls it registered. Its wrapper panics on statuses other than Ok, ParseFailure and InternalFailure, which are
-//! the ones Envoy's `grpcCall` returns.
+//! The filter does not use the SDK at all (see `exports`), so these are every hostcall it makes.
 #![allow(unsafe_code)]
 
-use std::{fmt, ptr::null_mut};
+use std::{fmt, ptr::null_mut, time::Duration};
 
 /// A hostcall returned a status other than `Ok` (see the proxy-wasm ABI for the codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +24,8 @@ impl fmt::Display for AbiError {
             1 => "NotFound",
             2 => "BadArgument",
             3 => "SerializationFailure",
+            4 => "ParseFailure",
+            6 => "InvalidMemoryAccess",
             7 => "Empty",
             8 => "CasMismatch",
             10 => "InternalFailure",
@@ -39,11 +39,11 @@ impl fmt::Display for AbiError {
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 
-/// `proxy_wasm::types::MapType::HttpRequestHeaders`.
+/// The ABI's map type `HttpRequestHeaders`.
 pub const REQUEST_HEADERS: u32 = 0;
-/// `proxy_wasm::types::BufferType::PluginConfiguration`.
+/// The ABI's buffer type `PluginConfiguration`.
 const PLUGIN_CONFIGURATION: u32 = 7;
-/// `proxy_wasm::types::MetricType`.
+/// The ABI's metric types.
 pub const COUNTER: u32 = 0;
 pub const GAUGE: u32 = 1;
 pub const HISTOGRAM: u32 = 2;
@@ -79,6 +79,20 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_grpc_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        service_name_data: *const u8,
+        service_name_size: usize,
+        method_name_data: *const u8,
+        method_name_size: usize,
+        initial_metadata_data: *const u8,
+        initial_metadata_size: usize,
+        message_data: *const u8,
+        message_size: usize,
+        timeout_ms: u32,
+        return_token: *mut u32,
+    ) -> u32;
 }
 
 fn check(call: &'static str, status: u32) -> Result<(), AbiError> {
@@ -218,4 +232,38 @@ pub fn set_tick_period(ms: u64) -> Result<(), AbiError> {
     let ms = u32::try_from(ms).unwrap_or(u32::MAX);
     // SAFETY: a plain integer.
     check("set_tick_period", unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// No initial metadata: the pairs encoding of an empty map (a zero count).
+const NO_METADATA: [u8; 4] = [0; 4];
+
+/// Starts a unary gRPC call to `cluster`; the answer comes to the calling (root) context as `proxy_on_grpc_receive`
+/// or `proxy_on_grpc_close` with the token returned here.
+pub fn dispatch_grpc_call(
+    cluster: &str,
+    service: &str,
+    method: &str,
+    message: &[u8],
+    timeout: Duration,
+) -> Result<u32, AbiError> {
+    let timeout_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let mut token = 0;
+    // SAFETY: pointers and lengths describe live slices; the out-pointer is a valid local.
+    let status = unsafe {
+        proxy_grpc_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            service.as_ptr(),
+            service.len(),
+            method.as_ptr(),
+            method.len(),
+            NO_METADATA.as_ptr(),
+            NO_METADATA.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms,
+            &mut token,
+        )
+    };
+    check("grpc_call", status).map(|()| token)
 }

@@ -4,10 +4,6 @@
 
 use std::rc::Rc;
 
-use proxy_wasm::{
-    traits::{Context, HttpContext},
-    types::Action,
-};
 use wasm_filter_core::{
     attributes,
     headers::Headers,
@@ -234,18 +230,17 @@ fn rewrite(header: &str, rewrite: &Rewrite) -> Result<(), AbiError> {
     }
 }
 
-impl Context for Call {}
-
-impl HttpContext for Call {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Call {
+    /// The request headers: decide, rewrite, publish. Every outcome lets the request continue.
+    pub fn on_request_headers(&mut self) {
         if let Some(shared) = self.shared.clone() {
             let result = self.on_request(&shared);
             self.check(result);
         }
-        Action::Continue
     }
 
-    fn on_log(&mut self) {
+    /// The call is logged (it ended, one way or another): count it, and record it for the agent.
+    pub fn on_log(&mut self) {
         if let Some(shared) = self.shared.clone() {
             let result = self.on_done(&shared);
             self.check(result);

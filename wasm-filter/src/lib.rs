@@ -3,6 +3,8 @@
 //! Everything that decides something lives in the core crate; this crate only moves bytes between Envoy and it.
 //!
 //! # Layout
+//! - [`exports`]: the functions Envoy calls (the ABI's callbacks), routed to the contexts; only the ones the filter
+//!   needs, since Envoy calls into the VM for every callback a module exports.
 //! - [`abi`]: the hostcalls, called so that no status can panic.
 //! - [`logger`]: `log` records and panics into Envoy's log.
 //! - [`root`]: the root context: parses the plugin configuration, owns the metrics, creates one context per request.
@@ -12,15 +14,7 @@
 pub mod abi;
 #[cfg(feature = "bench-x10")]
 mod bench;
+pub mod exports;
 mod http;
 mod logger;
 mod root;
-
-mod entry {
-    // `main!` expands to the `#[no_mangle]` `_initialize` export Envoy calls first.
-    #![allow(unsafe_code)]
-    proxy_wasm::main! {{
-        crate::logger::init();
-        proxy_wasm::set_root_context(|context_id| Box::new(crate::root::Root::new(context_id)));
-    }}
-}

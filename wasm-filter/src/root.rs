@@ -8,21 +8,13 @@
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
-use proxy_wasm::{
-    hostcalls,
-    traits::{Context, HttpContext, RootContext},
-    types::ContextType,
-};
 use wasm_filter_core::{
     config::{self, Config},
     metrics::Metrics,
     report::{Batch, Reporter},
 };
 
-use crate::{
-    abi,
-    http::{Call, EnvoyMetrics},
-};
+use crate::{abi, http::EnvoyMetrics};
 
 /// The root's timer, and so the resolution of the report flush interval.
 const MAX_TICK_MS: u64 = 200;
@@ -137,18 +129,17 @@ impl Root {
         let cfg = reporter.config().clone();
         for batch in batches {
             let timeout = Duration::from_millis(cfg.timeout_ms);
-            let call = hostcalls::dispatch_grpc_call(
+            let call = abi::dispatch_grpc_call(
                 &cfg.cluster,
                 proto::COLLECTOR_SERVICE,
                 proto::REPORT_METHOD,
-                Vec::new(),
-                Some(&batch.message),
+                &batch.message,
                 timeout,
             );
             match call {
                 Ok(token) => reporter.dispatched(token, batch.records),
-                Err(status) => {
-                    self.report_failure(&format!("dispatching to cluster {:?}: {status:?}", cfg.cluster));
+                Err(e) => {
+                    self.report_failure(&format!("dispatching to cluster {:?}: {e}", cfg.cluster));
                     if let Err(e) = reporter.dispatch_failed(&mut EnvoyMetrics, batch.records) {
                         log::warn!("#{} {e}", self.id);
                     }
@@ -183,8 +174,14 @@ impl Root {
     }
 }
 
-impl Context for Root {
-    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+impl Root {
+    /// What a request context of this root shares (`None` until a configuration was accepted).
+    pub fn shared(&self) -> Option<Rc<Shared>> {
+        self.shared.clone()
+    }
+
+    /// The answer to a report call: `status_code` 0 with the response, or the call's failure.
+    pub fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
         let Some(shared) = self.shared.clone() else { return };
         let Some(reporter) = &shared.reporter else { return };
         // The status argument, not get_grpc_status(): the latter keeps an earlier failure's code.
@@ -212,7 +209,7 @@ impl Context for Root {
     }
 
     /// The plugin is going away: send what is buffered, and keep the context until every call is settled.
-    fn on_done(&mut self) -> bool {
+    pub fn on_done(&mut self) -> bool {
         let Some(shared) = self.shared.clone() else { return true };
         let Some(reporter) = &shared.reporter else { return true };
         let Ok(mut reporter) = reporter.try_borrow_mut() else {
@@ -238,9 +235,9 @@ impl Context for Root {
         false
     }
 }
-
-impl RootContext for Root {
-    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+impl Root {
+    /// Parses and applies the plugin configuration; `false` (with the reason logged) makes Envoy refuse it.
+    pub fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         match self.configure(plugin_configuration_size) {
             Ok(()) => true,
             Err(e) => {
@@ -250,16 +247,7 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Never `None`: the SDK panics on it. Without a configuration (Envoy refused it) the call passes through.
-        Some(Box::new(Call::new(context_id, self.shared.clone())))
-    }
-
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         self.flush();
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }
