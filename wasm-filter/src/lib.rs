@@ -7,7 +7,8 @@
 //!   needs, since Envoy calls into the VM for every callback a module exports.
 //! - [`abi`]: the hostcalls, called so that no status can panic.
 //! - [`logger`]: `log` records and panics into Envoy's log.
-//! - [`root`]: the root context: parses the plugin configuration, owns the metrics, creates one context per request.
+//! - [`root`]: the root context: parses the plugin configuration, owns the metrics and the report path, and shares
+//!   its state with each request context.
 //! - [`http`]: the per-request context: decides on the request headers, counts the call when it is logged.
 //! - `bench` (only with the `bench-x10` feature): benchmark-only amplification of one operation.
 

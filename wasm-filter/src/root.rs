@@ -1,5 +1,5 @@
 //! The root context: one per VM and plugin configuration. It parses the configuration (refusing a bad one, so
-//! Envoy refuses the plugin), defines the fixed metrics, and hands each request a context sharing its state.
+//! Envoy refuses the plugin), defines the fixed metrics, and shares its state with each request context.
 //!
 //! It also owns the report path's calls: its timer dispatches the batches, the answers come back to it, and when
 //! the plugin goes away (a reload, a listener or configuration update) `on_done` drains the buffer: it dispatches
@@ -174,10 +174,26 @@ impl Root {
     }
 }
 
+/// The callbacks `exports` routes to a root.
 impl Root {
     /// What a request context of this root shares (`None` until a configuration was accepted).
     pub fn shared(&self) -> Option<Rc<Shared>> {
         self.shared.clone()
+    }
+
+    /// Parses and applies the plugin configuration; `false` (with the reason logged) makes Envoy refuse it.
+    pub fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        match self.configure(plugin_configuration_size) {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("#{} {e}", self.id);
+                false
+            }
+        }
+    }
+
+    pub fn on_tick(&mut self) {
+        self.flush();
     }
 
     /// The answer to a report call: `status_code` 0 with the response, or the call's failure.
@@ -233,21 +249,5 @@ impl Root {
         }
         self.draining = true;
         false
-    }
-}
-impl Root {
-    /// Parses and applies the plugin configuration; `false` (with the reason logged) makes Envoy refuse it.
-    pub fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-        match self.configure(plugin_configuration_size) {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("#{} {e}", self.id);
-                false
-            }
-        }
-    }
-
-    pub fn on_tick(&mut self) {
-        self.flush();
     }
 }
