@@ -7,14 +7,13 @@ mod common;
 
 use std::net::SocketAddr;
 
-use common::{loopback_connection, privileged, start, wait_for, wait_some, Netns};
+use common::{loopback_connection, privileged, start, wait_for, wait_some, Netns, EVENTS_PER_CONNECTION};
 use sidecar_agent::{Config, EventCounts, NetnsFilter};
 
 /// One ring buffer record: the 104-byte event plus the kernel's 8-byte header.
 const RECORD: u64 = 104 + 8;
 const RING: u32 = 4096;
 const CONNECTIONS: usize = 100;
-const EVENTS_PER_CONNECTION: u64 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overflow_is_counted_exactly_and_the_agent_recovers() {
@@ -35,7 +34,7 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     // there is no accepted event without the accept tracepoints).
     ns.run(|| (0..CONNECTIONS).for_each(|_| _ = loopback_connection()));
     let capacity = u64::from(RING) / RECORD;
-    let want = EVENTS_PER_CONNECTION * CONNECTIONS as u64;
+    let want = (EVENTS_PER_CONNECTION * CONNECTIONS) as u64;
     wait_for("the kernel to produce the burst's events", || counts().produced >= want).await;
     let paused = counts();
     assert!(
@@ -73,7 +72,8 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     .await;
     let after = wait_some("the books to balance again", || {
         let c = counts();
-        (c.delivered + c.dropped == c.produced && c.produced == drained.produced + EVENTS_PER_CONNECTION).then_some(c)
+        (c.delivered + c.dropped == c.produced && c.produced == drained.produced + EVENTS_PER_CONNECTION as u64)
+            .then_some(c)
     })
     .await;
     assert_eq!(

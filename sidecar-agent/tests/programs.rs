@@ -8,7 +8,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{loopback_connection, patiently, privileged, Netns};
+use common::{loopback_connection, patiently, privileged, Netns, EVENTS_PER_CONNECTION};
 use sidecar_agent::ebpf::{
     events::{EventKind, Role},
     reader::{self, Reader, ReaderCounters},
@@ -38,7 +38,7 @@ async fn one_connection(raw_tracepoint: bool) -> (Seen, (u16, u16)) {
 
     let ports = ns.run(loopback_connection);
     let mut events = Vec::new();
-    for i in 0..4 {
+    for i in 0..EVENTS_PER_CONNECTION {
         let e = patiently(&format!("event {i}"), rx.recv()).await.unwrap();
         events.push((e.kind, e.role, e.local.port(), e.remote.port(), e.owner.map(|o| o.pid)));
     }

@@ -11,16 +11,13 @@ use std::{
     time::Duration,
 };
 
-use common::{loopback_connection, patiently, privileged, Netns};
+use common::{loopback_connection, patiently, privileged, Netns, EVENTS_PER_CONNECTION};
 use sidecar_agent::ebpf::{
     reader::{self, Reader, ReaderCounters},
     Probe,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-/// Each loopback connection gives 4 events (2 established, 2 closed).
-const EVENTS_PER_CONNECTION: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_event_arrives_without_the_idle_timer() {

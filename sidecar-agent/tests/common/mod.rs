@@ -335,6 +335,10 @@ fn run(cmd: &str, args: &[&str]) {
     );
 }
 
+/// The events one [`loopback_connection`] gives the agent: established and closed, for each of its two ends.
+#[allow(dead_code)] // not every test binary that includes `common` counts events
+pub const EVENTS_PER_CONNECTION: usize = 4;
+
 /// One loopback connection on the calling thread's namespace: (client local port, server port). Both ends
 /// are closed before it returns.
 pub fn loopback_connection() -> (u16, u16) {
