@@ -69,6 +69,10 @@ fn range(s: Option<Summary>) -> Value {
     s.filter(|s| s.n > 0).map_or(Value::Null, |s| json!(s))
 }
 
+/// How many extra times a `W1-x10-<op>` variant runs its operation per request (`EXTRA` in `wasm-filter`'s
+/// `bench.rs`).
+const EXTRA_REPEATS: f64 = 10.0;
+
 /// Everything the report is made of.
 pub struct Report<'a> {
     pub context: Value,
@@ -328,9 +332,9 @@ impl Report<'_> {
             for cfg in amplified {
                 let op = cfg.label.trim_start_matches("W1-x10-");
                 let what = OPS.iter().find(|(o, _)| *o == op).map_or("", |(_, w)| w);
-                let each = per_round(s, &[&cfg.label, "W1"], |r| (r[0].cpu_us - r[1].cpu_us) / 10.0);
+                let each = per_round(s, &[&cfg.label, "W1"], |r| (r[0].cpu_us - r[1].cpu_us) / EXTRA_REPEATS);
                 let share = per_round(s, &[&cfg.label, "W1", "W0", "A"], |r| {
-                    (r[0].cpu_us - r[1].cpu_us) / 10.0 / (r[2].cpu_us - r[3].cpu_us)
+                    (r[0].cpu_us - r[1].cpu_us) / EXTRA_REPEATS / (r[2].cpu_us - r[3].cpu_us)
                 });
                 md.push_str(&format!("| {op} | {what} | {} | {} |\n", show(each, 2), show(share, 3)));
             }

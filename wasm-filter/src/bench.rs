@@ -9,6 +9,7 @@ use wasm_filter_core::{attributes, config::Config, headers::Headers, request};
 
 use crate::abi::{self, REQUEST_HEADERS};
 
+/// Read as `EXTRA_REPEATS` by the harness (`bench/src/results.rs`) and named in the features, `bench-x10-*`.
 const EXTRA: usize = 10;
 
 /// Runs the enabled operations `EXTRA` times each; every result is discarded (failures too: the filter's own call

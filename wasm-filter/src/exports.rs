@@ -68,6 +68,7 @@ fn root(id: u32) -> Option<Rc<RefCell<Root>>> {
 /// Runs `f` on root `id`, if it exists and is not already running.
 fn on_root<T>(id: u32, f: impl FnOnce(&mut Root) -> T) -> Option<T> {
     let root = root(id)?;
+    // Bound to a local so that the borrow ends before `root` is dropped.
     let result = match root.try_borrow_mut() {
         Ok(mut r) => Some(f(&mut r)),
         Err(_) => {
@@ -146,10 +147,7 @@ pub extern "C" fn proxy_on_log(id: u32) {
 /// `proxy_done`.
 #[no_mangle]
 pub extern "C" fn proxy_on_done(id: u32) -> bool {
-    match root(id) {
-        Some(_) => on_root(id, Root::on_done).unwrap_or(true),
-        None => true,
-    }
+    on_root(id, Root::on_done).unwrap_or(true)
 }
 
 #[no_mangle]
