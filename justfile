@@ -118,7 +118,8 @@ bench rounds="10" seconds="2" *args="": setup build
     target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --warmup 2 --breakdown --ebpf-rounds 6 --agent-cost \
         --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
-# Each operation (a header-map read, a property read, a bare hostcall, a filter state write, the core's decision) is
+# Each operation (a header-map read, a property read, a bare hostcall, a filter state write, the core's decision, the
+# metric update with and without its hostcalls) is
 # repeated ten extra times per request in a variant of W1 (features bench-x10-<op>), interleaved with A, W0 and W1.
 # The marginal cost of single operations of the filter's per-request path: writes bench/ops/RESULTS.md and .json.
 bench-ops rounds="8" seconds="2" *args="": setup build
@@ -126,7 +127,7 @@ bench-ops rounds="8" seconds="2" *args="": setup build
     set -euo pipefail
     cd {{root}}
     mkdir -p dist/bench bench/ops
-    ops=(decide header-read property clock filter-state)
+    ops=(decide header-read property clock filter-state metrics metrics-lookup)
     for op in "${ops[@]}"; do
         cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release --features bench-x10-$op
         cp target/{{wasm_target}}/wasm-release/grayscope_filter.wasm dist/bench/grayscope_filter-x10-$op.wasm

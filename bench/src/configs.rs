@@ -115,6 +115,14 @@ pub const OPS: &[(&str, &str)] = &[
         "filter-state",
         "`proxy_set_property` of a filter state key (Envoy replaces the filter state object)",
     ),
+    (
+        "metrics",
+        "the core's metric update at the end of a call: its series lookups, Envoy's counter increment and histogram record",
+    ),
+    (
+        "metrics-lookup",
+        "the same update against a host that does nothing: the series lookups alone, no hostcall",
+    ),
 ];
 
 /// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),

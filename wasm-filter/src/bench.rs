@@ -5,9 +5,18 @@
 
 use std::hint::black_box;
 
-use wasm_filter_core::{attributes, config::Config, headers::Headers, request};
+use wasm_filter_core::{
+    attributes,
+    config::Config,
+    headers::Headers,
+    metrics::{Call, Kind, MetricHost, Metrics},
+    request,
+};
 
-use crate::abi::{self, REQUEST_HEADERS};
+use crate::{
+    abi::{self, REQUEST_HEADERS},
+    http::EnvoyMetrics,
+};
 
 /// Read as `EXTRA_REPEATS` by the harness (`bench/src/results.rs`) and named in the features, `bench-x10-*`.
 const EXTRA: usize = 10;
@@ -31,5 +40,37 @@ pub fn amplify(cfg: &Config, headers: &Headers<'_>) {
         if cfg!(feature = "bench-x10-filter-state") {
             let _ = black_box(abi::set_filter_state(attributes::HTTP_ROUTE, b"/bench"));
         }
+    }
+}
+
+/// The end of a call's share: the core's metric update, with Envoy's counter and histogram (`metrics`) or with a
+/// host that does nothing (`metrics-lookup`: the series lookups alone, no hostcall).
+pub fn amplify_log(metrics: &mut Metrics, call: &Call<'_>) {
+    for _ in 0..EXTRA {
+        if cfg!(feature = "bench-x10-metrics") {
+            let _ = black_box(metrics.call(&mut EnvoyMetrics, black_box(call)));
+        }
+        if cfg!(feature = "bench-x10-metrics-lookup") {
+            let _ = black_box(metrics.call(&mut NoHost, black_box(call)));
+        }
+    }
+}
+
+/// A metric host that keeps nothing: every series it is asked to define gets id 0.
+struct NoHost;
+
+impl MetricHost for NoHost {
+    type Error = abi::AbiError;
+    fn define(&mut self, _: Kind, _: &str) -> Result<u32, abi::AbiError> {
+        Ok(0)
+    }
+    fn increment(&mut self, _: u32, _: u64) -> Result<(), abi::AbiError> {
+        Ok(())
+    }
+    fn record(&mut self, _: u32, _: u64) -> Result<(), abi::AbiError> {
+        Ok(())
+    }
+    fn add(&mut self, _: u32, _: i64) -> Result<(), abi::AbiError> {
+        Ok(())
     }
 }

@@ -138,7 +138,11 @@ impl Call {
         // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
         let tenant = match shared.metrics.try_borrow_mut() {
             Ok(_) if cfg!(feature = "bench-skip-metrics") => None,
-            Ok(mut metrics) => metrics.call(&mut EnvoyMetrics, &call)?,
+            Ok(mut metrics) => {
+                #[cfg(feature = "bench-x10")]
+                crate::bench::amplify_log(&mut metrics, &call);
+                metrics.call(&mut EnvoyMetrics, &call)?
+            }
             Err(_) => {
                 log::warn!("#{} metrics busy; call not counted", self.id);
                 None
