@@ -119,8 +119,8 @@ bench rounds="10" seconds="2" *args="": setup build
         --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
 # Each operation (a header-map read, a property read, a bare hostcall, a filter state write, the core's decision, the
-# metric update with and without its hostcalls) is
-# repeated ten extra times per request in a variant of W1 (features bench-x10-<op>), interleaved with A, W0 and W1.
+# metric update with and without its hostcalls) is repeated ten extra times per request in a variant of W1 (features
+# bench-x10-<op>), interleaved with A, W0 and W1.
 # The marginal cost of single operations of the filter's per-request path: writes bench/ops/RESULTS.md and .json.
 bench-ops rounds="8" seconds="2" *args="": setup build
     #!/usr/bin/env bash
