@@ -25,6 +25,7 @@ mod run;
 mod stats;
 mod upstream;
 mod vm_memory;
+mod wakeup;
 mod watch_delay;
 
 /// W2's agent watches this network namespace inode, which no namespace has (the kernel numbers namespace inodes
@@ -194,6 +195,7 @@ fn bench(cli: &Cli) -> Result<()> {
     pin_self(load_cpu)?;
     let mut phases = Phases::default();
     let loadavg_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let wakeup_before = wakeup::cost_us();
     let upstream = upstream::start()?;
     // Two agents: W2's has its kernel programs filter every event out (`--netns` set to an inode no namespace has:
     // the programs return at the namespace check, no map update nor ring buffer work, and no record links, so
@@ -342,6 +344,7 @@ fn bench(cli: &Cli) -> Result<()> {
         None
     };
     let loadavg_after = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let wakeup_after = wakeup::cost_us();
 
     let mut not_measured = BTreeMap::new();
     for k in [
@@ -389,7 +392,12 @@ fn bench(cli: &Cli) -> Result<()> {
         "latency_rate": settings.latency_rate,
         "loadavg_before": loadavg_before.trim(),
         "loadavg_after": loadavg_after.trim(),
-        "load_note": format!("{} (load average before {}, after {})", cli.load_note, first3(&loadavg_before), first3(&loadavg_after)),
+        "wakeup_cpu_us_before": wakeup_before,
+        "wakeup_cpu_us_after": wakeup_after,
+        "load_note": format!(
+            "{} (load average before {}, after {}; CPU charged per wakeup of a thread sleeping 5 ms at a time, on CPU {load_cpu}: {} µs before, {} after)",
+            cli.load_note, first3(&loadavg_before), first3(&loadavg_after), show_us(wakeup_before), show_us(wakeup_after)
+        ),
         "agent_records_received": records,
         "phases_s": phases.json(),
     });
@@ -484,6 +492,10 @@ impl Phases {
         }
         serde_json::Value::Object(m)
     }
+}
+
+fn show_us(us: Option<f64>) -> String {
+    us.map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1}"))
 }
 
 fn first3(loadavg: &str) -> String {
