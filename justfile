@@ -122,6 +122,7 @@ bench rounds="10" seconds="2" *args="": setup build
 # metric update with and without its hostcalls) is repeated ten extra times per request in a variant of W1 (features
 # bench-x10-<op>), interleaved with A, W0 and W1.
 # The marginal cost of single operations of the filter's per-request path: writes bench/ops/RESULTS.md and .json.
+[positional-arguments]
 bench-ops rounds="8" seconds="2" *args="": setup build
     #!/usr/bin/env bash
     set -euo pipefail
