@@ -46,12 +46,7 @@ pub struct AgentCost {
 fn cpu_ns(pid: u32) -> Result<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let stat = std::fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        total += proxy::schedstat_ns(&task?.path().join("schedstat")).unwrap_or(0);
     }
     Ok(total)
 }

@@ -139,6 +139,12 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS"))
 }
 
+/// The time a thread has run on a CPU, ns: the first field of a `schedstat` file (`/proc/<pid>/task/<tid>/schedstat`,
+/// `/proc/thread-self/schedstat`); `None` if it cannot be read (the thread is gone, or no scheduler statistics).
+pub fn schedstat_ns(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// utime + stime of a process from `/proc/<pid>/stat`, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;

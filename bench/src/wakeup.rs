@@ -4,20 +4,17 @@
 //! bursts, such as the agent at 10,000 calls/s. `RESULTS.md` prints it before and after the run, beside the load
 //! average, so that two runs can be compared for what the machine did.
 
-use std::{fs, thread, time::Duration};
+use std::{path::Path, thread, time::Duration};
+
+use crate::proxy::schedstat_ns;
 
 /// Wakeups per probe, and the sleep before each: 200 × 5 ms, one second.
 const WAKEUPS: u32 = 200;
 const SLEEP: Duration = Duration::from_millis(5);
 
-/// CPU time of the calling thread so far, ns (`/proc/thread-self/schedstat`, first field).
+/// CPU time of the calling thread so far, ns.
 fn thread_cpu_ns() -> Option<u64> {
-    fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    schedstat_ns(Path::new("/proc/thread-self/schedstat"))
 }
 
 /// µs of CPU per wakeup of the calling thread (pinned by the caller to the CPU it wants probed); `None` where
