@@ -83,7 +83,7 @@ pub const STAGES: &[(&str, &str)] = &[
     ("metrics", "every metric hostcall and the metric maps"),
     (
         "log-properties",
-        "property reads in on_log (response code, duration, cluster, addresses)",
+        "property and clock reads for the end of the call (response code, cluster, addresses; the clock at both ends)",
     ),
     ("record", "call record building and buffering (reporting on)"),
     (

@@ -47,15 +47,25 @@ pub struct Call {
     shared: Option<Rc<Shared>>,
     /// Set once the request headers were seen; a request Envoy rejected before that is not counted.
     seen: Option<(Decision, Side)>,
+    /// Envoy's clock when the request headers came (see `duration_ns`); `None` if it could not be read.
+    started_ns: Option<u64>,
 }
 
 impl Call {
     pub fn new(id: u32, shared: Option<Rc<Shared>>) -> Self {
-        Self { id, shared, seen: None }
+        Self {
+            id,
+            shared,
+            seen: None,
+            started_ns: None,
+        }
     }
 
     fn on_request(&mut self, shared: &Shared) -> Result<(), AbiError> {
         // `bench-skip-*` features: the benchmark's cost breakdown builds variants that skip one stage each.
+        if !cfg!(feature = "bench-skip-log-properties") {
+            self.started_ns = abi::now_unix_nano().map_err(|e| self.warn::<()>(e)).ok();
+        }
         let buf = if cfg!(feature = "bench-skip-header-read") {
             Vec::new()
         } else {
@@ -123,10 +133,14 @@ impl Call {
             abi::property_u64(abi::path::RESPONSE_CODE)?
         };
         let status = decision.status(code, || abi::property_u64(abi::path::GRPC_STATUS))?;
+        let ended_ns = match self.started_ns {
+            Some(_) if !skip_properties => abi::now_unix_nano().map_err(|e| self.warn::<()>(e)).ok(),
+            _ => None,
+        };
         let duration_ns = if skip_properties {
             0
         } else {
-            abi::property_u64(abi::path::REQUEST_DURATION)?.unwrap_or(0)
+            self.duration_ns(ended_ns)?
         };
         let service = decision.service(shared.config.service.as_deref(), || {
             if skip_properties {
@@ -170,13 +184,12 @@ impl Call {
             text(wanted.upstream_local, abi::path::UPSTREAM_LOCAL_ADDRESS)?,
             text(wanted.upstream_peer, abi::path::UPSTREAM_ADDRESS)?,
         );
-        // The start is the end less the duration: a clock read, where `request.time` was a property read with an
-        // allocation callback. Both are Envoy's clock; they differ by the time from the stream's end to this log
-        // callback (microseconds), far below what the agent shows (milliseconds).
-        let start_time_unix_nano = if skip_properties {
-            0
-        } else {
-            abi::now_unix_nano()?.saturating_sub(duration_ns)
+        // The clock read at the request headers (Envoy's wall clock, as `request.time` is), or if there is none the
+        // end less the duration.
+        let start_time_unix_nano = match (self.started_ns, ended_ns) {
+            _ if skip_properties => 0,
+            (Some(start), Some(_)) => start,
+            _ => abi::now_unix_nano()?.saturating_sub(duration_ns),
         };
         let ctx = CallContext {
             start_time_unix_nano,
@@ -193,6 +206,19 @@ impl Call {
             Err(_) => log::warn!("#{} report buffer busy; record not produced", self.id),
         }
         Ok(())
+    }
+
+    /// The call's duration from two reads of Envoy's clock (at the request headers and now): each is a bare
+    /// hostcall, where the `request.duration` property is a lookup whose answer Envoy copies into a buffer it asks
+    /// the VM to allocate (about 1 µs less per request, measured in bench/RESULTS.md). That clock is the wall clock,
+    /// the only one the ABI offers (WASI's monotonic clock measured no cheaper than the property): if it stepped
+    /// back between the reads, or a read failed, the property gives the duration instead. A step forward would
+    /// lengthen the calls in flight across it; a synchronised node's clock is slewed, not stepped.
+    fn duration_ns(&self, ended_ns: Option<u64>) -> Result<u64, AbiError> {
+        match request::elapsed_ns(self.started_ns, ended_ns) {
+            Some(ns) => Ok(ns),
+            None => Ok(abi::property_u64(abi::path::REQUEST_DURATION)?.unwrap_or(0)),
+        }
     }
 
     fn check(&self, result: Result<(), AbiError>) {

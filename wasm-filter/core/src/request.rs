@@ -137,6 +137,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
 }
 
 mod ending;
+pub use ending::elapsed_ns;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,16 @@ use crate::{
     status::Status,
 };
 
+/// A call's duration from two readings of a clock that can step (the wasm shell's only cheap clock is Envoy's wall
+/// clock): `None` when a reading is missing or the clock went back between them, and the shell then asks the host
+/// for the duration instead.
+pub fn elapsed_ns(start: Option<u64>, end: Option<u64>) -> Option<u64> {
+    match (start, end) {
+        (Some(start), Some(end)) => end.checked_sub(start),
+        _ => None,
+    }
+}
+
 impl Decision {
     /// The call's outcome. An HTTP call has its status class. A gRPC call with no HTTP status (Envoy reports 0 when
     /// nothing was sent) got no response; otherwise its `grpc-status`, which `grpc_status` reads only then.

@@ -115,3 +115,13 @@ fn several_baggage_headers_are_merged() {
     let r = d(&[("baggage", b"a=1"), ("baggage", b"b=2")]);
     assert_eq!(r.baggage_header, Rewrite::Set("a=1,b=2".into()));
 }
+
+#[test]
+fn elapsed_needs_both_readings_and_a_clock_that_did_not_go_back() {
+    assert_eq!(elapsed_ns(Some(1_000), Some(61_000_000)), Some(60_999_000));
+    assert_eq!(elapsed_ns(Some(5), Some(5)), Some(0));
+    // A step back of the wall clock between the readings: the shell reads the host's duration instead.
+    assert_eq!(elapsed_ns(Some(2_000), Some(1_999)), None);
+    assert_eq!(elapsed_ns(None, Some(1)), None);
+    assert_eq!(elapsed_ns(Some(1), None), None);
+}
