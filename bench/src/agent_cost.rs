@@ -17,7 +17,9 @@ use proto::v1::{CallRecord, Direction, ReportRequest, SocketAddress};
 
 use crate::{agent::Agent, ebpf, proxy, stats::Summary};
 
-/// Windows of `seconds` in which the agent's CPU at 10,000 calls/s is measured, each with a fresh client.
+/// Seconds of each measurement: the ingestion run, the idle window and each window at 10,000 calls/s.
+pub const WINDOW_S: f64 = 3.0;
+/// Windows of [`WINDOW_S`] in which the agent's CPU at 10,000 calls/s is measured, each with a fresh client.
 pub const CPU_WINDOWS: usize = 5;
 
 /// Records per `Report`, as the filter batches them by default (`report.max_batch`, 1,024): at 10,000 calls per
@@ -148,7 +150,7 @@ fn run_reporter(socket: &Path, cpu: usize, seconds: f64, rate: u32) -> Result<u6
 
 /// Runs the three measurements, each on a fresh agent pinned to `agent_cpu`.
 pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize) -> Result<AgentCost> {
-    let seconds = 3.0;
+    let seconds = WINDOW_S;
     let agent = Agent::start(agent_bin, agent_cpu, &[])?;
     let accepted = run_reporter(&agent.socket, client_cpu, seconds, 0)?;
     let records_per_s = accepted as f64 / seconds;
