@@ -133,10 +133,10 @@ impl Call {
             abi::property_u64(abi::path::RESPONSE_CODE)?
         };
         let status = decision.status(code, || abi::property_u64(abi::path::GRPC_STATUS))?;
-        let ended_ns = match self.started_ns {
-            Some(_) if !skip_properties => abi::now_unix_nano().map_err(|e| self.warn::<()>(e)).ok(),
-            _ => None,
-        };
+        // No start read (it failed, or `bench-skip-log-properties` never reads the clock): no end read either.
+        let ended_ns = self
+            .started_ns
+            .and_then(|_| abi::now_unix_nano().map_err(|e| self.warn::<()>(e)).ok());
         let duration_ns = if skip_properties {
             0
         } else {
