@@ -126,7 +126,7 @@ pub const OPS: &[(&str, &str)] = &[
 ];
 
 /// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),
-/// W1d (the default `{}` with no agent cluster), W1-lean,
+/// W1d (the default `{}` with no agent cluster), W1-lean and D1-lean,
 /// W1-before and W2-before (an earlier build, for before/after in one run), `W1-<stage>` / `W2-record` (breakdown variants)
 /// or `W1-x10-<op>` (amplified variants, see [`OPS`]).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
@@ -192,6 +192,13 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
             format!("A + grayscope `{LEAN}`"),
             wasm_cfg(wasm.filter.clone(), LEAN, false),
         ),
+        "D1-lean" => (
+            format!("A + grayscope native build `{LEAN}`"),
+            Chain::Dynamic {
+                file: wasm.native.clone(),
+                filter_config: LEAN.to_owned(),
+            },
+        ),
         "W1-before" => (
             "W1 with the filter as it was before this branch's optimisations".to_owned(),
             wasm_cfg(wasm.variants.join("grayscope_filter-before.wasm"), NO_REPORT, false),
@@ -223,7 +230,7 @@ pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
                 wasm_cfg(wasm.variant(stage), NO_REPORT, false),
             ),
             _ => bail!(
-                "unknown configuration {other:?} (A, B, C, W0, W1, W2, D0, D1, W1t, D1t, W1d, W1-<stage>, W2-record, W1-x10-<op>)"
+                "unknown configuration {other:?} (A, B, C, W0, W1, W2, W3, D0, D1, W1t, D1t, W1d, W1-lean, D1-lean, W1-<stage>, W2-record, W1-x10-<op>, D1-<name>)"
             ),
         },
     };

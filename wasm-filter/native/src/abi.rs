@@ -164,6 +164,35 @@ extern "C" {
         value: u64,
     ) -> u32;
 
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: FilterPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+        filter: FilterPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+        filter: FilterPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter: FilterPtr,
+        id: usize,
+        label_values: *mut Buffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: ConfigPtr) -> SchedulerPtr;
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: SchedulerPtr, event_id: u64);
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
@@ -307,35 +336,70 @@ pub enum MetricOp {
     Record,
 }
 
+/// Where a metric update is made: on the configuration (any thread, any time), or on the request's filter (only
+/// inside one of its hooks), whose label values Envoy encodes in the stream's own name pool instead of the
+/// configuration's path.
+#[derive(Debug, Clone, Copy)]
+pub enum MetricTarget {
+    Config(ConfigPtr),
+    Filter(FilterPtr),
+}
+
+/// The most label values an update passes without allocating (the core's metrics have at most 6).
+const INLINE_LABELS: usize = 8;
+
 /// Updates one series of a defined metric: `values` must match the label names it was defined with.
 pub fn update_metric(
-    config: ConfigPtr,
+    target: MetricTarget,
     kind: MetricKind,
     op: MetricOp,
     id: usize,
     values: &[String],
     value: u64,
 ) -> Result<(), AbiError> {
-    let mut values: Vec<Buffer> = values.iter().map(|v| Buffer::of(v.as_bytes())).collect();
-    let (ptr, len) = if values.is_empty() {
+    let mut inline = [Buffer::NULL; INLINE_LABELS];
+    let mut spilled = Vec::new();
+    let buffers: &mut [Buffer] = if values.len() <= INLINE_LABELS {
+        for (b, v) in inline.iter_mut().zip(values) {
+            *b = Buffer::of(v.as_bytes());
+        }
+        &mut inline[..values.len()]
+    } else {
+        spilled.extend(values.iter().map(|v| Buffer::of(v.as_bytes())));
+        &mut spilled
+    };
+    let (ptr, len) = if buffers.is_empty() {
         (ptr::null_mut(), 0)
     } else {
-        (values.as_mut_ptr(), values.len())
+        (buffers.as_mut_ptr(), buffers.len())
     };
-    // SAFETY: `values` points into live strings for the duration of the call.
+    // SAFETY: `buffers` points into live strings for the duration of the call; a filter target is the pointer
+    // Envoy passed to the hook that is running.
     let status = unsafe {
-        match (kind, op) {
-            (MetricKind::Counter, _) => {
-                envoy_dynamic_module_callback_http_filter_config_increment_counter(config, id, ptr, len, value)
+        match (target, kind, op) {
+            (MetricTarget::Config(c), MetricKind::Counter, _) => {
+                envoy_dynamic_module_callback_http_filter_config_increment_counter(c, id, ptr, len, value)
             }
-            (MetricKind::Gauge, MetricOp::Decrement) => {
-                envoy_dynamic_module_callback_http_filter_config_decrement_gauge(config, id, ptr, len, value)
+            (MetricTarget::Config(c), MetricKind::Gauge, MetricOp::Decrement) => {
+                envoy_dynamic_module_callback_http_filter_config_decrement_gauge(c, id, ptr, len, value)
             }
-            (MetricKind::Gauge, _) => {
-                envoy_dynamic_module_callback_http_filter_config_increment_gauge(config, id, ptr, len, value)
+            (MetricTarget::Config(c), MetricKind::Gauge, _) => {
+                envoy_dynamic_module_callback_http_filter_config_increment_gauge(c, id, ptr, len, value)
             }
-            (MetricKind::Histogram, _) => {
-                envoy_dynamic_module_callback_http_filter_config_record_histogram_value(config, id, ptr, len, value)
+            (MetricTarget::Config(c), MetricKind::Histogram, _) => {
+                envoy_dynamic_module_callback_http_filter_config_record_histogram_value(c, id, ptr, len, value)
+            }
+            (MetricTarget::Filter(f), MetricKind::Counter, _) => {
+                envoy_dynamic_module_callback_http_filter_increment_counter(f, id, ptr, len, value)
+            }
+            (MetricTarget::Filter(f), MetricKind::Gauge, MetricOp::Decrement) => {
+                envoy_dynamic_module_callback_http_filter_decrement_gauge(f, id, ptr, len, value)
+            }
+            (MetricTarget::Filter(f), MetricKind::Gauge, _) => {
+                envoy_dynamic_module_callback_http_filter_increment_gauge(f, id, ptr, len, value)
+            }
+            (MetricTarget::Filter(f), MetricKind::Histogram, _) => {
+                envoy_dynamic_module_callback_http_filter_record_histogram_value(f, id, ptr, len, value)
             }
         }
     };

@@ -15,7 +15,7 @@ use wasm_filter_core::{
 };
 
 use crate::{
-    abi::ConfigPtr,
+    abi::{ConfigPtr, FilterPtr},
     metrics::{Host, Registry},
     report::Report,
 };
@@ -48,6 +48,7 @@ impl FilterConfig {
         let mut host = Host {
             config: envoy,
             registry: &registry,
+            filter: None,
         };
         lock(&registry)
             .declare_per_call(envoy, config.tenant.is_some())
@@ -85,10 +86,20 @@ impl FilterConfig {
         })
     }
 
+    /// The metric host outside any request (the tick, the configuration's own counters).
     pub fn host(&self) -> Host<'_> {
         Host {
             config: self.envoy.0,
             registry: &self.registry,
+            filter: None,
+        }
+    }
+
+    /// The metric host inside a hook of the request whose filter is `filter`.
+    pub fn host_on(&self, filter: FilterPtr) -> Host<'_> {
+        Host {
+            filter: Some(filter),
+            ..self.host()
         }
     }
 }

@@ -91,7 +91,7 @@ impl<'c> Filter<'c> {
         let counts = !decision.invalid.is_empty() || malformed > 0 || over > 0 || tenant_invalid;
         if counts && !cfg!(feature = "bench-skip-metrics") {
             let metrics = lock(&self.config.metrics);
-            let mut host = self.config.host();
+            let mut host = self.config.host_on(envoy);
             for &(source, reason) in &decision.invalid {
                 warn(metrics.gray_invalid(&mut host, source, reason));
             }
@@ -128,7 +128,7 @@ impl<'c> Filter<'c> {
             None
         } else {
             lock(&self.config.metrics)
-                .call(&mut self.config.host(), &call)
+                .call(&mut self.config.host_on(envoy), &call)
                 .unwrap_or_else(|e| {
                     log::warn!("{e}");
                     None

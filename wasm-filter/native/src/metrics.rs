@@ -17,7 +17,7 @@ use std::{
 
 use wasm_filter_core::metrics::{self, Kind, MetricHost};
 
-use crate::abi::{self, AbiError, ConfigPtr, MetricKind, MetricOp};
+use crate::abi::{self, AbiError, ConfigPtr, FilterPtr, MetricKind, MetricOp, MetricTarget};
 
 /// The metrics the core defines lazily, per interface and version, with their label names in stat-name order.
 const PER_CALL: [(Kind, &str, &[&str]); 2] = [
@@ -142,7 +142,7 @@ impl Registry {
         Ok(i)
     }
 
-    fn define(&mut self, config: ConfigPtr, kind: Kind, full: &str) -> Result<u32, MetricError> {
+    fn define(&mut self, config: ConfigPtr, target: MetricTarget, kind: Kind, full: &str) -> Result<u32, MetricError> {
         if let Some(&id) = self.series_index.get(&(full.to_owned(), kind)) {
             return Ok(id);
         }
@@ -163,24 +163,29 @@ impl Registry {
         // adding 0 makes a defined counter or gauge read 0 from the start in both builds (a histogram cannot be
         // touched without a sample, and the core defines those only to record one).
         if kind != Kind::Histogram {
-            self.update(config, id, MetricOp::Increment, 0)?;
+            self.update(target, id, MetricOp::Increment, 0)?;
         }
         Ok(id)
     }
 
-    fn update(&self, config: ConfigPtr, id: u32, op: MetricOp, value: u64) -> Result<(), MetricError> {
+    fn update(&self, target: MetricTarget, id: u32, op: MetricOp, value: u64) -> Result<(), MetricError> {
         let series = self.series.get(id as usize).ok_or(MetricError::UnknownId(id))?;
         let family = self.families.get(series.family).ok_or(MetricError::UnknownId(id))?;
-        abi::update_metric(config, family.kind, op, family.envoy_id, &series.values, value)?;
+        abi::update_metric(target, family.kind, op, family.envoy_id, &series.values, value)?;
         Ok(())
     }
 }
 
 /// The host the core sees: Envoy's configuration and the shared registry (locked per call, never while the
-/// caller waits on something else, so there is no lock order to get wrong).
+/// caller waits on something else, so there is no lock order to get wrong), and the request's filter while one of
+/// its hooks runs.
 pub struct Host<'a> {
     pub config: ConfigPtr,
     pub registry: &'a Mutex<Registry>,
+    /// Inside a request's hook, updates go through its filter: Envoy then builds the labels in the stream's name
+    /// pool (measured cheaper in bench/RESULTS.md); the tick, which has no stream, updates through the
+    /// configuration.
+    pub filter: Option<FilterPtr>,
 }
 
 impl Host<'_> {
@@ -188,30 +193,37 @@ impl Host<'_> {
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut registry)
     }
+
+    fn target(&self) -> MetricTarget {
+        match self.filter {
+            Some(filter) => MetricTarget::Filter(filter),
+            None => MetricTarget::Config(self.config),
+        }
+    }
 }
 
 impl MetricHost for Host<'_> {
     type Error = MetricError;
     fn define(&mut self, kind: Kind, name: &str) -> Result<u32, MetricError> {
-        let config = self.config;
-        self.with(|r| r.define(config, kind, name))
+        let (config, target) = (self.config, self.target());
+        self.with(|r| r.define(config, target, kind, name))
     }
     fn increment(&mut self, id: u32, by: u64) -> Result<(), MetricError> {
-        let config = self.config;
-        self.with(|r| r.update(config, id, MetricOp::Increment, by))
+        let target = self.target();
+        self.with(|r| r.update(target, id, MetricOp::Increment, by))
     }
     fn record(&mut self, id: u32, value: u64) -> Result<(), MetricError> {
-        let config = self.config;
-        self.with(|r| r.update(config, id, MetricOp::Record, value))
+        let target = self.target();
+        self.with(|r| r.update(target, id, MetricOp::Record, value))
     }
     fn add(&mut self, id: u32, delta: i64) -> Result<(), MetricError> {
-        let config = self.config;
+        let target = self.target();
         let op = if delta < 0 {
             MetricOp::Decrement
         } else {
             MetricOp::Increment
         };
-        self.with(|r| r.update(config, id, op, delta.unsigned_abs()))
+        self.with(|r| r.update(target, id, op, delta.unsigned_abs()))
     }
 }
 

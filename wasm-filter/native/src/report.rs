@@ -212,6 +212,7 @@ impl Report {
         Host {
             config: self.envoy.0,
             registry,
+            filter: None,
         }
     }
 
