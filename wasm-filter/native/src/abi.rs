@@ -337,8 +337,8 @@ pub enum MetricOp {
 }
 
 /// Where a metric update is made: on the configuration (any thread, any time), or on the request's filter (only
-/// inside one of its hooks), whose label values Envoy encodes in the stream's own name pool instead of the
-/// configuration's path.
+/// inside one of its hooks: Envoy then encodes the label values in the stream's own dynamic name pool; measured
+/// cheaper per call, see bench/RESULTS.md).
 #[derive(Debug, Clone, Copy)]
 pub enum MetricTarget {
     Config(ConfigPtr),

@@ -182,9 +182,8 @@ impl Registry {
 pub struct Host<'a> {
     pub config: ConfigPtr,
     pub registry: &'a Mutex<Registry>,
-    /// Inside a request's hook, updates go through its filter: Envoy then builds the labels in the stream's name
-    /// pool (measured cheaper in bench/RESULTS.md); the tick, which has no stream, updates through the
-    /// configuration.
+    /// Inside a request's hook, updates go through its filter (measured cheaper per call, bench/RESULTS.md); the
+    /// tick and the configuration's own counters, which have no stream, update through the configuration.
     pub filter: Option<FilterPtr>,
 }
 
