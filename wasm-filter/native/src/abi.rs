@@ -95,6 +95,28 @@ pub mod attribute {
 /// `envoy_dynamic_module_type_http_callout_init_result_Success`.
 const SUCCESS: u32 = 0;
 
+/// The eight metric update callbacks share one signature: (`envoy_dynamic_module_type_http_filter_config_envoy_ptr`
+/// or `..._http_filter_envoy_ptr`, metric id, label values, their count, value) -> `envoy_dynamic_module_type_metrics_result`.
+macro_rules! metric_updates {
+    ($($name:ident),* $(,)?) => {
+        extern "C" {
+            $(fn $name(envoy: *mut c_void, id: usize, label_values: *mut Buffer, label_values_length: usize, value: u64)
+                -> u32;)*
+        }
+    };
+}
+
+metric_updates!(
+    envoy_dynamic_module_callback_http_filter_config_increment_counter,
+    envoy_dynamic_module_callback_http_filter_config_increment_gauge,
+    envoy_dynamic_module_callback_http_filter_config_decrement_gauge,
+    envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
+    envoy_dynamic_module_callback_http_filter_increment_counter,
+    envoy_dynamic_module_callback_http_filter_increment_gauge,
+    envoy_dynamic_module_callback_http_filter_decrement_gauge,
+    envoy_dynamic_module_callback_http_filter_record_histogram_value,
+);
+
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
     fn envoy_dynamic_module_callback_http_get_headers_size(filter: FilterPtr, header_type: u32) -> usize;
@@ -135,64 +157,6 @@ extern "C" {
         label_names_length: usize,
         id: *mut usize,
     ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
-        config: ConfigPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
-        config: ConfigPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
-        config: ConfigPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
-        config: ConfigPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-
-    fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        filter: FilterPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_increment_gauge(
-        filter: FilterPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
-        filter: FilterPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-    fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
-        filter: FilterPtr,
-        id: usize,
-        label_values: *mut Buffer,
-        label_values_length: usize,
-        value: u64,
-    ) -> u32;
-
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: ConfigPtr) -> SchedulerPtr;
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: SchedulerPtr, event_id: u64);
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: SchedulerPtr);
@@ -345,6 +309,27 @@ pub enum MetricTarget {
     Filter(FilterPtr),
 }
 
+/// A metric update callback of the ABI: (configuration or filter, metric id, label values, their count, value).
+type UpdateFn = unsafe extern "C" fn(*mut c_void, usize, *mut Buffer, usize, u64) -> u32;
+
+fn config_update(kind: MetricKind, op: MetricOp) -> UpdateFn {
+    match (kind, op) {
+        (MetricKind::Counter, _) => envoy_dynamic_module_callback_http_filter_config_increment_counter,
+        (MetricKind::Gauge, MetricOp::Decrement) => envoy_dynamic_module_callback_http_filter_config_decrement_gauge,
+        (MetricKind::Gauge, _) => envoy_dynamic_module_callback_http_filter_config_increment_gauge,
+        (MetricKind::Histogram, _) => envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
+    }
+}
+
+fn filter_update(kind: MetricKind, op: MetricOp) -> UpdateFn {
+    match (kind, op) {
+        (MetricKind::Counter, _) => envoy_dynamic_module_callback_http_filter_increment_counter,
+        (MetricKind::Gauge, MetricOp::Decrement) => envoy_dynamic_module_callback_http_filter_decrement_gauge,
+        (MetricKind::Gauge, _) => envoy_dynamic_module_callback_http_filter_increment_gauge,
+        (MetricKind::Histogram, _) => envoy_dynamic_module_callback_http_filter_record_histogram_value,
+    }
+}
+
 /// The most label values an update passes without allocating (the core's metrics have at most 6).
 const INLINE_LABELS: usize = 8;
 
@@ -373,36 +358,13 @@ pub fn update_metric(
     } else {
         (buffers.as_mut_ptr(), buffers.len())
     };
-    // SAFETY: `buffers` points into live strings for the duration of the call; a filter target is the pointer
-    // Envoy passed to the hook that is running.
-    let status = unsafe {
-        match (target, kind, op) {
-            (MetricTarget::Config(c), MetricKind::Counter, _) => {
-                envoy_dynamic_module_callback_http_filter_config_increment_counter(c, id, ptr, len, value)
-            }
-            (MetricTarget::Config(c), MetricKind::Gauge, MetricOp::Decrement) => {
-                envoy_dynamic_module_callback_http_filter_config_decrement_gauge(c, id, ptr, len, value)
-            }
-            (MetricTarget::Config(c), MetricKind::Gauge, _) => {
-                envoy_dynamic_module_callback_http_filter_config_increment_gauge(c, id, ptr, len, value)
-            }
-            (MetricTarget::Config(c), MetricKind::Histogram, _) => {
-                envoy_dynamic_module_callback_http_filter_config_record_histogram_value(c, id, ptr, len, value)
-            }
-            (MetricTarget::Filter(f), MetricKind::Counter, _) => {
-                envoy_dynamic_module_callback_http_filter_increment_counter(f, id, ptr, len, value)
-            }
-            (MetricTarget::Filter(f), MetricKind::Gauge, MetricOp::Decrement) => {
-                envoy_dynamic_module_callback_http_filter_decrement_gauge(f, id, ptr, len, value)
-            }
-            (MetricTarget::Filter(f), MetricKind::Gauge, _) => {
-                envoy_dynamic_module_callback_http_filter_increment_gauge(f, id, ptr, len, value)
-            }
-            (MetricTarget::Filter(f), MetricKind::Histogram, _) => {
-                envoy_dynamic_module_callback_http_filter_record_histogram_value(f, id, ptr, len, value)
-            }
-        }
+    let (envoy, update) = match target {
+        MetricTarget::Config(config) => (config, config_update(kind, op)),
+        MetricTarget::Filter(filter) => (filter, filter_update(kind, op)),
     };
+    // SAFETY: `buffers` points into live strings for the duration of the call; `envoy` is the live configuration,
+    // or the filter Envoy passed to the hook that is running, and `update` the callback of that same kind.
+    let status = unsafe { update(envoy, id, ptr, len, value) };
     check("update_metric", status)
 }
 
