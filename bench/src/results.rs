@@ -248,7 +248,7 @@ impl Report<'_> {
         md.push_str("# grayscope benchmark results\n\n");
         md.push_str("Written by `just bench` (`bench/src`); the figures below the last heading are hand-written notes the harness keeps.\n\n");
         md.push_str(&format!(
-            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, wrk, upstream and agent pinned to CPU {}.\n- Load on the machine: {}\n\n",
+            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, two per configuration (one started early, one late; the rounds alternate between them), wrk, upstream and agent pinned to CPU {}.\n- Load on the machine: {}\n\n",
             c["date"].as_str().unwrap_or("?"),
             c["machine"].as_str().unwrap_or("?"),
             c["envoy"].as_str().unwrap_or("?"),

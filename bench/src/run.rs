@@ -1,12 +1,17 @@
 //! One interleaved run over a set of configurations: every proxy started up front on its own port, loaded one at
 //! a time, the order rotated each round and reversed every other round; warm-up discarded.
 //!
-//! Why reversed: with rotation alone, each configuration always runs right after the same neighbour, and the
-//! position is not neutral here. The same two builds run in both orders (W1 right before W1-before, then right
-//! after it) gave, solved for a build difference and a position effect, about 4 µs/request less CPU to the one
-//! loaded second, a bias as large as the changes being measured (`bench/RESULTS.md`, notes). Reversing every other
-//! round puts each configuration as often before as after each neighbour, so over an even number of rounds the
-//! bias cancels in the medians of per-round differences.
+//! Why reversed: with rotation alone, each configuration always runs right after the same neighbour. Reversing
+//! every other round puts each configuration as often before as after each neighbour, so over an even number of
+//! rounds an effect of the neighbour cancels in the medians of per-round differences.
+//!
+//! Why two proxies per configuration: the order the proxies are started in is not neutral here. One wasm module
+//! under two labels cost 4-8 µs per request less in the process started 5th than in the one started 2nd, whichever
+//! label it had, in five runs (round orders rotated or shuffled, the proxies started forwards or in reverse:
+//! `bench/RESULTS.md`, notes), as large as the V8 boundary itself on this machine. So every configuration gets two
+//! processes, one in a set started in list order and one in a set started after it in reverse, and the rounds
+//! alternate between the sets: a configuration started early in one set is started late in the other, and its
+//! median mixes both.
 
 use std::{
     net::SocketAddr,
@@ -67,20 +72,26 @@ pub fn interleaved(
     s: &Settings,
     latency_for: &[&str],
 ) -> Result<Outcome> {
-    let proxies = configs
-        .iter()
-        .map(|c| {
-            Proxy::start(envoy, &c.bootstrap(upstream.port(), &agent_socket(c)), s.proxy_cpu)
-                .with_context(|| format!("configuration {}", c.label))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for (c, p) in configs.iter().zip(&proxies) {
-        eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
-        saturate(p.listener, s, s.warmup, c.request_header)?;
+    let start = |c: &Config| {
+        Proxy::start(envoy, &c.bootstrap(upstream.port(), &agent_socket(c)), s.proxy_cpu)
+            .with_context(|| format!("configuration {}", c.label))
+    };
+    // Two proxies per configuration, the second set started after the first and in reverse, so that every
+    // configuration has one early and one late process (see the module's docs).
+    let first = configs.iter().map(start).collect::<Result<Vec<_>>>()?;
+    let mut second = configs.iter().rev().map(start).collect::<Result<Vec<_>>>()?;
+    second.reverse();
+    let sets = [first, second];
+    for proxies in &sets {
+        for (c, p) in configs.iter().zip(proxies) {
+            eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
+            saturate(p.listener, s, s.warmup, c.request_header)?;
+        }
     }
     let mut out = Outcome::default();
     let n = configs.len();
     for round in 0..s.rounds {
+        let proxies = &sets[round % 2];
         for i in 0..n {
             let k = order(round, i, n);
             let (c, p) = (&configs[k], &proxies[k]);
@@ -118,8 +129,10 @@ pub fn interleaved(
             });
         }
     }
-    for (c, p) in configs.iter().zip(&proxies) {
-        out.rss_kib.push((c.label.clone(), p.rss_kib()?));
+    // Resident memory after the run: the larger of a configuration's two processes.
+    for (k, c) in configs.iter().enumerate() {
+        let rss = sets.iter().map(|set| set[k].rss_kib()).collect::<Result<Vec<_>>>()?;
+        out.rss_kib.push((c.label.clone(), rss.into_iter().max().unwrap_or(0)));
     }
     Ok(out)
 }
