@@ -312,21 +312,25 @@ pub enum MetricTarget {
 /// A metric update callback of the ABI: (configuration or filter, metric id, label values, their count, value).
 type UpdateFn = unsafe extern "C" fn(*mut c_void, usize, *mut Buffer, usize, u64) -> u32;
 
-fn config_update(kind: MetricKind, op: MetricOp) -> UpdateFn {
+/// The callbacks of an update of `kind` by `op`: the configuration's, then the filter's.
+fn update_fns(kind: MetricKind, op: MetricOp) -> (UpdateFn, UpdateFn) {
     match (kind, op) {
-        (MetricKind::Counter, _) => envoy_dynamic_module_callback_http_filter_config_increment_counter,
-        (MetricKind::Gauge, MetricOp::Decrement) => envoy_dynamic_module_callback_http_filter_config_decrement_gauge,
-        (MetricKind::Gauge, _) => envoy_dynamic_module_callback_http_filter_config_increment_gauge,
-        (MetricKind::Histogram, _) => envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
-    }
-}
-
-fn filter_update(kind: MetricKind, op: MetricOp) -> UpdateFn {
-    match (kind, op) {
-        (MetricKind::Counter, _) => envoy_dynamic_module_callback_http_filter_increment_counter,
-        (MetricKind::Gauge, MetricOp::Decrement) => envoy_dynamic_module_callback_http_filter_decrement_gauge,
-        (MetricKind::Gauge, _) => envoy_dynamic_module_callback_http_filter_increment_gauge,
-        (MetricKind::Histogram, _) => envoy_dynamic_module_callback_http_filter_record_histogram_value,
+        (MetricKind::Counter, _) => (
+            envoy_dynamic_module_callback_http_filter_config_increment_counter,
+            envoy_dynamic_module_callback_http_filter_increment_counter,
+        ),
+        (MetricKind::Gauge, MetricOp::Decrement) => (
+            envoy_dynamic_module_callback_http_filter_config_decrement_gauge,
+            envoy_dynamic_module_callback_http_filter_decrement_gauge,
+        ),
+        (MetricKind::Gauge, _) => (
+            envoy_dynamic_module_callback_http_filter_config_increment_gauge,
+            envoy_dynamic_module_callback_http_filter_increment_gauge,
+        ),
+        (MetricKind::Histogram, _) => (
+            envoy_dynamic_module_callback_http_filter_config_record_histogram_value,
+            envoy_dynamic_module_callback_http_filter_record_histogram_value,
+        ),
     }
 }
 
@@ -358,9 +362,10 @@ pub fn update_metric(
     } else {
         (buffers.as_mut_ptr(), buffers.len())
     };
+    let (on_config, on_filter) = update_fns(kind, op);
     let (envoy, update) = match target {
-        MetricTarget::Config(config) => (config, config_update(kind, op)),
-        MetricTarget::Filter(filter) => (filter, filter_update(kind, op)),
+        MetricTarget::Config(config) => (config, on_config),
+        MetricTarget::Filter(filter) => (filter, on_filter),
     };
     // SAFETY: `buffers` points into live strings for the duration of the call; `envoy` is the live configuration,
     // or the filter Envoy passed to the hook that is running, and `update` the callback of that same kind.

@@ -45,11 +45,7 @@ impl FilterConfig {
     pub fn new(envoy: ConfigPtr, bytes: &[u8]) -> Result<Self, String> {
         let config = config::parse(bytes).map_err(|e| e.to_string())?;
         let registry = Mutex::new(Registry::default());
-        let mut host = Host {
-            config: envoy,
-            registry: &registry,
-            filter: None,
-        };
+        let mut host = Host::on_config(envoy, &registry);
         lock(&registry)
             .declare_per_call(envoy, config.tenant.is_some())
             .map_err(|e| e.to_string())?;
@@ -88,11 +84,7 @@ impl FilterConfig {
 
     /// The metric host outside any request (the tick, the configuration's own counters).
     pub fn host(&self) -> Host<'_> {
-        Host {
-            config: self.envoy.0,
-            registry: &self.registry,
-            filter: None,
-        }
+        Host::on_config(self.envoy.0, &self.registry)
     }
 
     /// The metric host inside a hook of the request whose filter is `filter`.

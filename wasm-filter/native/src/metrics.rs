@@ -187,7 +187,16 @@ pub struct Host<'a> {
     pub filter: Option<FilterPtr>,
 }
 
-impl Host<'_> {
+impl<'a> Host<'a> {
+    /// The host outside any request: every update through the configuration.
+    pub fn on_config(config: ConfigPtr, registry: &'a Mutex<Registry>) -> Self {
+        Self {
+            config,
+            registry,
+            filter: None,
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
         let mut registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut registry)

@@ -209,11 +209,7 @@ impl Report {
     }
 
     fn host<'a>(&self, registry: &'a Mutex<Registry>) -> Host<'a> {
-        Host {
-            config: self.envoy.0,
-            registry,
-            filter: None,
-        }
+        Host::on_config(self.envoy.0, registry)
     }
 
     /// Logs the first failure, then one in a hundred.
