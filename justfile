@@ -114,8 +114,9 @@ bench rounds="10" seconds="2" *args="": setup build
     # Leave target/ holding the real filter again.
     cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked -q --release -p bench
-    # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces).
-    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --warmup 2 --breakdown --ebpf-rounds 6 --agent-cost \
+    # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces). Every proxy is replaced by a
+    # fresh one every 2 rounds (`--rounds-per-set`), so a 1 s warm-up each keeps the run under 20 minutes.
+    target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --warmup 1 --breakdown --ebpf-rounds 6 --agent-cost \
         --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 
 # Each operation (a header-map read, a property read, a bare hostcall, a filter state write, the core's decision, the

@@ -64,6 +64,10 @@ struct Cli {
     /// Seconds of discarded warm-up per configuration.
     #[arg(long, default_value_t = 3.0)]
     warmup: f64,
+    /// Rounds each proxy serves before a fresh one replaces it: a configuration's median then mixes
+    /// rounds / ROUNDS_PER_SET processes (one process's cost can stand several µs per request off the others')
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    rounds_per_set: u16,
     /// The main run's configurations.
     #[arg(
         long,
@@ -190,6 +194,7 @@ fn bench(cli: &Cli) -> Result<()> {
         latency_rate: cli.latency_rate,
         latency_duration: Duration::from_secs_f64(cli.latency_duration),
         grpc: false,
+        rounds_per_set: usize::from(cli.rounds_per_set),
     };
     // The harness (upstream threads, latency generator) runs on the load CPU with wrk and the agent.
     pin_self(load_cpu)?;
@@ -384,6 +389,7 @@ fn bench(cli: &Cli) -> Result<()> {
         "envoy": sh(&envoy.to_string_lossy(), &["--version"]).split_once("version: ").map_or_else(|| "unknown".to_owned(), |(_, v)| v.to_owned()),
         "crates": format!("grayscope {} (git {})", env!("CARGO_PKG_VERSION"), sh("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"])),
         "rounds": settings.rounds,
+        "rounds_per_set": settings.rounds_per_set,
         "duration_s": settings.duration.as_secs_f64().max(1.0).round(),
         "warmup_s": settings.warmup.as_secs_f64().max(1.0).round(),
         "connections": settings.connections,

@@ -1,17 +1,19 @@
-//! One interleaved run over a set of configurations: every proxy started up front on its own port, loaded one at
-//! a time, the order rotated each round and reversed every other round; warm-up discarded.
+//! One interleaved run over a set of configurations: a proxy per configuration, each on its own port, loaded one
+//! at a time, the order rotated each round and reversed every other round; warm-up discarded; the proxies replaced
+//! by fresh ones every few rounds.
 //!
 //! Why reversed: with rotation alone, each configuration always runs right after the same neighbour. Reversing
 //! every other round puts each configuration as often before as after each neighbour, so over an even number of
 //! rounds an effect of the neighbour cancels in the medians of per-round differences.
 //!
-//! Why two proxies per configuration: the order the proxies are started in is not neutral here. One wasm module
-//! under two labels cost 4-8 µs per request less in the process started 5th than in the one started 2nd, whichever
-//! label it had, in five runs (round orders rotated or shuffled, the proxies started forwards or in reverse:
-//! `bench/RESULTS.md`, notes), as large as the V8 boundary itself on this machine. So every configuration gets two
-//! processes, one in a set started in list order and one in a set started after it in reverse, and the rounds
-//! alternate between the sets: a configuration started early in one set is started late in the other, and its
-//! median mixes both.
+//! Why a fresh set of proxies every few rounds: a process is not neutral here. One wasm module loaded under two
+//! labels of one run, each label with two processes (one started early, one late), cost 6 µs per request more
+//! under one label, dearer in 17 of 20 rounds, and the whole difference came from one of its processes
+//! (`bench/RESULTS.md`, notes): as large as the V8 boundary itself on this machine. Earlier runs tied such
+//! differences to the order the proxies were started in. A median over one or two processes per configuration
+//! carries their luck. So each configuration gets a new process every `rounds_per_set` rounds (a set: one proxy per
+//! configuration, started in list order for even sets and in reverse for odd ones, warmed up, used, then stopped),
+//! and its median mixes as many processes as there are sets.
 
 use std::{
     net::SocketAddr,
@@ -38,6 +40,8 @@ pub struct Settings {
     pub latency_duration: Duration,
     /// gRPC load with `h2load` (unary calls over h2c) instead of HTTP/1.1 with `wrk`.
     pub grpc: bool,
+    /// Rounds served by one set of proxies before a fresh set replaces it (see the module's docs).
+    pub rounds_per_set: usize,
 }
 
 /// One configuration in one round.
@@ -76,65 +80,94 @@ pub fn interleaved(
         Proxy::start(envoy, &c.bootstrap(upstream.port(), &agent_socket(c)), s.proxy_cpu)
             .with_context(|| format!("configuration {}", c.label))
     };
-    // Two proxies per configuration, the second set started after the first and in reverse, so that every
-    // configuration has one early and one late process (see the module's docs).
-    let first = configs.iter().map(start).collect::<Result<Vec<_>>>()?;
-    let mut second = configs.iter().rev().map(start).collect::<Result<Vec<_>>>()?;
-    second.reverse();
-    let sets = [first, second];
-    for proxies in &sets {
-        for (c, p) in configs.iter().zip(proxies) {
+    let n = configs.len();
+    let mut out = Outcome::default();
+    let mut rss_kib = vec![0; n];
+    for set in sets(s.rounds, s.rounds_per_set, n) {
+        let mut proxies = Vec::with_capacity(n);
+        for &k in &set.start_order {
+            proxies.push((k, start(&configs[k])?));
+        }
+        proxies.sort_by_key(|(k, _)| *k);
+        let proxies: Vec<Proxy> = proxies.into_iter().map(|(_, p)| p).collect();
+        for (c, p) in configs.iter().zip(&proxies) {
             eprintln!("bench: {} warm-up ({:?}) on {}", c.label, s.warmup, p.listener);
             saturate(p.listener, s, s.warmup, c.request_header)?;
         }
-    }
-    let mut out = Outcome::default();
-    let n = configs.len();
-    for round in 0..s.rounds {
-        let proxies = &sets[round % 2];
-        for i in 0..n {
-            let k = order(round, i, n);
-            let (c, p) = (&configs[k], &proxies[k]);
-            let (t0, q0, start) = (p.cpu_ticks()?, p.requests()?, std::time::Instant::now());
-            let errors = saturate(p.listener, s, s.duration, c.request_header)?;
-            let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
-            let requests = q1 - q0;
-            if requests == 0 {
-                bail!("{}: no request went through; Envoy's log:\n{}", c.label, p.log());
+        for round in set.rounds {
+            for i in 0..n {
+                let k = order(round, i, n);
+                out.samples
+                    .push(measure(&configs[k], &proxies[k], round, s, latency_for)?);
             }
-            let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
-            let (mut p50_ms, mut p99_ms) = (None, None);
-            if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
-                let l = fixed_rate(p.listener, s, c.request_header)?;
-                (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
-            }
-            eprintln!(
-                "bench: round {}/{} {:<16} {:>7.1} µs/req {:>8.0} req/s{}",
-                round + 1,
-                s.rounds,
-                c.label,
-                cpu_us,
-                requests as f64 / elapsed.as_secs_f64(),
-                p99_ms.map(|v| format!("  p99 {v:.3} ms")).unwrap_or_default()
-            );
-            out.samples.push(Sample {
-                round,
-                label: c.label.clone(),
-                cpu_us,
-                rps: requests as f64 / s.duration.as_secs_f64().max(1.0).round(),
-                requests,
-                errors,
-                p50_ms,
-                p99_ms,
-            });
+        }
+        // Resident memory after a set's rounds: the largest of a configuration's processes.
+        for (rss, p) in rss_kib.iter_mut().zip(&proxies) {
+            *rss = (*rss).max(p.rss_kib()?);
         }
     }
-    // Resident memory after the run: the larger of a configuration's two processes.
-    for (k, c) in configs.iter().enumerate() {
-        let rss = sets.iter().map(|set| set[k].rss_kib()).collect::<Result<Vec<_>>>()?;
-        out.rss_kib.push((c.label.clone(), rss.into_iter().max().unwrap_or(0)));
-    }
+    out.rss_kib = configs.iter().map(|c| c.label.clone()).zip(rss_kib).collect();
     Ok(out)
+}
+
+/// One set of proxies: the rounds it serves, and the order its proxies are started in (configuration indexes).
+#[derive(Debug, PartialEq)]
+struct Set {
+    rounds: std::ops::Range<usize>,
+    start_order: Vec<usize>,
+}
+
+/// A fresh set every `per_set` rounds, started in list order, then in reverse, and so on (see the module's docs).
+fn sets(rounds: usize, per_set: usize, n: usize) -> Vec<Set> {
+    let per_set = per_set.max(1);
+    (0..rounds)
+        .step_by(per_set)
+        .enumerate()
+        .map(|(i, first)| Set {
+            rounds: first..(first + per_set).min(rounds),
+            start_order: if i % 2 == 0 {
+                (0..n).collect()
+            } else {
+                (0..n).rev().collect()
+            },
+        })
+        .collect()
+}
+
+/// One configuration's round on its proxy: saturating load for `s.duration` (and the fixed-rate latency when asked).
+fn measure(c: &Config, p: &Proxy, round: usize, s: &Settings, latency_for: &[&str]) -> Result<Sample> {
+    let (t0, q0, start) = (p.cpu_ticks()?, p.requests()?, std::time::Instant::now());
+    let errors = saturate(p.listener, s, s.duration, c.request_header)?;
+    let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
+    let requests = q1 - q0;
+    if requests == 0 {
+        bail!("{}: no request went through; Envoy's log:\n{}", c.label, p.log());
+    }
+    let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
+    let (mut p50_ms, mut p99_ms) = (None, None);
+    if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
+        let l = fixed_rate(p.listener, s, c.request_header)?;
+        (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
+    }
+    eprintln!(
+        "bench: round {}/{} {:<16} {:>7.1} µs/req {:>8.0} req/s{}",
+        round + 1,
+        s.rounds,
+        c.label,
+        cpu_us,
+        requests as f64 / elapsed.as_secs_f64(),
+        p99_ms.map(|v| format!("  p99 {v:.3} ms")).unwrap_or_default()
+    );
+    Ok(Sample {
+        round,
+        label: c.label.clone(),
+        cpu_us,
+        rps: requests as f64 / s.duration.as_secs_f64().max(1.0).round(),
+        requests,
+        errors,
+        p50_ms,
+        p99_ms,
+    })
 }
 
 /// The configuration loaded `i`-th in `round`: the order rotated by one each round, and reversed in odd rounds.
@@ -180,7 +213,35 @@ fn fixed_rate(addr: SocketAddr, s: &Settings, header: Option<&'static str>) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::order;
+    use super::{order, sets, Set};
+
+    #[test]
+    fn a_fresh_set_every_few_rounds_each_started_in_the_reverse_order_of_the_one_before() {
+        assert_eq!(
+            sets(5, 2, 3),
+            [
+                Set {
+                    rounds: 0..2,
+                    start_order: vec![0, 1, 2]
+                },
+                Set {
+                    rounds: 2..4,
+                    start_order: vec![2, 1, 0]
+                },
+                Set {
+                    rounds: 4..5,
+                    start_order: vec![0, 1, 2]
+                },
+            ]
+        );
+        // Every round is served by exactly one set; 0 is taken as 1 (a set per round).
+        assert_eq!(sets(10, 2, 13).len(), 5);
+        assert_eq!(
+            sets(3, 0, 2).iter().map(|s| s.rounds.clone()).collect::<Vec<_>>(),
+            [0..1, 1..2, 2..3]
+        );
+        assert!(sets(0, 2, 4).is_empty());
+    }
 
     #[test]
     fn every_round_loads_each_configuration_once_and_each_runs_as_often_after_its_neighbour_as_before() {
