@@ -115,7 +115,8 @@ bench rounds="10" seconds="2" *args="": setup build
     cargo build --locked -q -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked -q --release -p bench
     # "${@:3}": the extra arguments, each kept whole (a --load-note sentence has spaces). Every proxy is replaced by a
-    # fresh one every 2 rounds (`--rounds-per-set`), so a 1 s warm-up each keeps the run under 20 minutes.
+    # fresh one every 2 rounds (`--rounds-per-set`), so each gets a 1 s warm-up, not 2, to keep the added start-ups
+    # short (README, Cost: how long a full run takes).
     target/release/grayscope-bench --rounds {{rounds}} --duration {{seconds}} --warmup 1 --breakdown --ebpf-rounds 6 --agent-cost \
         --grpc-rounds 5 --vm-memory-requests 100000 --watch-delay "${@:3}"
 

@@ -63,7 +63,7 @@ pub struct Sample {
 #[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub samples: Vec<Sample>,
-    /// Envoy resident memory after the run, KiB, per label.
+    /// Envoy resident memory, KiB, per label: the largest of the label's processes, each read after its set's rounds.
     pub rss_kib: Vec<(String, u64)>,
 }
 
