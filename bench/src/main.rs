@@ -108,6 +108,11 @@ struct Cli {
     /// Seconds of fixed-rate load per configuration per round.
     #[arg(long, default_value_t = 2.0)]
     latency_duration: f64,
+    /// Seconds of idle between a round's saturating load and its fixed-rate latency on the same proxy, so that the
+    /// latency is that of a steady fixed rate: a reporting filter sends the records the saturating load left in its
+    /// buffer at its next tick, and the agent on the load generator's CPU decodes them.
+    #[arg(long, default_value_t = 0.5)]
+    latency_settle: f64,
     /// Where RESULTS.md and RESULTS.json go.
     #[arg(long, default_value = "bench")]
     out: PathBuf,
@@ -191,6 +196,7 @@ fn bench(cli: &Cli) -> Result<()> {
         clock_ticks: proxy::clock_ticks_per_s()?,
         latency_rate: cli.latency_rate,
         latency_duration: Duration::from_secs_f64(cli.latency_duration),
+        latency_settle: Duration::from_secs_f64(cli.latency_settle),
         grpc: false,
         rounds_per_set: usize::from(cli.rounds_per_set),
     };
@@ -394,6 +400,8 @@ fn bench(cli: &Cli) -> Result<()> {
         "proxy_cpu": proxy_cpu,
         "load_cpu": load_cpu,
         "latency_rate": settings.latency_rate,
+        "latency_duration_s": settings.latency_duration.as_secs_f64(),
+        "latency_settle_s": settings.latency_settle.as_secs_f64(),
         "loadavg_before": loadavg_before.trim(),
         "loadavg_after": loadavg_after.trim(),
         "wakeup_cpu_us_before": wakeup_before,

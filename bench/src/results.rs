@@ -248,12 +248,13 @@ impl Report<'_> {
         md.push_str("# grayscope benchmark results\n\n");
         md.push_str("Written by `just bench` (`bench/src`); the figures below the last heading are hand-written notes the harness keeps.\n\n");
         md.push_str(&format!(
-            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, a fresh one per configuration every {} rounds (each set started in list order, the next in reverse), wrk, upstream and agent pinned to CPU {}.\n- Load on the machine: {}\n\n",
+            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, a fresh one per configuration every {} rounds (each set started in list order, the next in reverse), wrk, upstream and agent pinned to CPU {}; latency at {} requests/s in all over 4 connections for {} s, {} s after the round's saturating load on the same proxy.\n- Load on the machine: {}\n\n",
             c["date"].as_str().unwrap_or("?"),
             c["machine"].as_str().unwrap_or("?"),
             c["envoy"].as_str().unwrap_or("?"),
             c["crates"].as_str().unwrap_or("?"),
             c["rounds"], c["duration_s"], c["warmup_s"], c["connections"], c["proxy_cpu"], c["rounds_per_set"], c["load_cpu"],
+            c["latency_rate"], c["latency_duration_s"], c["latency_settle_s"],
             c["load_note"].as_str().unwrap_or("?"),
         ));
         if let Some(phases) = c["phases_s"].as_object().filter(|p| !p.is_empty()) {

@@ -38,6 +38,8 @@ pub struct Settings {
     /// Fixed-rate latency: requests per second (0: not measured) and its duration per round.
     pub latency_rate: u32,
     pub latency_duration: Duration,
+    /// Idle time between the saturating load and the fixed-rate latency.
+    pub latency_settle: Duration,
     /// gRPC load with `h2load` (unary calls over h2c) instead of HTTP/1.1 with `wrk`.
     pub grpc: bool,
     /// Rounds served by one set of proxies before a fresh set replaces it (see the module's docs).
@@ -146,6 +148,7 @@ fn measure(c: &Config, p: &Proxy, round: usize, s: &Settings, latency_for: &[&st
     let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
     let (mut p50_ms, mut p99_ms) = (None, None);
     if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
+        std::thread::sleep(s.latency_settle);
         let l = fixed_rate(p.listener, s, c.request_header)?;
         (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
     }
