@@ -248,13 +248,13 @@ impl Report<'_> {
         md.push_str("# grayscope benchmark results\n\n");
         md.push_str("Written by `just bench` (`bench/src`); the figures below the last heading are hand-written notes the harness keeps.\n\n");
         md.push_str(&format!(
-            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, a fresh one per configuration every {} rounds (each set started in list order, the next in reverse), wrk, upstream and agent pinned to CPU {}; latency at {} requests/s in all over 4 connections for {} s, {} s after the round's saturating load on the same proxy.\n- Load on the machine: {}\n\n",
+            "- Date: {}\n- Machine: {}\n- Envoy: {}\n- Crates: {}\n- Run: {} interleaved rounds of {} s per configuration after a {} s warm-up, `wrk -t1 -c{}` HTTP/1.1 `GET /x`, no gray header; proxies `--concurrency 1` pinned to CPU {}, a fresh one per configuration every {} rounds (each set started in list order, the next in reverse), wrk, upstream and agent pinned to CPU {}{}.\n- Load on the machine: {}\n\n",
             c["date"].as_str().unwrap_or("?"),
             c["machine"].as_str().unwrap_or("?"),
             c["envoy"].as_str().unwrap_or("?"),
             c["crates"].as_str().unwrap_or("?"),
             c["rounds"], c["duration_s"], c["warmup_s"], c["connections"], c["proxy_cpu"], c["rounds_per_set"], c["load_cpu"],
-            c["latency_rate"], c["latency_duration_s"], c["latency_settle_s"],
+            latency_method(c),
             c["load_note"].as_str().unwrap_or("?"),
         ));
         if let Some(phases) = c["phases_s"].as_object().filter(|p| !p.is_empty()) {
@@ -472,9 +472,30 @@ fn show(s: Option<Summary>, digits: usize) -> String {
     s.map_or("n/a".into(), |s| s.show(digits))
 }
 
+/// The fixed-rate latency's part of the "Run:" line (none when the run measured no latency).
+fn latency_method(c: &Value) -> String {
+    match c["latency_rate"].as_u64() {
+        Some(rate) if rate > 0 => format!(
+            "; latency at {rate} requests/s in all over 4 connections for {} s, {} s after the round's saturating load on the same proxy",
+            c["latency_duration_s"], c["latency_settle_s"]
+        ),
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_run_line_states_the_latency_method_only_when_latency_was_measured() {
+        let measured = serde_json::json!({"latency_rate": 1000, "latency_duration_s": 2.0, "latency_settle_s": 0.5});
+        assert_eq!(
+            latency_method(&measured),
+            "; latency at 1000 requests/s in all over 4 connections for 2.0 s, 0.5 s after the round's saturating load on the same proxy"
+        );
+        assert_eq!(latency_method(&serde_json::json!({"latency_rate": 0})), "");
+    }
 
     fn sample(round: usize, label: &str, cpu_us: f64, rps: f64) -> Sample {
         Sample {

@@ -148,6 +148,8 @@ fn measure(c: &Config, p: &Proxy, round: usize, s: &Settings, latency_for: &[&st
     let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
     let (mut p50_ms, mut p99_ms) = (None, None);
     if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
+        // Idle first: what the saturating load left in a reporting filter's buffer goes out now, not during the
+        // measurement (`--latency-settle`).
         std::thread::sleep(s.latency_settle);
         let l = fixed_rate(p.listener, s, c.request_header)?;
         (p50_ms, p99_ms) = (Some(l.p50_ms), Some(l.p99_ms));
