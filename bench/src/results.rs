@@ -476,8 +476,10 @@ fn show(s: Option<Summary>, digits: usize) -> String {
 fn latency_method(c: &Value) -> String {
     match c["latency_rate"].as_u64() {
         Some(rate) if rate > 0 => format!(
-            "; latency at {rate} requests/s in all over 4 connections for {} s, {} s after the round's saturating load on the same proxy",
-            c["latency_duration_s"], c["latency_settle_s"]
+            "; latency at {rate} requests/s in all over {} connections for {} s, {} s after the round's saturating load on the same proxy",
+            crate::run::LATENCY_CLIENTS,
+            c["latency_duration_s"],
+            c["latency_settle_s"]
         ),
         _ => String::new(),
     }

@@ -77,8 +77,9 @@ fn show(s: Option<Summary>, digits: usize) -> String {
 /// The gRPC section of RESULTS.md.
 pub fn markdown(configs: &[Config], s: &[Sample], latency_rate: &Value) -> String {
     let rounds = s.iter().map(|x| x.round).max().map_or(0, |r| r + 1);
+    let clients = crate::run::LATENCY_CLIENTS;
     let mut md = format!(
-        "\n## gRPC (h2load)\n\nA separate interleaved run of {rounds} rounds: `h2load -t1 -c16 -m1` unary calls (`POST /bench.Bench/Call`, an empty message, `content-type: application/grpc`) over h2c to Envoy, which routes them over HTTP/2 to the gRPC upstream; latency at {latency_rate} calls/s in all with `h2load -c4 --rps` (per-request durations from its `--log-file`).\n\n| figure | median (min–max) |\n|---|---|\n"
+        "\n## gRPC (h2load)\n\nA separate interleaved run of {rounds} rounds: `h2load -t1 -c16 -m1` unary calls (`POST /bench.Bench/Call`, an empty message, `content-type: application/grpc`) over h2c to Envoy, which routes them over HTTP/2 to the gRPC upstream; latency at {latency_rate} calls/s in all with `h2load -c{clients} --rps` (per-request durations from its `--log-file`).\n\n| figure | median (min–max) |\n|---|---|\n"
     );
     for (name, x, y) in THROUGHPUT {
         if let Some(r) = rps_ratio(s, x, y) {

@@ -195,16 +195,18 @@ fn saturate(addr: SocketAddr, s: &Settings, duration: Duration, header: Option<&
     }
 }
 
-/// Latency at `s.latency_rate` requests per second in all, over 4 connections.
+/// Connections of the fixed-rate latency, the rate shared among them (RESULTS.md states it from here).
+pub const LATENCY_CLIENTS: u32 = 4;
+
+/// Latency at `s.latency_rate` requests per second in all, over [`LATENCY_CLIENTS`] connections.
 fn fixed_rate(addr: SocketAddr, s: &Settings, header: Option<&'static str>) -> Result<load::Latency> {
-    const CLIENTS: u32 = 4;
     if s.grpc {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("h2load.log");
-        let per_client = (s.latency_rate / CLIENTS).max(1);
+        let per_client = (s.latency_rate / LATENCY_CLIENTS).max(1);
         load::h2load(
             addr,
-            CLIENTS,
+            LATENCY_CLIENTS,
             s.latency_duration,
             s.load_cpu,
             Some(per_client),
@@ -212,7 +214,7 @@ fn fixed_rate(addr: SocketAddr, s: &Settings, header: Option<&'static str>) -> R
         )?;
         load::h2load_latency(&log)
     } else {
-        load::fixed_rate(addr, s.latency_rate, CLIENTS, s.latency_duration, header)
+        load::fixed_rate(addr, s.latency_rate, LATENCY_CLIENTS, s.latency_duration, header)
     }
 }
 
