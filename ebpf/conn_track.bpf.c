@@ -51,6 +51,26 @@ const volatile __u32 ring_bytes = 256 * 1024;
  * passive connection before its SYN_RECV -> ESTABLISHED. */
 const volatile __u8 accept_attached = 0;
 
+/* The pid namespace owners are named in: 0 for the kernel's own (pids as the root namespace sees them), else the
+ * device and inode of the agent's (its `/proc/self/ns/pid`), set by the loader when the agent runs in a pid namespace
+ * of its own. A sidecar agent shares the pod's (`shareProcessNamespace`): its `/proc` and its socket peers' pids are
+ * that namespace's, and the kernel's would name nothing there. */
+const volatile __u64 pidns_dev = 0;
+const volatile __u64 pidns_ino = 0;
+
+/* The current task's ids (tgid << 32 | pid) in the namespace above; 0 for a task of another namespace (the helper
+ * wants the task's own to be that one), which the agent could not look up. */
+static __always_inline __u64 current_ids(void)
+{
+	struct bpf_pidns_info ns = {};
+
+	if (pidns_ino == 0)
+		return bpf_get_current_pid_tgid();
+	if (bpf_get_ns_current_pid_tgid(pidns_dev, pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	return (__u64)ns.tgid << 32 | ns.pid;
+}
+
 /* Per-connection state, keyed by the struct sock address. */
 struct gs_conn_state {
 	__u64 start_ns;
@@ -171,7 +191,7 @@ static __always_inline int netns_wanted(__u32 netns)
 #define OWN(st)                                                                                                    \
 	do {                                                                                                       \
 		struct task_struct *task_ = (struct task_struct *)bpf_get_current_task();                         \
-		__u64 id_ = bpf_get_current_pid_tgid();                                                            \
+		__u64 id_ = current_ids();                                                                         \
 		(st)->pid = id_ >> 32;                                                                             \
 		(st)->tid = (__u32)id_;                                                                            \
 		(st)->proc_start_ns = BPF_CORE_READ(task_, group_leader, start_boottime);                         \
@@ -187,7 +207,7 @@ static __always_inline void own(struct gs_conn_state *st)
 #define OWN_DIRECT(st)                                                                                             \
 	do {                                                                                                       \
 		struct task_struct *task_ = bpf_get_current_task_btf();                                           \
-		__u64 id_ = bpf_get_current_pid_tgid();                                                            \
+		__u64 id_ = current_ids();                                                                         \
 		(st)->pid = id_ >> 32;                                                                             \
 		(st)->tid = (__u32)id_;                                                                            \
 		(st)->proc_start_ns = task_->group_leader->start_boottime;                                         \

@@ -31,7 +31,7 @@ struct gs_conn_event {
 	__u64 skaddr;        /* kernel address of the struct sock: the connection's identity while it lives */
 	__u64 duration_ns;   /* CLOSED: time since the connection was first seen (SYN_SENT or ESTABLISHED) */
 	__u64 proc_start_ns; /* owner's thread-group leader start_boottime; 0 when the owner is unknown */
-	__u32 pid;           /* owner's tgid; 0 when unknown (server side before accept) */
+	__u32 pid;           /* owner's tgid in the agent's pid namespace; 0 when unknown or outside it */
 	__u32 tid;           /* owner's thread id */
 	__u32 netns;         /* inode number of the socket's network namespace */
 	__u16 family;        /* AF_INET (2) or AF_INET6 (10); v4-mapped addresses come as AF_INET6 */
@@ -65,7 +65,7 @@ struct gs_listen_key {
 struct gs_listen_owner {
 	__u64 skaddr;        /* the listening struct sock; 0 when the agent found the listener in /proc */
 	__u64 proc_start_ns; /* owner's thread-group leader start_boottime */
-	__u32 pid;           /* tgid of the process that called listen() */
+	__u32 pid;           /* tgid of the process that called listen(), as the event's pid */
 	__u32 tid;           /* its thread */
 	char comm[GS_COMM_LEN];
 };

@@ -78,6 +78,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The agent's own pid namespace could not be read (`/proc/self/status`, `/proc/self/ns/pid`).
+    #[error("pid namespace {path}: {source}")]
+    PidNamespace {
+        /// The file that was looked at.
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// Any other I/O failure, with what was being done.
     #[error("{what}: {source}")]
     Io {

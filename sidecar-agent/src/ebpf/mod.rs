@@ -1,15 +1,17 @@
 //! Loading and attaching the kernel programs, and access to what they produce.
 //!
 //! [`Probe::load`] runs the [`preflight`] checks, loads `conn_track.bpf.o` with the network namespace filter
-//! (`target_netns`) and the map sizes set at load time, attaches the raw tracepoint `inet_sock_set_state` (and the accept
-//! syscall tracepoints only when asked: see [`ProbeOptions::accept_tracepoints`]), seeds the `listeners` map with
-//! the listeners that existed before (see [`listeners`]) and turns on the kernel's program statistics when it can.
+//! (`target_netns`), the pid namespace to name processes in ([`pidns`]) and the map sizes set at load time,
+//! attaches the raw tracepoint `inet_sock_set_state` (and the accept syscall tracepoints only when asked: see
+//! [`ProbeOptions::accept_tracepoints`]), seeds the `listeners` map with the listeners that existed before (see
+//! [`listeners`]) and turns on the kernel's program statistics when it can.
 //! The ring buffer then goes to a [`reader::Reader`]; the counters and the listeners stay reachable through
 //! [`KernelStats`].
 
 pub mod events;
 pub mod listeners;
 pub mod objects;
+pub mod pidns;
 pub mod preflight;
 pub mod reader;
 mod stats;
@@ -132,8 +134,12 @@ impl Probe {
         preflight::check(opts.accept_tracepoints)?;
         raise_memlock();
         let netns = resolve_netns(&opts.netns)?;
+        let pidns = pidns::own()?;
+        let (pidns_dev, pidns_ino) = pidns.map_or((0, 0), |ns| (ns.dev, ns.ino));
         let mut ebpf = EbpfLoader::new()
             .override_global("target_netns", &netns, true)
+            .override_global("pidns_dev", &pidns_dev, true)
+            .override_global("pidns_ino", &pidns_ino, true)
             .override_global("ring_bytes", &opts.ring_buffer_bytes, true)
             .override_global("accept_attached", &u8::from(opts.accept_tracepoints), true)
             .map_max_entries("events", opts.ring_buffer_bytes)
@@ -185,6 +191,7 @@ impl Probe {
         };
         tracing::info!(
             netns,
+            pid_namespace = pidns.map_or(0, |ns| ns.ino),
             program_stats = stats_fd.is_some(),
             accept_tracepoints = opts.accept_tracepoints,
             listeners_found = found.len(),
