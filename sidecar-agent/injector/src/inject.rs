@@ -1,7 +1,7 @@
-//! When a pod is injected, and what it gets: the agent container (least privilege), the `emptyDir` that holds the
-//! agent's Unix socket, and the annotations with which Istio's own injector mounts that volume into `istio-proxy`
-//! and configures the proxy's stats for grayscope's series; for pods that ask for the native build, what
-//! [`crate::native`] adds. A pure function of the pod, its namespace and [`Settings`], so the golden tests cover
+//! When a pod is injected, and what it gets: the agent container (least privilege), one pid namespace for the pod's
+//! containers, the `emptyDir` that holds the agent's Unix socket, and the annotations with which Istio's own
+//! injector mounts that volume into `istio-proxy` and configures the proxy's stats for grayscope's series; for pods
+//! that ask for the native build, what [`crate::native`] adds. A pure function of the pod, its namespace and [`Settings`], so the golden tests cover
 //! it whole.
 
 use std::collections::BTreeMap;
@@ -85,6 +85,12 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
         return Decision::Skip(reason);
     }
     let spec = out.spec.get_or_insert_with(Default::default);
+    // The agent names the processes behind connections by pid, reads them in /proc and checks who reports to it:
+    // all of that in the pod's pid namespace, which its containers then share (the kernel programs translate to it,
+    // `sidecar-agent/src/ebpf/pidns.rs`). A hostPID pod (Kubernetes refuses both) already shares the node's.
+    if spec.host_pid != Some(true) {
+        spec.share_process_namespace = Some(true);
+    }
     spec.containers.push(agent_container(&settings.agent_image));
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.push(Volume {
@@ -125,6 +131,11 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
     let spec = pod.spec.as_ref()?;
     if spec.host_network == Some(true) {
         return Some("hostNetwork pods share the node's network: not injected".to_owned());
+    }
+    if spec.share_process_namespace == Some(false) {
+        return Some(
+            "shareProcessNamespace is false: the agent could not see the pod's processes, not injected".to_owned(),
+        );
     }
     let injected = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER)
         || spec.volumes.iter().flatten().any(|v| v.name == SOCKET_VOLUME);
@@ -175,9 +186,12 @@ fn agent_container(image: &str) -> Container {
             run_as_group: Some(ISTIO_PROXY_UID),
             run_as_non_root: Some(false),
             // BPF: load programs and maps; PERFMON: attach tracepoints. tracefs is read through the read-only
-            // hostPath mount below, as uid 0 (its owner), so no DAC override is needed.
+            // hostPath mount below, as uid 0 (its owner), so no DAC override is needed. SYS_PTRACE: read
+            // `/proc/<pid>/exe` and `/proc/<pid>/fd` of the pod's processes of other users (istio-proxy's 1337, the
+            // application's), for the executable and the listeners opened before the agent started; the shared pid
+            // namespace limits it to the pod, and BPF and PERFMON already reach further.
             capabilities: Some(Capabilities {
-                add: Some(vec!["BPF".to_owned(), "PERFMON".to_owned()]),
+                add: Some(vec!["BPF".to_owned(), "PERFMON".to_owned(), "SYS_PTRACE".to_owned()]),
                 drop: Some(vec!["ALL".to_owned()]),
             }),
             seccomp_profile: Some(SeccompProfile {
