@@ -49,7 +49,9 @@ const PRIORITY: u8 = 0x20;
 const MAX_FRAME: usize = 16_384;
 /// h2's default `SETTINGS_HEADER_TABLE_SIZE`: the most the client may use for its dynamic table.
 const TABLE_SIZE: usize = 4096;
-/// Largest header block gathered (h2 refuses header lists far smaller than this anyway).
+/// Largest header block gathered, and largest header list decoded from one (its size as HTTP/2 counts it: name,
+/// value and 32 bytes per field). HPACK lets a small block refer to one large table entry many times, so the
+/// decoded list needs a cap of its own; this layer runs before the peer's uid is checked.
 const MAX_BLOCK: usize = 1 << 20;
 
 /// Where the reader is in the client's byte stream.
@@ -243,10 +245,20 @@ impl<S> FixAuthority<S> {
     /// Decodes a whole block, fixes `:authority`, and writes it out as literals without indexing. The connection's
     /// first block, when it needs no fix, is written as it came and turns the connection to pass-through.
     fn emit(&mut self, block: &Block) -> io::Result<()> {
-        let fields = self
-            .decoder
-            .decode(&block.fragment)
+        let (mut fields, mut size) = (Vec::new(), 0usize);
+        self.decoder
+            .decode_with_cb(&block.fragment, |name, value| {
+                // Past the cap the fields are only counted, so memory stays bounded; the decoder still walks the
+                // rest of the block, which keeps its table in step (the connection ends below anyway).
+                size = size.saturating_add(name.len() + value.len() + 32);
+                if size <= MAX_BLOCK {
+                    fields.push((name.into_owned(), value.into_owned()));
+                }
+            })
             .map_err(|e| invalid(&format!("HPACK: {e:?}")))?;
+        if size > MAX_BLOCK {
+            return Err(invalid("header list too large"));
+        }
         let bad = |name: &[u8], value: &[u8]| name == b":authority" && Authority::try_from(value).is_err();
         let first = !self.decided;
         self.decided = true;

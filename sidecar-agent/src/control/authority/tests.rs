@@ -160,3 +160,29 @@ async fn a_connection_whose_first_authority_is_valid_passes_every_block_as_the_c
         "{fields:?}"
     );
 }
+
+/// A decompression bomb: one block of 16 KiB that adds a 4,000-byte field to the dynamic table and then refers to it
+/// 16,000 times decodes to 64 MB (and the re-encoding doubles it). The decoded list is capped like the block: the
+/// connection ends before the list grows past it, whoever the peer is (this layer runs before the uid check).
+#[tokio::test]
+async fn a_header_block_that_decodes_past_the_cap_ends_the_connection() {
+    let mut block = vec![0x40, 3];
+    block.extend_from_slice(b"x-a");
+    fluke_hpack::encoder::encode_integer_into(4000, 7, 0, &mut block).unwrap();
+    block.extend(std::iter::repeat_n(b'a', 4000));
+    // Index 62: the newest dynamic-table entry, the one just added.
+    block.extend(std::iter::repeat_n(0xBE, 16_000 - block.len()));
+    let mut wire = PREFACE.to_vec();
+    wire.extend(frame(HEADERS, END_HEADERS, 1, &block));
+    let (mut peer, ours) = tokio::io::duplex(1 << 16);
+    let writer = tokio::spawn(async move {
+        peer.write_all(&wire).await.unwrap();
+    });
+    let mut out = Vec::new();
+    let result = FixAuthority::new(ours).read_to_end(&mut out).await;
+    writer.await.unwrap();
+    let err = result.expect_err("the block was decoded and passed on whole");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert!(err.to_string().contains("header list too large"), "{err}");
+    assert!(out.len() <= 24, "{} bytes passed on", out.len());
+}
