@@ -173,13 +173,13 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, cancel.clone().cancelled_owned());
     let forced = async {
         cancel.cancelled().await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(crate::metrics::DRAIN).await;
     };
     tokio::select! {
         r = server => if let Err(e) = r {
             tracing::error!(error = %e, "gRPC server failed");
         },
-        () = forced => tracing::warn!("gRPC connections still open 5s after shutdown; closing them"),
+        () = forced => tracing::warn!("gRPC connections still open {:?} after shutdown; closing them", crate::metrics::DRAIN),
     }
 }
 

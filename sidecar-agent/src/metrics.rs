@@ -345,7 +345,12 @@ fn labelled_counters<'a, N: EncodeCounterValue>(
     Ok(())
 }
 
-/// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires.
+/// How long open scrapes may go on after `cancel` before their connections are closed (the gRPC server's too).
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires; the scrapes in progress then get
+/// [`DRAIN`] to end. A graceful shutdown alone would wait for every open connection, and hyper sets no deadline on
+/// a request's headers, so one client that never ends its request would keep the agent from stopping.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -364,7 +369,16 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    let server = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let forced = async {
+        cancel.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(server) => r,
+        () = forced => {
+            tracing::warn!("metrics connections still open {DRAIN:?} after shutdown; closing them");
+            Ok(())
+        }
+    }
 }
