@@ -56,7 +56,7 @@ impl Report {
             streams: Mutex::new(Streams::default()),
             next_token: AtomicU32::new(1),
             tick_ms,
-            ticker: Some(Ticker::start(Scheduler(scheduler), tick_ms)),
+            ticker: Some(Ticker::start(Scheduler(scheduler), tick_ms)?),
             quiet_failures: AtomicU32::new(0),
         })
     }
@@ -236,10 +236,13 @@ struct Ticker {
 }
 
 impl Ticker {
-    fn start(scheduler: Scheduler, tick_ms: u64) -> Self {
+    /// `Err` when the system refuses a thread (a pids limit): `thread::spawn` would panic, and a panic in the
+    /// configuration hook aborts Envoy; the configuration is refused instead.
+    fn start(scheduler: Scheduler, tick_ms: u64) -> Result<Self, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = thread::spawn(move || {
+        let raw = scheduler.0;
+        let spawned = thread::Builder::new().name("grayscope-tick".to_owned()).spawn(move || {
             while !flag.load(Ordering::Acquire) {
                 thread::park_timeout(Duration::from_millis(tick_ms));
                 if !flag.load(Ordering::Acquire) {
@@ -248,7 +251,13 @@ impl Ticker {
             }
             scheduler
         });
-        Self { stop, thread }
+        match spawned {
+            Ok(thread) => Ok(Self { stop, thread }),
+            Err(e) => {
+                abi::scheduler_delete(raw);
+                Err(format!("cannot start the report ticker thread: {e}"))
+            }
+        }
     }
 
     fn stop(self) {
