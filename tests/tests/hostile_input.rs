@@ -85,6 +85,77 @@ fn hostile_gray_headers_are_refused_counted_and_never_fail_the_request() {
 }
 
 #[test]
+fn reserved_gray_versions_are_refused_like_any_invalid_version() {
+    // `none`, `unknown` and `other` are the placeholders of `gray_version`: taken as versions, they would be
+    // forwarded and counted in the series of unversioned traffic, of the allowlist's outsiders and of the overflow.
+    let s = Stack::start("{}");
+    let mut c = Client::new(s.envoy.listener("ingress"));
+    let cases: Vec<Case<'_>> = vec![
+        ("h-other", vec![("x-gray-version", b"other")]),
+        ("h-none", vec![("x-gray-version", b"none")]),
+        ("h-unknown", vec![("x-gray-version", b" unknown\t")]),
+        ("b-other", vec![("baggage", b"a=1,gray.version=other")]),
+        ("b-none", vec![("baggage", b"gray.version=%6Eone")]),
+    ];
+    for (id, headers) in &cases {
+        let mut h = headers.clone();
+        h.push(("x-test-id", id.as_bytes()));
+        assert_eq!(c.get("/reserved", &h).status, 200, "{id}");
+        let seen = s.http.request(id);
+        assert!(
+            seen.all("x-gray-version").is_empty(),
+            "{id}: forwarded x-gray-version {:?}",
+            seen.all("x-gray-version")
+        );
+        assert!(
+            seen.all("baggage").iter().all(|b| !b.contains("gray.version")),
+            "{id}: forwarded baggage {:?}",
+            seen.all("baggage")
+        );
+    }
+    assert_eq!(s.http.request("b-other").all("baggage"), ["a=1"]);
+    // A refused header leaves the next source its turn, as for any invalid value.
+    let h: Vec<(&str, &[u8])> = vec![
+        ("x-gray-version", b"other"),
+        ("baggage", b"gray.version=v2"),
+        ("x-test-id", b"h-other-b-v2"),
+    ];
+    assert_eq!(c.get("/reserved", &h).status, 200);
+    let seen = s.http.request("h-other-b-v2");
+    assert_eq!(seen.all("x-gray-version"), ["v2"]);
+    assert_eq!(seen.all("baggage"), ["gray.version=v2"]);
+    // Versions keep their case, and so do labels: `Other` is a version like any other, not the overflow.
+    let h: Vec<(&str, &[u8])> = vec![("x-gray-version", b"Other"), ("x-test-id", b"h-Other")];
+    assert_eq!(c.get("/reserved", &h).status, 200);
+    assert_eq!(s.http.request("h-Other").all("x-gray-version"), ["Other"]);
+
+    let text = s.envoy.prometheus();
+    prom::assert_line(
+        &text,
+        "grayscope_gray_version_invalid_total{source=\"header\",reason=\"reserved\"} 4",
+    );
+    prom::assert_line(
+        &text,
+        "grayscope_gray_version_invalid_total{source=\"baggage\",reason=\"reserved\"} 2",
+    );
+    prom::assert_line(
+        &text,
+        "grayscope_gray_version_invalid_total{source=\"header\",reason=\"bad_char\"} 0",
+    );
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /reserved\",gray_version=\"none\",status=\"2xx\"} 5");
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /reserved\",gray_version=\"v2\",status=\"2xx\"} 1");
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /reserved\",gray_version=\"Other\",status=\"2xx\"} 1");
+    let calls = prom::samples(&text, "grayscope_interface_calls_total");
+    for placeholder in ["other", "unknown"] {
+        let label = format!("gray_version=\"{placeholder}\"");
+        assert!(calls.iter().all(|l| !l.contains(&label)), "{calls:#?}");
+    }
+    assert_eq!(calls.len(), 3, "{calls:#?}");
+    assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 7.0);
+    assert_vm_healthy(&s.envoy.log());
+}
+
+#[test]
 fn hostile_baggage_is_cleaned_member_by_member() {
     let s = Stack::start("{}");
     let mut c = Client::new(s.envoy.listener("ingress"));
