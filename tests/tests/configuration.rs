@@ -21,6 +21,10 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
             r#"{"gray":{"allowed_versions":["v 1"]}}"#,
             "gray.allowed_versions[0]: \"v 1\" is not valid",
         ),
+        (
+            r#"{"gray":{"allowed_versions":["v1","other"]}}"#,
+            "gray.allowed_versions[1]: \"other\" is reserved",
+        ),
     ];
     for (config, expected) in cases {
         let (line, log) = Stack::refused(config, expected);

@@ -27,6 +27,10 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
         ),
         (r#"{"gray":{"headr":"x"}}"#, "gray.headr: unknown field `headr`"),
         (
+            r#"{"gray":{"allowed_versions":["v1","other"]}}"#,
+            "gray.allowed_versions[1]: \"other\" is reserved",
+        ),
+        (
             r#"{"report":{"cluster":""}}"#,
             "report.cluster: must be an Envoy cluster name",
         ),

@@ -264,11 +264,21 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             format!("must be a baggage key (an HTTP token), got {baggage_key:?}"),
         );
     }
-    let version_rule = "a version is 1-64 characters of [A-Za-z0-9._-]";
-    if let Some(v) = &raw.gray.default_version {
-        if !gray::is_valid(v) {
-            bad("gray.default_version", format!("{v:?} is not valid: {version_rule}"));
+    let version_problem = |v: &str| {
+        if gray::token(v.as_bytes()) != Ok(v) {
+            Some(format!(
+                "{v:?} is not valid: a version is 1-64 characters of [A-Za-z0-9._-]"
+            ))
+        } else if gray::is_reserved(v) {
+            Some(format!(
+                "{v:?} is reserved: none, unknown and other are gray_version labels of the filter's own"
+            ))
+        } else {
+            None
         }
+    };
+    if let Some(problem) = raw.gray.default_version.as_deref().and_then(version_problem) {
+        bad("gray.default_version", problem);
     }
     if let Some(list) = &raw.gray.allowed_versions {
         if list.is_empty() {
@@ -281,11 +291,8 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
             bad("gray.allowed_versions", format!("at most {MAX_CAP} versions"));
         }
         for (i, v) in list.iter().enumerate() {
-            if !gray::is_valid(v) {
-                bad(
-                    &format!("gray.allowed_versions[{i}]"),
-                    format!("{v:?} is not valid: {version_rule}"),
-                );
+            if let Some(problem) = version_problem(v) {
+                bad(&format!("gray.allowed_versions[{i}]"), problem);
             } else if list[..i].contains(v) {
                 bad(&format!("gray.allowed_versions[{i}]"), format!("{v:?} is listed twice"));
             }

@@ -3,9 +3,16 @@
 //! A version is a token of 1 to 64 characters of `[A-Za-z0-9._-]`: enough for `v2`, `canary`, `2024.06.1-rc.1`,
 //! and nothing that could carry a header, a label separator or a script. Surrounding spaces and tabs (HTTP's
 //! optional whitespace) are trimmed; case is kept, because rollout tools treat `V2` and `v2` as different.
+//! `none`, `unknown` and `other` are not versions: they are the `gray_version` labels the filter gives calls without
+//! one, outside the allowlist and past the cap ([`RESERVED`]). Like labels, they are compared as they are, so `Other`
+//! is a version.
+
+use crate::metrics::{NONE, OTHER, UNKNOWN};
 
 /// Longest accepted version, in bytes.
 pub const MAX_LEN: usize = 64;
+/// The `gray_version` labels of the filter's own; a request or the configuration may not name them as a version.
+pub const RESERVED: [&str; 3] = [NONE, UNKNOWN, OTHER];
 
 /// Why a candidate version was not accepted. Each reason is a label value of
 /// `grayscope_gray_version_invalid_total`, so the set is small and fixed.
@@ -21,15 +28,18 @@ pub enum Invalid {
     Duplicated,
     /// A baggage value whose percent-encoding is broken or does not decode to UTF-8.
     BadEncoding,
+    /// One of the labels of the filter's own ([`RESERVED`]: `none`, `unknown`, `other`).
+    Reserved,
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 5] = [
+    pub const ALL: [Invalid; 6] = [
         Self::Empty,
         Self::TooLong,
         Self::BadChar,
         Self::Duplicated,
         Self::BadEncoding,
+        Self::Reserved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +49,7 @@ impl Invalid {
             Self::BadChar => "bad_char",
             Self::Duplicated => "duplicated",
             Self::BadEncoding => "bad_encoding",
+            Self::Reserved => "reserved",
         }
     }
 }
@@ -63,6 +74,16 @@ impl Source {
 
 /// Validates a raw value (trimming optional whitespace) and returns the normalised version.
 pub fn validate(raw: &[u8]) -> Result<&str, Invalid> {
+    let version = token(raw)?;
+    if is_reserved(version) {
+        return Err(Invalid::Reserved);
+    }
+    Ok(version)
+}
+
+/// The version's syntax alone (trimming optional whitespace), without the reserved labels: the tenant's labels
+/// share the syntax and reserve labels of their own.
+pub fn token(raw: &[u8]) -> Result<&str, Invalid> {
     let trimmed = trim_ows(raw);
     if trimmed.is_empty() {
         return Err(Invalid::Empty);
@@ -80,6 +101,11 @@ pub fn validate(raw: &[u8]) -> Result<&str, Invalid> {
 /// Whether a configured version (from the plugin configuration) is acceptable as it stands, untrimmed.
 pub fn is_valid(v: &str) -> bool {
     validate(v.as_bytes()) == Ok(v)
+}
+
+/// Whether `v` is one of the [`RESERVED`] labels, exactly (labels are case-sensitive).
+pub fn is_reserved(v: &str) -> bool {
+    RESERVED.contains(&v)
 }
 
 fn is_version_byte(b: u8) -> bool {
@@ -136,5 +162,40 @@ mod tests {
         assert!(is_valid("v2"));
         assert!(!is_valid(" v2"));
         assert!(!is_valid(""));
+        assert!(!is_valid("other"));
+    }
+
+    #[test]
+    fn the_labels_of_the_filters_own_are_refused_as_reserved() {
+        assert_eq!(
+            RESERVED,
+            [crate::metrics::NONE, crate::metrics::UNKNOWN, crate::metrics::OTHER]
+        );
+        for reserved in RESERVED {
+            assert_eq!(validate(reserved.as_bytes()), Err(Invalid::Reserved), "{reserved}");
+            assert_eq!(
+                token(reserved.as_bytes()),
+                Ok(reserved),
+                "the syntax alone accepts {reserved}"
+            );
+        }
+        // Optional whitespace is trimmed first, as for any version.
+        assert_eq!(validate(b" other\t"), Err(Invalid::Reserved));
+        // Exact and case-sensitive, as labels are compared: these are versions.
+        for version in [
+            &b"Other"[..],
+            b"NONE",
+            b"Unknown",
+            b"others",
+            b"none1",
+            b"other-v2",
+            b"v-other",
+        ] {
+            assert_eq!(validate(version).map(str::as_bytes), Ok(version), "{version:?}");
+        }
+        // The syntax is checked first: a bad value keeps its own reason.
+        assert_eq!(validate(b"other;x"), Err(Invalid::BadChar));
+        assert_eq!(Invalid::Reserved.as_str(), "reserved");
+        assert!(Invalid::ALL.contains(&Invalid::Reserved));
     }
 }

@@ -188,9 +188,9 @@ pub fn validate_id(raw: &[u8]) -> Result<&[u8], Invalid> {
     Ok(id)
 }
 
-/// Validates a label (a tier, or an allowlist label): the gray version's rule, and not a reserved label.
+/// Validates a label (a tier, or an allowlist label): the gray version's syntax, and not a reserved label.
 pub fn validate_label(raw: &[u8]) -> Result<&str, Invalid> {
-    let label = crate::gray::validate(raw).map_err(|e| match e {
+    let label = crate::gray::token(raw).map_err(|e| match e {
         crate::gray::Invalid::Empty => Invalid::Empty,
         crate::gray::Invalid::TooLong => Invalid::TooLong,
         _ => Invalid::BadChar,

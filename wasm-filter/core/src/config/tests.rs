@@ -86,6 +86,32 @@ fn every_bad_value_is_reported_at_once() {
 }
 
 #[test]
+fn reserved_labels_are_refused_as_versions_and_the_field_named() {
+    let e = err(r#"{"gray":{"default_version":"other"}}"#);
+    assert_eq!(fields(&e), ["gray.default_version"]);
+    assert_eq!(
+        e.to_string(),
+        "invalid grayscope plugin configuration: gray.default_version: \"other\" is reserved: none, unknown and \
+         other are gray_version labels of the filter's own"
+    );
+    let e = err(r#"{"gray":{"allowed_versions":["v1","none","v2","unknown"],"default_version":"none"}}"#);
+    assert_eq!(
+        fields(&e),
+        [
+            "gray.default_version",
+            "gray.allowed_versions[1]",
+            "gray.allowed_versions[3]"
+        ]
+    );
+    assert!(e.problems.iter().all(|p| p.message.contains("is reserved")), "{e}");
+    // Labels are case-sensitive, so these are versions; a value that is not a token says so, reserved or not.
+    let c = parse(br#"{"gray":{"allowed_versions":["Other","NONE"],"default_version":"Other"}}"#).unwrap();
+    assert_eq!(c.gray.default_version.as_deref(), Some("Other"));
+    let e = err(r#"{"gray":{"default_version":" other"}}"#);
+    assert!(e.to_string().contains("is not valid"), "{e}");
+}
+
+#[test]
 fn empty_allowlist_and_default_outside_it_are_refused() {
     assert_eq!(
         fields(&err(r#"{"gray":{"allowed_versions":[]}}"#)),

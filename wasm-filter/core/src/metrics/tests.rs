@@ -142,7 +142,8 @@ fn fixed_counters_exist_from_the_start() {
     let mut host = Recorder::default();
     let m = Metrics::new(&Config::default(), &mut host).unwrap();
     assert_eq!(host.value(INTERFACE_OVERFLOW), 0);
-    assert_eq!(host.series_of(GRAY_INVALID), 10);
+    assert_eq!(host.series_of(GRAY_INVALID), Source::ALL.len() * Invalid::ALL.len());
+    assert_eq!(host.series_of(GRAY_INVALID), 12);
     m.gray_invalid(&mut host, Source::Header, Invalid::TooLong).unwrap();
     assert_eq!(
         host.value("source=.=header;.;reason=.=too_long;.;grayscope_gray_version_invalid_total"),

@@ -79,6 +79,32 @@ fn hostile_headers_are_refused_and_removed() {
 }
 
 #[test]
+fn reserved_labels_are_refused_from_either_source() {
+    let r = d(&[("x-gray-version", b"other"), ("baggage", b"a=1,gray.version=v2")]);
+    assert_eq!(r.version.as_deref(), Some("v2"));
+    assert_eq!(r.invalid, vec![(Source::Header, Invalid::Reserved)]);
+    assert_eq!(r.gray_header, Rewrite::Set("v2".into()));
+
+    // Percent-decoded first: `%6Eone` is `none`.
+    let r = d(&[("x-gray-version", b"unknown"), ("baggage", b"a=1,gray.version=%6Eone")]);
+    assert_eq!(r.version, None);
+    assert_eq!(
+        r.invalid,
+        vec![
+            (Source::Header, Invalid::Reserved),
+            (Source::Baggage, Invalid::Reserved)
+        ]
+    );
+    assert_eq!(r.gray_header, Rewrite::Remove);
+    assert_eq!(r.baggage_header, Rewrite::Set("a=1".into()));
+
+    let cfg = config::parse(br#"{"gray":{"default_version":"v1"}}"#).unwrap();
+    let r = decide_with(&cfg, &[("x-gray-version", b"none")]);
+    assert_eq!(r.version.as_deref(), Some("v1"));
+    assert_eq!(r.gray_header, Rewrite::Set("v1".into()));
+}
+
+#[test]
 fn bad_baggage_members_are_reported_and_dropped() {
     let r = d(&[("baggage", b"a=1,gray.version=%ZZ,c=2")]);
     assert_eq!(r.invalid, vec![(Source::Baggage, Invalid::BadEncoding)]);
