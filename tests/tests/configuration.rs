@@ -25,6 +25,10 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
             r#"{"gray":{"allowed_versions":["v1","other"]}}"#,
             "gray.allowed_versions[1]: \"other\" is reserved",
         ),
+        (
+            r#"{"gray":{"header":"Content-Type"}}"#,
+            "gray.header: \"content-type\" is not the filter's to rewrite",
+        ),
     ];
     for (config, expected) in cases {
         let (line, log) = Stack::refused(config, expected);

@@ -31,6 +31,10 @@ fn an_invalid_configuration_is_refused_and_the_log_names_the_field() {
             "gray.allowed_versions[1]: \"other\" is reserved",
         ),
         (
+            r#"{"gray":{"header":"Content-Type"}}"#,
+            "gray.header: \"content-type\" is not the filter's to rewrite",
+        ),
+        (
             r#"{"report":{"cluster":""}}"#,
             "report.cluster: must be an Envoy cluster name",
         ),

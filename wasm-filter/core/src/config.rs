@@ -190,6 +190,41 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     validate(raw)
 }
 
+/// Headers `gray.header` may not name. The filter removes the header when its value is not a valid version (or
+/// replaces it with the default one), so the header must be the gray version's alone, never one that HTTP, Envoy,
+/// gRPC or the application's tracing and authentication read: a typo'd configuration naming `content-type` would
+/// otherwise strip every request's content type.
+const NOT_GRAY_HEADERS: [&str; 18] = [
+    // Framing and connection options (RFC 9110 §7.6.1, RFC 9112 §6): hop-by-hop, Envoy's to manage.
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    // Content and routing.
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "host",
+    "expect",
+    // Credentials.
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    // Tracing Envoy and the application propagate (the filter's own `baggage` is refused above).
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+];
+/// Prefixes of headers owned by Envoy (`x-envoy-`) and by gRPC (`grpc-`, reserved by its wire protocol).
+const NOT_GRAY_HEADER_PREFIXES: [&str; 2] = ["x-envoy-", "grpc-"];
+
+fn not_a_gray_header(lowercase: &str) -> bool {
+    NOT_GRAY_HEADERS.contains(&lowercase) || NOT_GRAY_HEADER_PREFIXES.iter().any(|p| lowercase.starts_with(p))
+}
+
 fn validate(raw: Raw) -> Result<Config, ConfigError> {
     let mut problems = Vec::new();
     let mut bad = |field: &str, message: String| {
@@ -255,6 +290,14 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
         bad(
             "gray.header",
             format!("must be an HTTP header name other than baggage, got {header:?}"),
+        );
+    } else if not_a_gray_header(&header) {
+        bad(
+            "gray.header",
+            format!(
+                "{header:?} is not the filter's to rewrite: it carries the request's framing, content, routing, \
+                 credentials or tracing (the filter removes or replaces an invalid version)"
+            ),
         );
     }
     let baggage_key = raw.gray.baggage_key.unwrap_or(defaults.gray.baggage_key);

@@ -148,3 +148,33 @@ fn report_settings_that_cannot_work_are_refused() {
     assert_eq!(ok.report.max_batch_bytes, 65536);
     assert_eq!(Config::default().report.max_batch_bytes, 1 << 20);
 }
+
+#[test]
+fn a_gray_header_that_http_envoy_grpc_or_tracing_owns_is_refused() {
+    for name in [
+        "Content-Type",
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "authorization",
+        "traceparent",
+    ] {
+        let e = err(&format!(r#"{{"gray":{{"header":"{name}"}}}}"#));
+        assert_eq!(fields(&e), ["gray.header"], "{name}");
+        assert!(e.to_string().contains("is not the filter's to rewrite"), "{name}: {e}");
+    }
+    for name in ["x-envoy-upstream-canary", "grpc-timeout", "x-request-id"] {
+        assert_eq!(
+            fields(&err(&format!(r#"{{"gray":{{"header":"{name}"}}}}"#))),
+            ["gray.header"],
+            "{name}"
+        );
+    }
+    // Names that merely resemble them are the operator's to choose.
+    for name in ["x-canary", "x-content-version", "x-gray-host", "x-grpc-version"] {
+        assert!(
+            parse(format!(r#"{{"gray":{{"header":"{name}"}}}}"#).as_bytes()).is_ok(),
+            "{name}"
+        );
+    }
+}
