@@ -5,8 +5,10 @@
  * - inet_sock_set_state as a tp_btf program (handle_set_state), or a raw tracepoint where the kernel refuses BTF
  *   tracing programs (handle_set_state_raw); the arguments sk, oldstate, newstate; see set_state
  *     CLOSE -> LISTEN          remember the listener's owner (the listen() caller is `current`) in `listeners`,
- *                              keyed by (netns, family, bound address, port)
- *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc)
+ *                              keyed by (netns, family, bound address, port); the one it displaces, in
+ *                              `listeners_prev`
+ *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc),
+ *                              giving the address back to the listener it displaced if that one still listens
  *     CLOSE -> SYN_SENT        remember the connecting task (it is `current` here) in `conns`
  *     SYN_SENT -> ESTABLISHED  emit ESTABLISHED (client) with the full 4-tuple, now that the port is bound
  *     SYN_RECV -> ESTABLISHED  remember a passive connection and emit ESTABLISHED (server) named after the owner of
@@ -18,9 +20,10 @@
  *     `current`, so the server side gets the exact accepting process; emit ACCEPTED. Off by default: enabling any
  *     syscall tracepoint puts every syscall of every task on the node on the tracing slow path.
  *
- * Every `conns` insert is deleted at TCP_CLOSE, every `listeners` insert at LISTEN -> CLOSE. The inserts that may
- * miss their delete (the accept side winning a race with a close, see on_accept_exit; a listener replaced at its
- * key by another one) are bounded by the LRU maps, which evict instead of filling up.
+ * Every `conns` insert is deleted at TCP_CLOSE, every `listeners` and `listeners_prev` insert at LISTEN -> CLOSE.
+ * The inserts that may miss their delete (the accept side winning a race with a close, see on_accept_exit; a
+ * displaced listener whose key's entry went by eviction) are bounded by the LRU maps, which evict instead of
+ * filling up.
  *
  * Every emit counts GS_STAT_PRODUCED and, when the ring buffer is full, GS_STAT_DROPPED, so the reader can check
  * delivered + dropped == produced. A passive open whose listener is unknown counts GS_STAT_UNOWNED.
@@ -98,6 +101,17 @@ struct {
 	__type(key, struct gs_listen_key);
 	__type(value, struct gs_listen_owner);
 } listeners SEC(".maps");
+
+/* The listener a newer one displaced at its key (`listeners` has one entry per address): an older member of a
+ * SO_REUSEPORT group, or the listener that holds the port while another socket's listen() fails after its
+ * CLOSE -> LISTEN. When the newer one closes, the displaced one gets the key back if it still listens. One level
+ * deep; deleted when it is given back, when it closes, and when its key's entry goes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct gs_listen_key);
+	__type(value, struct gs_listen_owner);
+} listeners_prev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -224,11 +238,12 @@ static __always_inline void listen_key(struct gs_listen_key *k, __u32 netns, con
 }
 
 /* listen(): the caller owns the listener. BPF_ANY: of several SO_REUSEPORT listeners on one address, the newest
- * names them all (the map has one entry per address). Deleted at LISTEN -> CLOSE. */
+ * names them all (the map has one entry per address); the one it displaces is kept in `listeners_prev`. Deleted
+ * at LISTEN -> CLOSE. */
 static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tuple *t, const int direct)
 {
 	struct gs_listen_key k = {};
-	struct gs_listen_owner o = {};
+	struct gs_listen_owner o = {}, *old;
 
 	listen_key(&k, netns, t);
 	o.skaddr = skaddr;
@@ -236,20 +251,42 @@ static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tu
 		OWN_DIRECT(&o);
 	else
 		OWN(&o);
+	old = bpf_map_lookup_elem(&listeners, &k);
+	if (old && old->skaddr != 0 && old->skaddr != skaddr)
+		bpf_map_update_elem(&listeners_prev, &k, old, BPF_ANY);
 	bpf_map_update_elem(&listeners, &k, &o, BPF_ANY);
 }
 
-/* A listener closed: forget its entry, unless a newer listener on the same address replaced it. An entry the agent
+/* Whether the socket at `skaddr` still listens on `port`: probe reads, since a displaced listener may have closed
+ * (and its memory gone to another socket) without this program seeing it as the entry's owner. */
+static __always_inline int still_listening(__u64 skaddr, __u16 port)
+{
+	const struct sock *sk = (const struct sock *)skaddr;
+
+	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN && BPF_CORE_READ(sk, __sk_common.skc_num) == port;
+}
+
+/* A listener closed (or its listen() failed): if it names its address, the listener it displaced takes the name
+ * back when it still listens, else the entry goes; if it is the displaced one, it is forgotten. An entry the agent
  * seeded from /proc (skaddr 0) cannot be told apart, so it goes with the first listener closed at its address. */
 static __always_inline void on_listen_close(__u64 skaddr, __u32 netns, const struct tuple *t)
 {
 	struct gs_listen_key k = {};
-	struct gs_listen_owner *o;
+	struct gs_listen_owner *o, *prev;
 
 	listen_key(&k, netns, t);
 	o = bpf_map_lookup_elem(&listeners, &k);
-	if (o && (o->skaddr == skaddr || o->skaddr == 0))
-		bpf_map_delete_elem(&listeners, &k);
+	prev = bpf_map_lookup_elem(&listeners_prev, &k);
+	if (o && (o->skaddr == skaddr || o->skaddr == 0)) {
+		if (prev && prev->skaddr != skaddr && still_listening(prev->skaddr, t->lport))
+			bpf_map_update_elem(&listeners, &k, prev, BPF_ANY);
+		else
+			bpf_map_delete_elem(&listeners, &k);
+		if (prev)
+			bpf_map_delete_elem(&listeners_prev, &k);
+	} else if (prev && prev->skaddr == skaddr) {
+		bpf_map_delete_elem(&listeners_prev, &k);
+	}
 }
 
 /* The owner of the listener that accepted the connection whose local end is `t`: a listener bound to that address,

@@ -2,7 +2,8 @@
 //! tracepoints (off by default): a `python3` server accepts a connection from the test process, and the agent's
 //! table names the server's pid on the accepted side, whether the server called listen() after the agent started
 //! (recorded by the kernel at CLOSE -> LISTEN) or before (found in /proc at start). Closing the listener deletes
-//! its entry in the kernel's `listeners` map.
+//! its entry in the kernel's `listeners` map, or gives the address back to the listener it displaced (a
+//! SO_REUSEPORT group's older member, the holder of the port when another socket's listen() fails).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -103,5 +104,99 @@ async fn a_listener_opened_before_the_agent_names_its_connections() {
     let (child, port) = server("::");
     let agent = start(common::config(NetnsFilter::Own)).await;
     check(&agent, child, SocketAddr::from(([0u16; 8], port)), true).await;
+    agent.agent.stop().await;
+}
+
+/// A `python3` child running `script` with `port` as `sys.argv[1]`; `steps` lines from stdin move it on.
+fn step_child(script: &str, port: u16) -> Child {
+    python(&format!("import sys; sys.argv = ['child', '{port}']\n{script}"))
+}
+
+fn step(child: &mut Child, expect: &str) {
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(first_line(child), expect);
+}
+
+/// The pid the kernel's `listeners` map names for 127.0.0.1:`port`, once it names one.
+async fn owner_of(agent: &TestAgent, port: u16) -> Option<u32> {
+    let key = SocketAddr::from(([127, 0, 0, 1], port));
+    agent.agent.listener_owner(agent.agent.netns(), key).map(|o| o.pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_that_fails_leaves_the_listener_that_holds_the_port_named() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    // Two sockets with SO_REUSEADDR may bind one port while neither listens; the second listen() then fails
+    // (EADDRINUSE), after the kernel has recorded its CLOSE -> LISTEN -> CLOSE.
+    let mut holder = python(
+        "import socket, sys\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('127.0.0.1', 0)); print(l.getsockname()[1], flush=True)\n\
+         sys.stdin.readline(); l.listen(8); print('listening', flush=True)\n\
+         sys.stdin.read()\n",
+    );
+    let port: u16 = first_line(&mut holder).parse().unwrap();
+    let mut loser = step_child(
+        "import errno, socket, sys\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', int(sys.argv[1]))); print('bound', flush=True)\n\
+         sys.stdin.readline()\n\
+         try:\n    s.listen(8); print('listening', flush=True)\n\
+         except OSError as e:\n    print('refused' if e.errno == errno.EADDRINUSE else e, flush=True)\n\
+         sys.stdin.read()\n",
+        port,
+    );
+    assert_eq!(first_line(&mut loser), "bound");
+    step(&mut holder, "listening");
+    step(&mut loser, "refused");
+    assert_eq!(
+        owner_of(&agent, port).await,
+        Some(holder.id()),
+        "the failed listen() took the entry of the listener that holds the port"
+    );
+    common::finish(loser);
+    common::finish(holder);
+    let key = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for("the entry to go with its listener", || {
+        agent.agent.listener_owner(agent.agent.netns(), key).is_none()
+    })
+    .await;
+    agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_newest_listener_of_a_reuseport_group_leaves_the_older_one_named() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    const REUSEPORT: &str = "import socket, sys\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n\
+         l.bind(('127.0.0.1', int(sys.argv[1]))); l.listen(8); print(l.getsockname()[1], flush=True)\n\
+         sys.stdin.readline(); l.close(); print('closed', flush=True)\n\
+         sys.stdin.read()\n";
+    let mut older = step_child(REUSEPORT, 0);
+    let port: u16 = first_line(&mut older).parse().unwrap();
+    let mut newer = step_child(REUSEPORT, port);
+    assert_eq!(first_line(&mut newer), port.to_string());
+    // One entry per address: the newest listener names the group.
+    assert_eq!(owner_of(&agent, port).await, Some(newer.id()));
+    step(&mut newer, "closed");
+    assert_eq!(
+        owner_of(&agent, port).await,
+        Some(older.id()),
+        "the older listener, still accepting, lost its name with the newer one's close"
+    );
+    step(&mut older, "closed");
+    assert_eq!(
+        owner_of(&agent, port).await,
+        None,
+        "the last listener's close deletes the entry"
+    );
+    common::finish(newer);
+    common::finish(older);
     agent.agent.stop().await;
 }
