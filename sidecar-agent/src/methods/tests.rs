@@ -259,3 +259,59 @@ fn tenant_rows_count_against_max_rows_and_the_idlest_goes() {
     let tenants: Vec<String> = t.list().into_iter().map(|r| r.tenant).collect();
     assert_eq!(tenants, ["a", "c"]);
 }
+
+#[test]
+fn a_full_declaration_table_evicts_the_declaration_unused_the_longest() {
+    // Against a plain model (a list in order of last declaration), over redeclarations, evictions and an expiry.
+    let mut t = MethodTable::new(3, 10);
+    let mut model: Vec<(u32, String)> = Vec::new();
+    let decl = |method: &str| MethodMetadata {
+        service: "pkg.S".into(),
+        method: method.into(),
+        ..MethodMetadata::default()
+    };
+    let script = [
+        (1, "a"),
+        (1, "b"),
+        (2, "c"),
+        (1, "a"),
+        (3, "d"),
+        (3, "e"),
+        (2, "c"),
+        (4, "f"),
+        (3, "e"),
+    ];
+    for (pid, method) in script {
+        let evicted = t.declare(pid, decl(method)).evicted_idle;
+        let key = (pid, method.to_owned());
+        let was_there = model.contains(&key);
+        model.retain(|k| *k != key);
+        let model_evicts = !was_there && model.len() >= 3;
+        if model_evicts {
+            model.remove(0);
+        }
+        model.push(key);
+        assert_eq!(evicted, model_evicts, "after {pid} {method}");
+        let mut have: Vec<(u32, String)> = t.list().iter().map(|r| (pid_of(r), r.method.clone())).collect();
+        let mut want = model.clone();
+        have.sort();
+        want.sort();
+        assert_eq!(have, want, "after {pid} {method}");
+    }
+    // Expiring a declaring pid takes its declarations out of the eviction order too.
+    let now = Instant::now();
+    let gone = |pid: u32| pid != 3;
+    t.expire_exited(|_, _| true, |pid| !gone(pid), Duration::ZERO, now);
+    model.retain(|k| !gone(k.0));
+    t.declare(5, decl("g"));
+    t.declare(6, decl("h"));
+    model.extend([(5, "g".to_owned()), (6, "h".to_owned())]);
+    let mut have: Vec<(u32, String)> = t.list().iter().map(|r| (pid_of(r), r.method.clone())).collect();
+    have.sort();
+    model.sort();
+    assert_eq!(have, model);
+}
+
+fn pid_of(row: &MethodStats) -> u32 {
+    row.process.as_ref().map_or(0, |p| p.pid)
+}
