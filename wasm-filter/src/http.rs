@@ -127,26 +127,29 @@ impl Call {
             return Ok(());
         };
         let skip_properties = cfg!(feature = "bench-skip-log-properties");
+        // A read that fails (Envoy answers these, or NotFound) is logged and read as absent: the call is still
+        // counted, as the native build counts it, since every call is in the sums.
         let code = if skip_properties {
             Some(200)
         } else {
-            abi::property_u64(abi::path::RESPONSE_CODE)?
+            self.read(abi::property_u64(abi::path::RESPONSE_CODE))
         };
-        let status = decision.status(code, || abi::property_u64(abi::path::GRPC_STATUS))?;
+        let status = decision.status(code, || {
+            Ok::<_, AbiError>(self.read(abi::property_u64(abi::path::GRPC_STATUS)))
+        })?;
         // No start read (it failed, or `bench-skip-log-properties` never reads the clock): no end read either.
         let ended_ns = self
             .started_ns
             .and_then(|_| abi::now_unix_nano().map_err(|e| self.warn::<()>(e)).ok());
-        let duration_ns = if skip_properties {
-            0
-        } else {
-            self.duration_ns(ended_ns)?
-        };
+        let duration_ns = if skip_properties { 0 } else { self.duration_ns(ended_ns) };
         let service = decision.service(shared.config.service.as_deref(), || {
             if skip_properties {
                 return Ok(None);
             }
-            Ok(abi::property(abi::path::CLUSTER_NAME)?.and_then(|b| String::from_utf8(b).ok()))
+            Ok::<_, AbiError>(
+                self.read(abi::property(abi::path::CLUSTER_NAME))
+                    .and_then(|b| String::from_utf8(b).ok()),
+            )
         })?;
         let call = decision.observed(*side, &service, status, duration_ns);
         // The tenant's bounded label (after the cap), for the record; `None` when the dimension is off.
@@ -170,26 +173,31 @@ impl Call {
         }
         // Only the addresses the agent uses for this direction: each read is a hostcall and an allocation.
         let wanted = Addresses::of(*side);
-        let text = |wanted: bool, path: &[u8]| -> Result<Option<String>, AbiError> {
+        // An address that cannot be read leaves the record without it (the agent then cannot link the call): the
+        // record is still produced, so the report's accounting holds.
+        let text = |wanted: bool, path: &[u8]| -> Option<String> {
             if skip_properties || !wanted {
-                return Ok(None);
+                return None;
             }
-            Ok(abi::property(path)?.and_then(|b| String::from_utf8(b).ok()))
+            self.read(abi::property(path)).and_then(|b| String::from_utf8(b).ok())
         };
         let (client, server) = (
-            text(wanted.client, abi::path::SOURCE_ADDRESS)?,
-            text(wanted.server, abi::path::DESTINATION_ADDRESS)?,
+            text(wanted.client, abi::path::SOURCE_ADDRESS),
+            text(wanted.server, abi::path::DESTINATION_ADDRESS),
         );
         let (upstream_local, upstream_peer) = (
-            text(wanted.upstream_local, abi::path::UPSTREAM_LOCAL_ADDRESS)?,
-            text(wanted.upstream_peer, abi::path::UPSTREAM_ADDRESS)?,
+            text(wanted.upstream_local, abi::path::UPSTREAM_LOCAL_ADDRESS),
+            text(wanted.upstream_peer, abi::path::UPSTREAM_ADDRESS),
         );
         // The clock read at the request headers (Envoy's wall clock, as `request.time` is), or if there is none the
         // end less the duration.
         let start_time_unix_nano = match (self.started_ns, ended_ns) {
             _ if skip_properties => 0,
             (Some(start), Some(_)) => start,
-            _ => abi::now_unix_nano()?.saturating_sub(duration_ns),
+            _ => self
+                .read(abi::now_unix_nano().map(Some))
+                .unwrap_or(0)
+                .saturating_sub(duration_ns),
         };
         let ctx = CallContext {
             start_time_unix_nano,
@@ -214,11 +222,19 @@ impl Call {
     /// the only one the ABI offers (WASI's monotonic clock measured no cheaper than the property): if it stepped
     /// back between the reads, or a read failed, the property gives the duration instead. A step forward would
     /// lengthen the calls in flight across it; a synchronised node's clock is slewed, not stepped.
-    fn duration_ns(&self, ended_ns: Option<u64>) -> Result<u64, AbiError> {
+    fn duration_ns(&self, ended_ns: Option<u64>) -> u64 {
         match request::elapsed_ns(self.started_ns, ended_ns) {
-            Some(ns) => Ok(ns),
-            None => Ok(abi::property_u64(abi::path::REQUEST_DURATION)?.unwrap_or(0)),
+            Some(ns) => ns,
+            None => self.read(abi::property_u64(abi::path::REQUEST_DURATION)).unwrap_or(0),
         }
+    }
+
+    /// A property read at the end of the call: a failure is logged and read as absent.
+    fn read<T>(&self, result: Result<Option<T>, AbiError>) -> Option<T> {
+        result.unwrap_or_else(|e| {
+            log::warn!("#{} {e}", self.id);
+            None
+        })
     }
 
     fn check(&self, result: Result<(), AbiError>) {
