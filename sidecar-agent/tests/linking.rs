@@ -9,8 +9,8 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{finish, first_line, next, privileged, python, report, start};
-use proto::v1::{LinkState, ListMethodsRequest, MethodMetadata, ReportMethodMetadataRequest, WatchRequest};
+use common::{finish, first_line, methods, next, privileged, python, report, start};
+use proto::v1::{LinkState, MethodMetadata, ReportMethodMetadataRequest, WatchRequest};
 use sidecar_agent::{Config, NetnsFilter};
 
 fn config() -> Config {
@@ -128,12 +128,7 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
     assert_eq!(call.unlinked_reason, "no usable client address");
 
     // The method table counts each call on its row.
-    let rows = client
-        .list_methods(ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods;
+    let rows = methods(&mut client).await;
     let row = |method: &str, pid: u32| {
         rows.iter()
             .find(|r| r.method == method && r.process.as_ref().map_or(0, |p| p.pid) == pid)
@@ -164,12 +159,7 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
         .unwrap()
         .into_inner();
     assert_eq!(declared.accepted, 1);
-    let rows = client
-        .list_methods(ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods;
+    let rows = methods(&mut client).await;
     let row = rows
         .iter()
         .find(|r| r.method == "Declared")
@@ -236,12 +226,7 @@ async fn inbound_calls_name_the_serving_process() {
     let conn = call.connection.unwrap();
     assert_eq!(conn.local.unwrap().port, u32::from(app.port()));
     assert_eq!(conn.remote.unwrap().port, u32::from(envoy_end.port()));
-    let rows = client
-        .list_methods(ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods;
+    let rows = methods(&mut client).await;
     let row = rows.iter().find(|r| r.method == "Serve").unwrap();
     assert_eq!(row.direction, proto::v1::Direction::Inbound as i32);
     assert_eq!(row.process.as_ref().unwrap().pid, server_pid);

@@ -7,10 +7,9 @@ mod common;
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::{finish, first_line, privileged, python, report, start};
-use proto::v1::{collector_client::CollectorClient, ListMethodsRequest, MethodStats};
+use common::{finish, first_line, methods, privileged, python, report, start};
+use proto::v1::MethodStats;
 use sidecar_agent::{Config, NetnsFilter};
-use tonic::transport::Channel;
 
 fn config() -> Config {
     Config {
@@ -34,15 +33,6 @@ fn client_child(server: SocketAddr) -> std::process::Child {
          sys.stdin.read()\n",
         server.port()
     ))
-}
-
-async fn rows(client: &mut CollectorClient<Channel>) -> Vec<MethodStats> {
-    client
-        .list_methods(ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods
 }
 
 fn pid_of(row: &MethodStats) -> u32 {
@@ -72,7 +62,7 @@ async fn short_lived_clients_never_fill_the_method_table() {
         let want = pid;
         let mut found = false;
         for _ in 0..1500 {
-            if rows(&mut client).await.iter().any(|r| pid_of(r) == want) {
+            if methods(&mut client).await.iter().any(|r| pid_of(r) == want) {
                 found = true;
                 break;
             }
@@ -81,7 +71,7 @@ async fn short_lived_clients_never_fill_the_method_table() {
         assert!(
             found,
             "call {i} of process {pid} was not counted: {:#?}",
-            rows(&mut client).await
+            methods(&mut client).await
         );
         if i < 7 {
             finish(child);
@@ -94,7 +84,7 @@ async fn short_lived_clients_never_fill_the_method_table() {
     // The exited processes' rows go after the grace period; the live one stays.
     let mut remaining = Vec::new();
     for _ in 0..1500 {
-        remaining = rows(&mut client).await.iter().map(pid_of).collect();
+        remaining = methods(&mut client).await.iter().map(pid_of).collect();
         if remaining == [last_pid] {
             break;
         }
@@ -138,7 +128,7 @@ async fn one_client_sending_endless_method_names_is_folded_into_other() {
     assert_eq!(report(&mut client, calls).await, 100);
     let mut got = Vec::new();
     for _ in 0..1500 {
-        got = rows(&mut client).await;
+        got = methods(&mut client).await;
         if got.iter().map(|r| r.calls).sum::<u64>() == 100 {
             break;
         }

@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::{first_line, outbound, privileged, report, PATIENCE};
-use proto::v1::{collector_client::CollectorClient, ListMethodsRequest, MethodStats};
+use proto::v1::{collector_client::CollectorClient, MethodStats};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
@@ -103,13 +103,7 @@ impl Drop for NamespacedAgent {
 }
 
 async fn row(client: &mut CollectorClient<Channel>, method: &str) -> Option<MethodStats> {
-    let rows = client
-        .list_methods(ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods;
-    rows.into_iter().find(|r| r.method == method)
+    common::methods(client).await.into_iter().find(|r| r.method == method)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

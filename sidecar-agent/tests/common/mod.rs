@@ -220,6 +220,16 @@ pub async fn report(client: &mut CollectorClient<Channel>, calls: Vec<CallRecord
         .accepted
 }
 
+/// The agent's method table (`ListMethods`).
+pub async fn methods(client: &mut CollectorClient<Channel>) -> Vec<proto::v1::MethodStats> {
+    client
+        .list_methods(proto::v1::ListMethodsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .methods
+}
+
 /// The next message of a watch stream, within [`PATIENCE`].
 pub async fn next(stream: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
     patiently("a watch message", stream.message())
