@@ -174,3 +174,104 @@ fn a_plugin_reload_under_load_drains_every_buffered_record() {
         &format!("grayscope_agent_call_records_received_total {requests}"),
     );
 }
+
+/// The thread an Envoy log line was written on: the second bracketed field of Envoy's default log format
+/// (`[%Y-%m-%d %T.%e][%t][%l][%n] ...`).
+fn thread_of(line: &str) -> &str {
+    line.split('[')
+        .nth(2)
+        .and_then(|f| f.split(']').next())
+        .unwrap_or_default()
+}
+
+/// A request in flight across the reload keeps the old configuration alive until it ends, so Envoy destroys that
+/// configuration on the worker thread serving the request, not on its main thread (the last `shared_ptr` to it is
+/// the filter's). Native build only: the wasm build's plugin lives in per-worker VMs. The old configuration still
+/// buffers records then; they must neither be lost nor be sent from the worker: report calls are streams of the
+/// configuration, which Envoy only expects on its main thread (and a successor found from a worker may be freed
+/// by the main thread meanwhile). Every record is still accounted for and reaches the agent.
+#[test]
+fn a_configuration_destroyed_by_a_request_that_outlived_it_sends_its_records_from_the_main_thread() {
+    if !privileged() || FilterBuild::current() != FilterBuild::Native {
+        return;
+    }
+    // The first configuration never flushes on its own: whatever it buffers, it still holds when destroyed.
+    let (envoy, http, ecds, socket, _dir) =
+        start(r#"{"report":{"flush_interval_ms":60000,"max_batch":10000,"max_buffer":10000}}"#);
+    let agent = Agent::start(&socket, &[]);
+    let mut c = Client::new(envoy.listener("ingress"));
+    for n in 0..20 {
+        assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200, "request {n}");
+    }
+    // A request the upstream answers after 3 s, made by the first configuration's filter.
+    let slow = {
+        let addr = envoy.listener("ingress");
+        thread::spawn(move || {
+            Client::new(addr)
+                .get("/orders/slow", &[("x-respond-delay-ms", b"3000")])
+                .status
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.count() < 21 {
+        assert!(Instant::now() < deadline, "the slow request never reached the upstream");
+        thread::sleep(Duration::from_millis(10));
+    }
+    publish(&ecds, "2", r#"{"report":{"flush_interval_ms":50}}"#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.log().matches("grayscope: configured: ").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the second configuration never came:\n{}",
+            envoy.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(slow.join().expect("slow request"), 200);
+    for n in 20..30 {
+        assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200, "request {n}");
+    }
+
+    let text = settled(&envoy, 31);
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"produced\"} 31");
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 31");
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 0");
+    prom::assert_line(&text, "grayscope_report_records_buffered{} 0");
+    let mut c = Client::new(agent.metrics_addr.parse().expect("metrics address"));
+    let metrics = String::from_utf8(c.get("/metrics", &[]).body).expect("utf-8");
+    prom::assert_line(&metrics, "grayscope_agent_call_records_received_total 31");
+
+    // The old configuration's records are sent once the successor settles them; its lines are in the log then.
+    let log = envoy.log_with("handed");
+    let main = log
+        .lines()
+        .find(|l| l.contains("grayscope: configured: "))
+        .map(thread_of)
+        .expect("a configured line");
+    let destroyed = log
+        .lines()
+        .find(|l| l.contains("filter configuration replaced") || l.contains("filter configuration destroyed"))
+        .unwrap_or_else(|| panic!("the first configuration was never destroyed:\n{log}"));
+    // The premise: Envoy destroys this configuration on the worker that served the slow request.
+    assert_ne!(
+        thread_of(destroyed),
+        main,
+        "the configuration was destroyed on the main thread; the test no longer covers a worker-thread destroy:\n{log}"
+    );
+    // Its records reach the successor's report calls: started on the main thread only.
+    let sends: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("handed to its successor") || l.contains("records handed over by"))
+        .collect();
+    assert!(
+        !sends.is_empty(),
+        "no line says who sent the handed-over records:\n{log}"
+    );
+    for line in sends {
+        assert_eq!(
+            thread_of(line),
+            main,
+            "a configuration destroyed on a worker started its successor's report calls from that thread:\n{line}"
+        );
+    }
+}
