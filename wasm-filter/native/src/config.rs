@@ -1,12 +1,16 @@
-//! The filter configuration: one per `DynamicModuleFilter` in Envoy, created on the main thread and shared by
-//! every worker's requests. It parses the plugin configuration (refusing a bad one, so Envoy refuses the filter),
-//! defines every metric while Envoy still allows it, and owns the report path (see [`crate::report`]).
+//! The filter configuration: one per `DynamicModuleFilter` in Envoy, created on the main thread, shared by every
+//! worker's requests, and destroyed on whichever thread drops the last reference (see [`LIVE`]). It parses the
+//! plugin configuration (refusing a bad one, so Envoy refuses the filter), defines every metric while Envoy still
+//! allows it, and owns the report path (see [`crate::report`]).
 //!
 //! Unlike the wasm build, where each worker has its own VM and so its own state, one configuration serves all
 //! workers here: the metrics table and the report buffer sit behind mutexes, held for the few microseconds a
 //! request's bookkeeping takes.
 
-use std::sync::{Mutex, PoisonError};
+use std::{
+    cell::Cell,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
 
 use wasm_filter_core::{
     config::{self, Config},
@@ -24,8 +28,9 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct EnvoyConfig(pub ConfigPtr);
 
-// SAFETY: the pointer is only handed back to Envoy's callbacks, which Envoy allows from any thread for metrics
-// and from the main thread for streams and schedulers (the report path only uses those from main-thread hooks).
+// SAFETY: the pointer is only handed back to Envoy's callbacks, which Envoy allows from any thread for metrics and
+// for committing and deleting a scheduler, and from the main thread for streams and creating a scheduler (the report
+// path starts streams only from main-thread hooks, see `config::on_main_thread`).
 #[allow(unsafe_code)]
 unsafe impl Send for EnvoyConfig {}
 #[allow(unsafe_code)]
@@ -96,25 +101,58 @@ impl FilterConfig {
     }
 }
 
-/// The configurations Envoy has created and not yet destroyed, by address, newest last. Envoy creates and destroys
-/// configurations on its main thread only, so one found here stays alive until that thread's current hook returns.
+/// The configurations Envoy has created and not yet destroyed, by address, newest last.
+///
+/// Envoy creates configurations on its main thread, but destroys one wherever the last reference to it goes: on
+/// the main thread when a reload replaces it, or on a worker when a request that started before the reload ends
+/// after it (the request's filter holds a reference). So a configuration found here is only known to be alive
+/// while this lock is held: one being destroyed, on whatever thread, leaves the list under the lock before it is
+/// freed. See [`unregister`].
 static LIVE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-/// Registers a configuration Envoy now holds (`on_http_filter_config_new` returned it).
+thread_local! {
+    /// Whether this thread creates configurations: Envoy's main thread, the only one that may start a
+    /// configuration's streams.
+    static CREATES_CONFIGURATIONS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Registers a configuration Envoy now holds (`on_http_filter_config_new` returned it), on the thread that
+/// creates configurations.
 pub fn register(config: *const FilterConfig) {
+    CREATES_CONFIGURATIONS.with(|c| c.set(true));
     lock(&LIVE).push(config as usize);
 }
 
-/// Removes a configuration being destroyed; returns the newest other one that reports, to adopt its records.
-pub fn unregister(config: *const FilterConfig) -> Option<*const FilterConfig> {
+/// Whether this is the thread that creates configurations (Envoy's main thread), where a configuration's streams
+/// may be started; `false` on a worker (or on a thread whose locals are gone).
+pub fn on_main_thread() -> bool {
+    CREATES_CONFIGURATIONS.try_with(Cell::get).unwrap_or(false)
+}
+
+/// Removes a configuration being destroyed and keeps [`LIVE`] locked: the configurations still listed stay alive
+/// as long as the returned guard, whatever thread the caller runs on.
+pub fn unregister(config: *const FilterConfig) -> Unregistered {
     let mut live = lock(&LIVE);
     live.retain(|&c| c != config as usize);
-    live.iter().rev().map(|&c| c as *const FilterConfig).find(|&c| {
-        // SAFETY: every address in LIVE is a configuration not yet destroyed (see LIVE), read on the main thread.
-        #[allow(unsafe_code)]
-        let other = unsafe { &*c };
-        other.report.is_some()
-    })
+    Unregistered(live)
+}
+
+/// [`LIVE`], locked, without the configuration being destroyed. Nothing done while it is held may create or
+/// destroy a configuration (Envoy does neither inside a stream start or a metric update).
+pub struct Unregistered(MutexGuard<'static, Vec<usize>>);
+
+impl Unregistered {
+    /// The newest other live configuration that reports, to adopt the records of the one being destroyed; alive
+    /// as long as `self`.
+    pub fn adopter(&self) -> Option<&FilterConfig> {
+        self.0.iter().rev().find_map(|&c| {
+            // SAFETY: every address in LIVE is a configuration not yet freed, and none is freed while LIVE is
+            // locked (its destroy removes it under the lock first); its state is shared (mutexes, atomics).
+            #[allow(unsafe_code)]
+            let other = unsafe { &*(c as *const FilterConfig) };
+            other.report.is_some().then_some(other)
+        })
+    }
 }
 
 /// Locks, taking the data even if another thread panicked while holding it (the filter never panics, and a

@@ -6,7 +6,8 @@
 //! `on_http_filter_destroy` takes back. Envoy keeps a configuration alive as long as a filter made from it, so a
 //! filter's reference to its configuration is valid for the filter's whole life. Every hook checks for null.
 //! Live configurations are also listed in `config::LIVE`, so one being destroyed (a reload) hands its buffered
-//! records to its successor.
+//! records to its successor. Envoy calls every hook of a configuration on its main thread, except the destroy hook,
+//! which runs wherever the last reference goes: on a worker when a request outlived a reload.
 #![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_void};
@@ -64,15 +65,19 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     if config.is_null() {
         return;
     }
-    let adopter = crate::config::unregister(config.cast());
-    // SAFETY: the pointer `on_http_filter_config_new` leaked, destroyed once.
+    // Envoy destroys a configuration on the main thread, or on a worker when a request outlived it (see
+    // `config::LIVE`): the other configurations are only used while `live` is held, and streams are only started
+    // on the main thread.
+    let live = crate::config::unregister(config.cast());
+    let on_main = crate::config::on_main_thread();
+    // SAFETY: the pointer `on_http_filter_config_new` leaked, destroyed once; no longer in LIVE, so no other
+    // thread finds it any more.
     let mut config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
-    // SAFETY: `unregister` returns a live configuration other than this one (main thread, see `config::LIVE`).
-    let adopter = adopter.and_then(|a| unsafe { a.as_ref() });
     let FilterConfig { report, registry, .. } = &mut *config;
     if let Some(report) = report {
-        report.shutdown(registry, adopter);
+        report.shutdown(registry, live.adopter(), on_main);
     }
+    drop(live);
 }
 
 #[no_mangle]

@@ -14,6 +14,11 @@
 //! successor (the newest live configuration), which sends them; only the calls in flight at that moment (at most
 //! `max_in_flight` batches) are counted as dropped. Metrics of both are the same Envoy stats (same names), so the
 //! accounting (`produced == sent + dropped + buffered`) holds across the reload.
+//!
+//! A configuration is destroyed on a worker thread when a request that began before the reload ends after it
+//! (its filter held the last reference). The worker may not start streams, so there the batches go into the
+//! successor's handover queue, under the lock that keeps the successor alive (`config::LIVE`), and the
+//! successor's next tick sends them from the main thread (or its own destroy passes them on).
 
 use std::{
     sync::{
@@ -44,6 +49,9 @@ pub struct Report {
     ticker: Option<Ticker>,
     /// Failed dispatches since the last logged one, so a dead agent does not flood Envoy's log.
     quiet_failures: AtomicU32,
+    /// Batches a configuration destroyed off the main thread handed over (already adopted: counted as held
+    /// here), for the next tick to send from the main thread.
+    handover: Mutex<Vec<Batch>>,
 }
 
 impl Report {
@@ -58,6 +66,7 @@ impl Report {
             tick_ms,
             ticker: Some(Ticker::start(Scheduler(scheduler), tick_ms)?),
             quiet_failures: AtomicU32::new(0),
+            handover: Mutex::new(Vec::new()),
         })
     }
 
@@ -65,8 +74,17 @@ impl Report {
         &self.reporter
     }
 
-    /// The tick (main thread): gives up calls past their deadline and sends the batches that are due.
+    /// The tick (main thread): sends what a configuration destroyed off the main thread handed over, gives up
+    /// calls past their deadline and sends the batches that are due.
     pub fn flush(&self, registry: &Mutex<Registry>) {
+        let handed = std::mem::take(&mut *lock(&self.handover));
+        if !handed.is_empty() {
+            let records: usize = handed.iter().map(|b| b.records).sum();
+            log::info!("sending {records} records handed over by a configuration destroyed off the main thread");
+            for batch in handed {
+                self.dispatch(registry, batch);
+            }
+        }
         let mut host = self.host(registry);
         let batches = {
             let mut reporter = lock(&self.reporter);
@@ -122,7 +140,8 @@ impl Report {
         }
     }
 
-    /// Takes over `records` another configuration's reporter handed over (see [`Report::shutdown`]).
+    /// Takes over `records` another configuration's reporter handed over (see [`Report::shutdown`]). Any thread:
+    /// the metric updates are thread-safe.
     fn adopt(&self, registry: &Mutex<Registry>, records: usize) {
         let mut reporter = lock(&self.reporter);
         reporter.adopt(records);
@@ -159,10 +178,13 @@ impl Report {
     }
 
     /// The configuration is going away (a reload, or Envoy stopping): stop the timer, and hand what is buffered
-    /// to `adopter` (the newest other live configuration that reports), which sends it on its own streams and
-    /// counts it as sent or dropped. Without one, or for calls in flight (Envoy resets this configuration's
-    /// streams once it is destroyed), the records are counted as dropped: never lost from the accounting.
-    pub fn shutdown(&mut self, registry: &Mutex<Registry>, adopter: Option<&FilterConfig>) {
+    /// (and what was handed over to it and not sent yet) to `adopter` (the newest other live configuration that
+    /// reports, kept alive by the caller's lock on `config::LIVE`), which sends it on its own streams and counts
+    /// it as sent or dropped. On the main thread (`on_main`) its streams start here; on a worker (a request
+    /// outlived the configuration) the batches wait in the adopter's handover queue for its next tick. Without an
+    /// adopter, or for calls in flight (Envoy resets this configuration's streams once it is destroyed), the
+    /// records are counted as dropped: never lost from the accounting.
+    pub fn shutdown(&mut self, registry: &Mutex<Registry>, adopter: Option<&FilterConfig>, on_main: bool) {
         if let Some(ticker) = self.ticker.take() {
             ticker.stop();
         }
@@ -181,10 +203,20 @@ impl Report {
             log::warn!("{e}");
         }
         batches.extend(drained);
+        // Adopted already (held by this reporter): they go on with the rest. Nothing is queued here any more: this
+        // configuration left `config::LIVE` before.
+        batches.append(&mut lock(&self.handover));
         let records: usize = batches.iter().map(|b| b.records).sum();
         match adopter.and_then(|a| Some((a.report.as_ref()?, &a.registry))) {
             Some((next, next_registry)) => {
-                log::info!("filter configuration replaced: {records} buffered records handed to its successor");
+                if on_main {
+                    log::info!("filter configuration replaced: {records} buffered records handed to its successor");
+                } else {
+                    log::info!(
+                        "filter configuration destroyed off the main thread (a request outlived it): {records} \
+                         buffered records queued for its successor"
+                    );
+                }
                 // Both reporters' buffered shares move in this callback, so the (shared) gauge never misses them.
                 let mut reporter = lock(&self.reporter);
                 reporter.handed_over(records);
@@ -192,9 +224,15 @@ impl Report {
                     log::warn!("{e}");
                 }
                 drop(reporter);
+                // Adopted before the batches are visible to the adopter's tick, so their answers settle records it
+                // holds.
                 next.adopt(next_registry, records);
-                for batch in batches {
-                    next.dispatch(next_registry, batch);
+                if on_main {
+                    for batch in batches {
+                        next.dispatch(next_registry, batch);
+                    }
+                } else {
+                    lock(&next.handover).extend(batches);
                 }
             }
             None => {
