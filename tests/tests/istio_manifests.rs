@@ -305,6 +305,13 @@ fn plugin_configurations_are_accepted_by_the_filter_and_report_to_the_agent_clus
     // The file:// plugin and the EnvoyFilter load the same path.
     let file_plugin = doc("03-wasmplugin-file.yaml");
     let filter = doc("03-envoyfilter-http-filter.yaml");
+    // A module Envoy cannot find fails the listener (fail_open covers a failing VM, not a missing file): both
+    // manifests that load it from a file select only the pods labelled as having it.
+    assert_eq!(file_plugin["spec"]["selector"]["matchLabels"]["grayscope.io/filter"], "file");
+    assert_eq!(
+        filter["spec"]["workloadSelector"]["labels"]["grayscope.io/filter"], "file",
+        "03-envoyfilter-http-filter.yaml would load a missing file into every sidecar of the mesh"
+    );
     let local = filter["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["vm_config"]["code"]
         ["local"]["filename"]
         .as_str()
