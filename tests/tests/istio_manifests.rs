@@ -307,7 +307,10 @@ fn plugin_configurations_are_accepted_by_the_filter_and_report_to_the_agent_clus
     let filter = doc("03-envoyfilter-http-filter.yaml");
     // A module Envoy cannot find fails the listener (fail_open covers a failing VM, not a missing file): both
     // manifests that load it from a file select only the pods labelled as having it.
-    assert_eq!(file_plugin["spec"]["selector"]["matchLabels"]["grayscope.io/filter"], "file");
+    assert_eq!(
+        file_plugin["spec"]["selector"]["matchLabels"]["grayscope.io/filter"],
+        "file"
+    );
     assert_eq!(
         filter["spec"]["workloadSelector"]["labels"]["grayscope.io/filter"], "file",
         "03-envoyfilter-http-filter.yaml would load a missing file into every sidecar of the mesh"

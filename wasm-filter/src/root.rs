@@ -155,9 +155,18 @@ impl Root {
         }
         self.draining = false;
         log::info!("#{} drained: every record sent or counted as dropped", self.id);
+        self.stop_ticks();
         let status = host::done();
         if status != 0 {
             log::warn!("#{} proxy_done failed with status {status}", self.id);
+        }
+    }
+
+    /// Stops this root's timer. Envoy re-arms a root's timer for as long as its period is set, even once the root
+    /// is gone: a replaced configuration would otherwise leave a timer firing into the VM until the VM goes.
+    fn stop_ticks(&self) {
+        if let Err(e) = abi::set_tick_period(0) {
+            log::warn!("#{} stopping the tick: {e}", self.id);
         }
     }
 
@@ -245,6 +254,7 @@ impl Root {
         );
         self.dispatch(&mut reporter, batches);
         if reporter.is_idle() {
+            self.stop_ticks();
             return true;
         }
         self.draining = true;
