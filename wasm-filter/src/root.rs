@@ -16,9 +16,6 @@ use wasm_filter_core::{
 
 use crate::{abi, http::EnvoyMetrics};
 
-/// The root's timer, and so the resolution of the report flush interval.
-const MAX_TICK_MS: u64 = 200;
-
 /// What every request context of this root reads (the configuration) and updates (metrics, the report buffer).
 pub struct Shared {
     pub config: Config,
@@ -58,7 +55,7 @@ impl Root {
         Self {
             id,
             shared: None,
-            tick_ms: MAX_TICK_MS,
+            tick_ms: wasm_filter_core::report::MAX_TICK_MS,
             quiet_failures: 0,
             draining: false,
         }
@@ -71,7 +68,7 @@ impl Root {
         let reporter = if config.report.enabled {
             let name = format!("grayscope/{}", self.id);
             let reporter = Reporter::new(config.report.clone(), name, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
-            self.tick_ms = config.report.flush_interval_ms.min(MAX_TICK_MS);
+            self.tick_ms = config.report.tick_ms();
             abi::set_tick_period(self.tick_ms).map_err(|e| e.to_string())?;
             Some(RefCell::new(reporter))
         } else {

@@ -56,6 +56,20 @@ pub struct ReportConfig {
     pub max_in_flight: usize,
 }
 
+/// The longest tick: the report metrics lag the calls by at most one, and calls past their deadline are given up
+/// at one.
+pub const MAX_TICK_MS: u64 = 200;
+
+impl ReportConfig {
+    /// The period of the timer that drives [`Reporter::tick`]: at most [`MAX_TICK_MS`], and a whole fraction of the
+    /// flush interval (rounded up), so that partial batches leave every `flush_interval_ms` (250 ms: ticks of 125;
+    /// with ticks of 200 they left every 400) and not at the next multiple of the tick.
+    pub fn tick_ms(&self) -> u64 {
+        let interval = self.flush_interval_ms.max(1);
+        interval.div_ceil(interval.div_ceil(MAX_TICK_MS))
+    }
+}
+
 impl Default for ReportConfig {
     fn default() -> Self {
         Self {

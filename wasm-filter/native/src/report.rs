@@ -38,8 +38,6 @@ use crate::{
     streams::Streams,
 };
 
-/// The flush timer's period at most (the configured flush interval when shorter), as in the wasm build.
-const MAX_TICK_MS: u64 = 200;
 pub struct Report {
     envoy: EnvoyConfig,
     reporter: Mutex<Reporter>,
@@ -56,7 +54,7 @@ pub struct Report {
 
 impl Report {
     pub fn start(envoy: EnvoyConfig, reporter: Reporter) -> Result<Self, String> {
-        let tick_ms = reporter.config().flush_interval_ms.clamp(1, MAX_TICK_MS);
+        let tick_ms = reporter.config().tick_ms();
         let scheduler = abi::scheduler_new(envoy.0).ok_or("http_filter_config_scheduler_new returned null")?;
         Ok(Self {
             envoy,

@@ -677,3 +677,52 @@ fn the_defaults_send_twenty_thousand_records_a_second_per_vm() {
     let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
     assert_eq!((v("produced"), v("sent"), v("dropped")), (20480, 20480, 0));
 }
+
+#[test]
+fn the_tick_divides_the_flush_interval() {
+    let tick = |flush_interval_ms| {
+        ReportConfig {
+            flush_interval_ms,
+            ..ReportConfig::default()
+        }
+        .tick_ms()
+    };
+    assert_eq!(tick(1000), 200);
+    assert_eq!(tick(200), 200);
+    assert_eq!(tick(50), 50);
+    assert_eq!(tick(250), 125);
+    assert_eq!(tick(500), 167);
+    assert_eq!(tick(0), 1);
+    // The partial batch leaves at the first tick at or past the interval: within a tick's rounding of it.
+    for flush_interval_ms in [1, 10, 199, 201, 250, 333, 500, 999, 1000, 1234, 60_000] {
+        let cfg = ReportConfig {
+            flush_interval_ms,
+            ..ReportConfig::default()
+        };
+        let t = cfg.tick_ms();
+        assert!((1..=MAX_TICK_MS).contains(&t), "{flush_interval_ms}: {t}");
+        let ticks = flush_interval_ms.max(1).div_ceil(t);
+        assert!(
+            ticks * t - flush_interval_ms.max(1) < ticks,
+            "{flush_interval_ms}: {ticks} ticks of {t}"
+        );
+    }
+}
+
+#[test]
+fn a_partial_batch_leaves_at_the_flush_interval_not_the_next_multiple_of_the_tick() {
+    let cfg = ReportConfig {
+        flush_interval_ms: 250,
+        ..ReportConfig::default()
+    };
+    let tick = cfg.tick_ms();
+    let mut host = Recorder::default();
+    let mut r = Reporter::new(cfg, "test".into(), &mut host).unwrap();
+    r.push(rec(0));
+    let mut elapsed = 0;
+    while ticked(&mut r, &mut host, tick).is_empty() {
+        elapsed += tick;
+        assert!(elapsed < 1000, "never flushed");
+    }
+    assert_eq!(elapsed + tick, 250);
+}
