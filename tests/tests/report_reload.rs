@@ -32,12 +32,17 @@ fn value(text: &str, series: &str) -> f64 {
 
 /// Writes the ECDS resource with `config` atomically (Envoy watches for a rename into place).
 fn publish(ecds: &Path, version: &str, config: &str) {
+    publish_typed(ecds, version, &FilterBuild::current().typed_config(config));
+}
+
+/// Writes the ECDS resource with the filter's whole `typed_config`.
+fn publish_typed(ecds: &Path, version: &str, typed_config: &str) {
     let template = fs::read_to_string(paths::tests_file("fixtures/envoy/ecds-grayscope.yaml")).expect("fixture");
     let yaml = render(
         &template,
         &[
             ("VERSION", version.to_owned()),
-            ("TYPED_CONFIG", FilterBuild::current().typed_config(config)),
+            ("TYPED_CONFIG", typed_config.to_owned()),
         ],
     );
     let tmp = ecds.with_extension("tmp");
@@ -172,6 +177,62 @@ fn a_plugin_reload_under_load_drains_every_buffered_record() {
     prom::assert_line(
         &metrics,
         &format!("grayscope_agent_call_records_received_total {requests}"),
+    );
+}
+
+/// A reload that replaces the wasm VM (same `vm_id`, another VM configuration: Envoy makes a new VM and destroys the
+/// old one at once, with what it buffered, although its root context asked to drain) leaves no record counted as
+/// buffered for ever: a root of the new VM finds the old roots' shares in the shared data of their `vm_id`, once
+/// their heartbeat is past its bound, and counts them as dropped. Wasm build only: the native build has no VM, and
+/// hands a replaced configuration's records to its successor (the test above).
+#[test]
+fn a_reload_that_replaces_the_vm_counts_what_the_old_vm_held_as_dropped() {
+    if FilterBuild::current() != FilterBuild::Wasm {
+        return;
+    }
+    // No agent: the first VM's records stay buffered (a minute's interval), the second's would be dropped.
+    let (envoy, _http, ecds, _socket, _dir) =
+        start(r#"{"report":{"flush_interval_ms":60000,"max_batch":10000,"max_buffer":10000}}"#);
+    let mut c = Client::new(envoy.listener("ingress"));
+    for n in 0..20 {
+        assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200, "request {n}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = envoy.prometheus();
+        if text.contains("grayscope_report_records_buffered{} 20") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the records were never buffered:\n{text}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // The same vm_id with a VM configuration: another VM key, so Envoy builds a new VM and drops the old one.
+    let typed = FilterBuild::Wasm.typed_config(r#"{"report":{"flush_interval_ms":50}}"#);
+    let replaced = typed.replacen(
+        "vm_id: grayscope,",
+        "vm_id: grayscope, configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: \"2\"},",
+        1,
+    );
+    assert_ne!(typed, replaced, "the fixture's vm_config changed shape");
+    publish_typed(&ecds, "2", &replaced);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = envoy.prometheus();
+        if value(&text, "grayscope_report_records_buffered{}") == 0.0 || Instant::now() > deadline {
+            break text;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"produced\"} 20");
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"sent\"} 0");
+    prom::assert_line(&text, "grayscope_report_records_total{outcome=\"dropped\"} 20");
+    prom::assert_line(&text, "grayscope_report_records_buffered{} 0");
+    // The premise: the VM was replaced, not drained (a drain would have counted them as dropped at once).
+    let log = envoy.log();
+    assert!(
+        !log.contains("drained: every record sent"),
+        "the old root drained; the test no longer covers a VM replaced:\n{log}"
     );
 }
 
