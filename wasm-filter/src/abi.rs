@@ -38,6 +38,7 @@ impl fmt::Display for AbiError {
 
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+const CAS_MISMATCH: u32 = 8;
 
 /// The ABI's map type `HttpRequestHeaders`.
 pub const REQUEST_HEADERS: u32 = 0;
@@ -78,6 +79,20 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_grpc_call(
         upstream_data: *const u8,
@@ -232,6 +247,28 @@ pub fn set_tick_period(ms: u64) -> Result<(), AbiError> {
     let ms = u32::try_from(ms).unwrap_or(u32::MAX);
     // SAFETY: a plain integer.
     check("set_tick_period", unsafe { proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// The shared data under `key` (Envoy scopes it by `vm_id`) and its CAS token; `None` when never written.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, AbiError> {
+    let (mut data, mut len, mut cas) = (null_mut(), 0, 0);
+    // SAFETY: the key is a live `&str`, the out-pointers valid locals; the returned buffer is taken over below.
+    let status = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut len, &mut cas) };
+    if status == NOT_FOUND {
+        return Ok(None);
+    }
+    check("get_shared_data", status)?;
+    Ok(Some((take_host_buffer(data, len), cas)))
+}
+
+/// Writes `value` under `key` if its CAS token is still `cas` (0: unconditionally); `Ok(false)` on a mismatch.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<bool, AbiError> {
+    // SAFETY: pointers and lengths describe live slices.
+    let status = unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    if status == CAS_MISMATCH {
+        return Ok(false);
+    }
+    check("set_shared_data", status).map(|()| true)
 }
 
 /// No initial metadata: the pairs encoding of an empty map (a zero count).

@@ -5,16 +5,40 @@
 //! the plugin goes away (a reload, a listener or configuration update) `on_done` drains the buffer: it dispatches
 //! everything buffered, and tells Envoy it is done (`proxy_done`) only once every call is answered or past its
 //! deadline, so the accounting stays exact across reloads.
+//!
+//! A reload that replaces the VM gives no such chance: Envoy destroys the old VM at once. So every tick also writes
+//! what this root holds to a registry in shared data, and claims the shares of roots whose heartbeat stopped
+//! (`wasm_filter_core::report::registry`): the records of a destroyed VM are counted as dropped, and leave the
+//! buffered gauge. Only the root's callbacks touch shared data; a request never does.
 
 use std::{cell::RefCell, rc::Rc, time::Duration};
 
 use wasm_filter_core::{
     config::{self, Config},
     metrics::Metrics,
-    report::{Batch, Reporter},
+    report::{
+        registry::{SharedData, Synced},
+        Batch, Reporter,
+    },
 };
 
-use crate::{abi, http::EnvoyMetrics};
+use crate::{
+    abi::{self, AbiError},
+    http::EnvoyMetrics,
+};
+
+/// Envoy's shared data (process-wide, scoped by `vm_id`).
+struct EnvoyShared;
+
+impl SharedData for EnvoyShared {
+    type Error = AbiError;
+    fn get(&mut self, key: &str) -> Result<Option<(Vec<u8>, u32)>, AbiError> {
+        abi::shared_data(key)
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<bool, AbiError> {
+        abi::set_shared_data(key, value, cas)
+    }
+}
 
 /// What every request context of this root reads (the configuration) and updates (metrics, the report buffer).
 pub struct Shared {
@@ -67,7 +91,11 @@ impl Root {
         let metrics = Metrics::new(&config, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
         let reporter = if config.report.enabled {
             let name = format!("grayscope/{}", self.id);
-            let reporter = Reporter::new(config.report.clone(), name, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
+            let mut reporter =
+                Reporter::new(config.report.clone(), name, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
+            // Unique among the roots of every VM of this vm_id (the registry moves it if another root has it).
+            let now = abi::now_unix_nano().unwrap_or_default();
+            reporter.share_registry(now ^ u64::from(self.id).rotate_left(40));
             self.tick_ms = config.report.tick_ms();
             abi::set_tick_period(self.tick_ms).map_err(|e| e.to_string())?;
             Some(RefCell::new(reporter))
@@ -115,10 +143,44 @@ impl Root {
             }
             batches.extend(drained);
         }
+        // The registry and the metrics, before the dispatch: a record is dispatched only once a write counted it.
+        self.commit(&mut reporter, false);
         self.dispatch(&mut reporter, batches);
         if self.draining && reporter.is_idle() {
-            drop(reporter);
-            self.finish();
+            self.finish(&mut reporter);
+        }
+    }
+
+    /// Writes this root's share to the registry and publishes the metrics (or removes its entry when `leaving`);
+    /// `false` if the write must wait for the next tick.
+    fn commit(&self, reporter: &mut Reporter, leaving: bool) -> bool {
+        match reporter.commit(&mut EnvoyMetrics, &mut EnvoyShared, leaving) {
+            Ok(synced) => {
+                self.log_synced(synced);
+                true
+            }
+            Err(e) => {
+                log::warn!("#{} {e}", self.id);
+                false
+            }
+        }
+    }
+
+    fn log_synced(&self, synced: Synced) {
+        if synced.roots_claimed > 0 {
+            log::warn!(
+                "#{} {} records of {} report roots gone without draining (their VM replaced) counted as dropped",
+                self.id,
+                synced.orphans_claimed,
+                synced.roots_claimed
+            );
+        }
+        if let Some(records) = synced.own_share_claimed {
+            log::warn!(
+                "#{} this root was stalled past its heartbeat bound: another counted its {records} records as \
+                 dropped (they are not counted again)",
+                self.id
+            );
         }
     }
 
@@ -145,9 +207,10 @@ impl Root {
         }
     }
 
-    /// Tells Envoy this root context is done (once).
-    fn finish(&mut self) {
-        if !self.draining {
+    /// Tells Envoy this root context is done (once), after removing its registry entry (or at a later tick, if
+    /// the removal has to wait).
+    fn finish(&mut self, reporter: &mut Reporter) {
+        if !self.draining || !self.commit(reporter, true) {
             return;
         }
         self.draining = false;
@@ -215,7 +278,9 @@ impl Root {
             return;
         };
         let (records, result) = reporter.completed(&mut EnvoyMetrics, token_id, status_code);
-        let idle = reporter.is_idle();
+        if self.draining && reporter.is_idle() {
+            self.finish(&mut reporter);
+        }
         drop(reporter);
         if let Err(e) = result {
             log::warn!("#{} {e}", self.id);
@@ -224,9 +289,6 @@ impl Root {
             self.report_failure(&format!("gRPC status {status_code}, {records} records dropped"));
         } else {
             self.quiet_failures = 0;
-        }
-        if self.draining && idle {
-            self.finish();
         }
     }
 
@@ -249,8 +311,11 @@ impl Root {
             batches.iter().map(|b| b.records).sum::<usize>(),
             reporter.in_flight()
         );
+        self.commit(&mut reporter, false);
         self.dispatch(&mut reporter, batches);
-        if reporter.is_idle() {
+        // Done at once if nothing is in flight and the registry entry is gone; else the answers and the timer
+        // finish.
+        if reporter.is_idle() && self.commit(&mut reporter, true) {
             self.stop_ticks();
             return true;
         }

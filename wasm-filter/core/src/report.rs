@@ -5,7 +5,7 @@
 //! The root context's timer hands out the finished batches (and the partial one when the flush interval has
 //! passed) and dispatches them as unary `Report` calls: its work does not grow with the number of records. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
 //! buffer and in calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the
-//! drain and the answers, every series in the same callback (one update per series that moved), so a scrape
+//! drain and the answers (the wasm build: by the tick and the drain, with its [`registry`] write), every series in the same callback (one update per series that moved), so a scrape
 //! always sees the equation hold and lags the calls by at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call cannot be
 //! dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or when no
 //! answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of memory
@@ -17,6 +17,7 @@
 //! the answers, or the deadlines, settle the accounting.
 
 mod record;
+pub mod registry;
 
 use std::collections::{HashMap, VecDeque};
 
@@ -186,6 +187,13 @@ pub struct Reporter {
     since_flush_ms: u64,
     /// Records produced and not yet sent nor dropped: buffered, in batches handed out, in calls not answered.
     held: usize,
+    /// Records still in the buffer or in calls that are already counted as dropped (another root claimed this one's
+    /// share while it was stalled, see [`registry`]): they settle without being counted again.
+    absolved: usize,
+    /// This root's entry in the shared registry (wasm build); `None`: the metrics are published as before.
+    registry: Option<registry::Membership>,
+    /// Records settled (sent, dropped) since the last registry write.
+    since_sync: (u64, u64),
     /// What the metrics do not show yet.
     pending: Pending,
     ids: Ids,
@@ -200,6 +208,8 @@ struct Pending {
     dropped: u64,
     truncated: u64,
     held_published: usize,
+    /// Claimed records of other roots, still to be taken out of the gauge.
+    orphaned: u64,
 }
 
 enum Outcome {
@@ -257,6 +267,9 @@ impl Reporter {
             in_flight: HashMap::new(),
             since_flush_ms: 0,
             held: 0,
+            absolved: 0,
+            registry: None,
+            since_sync: (0, 0),
             pending: Pending::default(),
             ids,
         })
@@ -286,7 +299,7 @@ impl Reporter {
     pub fn push(&mut self, record: Record<'_>) {
         self.pending.produced += 1;
         self.pending.truncated += u64::from(record.truncated);
-        if self.held >= self.cfg.max_buffer {
+        if self.held + self.absolved >= self.cfg.max_buffer {
             self.pending.dropped += 1;
             return;
         }
@@ -330,7 +343,8 @@ impl Reporter {
     }
 
     /// Brings the metrics up to date: one update per series that moved, all in this callback, so that
-    /// `produced == sent + dropped + buffered` holds in every scrape. The tick, the drain and the answers call it.
+    /// `produced == sent + dropped + buffered` holds in every scrape. The tick, the drain and the answers call it
+    /// (with a registry, only [`Reporter::commit`] does).
     pub fn publish<H: MetricHost>(&mut self, host: &mut H) -> Result<(), H::Error> {
         let mut result = Ok(());
         let p = &mut self.pending;
@@ -338,21 +352,110 @@ impl Reporter {
         publish_count(host, self.ids.truncated, &mut p.truncated, &mut result);
         publish_count(host, self.ids.sent, &mut p.sent, &mut result);
         publish_count(host, self.ids.dropped, &mut p.dropped, &mut result);
-        if self.held != p.held_published {
-            let delta = self.held as i64 - p.held_published as i64;
+        let delta = self.held as i64 - p.held_published as i64 - i64::try_from(p.orphaned).unwrap_or(i64::MAX);
+        if delta != 0 {
             match host.add(self.ids.buffered, delta) {
-                Ok(()) => p.held_published = self.held,
+                Ok(()) => {
+                    p.held_published = self.held;
+                    p.orphaned = 0;
+                }
                 Err(e) => first(&mut result, Err(e)),
             }
         }
         result
     }
 
+    /// [`Reporter::publish`], unless the metrics move only with the registry (then [`Reporter::commit`] does it).
+    fn publish_ungated<H: MetricHost>(&mut self, host: &mut H) -> Result<(), H::Error> {
+        match &self.registry {
+            Some(m) if !m.unsupported => Ok(()),
+            _ => self.publish(host),
+        }
+    }
+
+    /// Keeps this reporter's share of the buffered gauge in the shared registry under `owner` (unique to this
+    /// root), so that the records are not counted as buffered for ever if its VM is destroyed (see [`registry`]).
+    /// From now on the metrics are published only by [`Reporter::commit`], after a successful registry write: the
+    /// entry always holds what this reporter added to the gauge.
+    pub fn share_registry(&mut self, owner: u64) {
+        // An owner alive beats every tick (at most `MAX_TICK_MS`); its calls end by their deadline. Past that, and
+        // ten ticks more, it is gone (or stalled, which a claim survives: see `registry`).
+        let deadline = self.cfg.timeout_ms.saturating_add(DEADLINE_GRACE_MS);
+        let bound = deadline.saturating_add(10 * self.cfg.tick_ms());
+        self.registry = Some(registry::Membership::new(owner, bound));
+    }
+
+    /// Writes this reporter's share to the registry (claiming stale roots' shares, and reconciling its own if it
+    /// was claimed), then publishes the metrics; or removes its entry when `leaving` (the root is done: nothing
+    /// held any more). Without a registry it only publishes. When the write fails, nothing is published: the
+    /// metrics wait for the next commit, so the gauge never holds a share the registry does not.
+    pub fn commit<H: MetricHost, S: registry::SharedData>(
+        &mut self,
+        host: &mut H,
+        shared: &mut S,
+        leaving: bool,
+    ) -> Result<registry::Synced, String> {
+        let Some(membership) = self.registry.as_mut() else {
+            return self
+                .publish(host)
+                .map(|()| registry::Synced::default())
+                .map_err(|e| e.to_string());
+        };
+        if membership.unsupported {
+            return self
+                .publish(host)
+                .map(|()| registry::Synced::default())
+                .map_err(|e| e.to_string());
+        }
+        let held = self.held as u64;
+        let since = self.since_sync.0 + self.since_sync.1;
+        let written = membership.write(shared, |own| {
+            // What stays held once a claimed share is reconciled: the records of the share settled since the last
+            // write leave the unpublished counts, the others leave `held`.
+            let claimed = own.unwrap_or(0);
+            (!leaving).then(|| held.saturating_sub(claimed - claimed.min(since)))
+        });
+        let synced = match written {
+            Ok(synced) => synced,
+            Err(registry::SyncError::Host(e)) if membership.written.is_none() => {
+                // No shared data on this host: report as before.
+                membership.unsupported = true;
+                let e = format!("no orphan accounting: {}", registry::SyncError::Host(e));
+                let _ = self.publish(host);
+                return Err(e);
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        if leaving {
+            self.registry = None;
+        }
+        if let Some(claimed) = synced.own_share_claimed {
+            let settled = claimed.min(since);
+            // The records settled since the last write were all in the claimed share (a record is dispatched only
+            // after a write that counted it), so none of them is counted: the claimer counted them as dropped.
+            let from_sent = settled.min(self.since_sync.0);
+            self.pending.sent = self.pending.sent.saturating_sub(from_sent);
+            self.pending.dropped = self.pending.dropped.saturating_sub(settled - from_sent);
+            let still_held = usize::try_from(claimed - settled).unwrap_or(usize::MAX);
+            self.held = self.held.saturating_sub(still_held);
+            self.absolved += still_held;
+            let claimed = usize::try_from(claimed).unwrap_or(usize::MAX);
+            self.pending.held_published = self.pending.held_published.saturating_sub(claimed);
+        }
+        self.pending.dropped += synced.orphans_claimed;
+        self.pending.orphaned += synced.orphans_claimed;
+        self.since_sync = (0, 0);
+        self.publish(host).map(|()| synced).map_err(|e| e.to_string())
+    }
+
     /// Called by the root's timer every `elapsed_ms`: calls past their deadline are given up (their records
     /// dropped, their slots freed), then the batches to dispatch now are returned.
     pub fn tick<H: MetricHost>(&mut self, host: &mut H, elapsed_ms: u64) -> (Vec<Batch>, Result<(), H::Error>) {
         self.expire(elapsed_ms);
-        let result = self.publish(host);
+        if let Some(m) = self.registry.as_mut() {
+            m.elapsed_ms = m.elapsed_ms.saturating_add(elapsed_ms);
+        }
+        let result = self.publish_ungated(host);
         self.since_flush_ms = self.since_flush_ms.saturating_add(elapsed_ms);
         let due = self.since_flush_ms >= self.cfg.flush_interval_ms;
         let mut batches = Vec::new();
@@ -378,7 +481,7 @@ impl Reporter {
         if self.filling.records > 0 {
             batches.push(std::mem::take(&mut self.filling));
         }
-        (batches, self.publish(host))
+        (batches, self.publish_ungated(host))
     }
 
     /// Ages the calls in flight; those past the timeout and [`DEADLINE_GRACE_MS`] are dropped.
@@ -411,7 +514,7 @@ impl Reporter {
             return Ok(());
         }
         self.settle(Outcome::Dropped, records);
-        self.publish(host)
+        self.publish_ungated(host)
     }
 
     /// The answer to call `token`: gRPC status 0 means the agent has the records, anything else drops them.
@@ -432,7 +535,7 @@ impl Reporter {
             Outcome::Dropped
         };
         self.settle(outcome, call.records);
-        (call.records, self.publish(host))
+        (call.records, self.publish_ungated(host))
     }
 
     /// Records of a batch another reporter handed over (the native build's reload): held here from now on, so
@@ -448,10 +551,20 @@ impl Reporter {
 
     /// Counts `records` that left the buffer under `outcome` (published by the next [`Reporter::publish`]).
     fn settle(&mut self, outcome: Outcome, records: usize) {
+        // Records another root already counted as dropped settle silently.
+        let absolved = self.absolved.min(records);
+        self.absolved -= absolved;
+        let records = records - absolved;
         let n = records as u64;
         match outcome {
-            Outcome::Sent => self.pending.sent += n,
-            Outcome::Dropped => self.pending.dropped += n,
+            Outcome::Sent => {
+                self.pending.sent += n;
+                self.since_sync.0 += n;
+            }
+            Outcome::Dropped => {
+                self.pending.dropped += n;
+                self.since_sync.1 += n;
+            }
         }
         self.held = self.held.saturating_sub(records);
     }

@@ -726,3 +726,215 @@ fn a_partial_batch_leaves_at_the_flush_interval_not_the_next_multiple_of_the_tic
     }
     assert_eq!(elapsed + tick, 250);
 }
+
+/// Shared data as Envoy keeps it: one map, a CAS token per write (never 0), 0 in a write meaning unconditional.
+#[derive(Default)]
+struct Shared {
+    value: Option<(Vec<u8>, u32)>,
+    next_cas: u32,
+    /// Writes to refuse with a CAS mismatch (another root's write came first).
+    lose: usize,
+    gets: usize,
+    sets: usize,
+}
+
+impl registry::SharedData for Shared {
+    type Error = String;
+    fn get(&mut self, _key: &str) -> Result<Option<(Vec<u8>, u32)>, String> {
+        self.gets += 1;
+        Ok(self.value.clone())
+    }
+    fn set(&mut self, _key: &str, value: &[u8], cas: u32) -> Result<bool, String> {
+        self.sets += 1;
+        if self.lose > 0 {
+            self.lose -= 1;
+            return Ok(false);
+        }
+        if cas != 0 && self.value.as_ref().is_some_and(|(_, c)| *c != cas) {
+            return Ok(false);
+        }
+        self.next_cas += 1;
+        self.value = Some((value.to_vec(), self.next_cas));
+        Ok(true)
+    }
+}
+
+/// Two roots of one process (one set of metrics, one shared data), each registered.
+fn two_roots(host: &mut Recorder) -> (Reporter, Reporter) {
+    let mut a = Reporter::new(cfg(100, 1000, 4), "a".into(), host).unwrap();
+    let mut b = Reporter::new(cfg(100, 1000, 4), "b".into(), host).unwrap();
+    a.share_registry(1);
+    b.share_registry(2);
+    (a, b)
+}
+
+/// A tick as the wasm root does it: the reporter's tick, then the registry write and the metrics.
+fn tick_commit(r: &mut Reporter, host: &mut Recorder, shared: &mut Shared, ms: u64) -> (Vec<Batch>, registry::Synced) {
+    let batches = ticked(r, host, ms);
+    let synced = r.commit(host, shared, false).unwrap();
+    (batches, synced)
+}
+
+/// produced == sent + dropped + buffered in the metrics (the process-wide view), and what `buffered` is.
+fn process_equation(host: &Recorder) -> u64 {
+    let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
+    let buffered = host.value(BUFFERED);
+    assert_eq!(v("produced"), v("sent") + v("dropped") + buffered);
+    buffered
+}
+
+#[test]
+fn the_share_of_a_root_whose_vm_was_destroyed_is_claimed_once_and_counted_as_dropped() {
+    let (mut host, mut shared) = (Recorder::default(), Shared::default());
+    let (mut a, mut b) = two_roots(&mut host);
+    for n in 0..30 {
+        a.push(rec(n));
+    }
+    tick_commit(&mut a, &mut host, &mut shared, 100);
+    tick_commit(&mut b, &mut host, &mut shared, 100);
+    assert_eq!(process_equation(&host), 30);
+    // A's VM is destroyed: no drain, no more ticks. B claims A's share only past A's bound, once.
+    drop(a);
+    let bound = cfg(100, 1000, 4).timeout_ms + DEADLINE_GRACE_MS + 10 * 200;
+    let mut waited = 0;
+    let mut claimed = 0;
+    while waited <= bound + 200 {
+        let (_, synced) = tick_commit(&mut b, &mut host, &mut shared, 200);
+        waited += 200;
+        if synced.roots_claimed > 0 {
+            assert!(waited > bound, "claimed after {waited} ms, bound {bound}");
+            claimed += synced.orphans_claimed;
+        }
+    }
+    assert_eq!(claimed, 30);
+    assert_eq!(process_equation(&host), 0);
+    assert_eq!(
+        host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", "dropped")])),
+        30
+    );
+    // Much later: nothing is claimed again, and the marker is eventually pruned.
+    for _ in 0..(registry::MARKER_LIFE_MS / 200 + 2) {
+        tick_commit(&mut b, &mut host, &mut shared, 200);
+    }
+    assert_eq!(process_equation(&host), 0);
+    let entries = registry::decode(&shared.value.as_ref().unwrap().0).unwrap();
+    assert_eq!(
+        entries.iter().map(|e| e.owner).collect::<Vec<_>>(),
+        [2],
+        "only B's entry is left"
+    );
+}
+
+#[test]
+fn a_root_that_drains_and_leaves_is_never_claimed() {
+    let (mut host, mut shared) = (Recorder::default(), Shared::default());
+    let (mut a, mut b) = two_roots(&mut host);
+    for n in 0..10 {
+        a.push(rec(n));
+    }
+    tick_commit(&mut a, &mut host, &mut shared, 100);
+    tick_commit(&mut b, &mut host, &mut shared, 100);
+    // A's plugin is done: it drains, its call is answered, it removes its entry.
+    let (batches, _) = a.drain(&mut host);
+    a.commit(&mut host, &mut shared, false).unwrap();
+    a.dispatched(7, batches.iter().map(|b| b.records).sum());
+    let _ = a.completed(&mut host, 7, 0);
+    assert!(a.is_idle());
+    a.commit(&mut host, &mut shared, true).unwrap();
+    drop(a);
+    for _ in 0..100 {
+        let (_, synced) = tick_commit(&mut b, &mut host, &mut shared, 200);
+        assert_eq!(synced.roots_claimed, 0);
+    }
+    assert_eq!(process_equation(&host), 0);
+    assert_eq!(
+        host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", "sent")])),
+        10
+    );
+    assert_eq!(
+        host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", "dropped")])),
+        0
+    );
+}
+
+#[test]
+fn a_root_claimed_while_stalled_does_not_count_its_records_again() {
+    let (mut host, mut shared) = (Recorder::default(), Shared::default());
+    let (_, mut b) = two_roots(&mut host);
+    let mut a = Reporter::new(cfg(10, 1000, 4), "a".into(), &mut host).unwrap();
+    a.share_registry(1);
+    for n in 0..20 {
+        a.push(rec(n));
+    }
+    // 20 records in flight in two calls, all written to the registry.
+    tick_commit(&mut a, &mut host, &mut shared, 100);
+    a.dispatched(1, 10);
+    a.dispatched(2, 10);
+    tick_commit(&mut b, &mut host, &mut shared, 100);
+    // A stalls (no tick) while B claims it; meanwhile one of A's calls is answered, and A takes a new record.
+    let mut claimed = 0;
+    for _ in 0..60 {
+        claimed += tick_commit(&mut b, &mut host, &mut shared, 200).1.orphans_claimed;
+    }
+    assert_eq!(claimed, 20);
+    let _ = a.completed(&mut host, 1, 0);
+    a.push(rec(99));
+    // A resumes: it finds the marker; the other call is answered, the new record goes and is answered.
+    let (_, synced) = tick_commit(&mut a, &mut host, &mut shared, 200);
+    assert_eq!(synced.own_share_claimed, Some(20));
+    assert_eq!(process_equation(&host), 1, "only the new record is still buffered");
+    let _ = a.completed(&mut host, 2, 0);
+    let (batches, _) = a.drain(&mut host);
+    a.commit(&mut host, &mut shared, false).unwrap();
+    assert_eq!(batches.iter().map(|b| b.records).sum::<usize>(), 1);
+    a.dispatched(3, 1);
+    let _ = a.completed(&mut host, 3, 0);
+    a.commit(&mut host, &mut shared, true).unwrap();
+    assert_eq!(process_equation(&host), 0);
+    let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
+    assert_eq!((v("produced"), v("sent"), v("dropped")), (21, 1, 20));
+}
+
+#[test]
+fn an_entry_lost_to_the_keys_creation_is_written_again_and_nothing_is_counted() {
+    let (mut host, mut shared) = (Recorder::default(), Shared::default());
+    let (mut a, mut b) = two_roots(&mut host);
+    for n in 0..5 {
+        a.push(rec(n));
+    }
+    tick_commit(&mut a, &mut host, &mut shared, 100);
+    // Another root that had read no key writes its own registry unconditionally: A's entry is gone, no marker.
+    shared.value = Some((registry::encode(&[]), 99));
+    for _ in 0..60 {
+        tick_commit(&mut a, &mut host, &mut shared, 200);
+        assert_eq!(tick_commit(&mut b, &mut host, &mut shared, 200).1.roots_claimed, 0);
+    }
+    assert_eq!(process_equation(&host), 5);
+    let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
+    assert_eq!(v("dropped"), 0);
+}
+
+#[test]
+fn a_lost_write_publishes_nothing_and_a_tick_costs_two_shared_data_hostcalls() {
+    let (mut host, mut shared) = (Recorder::default(), Shared::default());
+    let (mut a, _b) = two_roots(&mut host);
+    a.push(rec(0));
+    shared.lose = registry::ATTEMPTS;
+    ticked(&mut a, &mut host, 100);
+    assert!(a.commit(&mut host, &mut shared, false).is_err(), "every attempt lost");
+    assert_eq!(
+        host.value(BUFFERED),
+        0,
+        "nothing published: the gauge never holds a share the registry does not"
+    );
+    let v = |o: &str| host.value(&crate::metrics::stat_name(PRODUCED, &[("outcome", o)]));
+    assert_eq!(v("produced"), 0);
+    let (gets, sets) = (shared.gets, shared.sets);
+    tick_commit(&mut a, &mut host, &mut shared, 100);
+    assert_eq!(
+        (shared.gets - gets, shared.sets - sets),
+        (1, 1),
+        "one read and one write per tick"
+    );
+    assert_eq!(process_equation(&host), 1);
+}
