@@ -3,13 +3,16 @@
 //! The filter never waits for the agent. Each record is encoded, as it comes, into the `ReportRequest` being filled
 //! (its `reporter` field first, then the records as `calls`); a batch full by count or by bytes waits in a queue.
 //! The root context's timer hands out the finished batches (and the partial one when the flush interval has
-//! passed) and dispatches them as unary `Report` calls: its work does not grow with the number of records. At every moment `produced == sent + dropped + buffered`, where buffered counts records in the
-//! buffer and in calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the
-//! drain and the answers (the wasm build: by the tick and the drain, with its [`registry`] write), every series in the same callback (one update per series that moved), so a scrape
-//! always sees the equation hold and lags the calls by at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call cannot be
-//! dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or when no
-//! answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of memory
-//! and nothing else.
+//! passed) and dispatches them as unary `Report` calls: its work does not grow with the number of records.
+//!
+//! At every moment `produced == sent + dropped + buffered`, where buffered counts records in the buffer and in
+//! calls not yet answered. The accounting is kept locally, and published as metrics by the tick, the drain and the
+//! answers (the wasm build: by the tick and the drain, with its [`registry`] write), every series in the same
+//! callback (one update per series that moved), so a scrape always sees the equation hold and lags the calls by
+//! at most one tick: a call costs no metric hostcall. A record is dropped when the buffer is full, when a call
+//! cannot be dispatched, when the agent answers with any status but OK (down, hung past the timeout, refusing), or
+//! when no answer came by the call's deadline: the batch is not retried, so a dead agent costs a bounded amount of
+//! memory and nothing else.
 //!
 //! Batches respect a byte budget (`report.max_batch_bytes`) as well as a count: records are bounded
 //! ([`record`]), so a batch is split before it could pass the agent's message limit. When the plugin goes away
