@@ -231,10 +231,7 @@ impl Call {
 
     /// A property read at the end of the call: a failure is logged and read as absent.
     fn read<T>(&self, result: Result<Option<T>, AbiError>) -> Option<T> {
-        result.unwrap_or_else(|e| {
-            log::warn!("#{} {e}", self.id);
-            None
-        })
+        result.unwrap_or_else(|e| self.warn(e))
     }
 
     fn check(&self, result: Result<(), AbiError>) {

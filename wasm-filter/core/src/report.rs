@@ -398,18 +398,12 @@ impl Reporter {
         shared: &mut S,
         leaving: bool,
     ) -> Result<registry::Synced, String> {
-        let Some(membership) = self.registry.as_mut() else {
+        let Some(membership) = self.registry.as_mut().filter(|m| !m.unsupported) else {
             return self
                 .publish(host)
                 .map(|()| registry::Synced::default())
                 .map_err(|e| e.to_string());
         };
-        if membership.unsupported {
-            return self
-                .publish(host)
-                .map(|()| registry::Synced::default())
-                .map_err(|e| e.to_string());
-        }
         let held = self.held as u64;
         let since = self.since_sync.0 + self.since_sync.1;
         let written = membership.write(shared, |own| {
