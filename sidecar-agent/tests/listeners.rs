@@ -117,8 +117,8 @@ fn step(child: &mut Child, expect: &str) {
     assert_eq!(first_line(child), expect);
 }
 
-/// The pid the kernel's `listeners` map names for 127.0.0.1:`port`, once it names one.
-async fn owner_of(agent: &TestAgent, port: u16) -> Option<u32> {
+/// The pid the kernel's `listeners` map names for 127.0.0.1:`port`.
+fn owner_of(agent: &TestAgent, port: u16) -> Option<u32> {
     let key = SocketAddr::from(([127, 0, 0, 1], port));
     agent.agent.listener_owner(agent.agent.netns(), key).map(|o| o.pid)
 }
@@ -153,17 +153,13 @@ async fn a_listen_that_fails_leaves_the_listener_that_holds_the_port_named() {
     step(&mut holder, "listening");
     step(&mut loser, "refused");
     assert_eq!(
-        owner_of(&agent, port).await,
+        owner_of(&agent, port),
         Some(holder.id()),
         "the failed listen() took the entry of the listener that holds the port"
     );
     common::finish(loser);
     common::finish(holder);
-    let key = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_for("the entry to go with its listener", || {
-        agent.agent.listener_owner(agent.agent.netns(), key).is_none()
-    })
-    .await;
+    wait_for("the entry to go with its listener", || owner_of(&agent, port).is_none()).await;
     agent.agent.stop().await;
 }
 
@@ -183,16 +179,16 @@ async fn closing_the_newest_listener_of_a_reuseport_group_leaves_the_older_one_n
     let mut newer = step_child(REUSEPORT, port);
     assert_eq!(first_line(&mut newer), port.to_string());
     // One entry per address: the newest listener names the group.
-    assert_eq!(owner_of(&agent, port).await, Some(newer.id()));
+    assert_eq!(owner_of(&agent, port), Some(newer.id()));
     step(&mut newer, "closed");
     assert_eq!(
-        owner_of(&agent, port).await,
+        owner_of(&agent, port),
         Some(older.id()),
         "the older listener, still accepting, lost its name with the newer one's close"
     );
     step(&mut older, "closed");
     assert_eq!(
-        owner_of(&agent, port).await,
+        owner_of(&agent, port),
         None,
         "the last listener's close deletes the entry"
     );

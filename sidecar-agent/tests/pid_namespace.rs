@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use common::{first_line, inbound, outbound, privileged, report, PATIENCE};
+use common::{first_line, inbound, outbound, patiently, privileged, report, PATIENCE};
 use proto::v1::{collector_client::CollectorClient, MethodStats};
 use tonic::transport::Channel;
 
@@ -139,17 +139,15 @@ async fn row(client: &mut CollectorClient<Channel>, method: &str) -> Option<Meth
 
 /// The row of `method`, once a call of it is linked to a process.
 async fn linked_row(client: &mut CollectorClient<Channel>, method: &str) -> MethodStats {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(r) = row(client, method).await.filter(|r| r.process.is_some()) {
-            return r;
+    patiently("the call linked to a process", async {
+        loop {
+            if let Some(r) = row(client, method).await.filter(|r| r.process.is_some()) {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the call was never linked to a process"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,14 +196,12 @@ async fn an_application_in_the_agents_pid_namespace_is_named_by_its_pid_there() 
     // Exited: the row goes after the grace period.
     drop(app.stdin.take());
     app.wait().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while row(&mut client, "InNamespace").await.is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the row of an exited application stayed"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    patiently("the row of the exited application to go", async {
+        while row(&mut client, "InNamespace").await.is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
