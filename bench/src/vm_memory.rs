@@ -1,40 +1,25 @@
 //! Each wasm VM's memory after 100,000 requests with the interface cap reached.
 //!
-//! What is measured: the linear memory of each V8 wasm instance, read from `/proc/<envoy>/smaps`. V8 reserves a
-//! wasm memory as one region of 8 GiB and more (the 32-bit index space plus guard pages, so bounds checks are free),
-//! mapped `---p`, and makes its first `memory.size` bytes `rw-p`; so each VM's memory is the `rw-p` mapping that
-//! ends where such a reservation's `---p` part starts. Its `Size` is the VM's `memory.size` (what the module
-//! grew to), its `Rss` the pages the VM touched. With `--concurrency 1` Envoy holds three VMs per plugin: the base
-//! VM on the main thread, which the others are cloned from, and one per thread (main and the worker); only the
-//! worker's handles requests. Envoy's admin has no per-VM figure (its `wasm` stats count VMs, not bytes), and the
-//! process RSS mixes in V8's own heap and code.
+//! What is measured: the linear memory of each V8 wasm instance, read from `/proc/<envoy>/smaps` by the test
+//! harness's [`integration_tests::wasm_memory`], which says how.
 //!
 //! The requests are gRPC calls (`content-type: application/grpc`) over HTTP/1.1 keep-alive, each naming one of
 //! [`SERVICES`] services, more than the filter's default `max_interfaces` (256): the interface table fills and
 //! the rest count as `other` (the run checks Envoy's `interface_overflow_total` counter).
 
 use std::{
-    fs,
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
     thread,
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use integration_tests::wasm_memory::{vms, VmMemory};
 
 use crate::proxy::Proxy;
 
 /// Distinct gRPC services the requests name: 4 × the default interface cap.
 pub const SERVICES: usize = 1024;
-
-/// One VM's linear memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct VmMemory {
-    /// `memory.size`, KiB.
-    pub size_kib: u64,
-    /// Resident, KiB.
-    pub rss_kib: u64,
-}
 
 /// One configuration's VMs before and after the requests (W1 and W2 in `just bench`).
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,49 +31,6 @@ pub struct VmReport {
     pub after: Vec<VmMemory>,
     pub envoy_rss_kib_before: u64,
     pub envoy_rss_kib_after: u64,
-}
-
-/// The wasm linear memories of process `pid`, in address order.
-pub fn vms(pid: u32) -> Result<Vec<VmMemory>> {
-    Ok(parse_smaps(&fs::read_to_string(format!("/proc/{pid}/smaps"))?))
-}
-
-fn parse_smaps(text: &str) -> Vec<VmMemory> {
-    struct Map {
-        start: u64,
-        end: u64,
-        rw: bool,
-        rss_kib: u64,
-    }
-    let mut maps: Vec<Map> = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.split_whitespace();
-        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        if let Some((a, b)) = range.split_once('-') {
-            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
-                maps.push(Map {
-                    start,
-                    end,
-                    rw: perms.starts_with("rw"),
-                    rss_kib: 0,
-                });
-                continue;
-            }
-        }
-        if let (Some(rest), Some(m)) = (line.strip_prefix("Rss:"), maps.last_mut()) {
-            m.rss_kib = rest.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-        }
-    }
-    const RESERVATION: u64 = 4 << 30;
-    maps.windows(2)
-        .filter(|w| w[0].rw && !w[1].rw && w[0].end == w[1].start && w[1].end - w[1].start >= RESERVATION)
-        .map(|w| VmMemory {
-            size_kib: (w[0].end - w[0].start) / 1024,
-            rss_kib: w[0].rss_kib,
-        })
-        .collect()
 }
 
 /// Sends `total` gRPC-named requests over `connections` keep-alive connections, cycling over [`SERVICES`].
@@ -186,34 +128,4 @@ pub fn markdown(reports: &[VmReport]) -> String {
         ));
     }
     md
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_vm_is_the_rw_start_of_a_large_reservation() {
-        let smaps = "\
-7fb4b57b0000-7fb4b58d0000 rw-p 00000000 00:00 0
-Size:               1152 kB
-Rss:                  60 kB
-7fb4b58d0000-7fb6b57b0000 ---p 00000000 00:00 0
-Size:            8387456 kB
-Rss:                   0 kB
-7fb700000000-7fb700100000 rw-p 00000000 00:00 0
-Size:               1024 kB
-Rss:                1024 kB
-7fb700100000-7fb700200000 ---p 00000000 00:00 0
-Size:               1024 kB
-Rss:                   0 kB
-";
-        assert_eq!(
-            parse_smaps(smaps),
-            vec![VmMemory {
-                size_kib: 1152,
-                rss_kib: 60
-            }]
-        );
-    }
 }

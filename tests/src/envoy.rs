@@ -189,6 +189,11 @@ impl Envoy {
         Ok(envoy)
     }
 
+    /// Envoy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address of a listener by name.
     pub fn listener(&self, name: &str) -> SocketAddr {
         *self

@@ -10,6 +10,7 @@
 //! - [`stack`]: upstreams plus an Envoy with the filter, as most tests use them.
 //! - [`prom`]: the `/stats/prometheus` exposition: whole lines, sums, and a real parser's verdict.
 //! - [`prometheus`]: a real Prometheus server scraping the test's Envoy, queried over its HTTP API; and `promtool`.
+//! - [`wasm_memory`]: each wasm VM's linear memory in a running Envoy (`/proc/<pid>/smaps`).
 //!
 //! Tests panic with a message saying what to run when a prerequisite is missing: nothing is skipped silently.
 
@@ -22,3 +23,4 @@ pub mod prom;
 pub mod prometheus;
 pub mod stack;
 pub mod upstream;
+pub mod wasm_memory;
