@@ -259,10 +259,7 @@ fn thousands_of_tiny_baggage_members_cost_the_vm_no_more_than_any_header_of_thei
         "the baggage requests grew the VMs from {padded:?} to {after:?} KiB"
     );
     // Still exact: the first 64 members leave, every other one is counted as dropped.
-    assert_eq!(
-        s.http.request("tiny-2").all("baggage"),
-        [vec!["a=1"; 64].join(",")]
-    );
+    assert_eq!(s.http.request("tiny-2").all("baggage"), [vec!["a=1"; 64].join(",")]);
     let text = s.envoy.prometheus();
     prom::assert_line(
         &text,

@@ -6,6 +6,9 @@
 //!   `%` escape, a value that does not decode to UTF-8, a malformed property) is dropped on its own; the rest of
 //!   the list survives. Empty members (`a=1,,b=2`, a trailing comma) are skipped silently.
 //! - Kept members are re-emitted as `key=value` (value still percent-encoded, as received) plus their properties.
+//! - Parsing keeps only what can matter, so a hostile list costs memory for 64 members, not for all of them (a
+//!   wasm VM never gives memory back): the first [`MAX_MEMBERS`] well-formed members not of the gray-version key, and
+//!   the first two of each key the filter reads ([`Keys`]: two tell a value from a duplicate). The rest are counted.
 //! - At most [`MAX_MEMBERS`] members and [`MAX_BYTES`] bytes leave the filter. The gray-version member is placed
 //!   first in the budget, since propagating it is the filter's job, and is charged in full, properties included;
 //!   properties that would not fit leave it (the member itself always fits: a version is at most 64 bytes); the other members are kept in order until the
@@ -54,25 +57,40 @@ impl<'a> Member<'a> {
     }
 }
 
-/// A member that was dropped as malformed; its key is kept when it was readable, so a malformed gray-version
-/// member can be told apart.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Malformed<'a> {
-    pub key: Option<&'a str>,
+/// The keys the filter reads from the list. Their members are kept wherever they stand (the first two of each), and
+/// whether one of them had a malformed member is remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys<'k> {
+    /// The gray version's key. [`render`] replaces its members, so none of them is forwarded as received.
+    pub gray: &'k str,
+    /// Another key read from the list (the tenant's), whose members are forwarded like any other.
+    pub other: Option<&'k str>,
 }
 
 /// Every `baggage` header of a request, parsed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed<'a> {
+    /// Well-formed members, in order: the first [`MAX_MEMBERS`] not of the gray key (none after them can be
+    /// forwarded), and the first two of each of the [`Keys`].
     pub members: Vec<Member<'a>>,
-    pub malformed: Vec<Malformed<'a>>,
+    /// Well-formed members not kept: past the first [`MAX_MEMBERS`], so dropped over the limit by [`render`]
+    /// whatever they hold (more members of the gray key than two are not counted: they are replaced, not dropped).
+    pub not_kept: usize,
+    /// Malformed members, dropped.
+    pub malformed: usize,
+    /// Whether a malformed member had the gray key.
+    pub malformed_gray: bool,
+    /// Whether a malformed member had the other key of the [`Keys`].
+    pub malformed_other: bool,
     /// How many `baggage` headers there were.
     pub headers: usize,
 }
 
-/// Parses all `baggage` header values, in order.
-pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Parsed<'a> {
+/// Parses all `baggage` header values, in order, keeping what [`Parsed::members`] says.
+pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>, keys: Keys<'_>) -> Parsed<'a> {
     let mut parsed = Parsed::default();
+    // Kept members: not of the gray key; of the gray key; of the other key.
+    let (mut plain, mut gray, mut other) = (0, 0, 0);
     for value in values {
         parsed.headers += 1;
         for raw in value.split(|&b| b == b',') {
@@ -81,8 +99,27 @@ pub fn parse<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Parsed<'a> {
                 continue;
             }
             match parse_member(raw) {
-                Ok(m) => parsed.members.push(m),
-                Err(key) => parsed.malformed.push(Malformed { key }),
+                Ok(m) if m.key == keys.gray => {
+                    if gray < 2 {
+                        gray += 1;
+                        parsed.members.push(m);
+                    }
+                }
+                Ok(m) => {
+                    let read = keys.other == Some(m.key);
+                    if plain < MAX_MEMBERS || (read && other < 2) {
+                        plain += 1;
+                        other += usize::from(read);
+                        parsed.members.push(m);
+                    } else {
+                        parsed.not_kept += 1;
+                    }
+                }
+                Err(key) => {
+                    parsed.malformed += 1;
+                    parsed.malformed_gray |= key == Some(keys.gray);
+                    parsed.malformed_other |= key.is_some() && key == keys.other;
+                }
             }
         }
     }
@@ -188,10 +225,12 @@ pub struct Rendered {
     pub dropped_over_limit: usize,
 }
 
-/// Serialises `members` with the member `key=value` replacing every member named `key` (in the position of the
-/// first, keeping its properties if its value was already `value`), or appended when there was none; `value: None` removes the key's members. `value` must already be a
-/// valid baggage value (gray versions are).
-pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendered {
+/// Serialises the parsed members with the member `key=value` replacing every member named `key` (in the position of
+/// the first, keeping its properties if its value was already `value`), or appended when there was none;
+/// `value: None` removes the key's members. `key` is the gray key the list was parsed with; `value` must already be
+/// a valid baggage value (gray versions are). The members parsing did not keep count as dropped over the limit.
+pub fn render(parsed: &Parsed<'_>, key: &str, value: Option<&str>) -> Rendered {
+    let members = parsed.members.as_slice();
     let gray_pos = members.iter().position(|m| m.key == key);
     // An existing member with the same value keeps its properties, as long as they fit: the gray member is charged
     // to the budget like any other, and leaves without its properties rather than past the limit.
@@ -209,7 +248,7 @@ pub fn render(members: &[Member<'_>], key: &str, value: Option<&str>) -> Rendere
     };
     let mut kept: Vec<&Member<'_>> = Vec::with_capacity(members.len().min(MAX_MEMBERS));
     let mut gray_index = None;
-    let mut dropped_over_limit = 0;
+    let mut dropped_over_limit = parsed.not_kept;
     let mut full = false;
     for (i, m) in members.iter().enumerate() {
         if Some(i) == gray_pos {

@@ -67,9 +67,13 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         }
     };
 
-    let parsed = baggage::parse(headers.all("baggage"));
     let key = cfg.gray.baggage_key.as_str();
-    if parsed.malformed.iter().any(|m| m.key == Some(key)) {
+    let keys = baggage::Keys {
+        gray: key,
+        other: cfg.tenant.as_ref().and_then(|t| t.baggage_key.as_deref()),
+    };
+    let parsed = baggage::parse(headers.all("baggage"), keys);
+    if parsed.malformed_gray {
         invalid.push((Source::Baggage, Invalid::BadEncoding));
     }
     let from_baggage = {
@@ -112,7 +116,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         }
     };
 
-    let rendered = baggage::render(&parsed.members, key, version.as_deref());
+    let rendered = baggage::render(&parsed, key, version.as_deref());
     let baggage_header = match (rendered.header, parsed.headers) {
         (None, 0) => Rewrite::Keep,
         (None, _) => Rewrite::Remove,
@@ -124,7 +128,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         interface,
         version,
         invalid,
-        baggage_dropped_malformed: parsed.malformed.len(),
+        baggage_dropped_malformed: parsed.malformed,
         baggage_dropped_over_limit: rendered.dropped_over_limit,
         gray_header,
         baggage_header,

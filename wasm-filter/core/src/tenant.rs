@@ -208,7 +208,8 @@ pub struct Resolved {
     pub invalid: Vec<(Source, Invalid)>,
 }
 
-/// Resolves a request's tenant from its headers and its already parsed baggage.
+/// Resolves a request's tenant from its headers and its already parsed baggage (parsed with this dimension's
+/// `baggage_key` as the other of its [`baggage::Keys`]).
 pub fn resolve(cfg: &TenantConfig, headers: &Headers<'_>, baggage: &baggage::Parsed<'_>) -> Resolved {
     let mut invalid = Vec::new();
     let from_header = cfg.header.as_deref().and_then(|name| {
@@ -222,7 +223,7 @@ pub fn resolve(cfg: &TenantConfig, headers: &Headers<'_>, baggage: &baggage::Par
     // The header wins: baggage is only read when the header is absent.
     let candidate = from_header.or_else(|| {
         let key = cfg.baggage_key.as_deref()?;
-        if baggage.malformed.iter().any(|m| m.key == Some(key)) {
+        if baggage.malformed_other {
             return Some(Err((Source::Baggage, Invalid::BadEncoding)));
         }
         let mut members = baggage.members.iter().filter(|m| m.key == key);

@@ -21,7 +21,11 @@ fn full() -> TenantConfig {
 fn resolve_with(cfg: &TenantConfig, pairs: &[(&str, &[u8])]) -> Resolved {
     let pairs: Vec<(&[u8], &[u8])> = pairs.iter().map(|(k, v)| (k.as_bytes(), *v)).collect();
     let headers = Headers::from_pairs(pairs);
-    let parsed = baggage::parse(headers.all("baggage"));
+    let keys = baggage::Keys {
+        gray: "gray.version",
+        other: cfg.baggage_key.as_deref(),
+    };
+    let parsed = baggage::parse(headers.all("baggage"), keys);
     resolve(cfg, &headers, &parsed)
 }
 
