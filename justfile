@@ -45,6 +45,11 @@ setup:
 # dist/libgrayscope_filter.so (and an empty dynamic module, dist/libgrayscope_empty.so, the benchmark's floor), the
 # agent into dist/grayscope-agent and the webhook into dist/grayscope-injector.
 build:
+    # The test-only variant that panics on a request header (tests/tests/vm_failure.rs), built first so that the
+    # shipped build is the one left in target/.
+    cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release --features test-panic
+    mkdir -p {{root}}/dist/test
+    cp {{root}}/target/{{wasm_target}}/wasm-release/grayscope_filter.wasm {{root}}/dist/test/grayscope_filter-panic.wasm
     cargo build --locked -p wasm-filter --target {{wasm_target}} --profile wasm-release
     cargo build --locked --release -p wasm-filter-native -p wasm-filter-native-empty
     cargo build --locked --release -p sidecar-agent --bin grayscope-agent

@@ -112,7 +112,8 @@ fn bootstrap(stats: &ProxyStats, upstream_port: u16, socket: &str) -> String {
 
 /// The HTTP filter Istio builds from `istio/03-wasmplugin.yaml` once istio-agent has fetched the module to a local
 /// file (pilot's WasmPlugin conversion): filter config named `<namespace>.<name>`, `root_id` = `pluginName`, the
-/// `pluginConfig` as a JSON `StringValue`, `fail_open` from `failStrategy`.
+/// `pluginConfig` as a JSON `StringValue`, `failure_policy` from `failStrategy` (as Istio 1.25 and later set it;
+/// earlier ones set the deprecated `fail_open`).
 fn wasmplugin_filter() -> Value {
     let plugin = doc("03-wasmplugin.yaml");
     let spec = &plugin["spec"];
@@ -128,7 +129,10 @@ fn wasmplugin_filter() -> Value {
             "config": {
                 "name": name,
                 "root_id": spec["pluginName"],
-                "fail_open": spec["failStrategy"] == "FAIL_OPEN",
+                "failure_policy": match spec["failStrategy"].as_str() {
+                    Some("FAIL_CLOSE") | None => "FAIL_CLOSED",
+                    Some(other) => other,
+                },
                 "vm_config": {
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"local": {"filename": paths::wasm().display().to_string()}}
@@ -211,6 +215,14 @@ fn run_traffic(envoy: &Envoy) -> String {
 }
 
 /// Every grayscope series [`run_traffic`] produces, as whole exposition lines (both builds show the same).
+/// Envoy warns about each deprecated field it loads ("will be removed from Envoy soon"): the installed
+/// configuration must use none.
+fn assert_no_deprecated_field(envoy: &Envoy) {
+    let log = envoy.log_with("configured:");
+    let deprecated: Vec<&str> = log.lines().filter(|l| l.contains("Deprecated field")).collect();
+    assert!(deprecated.is_empty(), "{deprecated:#?}");
+}
+
 fn every_series() -> Vec<String> {
     let calls = |dir: &str, svc: &str, method: &str, version: &str, status: &str, n: u32| {
         format!("grayscope_interface_calls_total{{direction=\"{dir}\",rpc_system=\"http\",service=\"{svc}\",method=\"{method}\",gray_version=\"{version}\",status=\"{status}\"}} {n}")
@@ -238,6 +250,7 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
     let socket = dir.path().join("agent.sock").display().to_string();
     let stats = mesh_values().mesh_config.default_config;
     let envoy = Envoy::start(&bootstrap(&stats, upstream.addr.port(), &socket));
+    assert_no_deprecated_field(&envoy);
     let text = run_traffic(&envoy);
     let lines = every_series();
     for line in &lines {
@@ -304,6 +317,7 @@ fn the_wasmplugin_as_istio_renders_it_counts_calls_with_all_their_labels() {
     let stats = mesh_values().mesh_config.default_config;
     let filter = wasmplugin_filter();
     let envoy = Envoy::start(&bootstrap_with(&stats, upstream.addr.port(), &socket, &filter, &filter));
+    assert_no_deprecated_field(&envoy);
     let mut inbound = Client::new(envoy.listener("virtualInbound"));
     assert_eq!(
         inbound.get("/api/v1/orders/1", &[("x-gray-version", b"v3")]).status,

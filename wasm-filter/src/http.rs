@@ -78,6 +78,13 @@ impl Call {
                 return Ok(());
             }
         };
+        #[cfg(feature = "test-panic")]
+        if headers.first("x-grayscope-test-panic").is_some() {
+            #[allow(clippy::panic)]
+            {
+                panic!("x-grayscope-test-panic: the test-only build panics on request");
+            }
+        }
         let cfg = &shared.config;
         #[cfg(feature = "bench-x10")]
         crate::bench::amplify(cfg, &headers);
