@@ -305,7 +305,7 @@ fn plugin_configurations_are_accepted_by_the_filter_and_report_to_the_agent_clus
     // The file:// plugin and the EnvoyFilter load the same path.
     let file_plugin = doc("03-wasmplugin-file.yaml");
     let filter = doc("03-envoyfilter-http-filter.yaml");
-    // A module Envoy cannot find fails the listener (fail_open covers a failing VM, not a missing file): both
+    // A module Envoy cannot find fails the listener (the failure policy covers a failing VM, not a missing file): both
     // manifests that load it from a file select only the pods labelled as having it.
     assert_eq!(
         file_plugin["spec"]["selector"]["matchLabels"]["grayscope.io/filter"],
