@@ -1,8 +1,18 @@
 //! The binary's start-up failures, as a user meets them: a bad configuration exits 64 naming every bad field,
-//! and a start without privilege exits non-zero naming the missing capabilities (never a panic).
+//! and a start without privilege exits non-zero naming the missing capabilities (never a panic), unless the kernel
+//! programs are optional (`--kernel-optional true`, what the injector sets): then the agent says the same, and
+//! serves its socket and its metrics without them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{os::unix::fs::PermissionsExt, process::Command};
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
 
@@ -31,17 +41,15 @@ fn bad_configuration_exits_64_naming_every_field() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-#[test]
-fn start_without_privilege_names_what_is_missing() {
-    // As root, drop to `nobody` with no capabilities; as another user, run as is.
+/// The agent binary, copied under /tmp (which `nobody` can traverse whatever TMPDIR says), and a command that runs
+/// it without privilege: as root, dropped to `nobody` with no capabilities; as another user, as is.
+fn unprivileged(dir: &Path) -> (PathBuf, Command) {
     let root = nix::unistd::geteuid().is_root();
-    // Under /tmp, which `nobody` can traverse whatever TMPDIR says.
-    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
-    let bin = dir.path().join("grayscope-agent");
+    let bin = dir.join("grayscope-agent");
     std::fs::copy(BIN, &bin).unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cmd = if root {
+    let cmd = if root {
         let mut c = Command::new("setpriv");
         c.args([
             "--reuid=65534",
@@ -55,8 +63,15 @@ fn start_without_privilege_names_what_is_missing() {
     } else {
         Command::new(&bin)
     };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    (bin, cmd)
+}
+
+#[test]
+fn start_without_privilege_names_what_is_missing() {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let (_bin, mut cmd) = unprivileged(dir.path());
     let sock = dir.path().join("agent.sock");
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = cmd
         .arg("run")
         .arg("--socket")
@@ -70,4 +85,71 @@ fn start_without_privilege_names_what_is_missing() {
     assert!(err.contains("CAP_BPF and CAP_PERFMON"), "{err}");
     assert!(err.contains("setcap cap_bpf,cap_perfmon+ep"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+/// In a pod, an agent that exits is restarted, and a container that is not running keeps the whole pod out of its
+/// Service's endpoints: an agent that cannot load its programs (a kernel without BTF, capabilities refused) would
+/// take the application's traffic with it. With `--kernel-optional true` it says why, keeps serving its socket (the
+/// filter's reports are received, and count as unlinked) and its metrics, and stops cleanly.
+#[test]
+fn without_privilege_an_optional_kernel_side_leaves_the_socket_and_metrics_served() {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let (bin, mut cmd) = unprivileged(dir.path());
+    let sock = dir.path().join("agent.sock");
+    let metrics = {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap()
+    };
+    let log = dir.path().join("agent.log");
+    let mut agent = cmd
+        .arg("run")
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--allowed-uids", "self,0", "--kernel-optional", "true"])
+        .args(["--metrics-addr", &metrics.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exposition = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            panic!("the agent exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap());
+        }
+        if let Some(text) = scrape(metrics).filter(|_| sock.exists()) {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the agent never served its metrics");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("missing privilege") && err.contains("CAP_BPF and CAP_PERFMON"), "{err}");
+    assert!(
+        exposition.lines().any(|l| l == "grayscope_agent_kernel_programs_attached 0"),
+        "{exposition}"
+    );
+    // The socket answers gRPC: the method table, through the agent's own client.
+    let table = Command::new(&bin).arg("methods").arg("--socket").arg(&sock).output().unwrap();
+    assert!(
+        table.status.success(),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent.wait().unwrap();
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(!std::fs::read_to_string(&log).unwrap().contains("panicked"));
+}
+
+/// `GET /metrics`, or `None` while nothing answers.
+fn scrape(addr: std::net::SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.contains(" 200 ").then_some(text)
 }
