@@ -56,8 +56,9 @@ pub struct EventCounts {
 pub struct Agent {
     /// The connection table, shared with the event task, the metrics and the socket.
     table: Arc<Mutex<ConnTable>>,
-    /// Kernel counters and the loaded programs (they detach when the last reference goes).
-    kernel: Arc<KernelStats>,
+    /// Kernel counters and the loaded programs (they detach when the last reference goes); `None` when they could
+    /// not be loaded and the configuration lets the agent run without them (`kernel_optional`).
+    kernel: Option<Arc<KernelStats>>,
     /// The reader's counts.
     reader: Arc<ReaderCounters>,
     /// The metrics registry.
@@ -77,63 +78,83 @@ pub struct Agent {
 // === impl Agent ===
 
 impl Agent {
-    /// Loads the eBPF programs and starts the tasks. Must be called inside a tokio runtime.
+    /// Loads the eBPF programs and starts the tasks; when the programs cannot be loaded and the configuration says
+    /// `kernel_optional`, starts the rest without them. Must be called inside a tokio runtime.
     pub async fn start(config: &Config, listeners: Listeners) -> Result<Self, Error> {
-        let mut probe = Probe::load(&ProbeOptions {
+        let probe = match Probe::load(&ProbeOptions {
             netns: config.netns.clone(),
             ring_buffer_bytes: config.ring_buffer_bytes,
             kernel_max_conns: config.kernel_max_conns,
             accept_tracepoints: config.accept_tracepoints,
             program_stats: config.program_stats,
             raw_tracepoint: false,
-        })?;
-        let ring = probe.take_ring().ok_or(Error::Map {
-            name: "events",
-            detail: "ring buffer already taken".into(),
-        })?;
+        }) {
+            Ok(probe) => Some(probe),
+            // A pod's sidecar that exits keeps the pod out of its Service: serve without the kernel side instead.
+            Err(e) if config.kernel_optional => {
+                tracing::error!(
+                    error = %e,
+                    "the kernel programs are not loaded: serving without them (kernel_optional), so no call record \
+                     can be linked to a process"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let reader_counters = Arc::new(ReaderCounters::default());
-        let reader = Reader::new(ring, Arc::clone(&reader_counters)).map_err(|source| Error::Io {
-            what: "registering the ring buffer with tokio".into(),
-            source,
-        })?;
-        let kernel = probe.stats();
-        let conns = probe.take_conns().ok_or(Error::Map {
-            name: "conns",
-            detail: "map already taken".into(),
-        })?;
+        let (mut kernel, mut kernel_side, mut netns) = (None, None, 0);
+        if let Some(mut probe) = probe {
+            let ring = probe.take_ring().ok_or(Error::Map {
+                name: "events",
+                detail: "ring buffer already taken".into(),
+            })?;
+            let reader = Reader::new(ring, Arc::clone(&reader_counters)).map_err(|source| Error::Io {
+                what: "registering the ring buffer with tokio".into(),
+                source,
+            })?;
+            let conns = probe.take_conns().ok_or(Error::Map {
+                name: "conns",
+                detail: "map already taken".into(),
+            })?;
+            kernel = Some(probe.stats());
+            netns = probe.netns();
+            kernel_side = Some((reader, conns));
+        }
         let table = Arc::new(Mutex::new(ConnTable::new(
             config.table_max_entries,
             config.closed_grace,
         )));
         let metrics = Arc::new(Metrics::new(
             Arc::clone(&reader_counters),
-            Arc::clone(&kernel),
+            kernel.clone(),
             Arc::clone(&table),
         ));
         let cancel = CancellationToken::new();
         let (pause, switch) = reader::pause_switch();
-        let (tx, rx) = mpsc::channel(4096);
         let mut tasks = JoinSet::new();
 
-        let c = cancel.clone();
-        tasks.spawn(async move {
-            if let Err(e) = reader.run(tx, switch, c).await {
-                tracing::error!(error = %e, "ring buffer reader failed");
-            }
-        });
-        tasks.spawn(apply_events(
-            rx,
-            Arc::clone(&table),
-            Arc::clone(&metrics),
-            config.closed_grace,
-            cancel.clone(),
-        ));
-        tasks.spawn(sweep_forgotten(
-            conns,
-            Arc::clone(&table),
-            Arc::clone(&metrics),
-            cancel.clone(),
-        ));
+        if let Some((reader, conns)) = kernel_side {
+            let (tx, rx) = mpsc::channel(4096);
+            let c = cancel.clone();
+            tasks.spawn(async move {
+                if let Err(e) = reader.run(tx, switch, c).await {
+                    tracing::error!(error = %e, "ring buffer reader failed");
+                }
+            });
+            tasks.spawn(apply_events(
+                rx,
+                Arc::clone(&table),
+                Arc::clone(&metrics),
+                config.closed_grace,
+                cancel.clone(),
+            ));
+            tasks.spawn(sweep_forgotten(
+                conns,
+                Arc::clone(&table),
+                Arc::clone(&metrics),
+                cancel.clone(),
+            ));
+        }
         let (m, c) = (Arc::clone(&metrics), cancel.clone());
         let addr = listeners.metrics.local_addr().ok();
         tasks.spawn(async move {
@@ -145,7 +166,7 @@ impl Agent {
             Arc::clone(&table),
             Arc::clone(&metrics),
             CoreSettings {
-                netns: Some(probe.netns()).filter(|&n| n != 0),
+                netns: Some(netns).filter(|&n| n != 0),
                 link_wait: config.link_wait,
                 link_pending_max: config.link_pending_max,
                 watch_queue: config.watch_queue,
@@ -180,7 +201,7 @@ impl Agent {
             Arc::clone(&metrics),
             cancel.clone(),
         ));
-        tracing::info!(metrics = ?addr, netns = probe.netns(), "agent started");
+        tracing::info!(metrics = ?addr, netns, kernel_programs = kernel.is_some(), "agent started");
         Ok(Self {
             table,
             kernel,
@@ -189,7 +210,7 @@ impl Agent {
             pause,
             cancel,
             tasks,
-            netns: probe.netns(),
+            netns,
             core,
         })
     }
@@ -197,7 +218,7 @@ impl Agent {
     /// The owner the kernel holds for the listener of this agent's namespace (or of `netns` when the agent watches
     /// every one) bound to `addr`; a wildcard bind is `0.0.0.0` or `[::]`.
     pub fn listener_owner(&self, netns: u32, addr: std::net::SocketAddr) -> Option<crate::ebpf::ListenOwner> {
-        self.kernel.listener_owner(netns, addr)
+        self.kernel.as_ref()?.listener_owner(netns, addr)
     }
 
     /// The Collector's state (what the gRPC service serves).
@@ -216,7 +237,14 @@ impl Agent {
         // read, so `delivered + dropped <= produced` always holds. Read the other way round, events produced and
         // delivered between the two reads made the sum exceed `produced` under load.
         let delivered = self.reader.delivered.load(Ordering::Acquire);
-        let KernelCounters { produced, dropped, .. } = self.kernel.counters().map_err(|e| Error::Map {
+        let Some(kernel) = &self.kernel else {
+            return Ok(EventCounts {
+                delivered,
+                dropped: 0,
+                produced: 0,
+            });
+        };
+        let KernelCounters { produced, dropped, .. } = kernel.counters().map_err(|e| Error::Map {
             name: "stats",
             detail: e.to_string(),
         })?;

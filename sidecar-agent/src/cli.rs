@@ -150,6 +150,12 @@ pub struct RunArgs {
     /// [env: GRAYSCOPE_EXPOSE_COMMAND_LINE] [default: false].
     #[arg(long, value_name = "BOOL")]
     pub expose_command_line: Option<String>,
+    /// When the kernel programs cannot be loaded (a privilege or the kernel's BTF missing), say why and serve the
+    /// socket and /metrics without them (records then count as unlinked) instead of exiting; what a pod's sidecar
+    /// needs, since one that exits keeps the pod out of its Service [env: GRAYSCOPE_KERNEL_OPTIONAL]
+    /// [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub kernel_optional: Option<String>,
 }
 
 /// Settings of `trace`.
@@ -237,6 +243,7 @@ impl Command {
             flag(config::IDLE_TIMEOUT, &a.idle_timeout);
             flag(config::KEEPALIVE, &a.keepalive);
             flag(config::EXPOSE_COMMAND_LINE, &a.expose_command_line);
+            flag(config::KERNEL_OPTIONAL, &a.kernel_optional);
         }
         if let Self::Tail(TailArgs { client, .. }) | Self::Methods(client) = self {
             flag(config::SOCKET, &client.socket);

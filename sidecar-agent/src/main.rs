@@ -49,8 +49,11 @@ fn main() -> ExitCode {
 async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Run(_) => {
-            // Say what privilege is missing before touching the sockets (whose directory may need it too).
-            sidecar_agent::ebpf::preflight::check(config.accept_tracepoints)?;
+            // Say what privilege is missing before touching the sockets (whose directory may need it too); with
+            // `kernel_optional` the agent starts anyway, and says it when loading the programs fails.
+            if !config.kernel_optional {
+                sidecar_agent::ebpf::preflight::check(config.accept_tracepoints)?;
+            }
             let control = control::bind_with_mode(&config.socket, config.socket_mode)?;
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await

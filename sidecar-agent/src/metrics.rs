@@ -70,7 +70,7 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers every metric under the `grayscope_agent` prefix.
-    pub fn new(reader: Arc<ReaderCounters>, kernel: Arc<KernelStats>, table: Arc<Mutex<ConnTable>>) -> Self {
+    pub fn new(reader: Arc<ReaderCounters>, kernel: Option<Arc<KernelStats>>, table: Arc<Mutex<ConnTable>>) -> Self {
         let mut registry = Registry::with_prefix("grayscope_agent");
         let enrichment_failures = Family::<Reason, Counter>::default();
         registry.register(
@@ -226,7 +226,8 @@ impl Metrics {
 #[derive(Debug)]
 struct Live {
     reader: Arc<ReaderCounters>,
-    kernel: Arc<KernelStats>,
+    /// `None`: the programs are not loaded (`kernel_optional`); the kernel's series are then left out.
+    kernel: Option<Arc<KernelStats>>,
     table: Arc<Mutex<ConnTable>>,
 }
 
@@ -254,8 +255,17 @@ impl Collector for Live {
                 ("timer", self.reader.timed_reads.load(Ordering::Relaxed)),
             ],
         )?;
-        match self.kernel.counters() {
-            Ok(k) => {
+        let attached = ConstGauge::new(i64::from(self.kernel.is_some()));
+        attached.encode(enc.encode_descriptor(
+            "kernel_programs_attached",
+            "1 when the kernel programs are loaded and attached; 0 when the agent runs without them \
+             (kernel_optional), linking no call record to a process",
+            None,
+            attached.metric_type(),
+        )?)?;
+        match self.kernel.as_ref().map(|k| k.counters()) {
+            None => {}
+            Some(Ok(k)) => {
                 counter(
                     &mut enc,
                     "events_produced",
@@ -275,7 +285,7 @@ impl Collector for Live {
                     k.unowned,
                 )?;
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
         }
         let (len, live, max) = {
             let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
@@ -298,14 +308,17 @@ impl Collector for Live {
             None,
             cap.metric_type(),
         )?)?;
-        let listeners = ConstGauge::new(i64::try_from(self.kernel.listeners()).unwrap_or(i64::MAX));
+        let Some(kernel) = &self.kernel else {
+            return Ok(());
+        };
+        let listeners = ConstGauge::new(i64::try_from(kernel.listeners()).unwrap_or(i64::MAX));
         listeners.encode(enc.encode_descriptor(
             "listeners_tracked",
             "Listening sockets the kernel holds an owner for",
             None,
             listeners.metric_type(),
         )?)?;
-        if let Some(runs) = self.kernel.program_runs() {
+        if let Some(runs) = kernel.program_runs() {
             labelled_counters(
                 &mut enc,
                 "bpf_program_runs",

@@ -21,12 +21,14 @@ fn bad_configuration_exits_64_naming_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("agent.toml");
     std::fs::write(&file, "table_max_entries = 0\nsurprise = \"x\"\n").unwrap();
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = Command::new(BIN)
         .args(["run", "--netns", "nowhere", "--metrics-addr", "9464", "--config"])
         .arg(&file)
         .env("GRAYSCOPE_CLOSED_GRACE", "forever")
         .output()
         .unwrap();
+    drop(serial);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     for needle in [
@@ -41,12 +43,19 @@ fn bad_configuration_exits_64_naming_every_field() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Held while a test copies the binary and while one starts a process: a file being written cannot be executed
+/// (ETXTBSY), and a process started by another test's thread in that window inherits the copy's open descriptor
+/// until it execs.
+static EXEC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The agent binary, copied under /tmp (which `nobody` can traverse whatever TMPDIR says), and a command that runs
 /// it without privilege: as root, dropped to `nobody` with no capabilities; as another user, as is.
 fn unprivileged(dir: &Path) -> (PathBuf, Command) {
     let root = nix::unistd::geteuid().is_root();
     let bin = dir.join("grayscope-agent");
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::copy(BIN, &bin).unwrap();
+    drop(serial);
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let cmd = if root {
@@ -72,6 +81,7 @@ fn start_without_privilege_names_what_is_missing() {
     let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
     let (_bin, mut cmd) = unprivileged(dir.path());
     let sock = dir.path().join("agent.sock");
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let out = cmd
         .arg("run")
         .arg("--socket")
@@ -79,6 +89,7 @@ fn start_without_privilege_names_what_is_missing() {
         .args(["--metrics-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
+    drop(serial);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("missing privilege"), "{err}");
@@ -101,6 +112,7 @@ fn without_privilege_an_optional_kernel_side_leaves_the_socket_and_metrics_serve
         free.local_addr().unwrap()
     };
     let log = dir.path().join("agent.log");
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut agent = cmd
         .arg("run")
         .arg("--socket")
@@ -111,10 +123,14 @@ fn without_privilege_an_optional_kernel_side_leaves_the_socket_and_metrics_serve
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    drop(serial);
     let deadline = Instant::now() + Duration::from_secs(30);
     let exposition = loop {
         if let Some(status) = agent.try_wait().unwrap() {
-            panic!("the agent exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap());
+            panic!(
+                "the agent exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
         }
         if let Some(text) = scrape(metrics).filter(|_| sock.exists()) {
             break text;
@@ -123,18 +139,26 @@ fn without_privilege_an_optional_kernel_side_leaves_the_socket_and_metrics_serve
         thread::sleep(Duration::from_millis(50));
     };
     let err = std::fs::read_to_string(&log).unwrap();
-    assert!(err.contains("missing privilege") && err.contains("CAP_BPF and CAP_PERFMON"), "{err}");
     assert!(
-        exposition.lines().any(|l| l == "grayscope_agent_kernel_programs_attached 0"),
+        err.contains("missing privilege") && err.contains("CAP_BPF and CAP_PERFMON"),
+        "{err}"
+    );
+    assert!(
+        exposition
+            .lines()
+            .any(|l| l == "grayscope_agent_kernel_programs_attached 0"),
         "{exposition}"
     );
     // The socket answers gRPC: the method table, through the agent's own client.
-    let table = Command::new(&bin).arg("methods").arg("--socket").arg(&sock).output().unwrap();
-    assert!(
-        table.status.success(),
-        "{}",
-        String::from_utf8_lossy(&table.stderr)
-    );
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let table = Command::new(&bin)
+        .arg("methods")
+        .arg("--socket")
+        .arg(&sock)
+        .output()
+        .unwrap();
+    drop(serial);
+    assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap()),
         nix::sys::signal::Signal::SIGTERM,

@@ -163,6 +163,10 @@ fn agent_container(image: &str) -> Container {
                 "0660",
                 "--allowed-uids",
                 &format!("self,{ISTIO_PROXY_UID}"),
+                // An agent that exits keeps the pod out of its Service's endpoints: on a node where the kernel
+                // programs cannot load, it serves without them and says so (`kernel_programs_attached 0`).
+                "--kernel-optional",
+                "true",
             ]
             .map(str::to_owned)
             .to_vec(),

@@ -61,6 +61,7 @@ fields! {
     IDLE_TIMEOUT: "idle_timeout", "idle-timeout", "GRAYSCOPE_IDLE_TIMEOUT", "5m";
     KEEPALIVE: "keepalive", "keepalive", "GRAYSCOPE_KEEPALIVE", "30s";
     EXPOSE_COMMAND_LINE: "expose_command_line", "expose-command-line", "GRAYSCOPE_EXPOSE_COMMAND_LINE", "false";
+    KERNEL_OPTIONAL: "kernel_optional", "kernel-optional", "GRAYSCOPE_KERNEL_OPTIONAL", "false";
 }
 
 /// Environment variable naming the config file (also `--config`).
@@ -164,6 +165,10 @@ pub struct Config {
     pub keepalive: Duration,
     /// Whether `Watch` and `ListMethods` carry processes' command lines (they may hold secrets).
     pub expose_command_line: bool,
+    /// Keep serving when the kernel programs cannot be loaded (said in the log and by the
+    /// `kernel_programs_attached` metric), instead of exiting: a pod's sidecar that exits keeps the pod out of its
+    /// Service's endpoints.
+    pub kernel_optional: bool,
 }
 
 /// One bad value.
@@ -232,6 +237,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let idle_timeout = p.get(IDLE_TIMEOUT, |s| value::positive_duration(s, max_day));
     let keepalive = p.get(KEEPALIVE, |s| value::positive_duration(s, Duration::from_secs(3600)));
     let expose_command_line = p.get(EXPOSE_COMMAND_LINE, value::boolean);
+    let kernel_optional = p.get(KERNEL_OPTIONAL, value::boolean);
 
     let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let (
@@ -262,6 +268,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(idle_timeout),
         Some(keepalive),
         Some(expose_command_line),
+        Some(kernel_optional),
     ) = (
         socket,
         metrics_addr,
@@ -290,6 +297,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         idle_timeout,
         keepalive,
         expose_command_line,
+        kernel_optional,
     )
     else {
         return Err(ConfigError { problems });
@@ -325,6 +333,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         idle_timeout,
         keepalive,
         expose_command_line,
+        kernel_optional,
     })
 }
 
