@@ -298,12 +298,22 @@ fn versions_beyond_the_cap_count_as_other() {
     let s = Stack::start(r#"{"gray":{"max_versions":3}}"#);
     let mut c = Client::new(s.envoy.listener("ingress"));
     for n in 0..50 {
-        c.get("/v", &[("x-gray-version", format!("build-{n}").as_bytes())]);
+        let r = c.get("/v", &[("x-gray-version", format!("build-{n}").as_bytes())]);
+        assert_eq!(r.status, 200, "build-{n}");
     }
     let text = s.envoy.prometheus();
     assert_eq!(prom::samples(&text, "grayscope_interface_calls_total").len(), 4);
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 50.0);
     prom::assert_line(&text, "grayscope_gray_version_overflow_total{} 47");
+    // The 47 calls past the cap are in the `other` series (4 series and a sum of 50 would also hold with them
+    // under any other label, `none` say), and the first three versions keep their own.
+    let calls = |version: &str, n: u32| {
+        format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /v\",gray_version=\"{version}\",status=\"2xx\"}} {n}")
+    };
+    prom::assert_line(&text, &calls("other", 47));
+    for n in 0..3 {
+        prom::assert_line(&text, &calls(&format!("build-{n}"), 1));
+    }
 }
 
 #[test]

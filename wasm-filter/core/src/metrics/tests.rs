@@ -200,6 +200,10 @@ fn versions_are_bounded_by_allowlist_or_cap() {
     assert_eq!(host.series_of(CALLS), 3);
     assert_eq!(host.sum_of(CALLS), 50);
     assert_eq!(host.value(GRAY_OVERFLOW), 48);
+    // The 48 calls past the cap are in the `other` series: the counts above would also hold if they went to
+    // another placeholder (`none`, say), which would pass them off as unversioned traffic.
+    let other = "direction=.=inbound;.;rpc_system=.=grpc;.;service=.=s;.;method=.=M;.;gray_version=.=other;.;status=.=OK;.;grayscope_interface_calls_total";
+    assert_eq!(host.value(other), 48);
 }
 
 #[test]
