@@ -119,15 +119,22 @@ impl Stack {
         })
     }
 
-    /// Access log lines so far. Envoy flushes its access log buffer on a timer, so this waits for `want` lines.
+    /// Access log lines so far. Envoy flushes its access log buffer on a timer, so this waits for `want` lines, and
+    /// panics if they never come: a caller that checks what the lines do not hold would otherwise pass on a log
+    /// Envoy never wrote.
     pub fn access_log(&self, want: usize) -> Vec<String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             let text = fs::read_to_string(&self.access_log).unwrap_or_default();
             let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-            if lines.len() >= want || std::time::Instant::now() > deadline {
+            if lines.len() >= want {
                 return lines;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} access log lines after 20 s, want {want}:\n{lines:#?}",
+                lines.len()
+            );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }

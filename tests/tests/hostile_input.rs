@@ -85,7 +85,13 @@ fn hostile_gray_headers_are_refused_counted_and_never_fail_the_request() {
     assert_eq!(invalid(&text, "header", "bad_char"), 3.0); // tab, non-UTF-8, separators
     assert_eq!(invalid(&text, "header", "duplicated"), 1.0);
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /hostile\",gray_version=\"none\",status=\"2xx\"} 7");
+    // The 7 requests through the filter and their 7 twins through `plain` went upstream; each line names why it
+    // was answered, which is where a failed filter shows (`details=wasm_fail_stream`).
     let log = s.access_log(14);
+    assert!(
+        log.iter().filter(|l| l.contains(" details=via_upstream ")).count() >= 14,
+        "{log:#?}"
+    );
     assert!(log.iter().all(|l| !l.contains("wasm_fail_stream")), "{log:#?}");
     assert_vm_healthy(&s.envoy.log());
 }
