@@ -125,7 +125,10 @@ impl Stack {
     pub fn access_log(&self, want: usize) -> Vec<String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
-            let text = fs::read_to_string(&self.access_log).unwrap_or_default();
+            // Lossy: a line holds request header values as received, which need not be UTF-8 (a hostile
+            // `x-gray-version: \xff\xfe`), and one such byte made `read_to_string` fail, and the whole log read as
+            // empty.
+            let text = String::from_utf8_lossy(&fs::read(&self.access_log).unwrap_or_default()).into_owned();
             let lines: Vec<String> = text.lines().map(str::to_owned).collect();
             if lines.len() >= want {
                 return lines;
