@@ -293,7 +293,8 @@ pub async fn run(config: &Config, listeners: Listeners, shutdown: impl Future) -
 }
 
 /// Retries the records waiting for their connection, a few times per link wait, and sleeps while none waits (its
-/// ticks were most of an idle agent's wakeups); on shutdown ends the watch streams so the gRPC server can drain.
+/// ticks were most of an idle agent's wakeups); on shutdown reports the records still waiting and ends the watch
+/// streams so the gRPC server can drain ([`Core::shutdown`]).
 async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) {
     let period = (wait / 10).clamp(Duration::from_millis(5), Duration::from_millis(50));
     let mut tick = tokio::time::interval(period);
@@ -302,7 +303,7 @@ async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) 
         if core.pending() == 0 {
             tokio::select! {
                 () = cancel.cancelled() => {
-                    core.hub().close();
+                    core.shutdown();
                     return;
                 }
                 () = core.queued() => tick.reset(),
@@ -310,7 +311,7 @@ async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) 
         }
         tokio::select! {
             () = cancel.cancelled() => {
-                core.hub().close();
+                core.shutdown();
                 return;
             }
             _ = tick.tick() => core.tick(Instant::now()),

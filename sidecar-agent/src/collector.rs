@@ -222,6 +222,25 @@ impl Core {
         }
     }
 
+    /// The agent is stopping: the records still waiting for their connection are tried once more and reported
+    /// (linked, or unlinked and counted), later ones no longer wait, and then the watchers' streams end after
+    /// what they have queued. Without this, records the agent had accepted (the filter counts them as sent) were
+    /// never reported nor counted.
+    pub fn shutdown(&self) {
+        let done = {
+            let mut pending = lock(&self.pending);
+            let table = lock(&self.table);
+            let done = pending.close(&TableLookup {
+                table: &table,
+                netns: self.netns,
+            });
+            self.metrics.link_pending.set(gauge(pending.len()));
+            done
+        };
+        self.finish(done);
+        self.hub.close();
+    }
+
     /// Records the interfaces process `pid` declares. Returns how many were accepted.
     pub fn declare(&self, pid: u32, methods: Vec<MethodMetadata>) -> Result<u32, Status> {
         for (i, m) in methods.iter().enumerate() {

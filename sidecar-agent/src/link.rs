@@ -298,6 +298,22 @@ impl Pending {
         out
     }
 
+    /// The agent is stopping and no timer will retry any more: tries every waiting record once more and returns
+    /// them all, linked or not. From now on a record that does not link at once is reported unlinked at once (as
+    /// with a link wait of 0), so none is left waiting uncounted.
+    pub fn close(&mut self, lookup: &impl Lookup) -> Vec<Resolved> {
+        self.wait = Duration::ZERO;
+        self.queue
+            .drain(..)
+            .map(|w| Resolved {
+                outcome: attempt(lookup, &w.record, w.netns)
+                    .unwrap_or_else(|reason| Outcome::NoConnection(format!("{reason} when the agent stopped"))),
+                record: w.record,
+                received_unix_nano: w.received_unix_nano,
+            })
+            .collect()
+    }
+
     /// Records waiting.
     pub fn len(&self) -> usize {
         self.queue.len()

@@ -1,13 +1,15 @@
 //! Stopping the agent while clients hold it: a scrape that never finishes its request does not keep the agent
-//! from stopping (a pod's agent must end on SIGTERM before the kubelet's SIGKILL).
+//! from stopping (a pod's agent must end on SIGTERM before the kubelet's SIGKILL); a record still waiting for its
+//! connection when the agent stops is reported (unlinked, counted) to the open watchers before their streams end.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::time::Duration;
 
-use common::{privileged, start, PATIENCE};
-use sidecar_agent::NetnsFilter;
+use common::{next, privileged, report, start, PATIENCE};
+use proto::v1::{LinkState, WatchRequest};
+use sidecar_agent::{Config, NetnsFilter};
 use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,4 +27,75 @@ async fn a_stalled_metrics_request_does_not_hold_the_agent_at_shutdown() {
         .await
         .expect("the agent was still stopping 30 s after it was told to: a stalled scrape held it");
     drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_for_its_connection_at_shutdown_reaches_the_watchers_and_is_counted() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        // The record below would wait a minute for a connection that never comes: the agent stops first.
+        link_wait: Duration::from_secs(60),
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let mut watch = agent
+        .client()
+        .await
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let nowhere = common::outbound(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "SayHello",
+    );
+    // Accepted: the filter counts it as sent and will never send it again.
+    assert_eq!(report(&mut agent.client().await, vec![nowhere]).await, 1);
+    common::wait_for("the record to wait for its connection", || {
+        agent.agent.core().pending() == 1
+    })
+    .await;
+    let metrics = agent.agent.metrics();
+    let (outcomes, waiting) = (metrics.records.clone(), metrics.link_pending.clone());
+    let core = std::sync::Arc::clone(agent.agent.core());
+    let stopping = tokio::spawn(agent.agent.stop());
+    let m = next(&mut watch).await;
+    let call = m.call.expect("a linked call");
+    assert_eq!(call.link, LinkState::NoConnection as i32);
+    assert_eq!(call.call.unwrap().rpc_method, "test.Greeter/SayHello");
+    assert!(
+        call.unlinked_reason
+            .contains("no connection 127.0.0.1:1 -> 127.0.0.1:2"),
+        "{}",
+        call.unlinked_reason
+    );
+    assert!(
+        common::patiently("the end of the watch stream", watch.message())
+            .await
+            .unwrap()
+            .is_none(),
+        "the stream ends after the last record"
+    );
+    common::patiently("the agent to stop", stopping).await.unwrap();
+    // Every accepted record ended with an outcome: none is left waiting, none is lost uncounted.
+    assert_eq!(
+        outcomes.get_or_create(&[("outcome", "unlinked_no_connection")]).get(),
+        1
+    );
+    assert_eq!((core.pending(), waiting.get()), (0, 0));
+    // A batch that arrives while the server drains does not wait for a timer that no longer runs.
+    let late = common::outbound(
+        "127.0.0.1:3".parse().unwrap(),
+        "127.0.0.1:4".parse().unwrap(),
+        "SayHello",
+    );
+    assert_eq!(core.report(vec![late], tokio::time::Instant::now(), None), 1);
+    assert_eq!(core.pending(), 0);
+    assert_eq!(
+        outcomes.get_or_create(&[("outcome", "unlinked_no_connection")]).get(),
+        2
+    );
 }
