@@ -358,6 +358,12 @@ fn labelled_counters<'a, N: EncodeCounterValue>(
     Ok(())
 }
 
+/// The format [`Metrics::encode`] writes: `prometheus_client`'s text encoder writes OpenMetrics (`# TYPE x counter`
+/// with samples `x_total`, `# EOF`). Declared as the classic `text/plain; version=0.0.4`, a scraper parses it with
+/// the classic rules, under which a counter's `_total` samples are not of its family: every counter arrived
+/// untyped.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// How long open scrapes may go on after `cancel` before their connections are closed (the gRPC server's too).
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -374,7 +380,7 @@ pub async fn serve(
         let metrics = Arc::clone(&metrics);
         async move {
             match metrics.encode() {
-                Ok(text) => ([("content-type", "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+                Ok(text) => ([("content-type", CONTENT_TYPE)], text).into_response(),
                 Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
             }
         }

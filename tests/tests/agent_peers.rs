@@ -252,3 +252,58 @@ fn with_netns_all_a_call_is_linked_in_its_reporters_namespace() {
         let _ = h.wait();
     }
 }
+
+/// A scraper reads the agent's `/metrics` in the format the response declares. The counters of the README's table
+/// must reach it as counters: the body is OpenMetrics (`# TYPE x counter`, samples `x_total`), and under the classic
+/// text format's content-type every counter's samples fall outside its family and become untyped.
+#[test]
+fn the_agents_metrics_reach_a_scraper_with_their_types() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &[]);
+    let out = Command::new(paths::python())
+        .arg(paths::tests_file("peers/scrape_types.py"))
+        .arg(format!("http://{}/metrics", agent.metrics_addr))
+        .output()
+        .expect("run the scraper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let content_type = lines.next().unwrap_or_default().to_owned();
+    let families: Vec<(String, String, Vec<String>)> =
+        lines.map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let untyped: Vec<_> = families
+        .iter()
+        .filter(|(_, t, _)| t != "counter" && t != "gauge")
+        .collect();
+    assert!(
+        untyped.is_empty(),
+        "families without their type ({content_type}): {untyped:?}"
+    );
+    for counter in [
+        "grayscope_agent_call_records_received",
+        "grayscope_agent_events_produced",
+        "grayscope_agent_events_delivered",
+        "grayscope_agent_watch_lost",
+        "grayscope_agent_grpc_permission_denied",
+    ] {
+        let family = families.iter().find(|(n, _, _)| n == counter);
+        assert!(
+            family.is_some_and(|(_, t, s)| t == "counter" && s == &[format!("{counter}_total")]),
+            "{counter}: {family:?} ({content_type})"
+        );
+    }
+    for gauge in [
+        "grayscope_agent_link_pending",
+        "grayscope_agent_watchers",
+        "grayscope_agent_methods_rows",
+    ] {
+        let family = families.iter().find(|(n, _, _)| n == gauge);
+        assert!(
+            family.is_some_and(|(_, t, s)| t == "gauge" && s == &[gauge.to_owned()]),
+            "{gauge}: {family:?} ({content_type})"
+        );
+    }
+}
