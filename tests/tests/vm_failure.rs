@@ -6,8 +6,8 @@
 //!   in `istio/` sets one.
 //! - `FAIL_OPEN`, the policy the manifests set: the request that was in flight fails, and every later one passes
 //!   without the filter, uncounted, until the plugin is loaded again.
-//! - `FAIL_RELOAD`: requests fail until the reload backoff (1 s) has passed, and then a fresh VM counts them again.
-//!   Metrics recover, but requests are failed on the way: the manifests do not choose it.
+//! - `FAIL_RELOAD`: requests fail until the reload backoff (1 s base) has passed, and then a fresh VM counts them
+//!   again. Metrics recover, but requests are failed on the way: the manifests do not choose it.
 //!
 //! The native build has no such policy: a dynamic module runs in Envoy's process, and its FFI layer never panics.
 
@@ -139,12 +139,8 @@ fn under_fail_reload_a_fresh_vm_counts_again_after_the_backoff() {
     let s = start(Some("FAIL_RELOAD"));
     assert_eq!(get(&s, "/before", &[VERSION]), 200);
     assert_eq!(panic_the_vm(&s), 503);
-    let failed_at = Instant::now();
-    let right_after = get(&s, "/right-after", &[VERSION]);
-    // Envoy reloads the VM once its backoff (1 s by default) has passed; a request before that fails.
-    if failed_at.elapsed() < Duration::from_millis(900) {
-        assert_eq!(right_after, 503);
-    }
+    // Envoy reloads the VM once its backoff (1 s base) has passed; requests before that fail. When exactly is
+    // Envoy's to choose, so only the reload itself is asserted.
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(&s, "/probe", &[VERSION]) != 200 {
         assert!(Instant::now() < deadline, "the VM was not reloaded");
