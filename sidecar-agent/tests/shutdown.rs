@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{next, privileged, report, start, PATIENCE};
-use proto::v1::{LinkState, WatchRequest};
+use proto::v1::LinkState;
 use sidecar_agent::{Config, NetnsFilter};
 use tokio::io::AsyncWriteExt;
 
@@ -40,13 +40,7 @@ async fn a_record_waiting_for_its_connection_at_shutdown_reaches_the_watchers_an
         ..common::config(NetnsFilter::Own)
     })
     .await;
-    let mut watch = agent
-        .client()
-        .await
-        .watch(WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = agent.watch_all().await;
     let nowhere = common::outbound(
         "127.0.0.1:1".parse().unwrap(),
         "127.0.0.1:2".parse().unwrap(),

@@ -255,20 +255,8 @@ async fn a_watcher_that_never_reads_slows_nobody_and_learns_what_it_lost() {
     })
     .await;
     // Each on its own connection, as separate programs would be.
-    let mut slow = agent
-        .client()
-        .await
-        .watch(WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut fast = agent
-        .client()
-        .await
-        .watch(WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = agent.watch_all().await;
+    let mut fast = agent.watch_all().await;
     let mut reporter = agent.client().await;
     // ~4 KiB per call, so the slow watcher's HTTP/2 window fills after a few hundred and its queue overflows.
     let padding = "p".repeat(4000);

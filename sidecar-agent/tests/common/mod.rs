@@ -14,7 +14,7 @@ use std::{
 };
 
 use proto::v1::{
-    collector_client::CollectorClient, CallRecord, Direction, ReportRequest, SocketAddress, WatchResponse,
+    collector_client::CollectorClient, CallRecord, Direction, ReportRequest, SocketAddress, WatchRequest, WatchResponse,
 };
 use sidecar_agent::{control, Agent, Config, Listeners, NetnsFilter};
 use tonic::transport::Channel;
@@ -75,6 +75,16 @@ impl TestAgent {
     /// A gRPC client on the agent's socket.
     pub async fn client(&self) -> CollectorClient<Channel> {
         sidecar_agent::client::connect(&self.socket).await.unwrap()
+    }
+
+    /// A `Watch` of every call, on a connection of its own.
+    pub async fn watch_all(&self) -> tonic::Streaming<WatchResponse> {
+        self.client()
+            .await
+            .watch(WatchRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
     }
 }
 
