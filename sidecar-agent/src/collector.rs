@@ -160,18 +160,20 @@ impl Core {
 
     /// Retries the waiting records; those linked now or out of time are reported.
     pub fn tick(&self, now: Instant) {
+        self.settle(|pending, lookup| pending.retry(lookup, now));
+    }
+
+    /// Resolves waiting records with `resolve`, under the locks of the queue and of the table, then reports them.
+    fn settle(&self, resolve: impl FnOnce(&mut link::Pending, &TableLookup<'_>) -> Vec<Resolved>) {
         let done = {
             let mut pending = lock(&self.pending);
-            if pending.is_empty() {
-                return;
-            }
             let table = lock(&self.table);
-            let done = pending.retry(
+            let done = resolve(
+                &mut pending,
                 &TableLookup {
                     table: &table,
                     netns: self.netns,
                 },
-                now,
             );
             self.metrics.link_pending.set(gauge(pending.len()));
             done
@@ -227,17 +229,7 @@ impl Core {
     /// what they have queued. Without this, records the agent had accepted (the filter counts them as sent) were
     /// never reported nor counted.
     pub fn shutdown(&self) {
-        let done = {
-            let mut pending = lock(&self.pending);
-            let table = lock(&self.table);
-            let done = pending.close(&TableLookup {
-                table: &table,
-                netns: self.netns,
-            });
-            self.metrics.link_pending.set(gauge(pending.len()));
-            done
-        };
-        self.finish(done);
+        self.settle(|pending, lookup| pending.close(lookup));
         self.hub.close();
     }
 
