@@ -263,30 +263,6 @@ impl Collector for Live {
             None,
             attached.metric_type(),
         )?)?;
-        match self.kernel.as_ref().map(|k| k.counters()) {
-            None => {}
-            Some(Ok(k)) => {
-                counter(
-                    &mut enc,
-                    "events_produced",
-                    "Events the kernel programs tried to emit",
-                    k.produced,
-                )?;
-                counter(
-                    &mut enc,
-                    "events_dropped",
-                    "Events lost because the ring buffer was full",
-                    k.dropped,
-                )?;
-                counter(
-                    &mut enc,
-                    "inbound_unowned",
-                    "Accepted connections whose listener had no known owner (reported without a process)",
-                    k.unowned,
-                )?;
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
-        }
         let (len, live, max) = {
             let t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
             (t.len(), t.live(), t.max_entries())
@@ -311,6 +287,29 @@ impl Collector for Live {
         let Some(kernel) = &self.kernel else {
             return Ok(());
         };
+        match kernel.counters() {
+            Ok(k) => {
+                counter(
+                    &mut enc,
+                    "events_produced",
+                    "Events the kernel programs tried to emit",
+                    k.produced,
+                )?;
+                counter(
+                    &mut enc,
+                    "events_dropped",
+                    "Events lost because the ring buffer was full",
+                    k.dropped,
+                )?;
+                counter(
+                    &mut enc,
+                    "inbound_unowned",
+                    "Accepted connections whose listener had no known owner (reported without a process)",
+                    k.unowned,
+                )?;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the kernel stats map"),
+        }
         let listeners = ConstGauge::new(i64::try_from(kernel.listeners()).unwrap_or(i64::MAX));
         listeners.encode(enc.encode_descriptor(
             "listeners_tracked",
