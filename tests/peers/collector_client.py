@@ -7,6 +7,9 @@ The messages are encoded by hand (a few protobuf fields), so the peer needs noth
 usage: collector_client.py SOCKET_PATH SERVICE
        collector_client.py report SOCKET_PATH CLIENT_IP:PORT SERVER_IP:PORT METHOD
          (one outbound call record of test.Greeter/METHOD from CLIENT to SERVER; prints `accepted`)
+       collector_client.py list SOCKET_PATH
+         (the whole method table, page after page of ListMethods as AIP-158 has a client follow
+         `next_page_token`; prints {"code", "detail", "pages", "rows": [[service, gray_version], ...]})
 """
 import json
 import sys
@@ -56,9 +59,66 @@ def report_one(socket, client, server, method):
     print(answer.hex(), flush=True)
 
 
+def fields(data):
+    """The top-level fields of a protobuf message: (number, value) pairs, value an int or bytes."""
+    i = 0
+    while i < len(data):
+        key, i = read_varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = read_varint(data, i)
+        elif wire == 2:
+            n, i = read_varint(data, i)
+            value, i = data[i : i + n], i + n
+        elif wire == 1:
+            value, i = data[i : i + 8], i + 8
+        elif wire == 5:
+            value, i = data[i : i + 4], i + 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        yield number, value
+
+
+def read_varint(data, i):
+    n, shift = 0, 0
+    while True:
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n, i
+
+
+def list_methods(socket):
+    """ListMethods page after page (request: page_size 1, page_token 2; response: methods 1, next_page_token 2)."""
+    rows, pages, token = [], 0, b""
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        rpc = channel.unary_unary("/grayscope.v1.Collector/ListMethods")
+        try:
+            while True:
+                answer = rpc(field(2, token) if token else b"", timeout=30)
+                pages += 1
+                token = b""
+                for number, value in fields(answer):
+                    if number == 1:
+                        row = dict(fields(value))
+                        rows.append([row.get(2, b"").decode(), row.get(4, b"").decode()])
+                    elif number == 2:
+                        token = value
+                if not token:
+                    break
+        except grpc.RpcError as e:
+            print(json.dumps({"code": e.code().name, "detail": e.details(), "pages": pages, "rows": rows}))
+            return
+    print(json.dumps({"code": "OK", "detail": "", "pages": pages, "rows": rows}), flush=True)
+
+
 def main():
     if sys.argv[1] == "report":
         return report_one(*sys.argv[2:6])
+    if sys.argv[1] == "list":
+        return list_methods(sys.argv[2])
     socket, service = sys.argv[1], sys.argv[2]
     results = []
 

@@ -63,6 +63,89 @@ fn a_grpcio_client_with_default_options_is_served_on_every_rpc() {
     assert!(detail(3).contains(&hex("py.Peers")), "{}", detail(3));
 }
 
+/// A method table over 4 MiB, the largest message a gRPC client accepts by default (grpc-core, grpc-go,
+/// grpc-java), reaches a grpcio client with default options whole: `ListMethods` pages it, and the client follows
+/// `next_page_token`. The agent's default bounds allow such a table: here 1,280 rows of 4 KiB names, under the
+/// default 4,096 rows and 256 interfaces.
+#[test]
+fn a_method_table_over_a_grpc_message_reaches_a_default_grpcio_client_in_pages() {
+    if !privileged() {
+        return;
+    }
+    const INTERFACES: usize = 256;
+    const VERSIONS: usize = 5;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &[]);
+    let call = |i: usize, v: usize| proto::v1::CallRecord {
+        direction: proto::v1::Direction::Outbound as i32,
+        rpc_system_name: "grpc".into(),
+        rpc_method: format!("pkg{i:04}.{}/M{i:04}{}", "S".repeat(2500), "m".repeat(1500)),
+        service: format!("pkg{i:04}.{}", "S".repeat(2500)),
+        gray_version: format!("v{v}"),
+        status: "OK".into(),
+        duration_ns: 1_000_000,
+        // No server address: unlinked at once ("no_address"), so counted without waiting for a connection.
+        ..proto::v1::CallRecord::default()
+    };
+    runtime().block_on(async {
+        let mut client = agent.client().await;
+        for v in 0..VERSIONS {
+            for start in (0..INTERFACES).step_by(64) {
+                let calls = (start..start + 64).map(|i| call(i, v)).collect();
+                let request = proto::v1::ReportRequest {
+                    reporter: "test".into(),
+                    calls,
+                };
+                let accepted = client.report(request).await.expect("Report").into_inner().accepted;
+                assert_eq!(accepted, 64);
+            }
+        }
+    });
+    let mut scrape = integration_tests::client::Client::new(agent.metrics_addr.parse().expect("metrics address"));
+    let want_rows = format!("grayscope_agent_methods_rows {}", INTERFACES * VERSIONS);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&scrape.get("/metrics", &[]).body)
+        .lines()
+        .any(|l| l == want_rows)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the calls were not all counted:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = Command::new(paths::python())
+        .arg(paths::tests_file("peers/collector_client.py"))
+        .args(["list"])
+        .arg(&agent.socket)
+        .output()
+        .expect("run the grpcio client");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON line");
+    assert_eq!(answer["code"], "OK", "{}", answer["detail"]);
+    let mut got: Vec<(String, String)> = answer["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r[0].as_str().unwrap_or("").to_owned(),
+                r[1].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(String, String)> = (0..INTERFACES)
+        .flat_map(|i| (0..VERSIONS).map(move |v| (call(i, v).service, format!("v{v}"))))
+        .collect();
+    want.sort();
+    assert_eq!(got.len(), want.len(), "rows listed");
+    assert!(got == want, "the listed rows are not the table's, each once");
+    assert!(answer["pages"].as_u64().unwrap_or(0) > 1, "one page of over 4 MiB");
+}
+
 /// One allowed process opens as many connections to the agent as it serves (64 by default) and never speaks.
 /// Envoy's reports must still get through: the process keeps a few of them (`max_connections_per_peer`), and
 /// those go after the handshake timeout.
