@@ -25,9 +25,6 @@ use proto::v1::{
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
-/// Largest message the client decodes (a big method table).
-pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
-
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -59,7 +56,29 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<CollectorClient<Channel
         .connect_with_connector(connector)
         .await
         .map_err(|source| ClientError::Connect { path, source })?;
-    Ok(CollectorClient::new(channel).max_decoding_message_size(MAX_RESPONSE_BYTES))
+    // gRPC's default limit on a received message (4 MiB), as any client has: the agent's answers are bounded
+    // below it, a method table by its pages.
+    Ok(CollectorClient::new(channel))
+}
+
+/// The whole method table, page after page of `ListMethods`.
+pub async fn list_methods(client: &mut CollectorClient<Channel>) -> Result<Vec<MethodStats>, tonic::Status> {
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_methods(ListMethodsRequest {
+                page_size: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        rows.extend(page.methods);
+        if page.next_page_token.is_empty() {
+            return Ok(rows);
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// Streams calls matching `filter` into `out`, one line each, until the agent ends the stream or `shutdown`
@@ -87,7 +106,7 @@ pub async fn tail(
 /// Prints the method table into `out`.
 pub async fn methods(socket: &Path, mut out: impl Write) -> Result<(), ClientError> {
     let mut client = connect(socket).await?;
-    let rows = client.list_methods(ListMethodsRequest {}).await?.into_inner().methods;
+    let rows = list_methods(&mut client).await?;
     out.write_all(methods_table(&rows).as_bytes())?;
     out.flush()?;
     Ok(())

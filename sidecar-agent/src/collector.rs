@@ -22,7 +22,7 @@ use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
 
 use crate::{
     link::{self, Clocks, Outcome, Pending, Resolved, TableLookup},
-    methods::MethodTable,
+    methods::{self, MethodTable},
     metrics::Metrics,
     table::ConnTable,
     watch::{Filter, Hub},
@@ -299,6 +299,11 @@ impl Core {
         lock(&self.methods).list()
     }
 
+    /// A page of the method table (`ListMethods`).
+    pub fn page(&self, page_token: &str, page_size: usize) -> Result<ListMethodsResponse, methods::BadToken> {
+        lock(&self.methods).page(page_token, page_size)
+    }
+
     /// The watchers.
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
@@ -472,11 +477,14 @@ impl Collector for Service {
 
     async fn list_methods(
         &self,
-        _request: Request<ListMethodsRequest>,
+        request: Request<ListMethodsRequest>,
     ) -> Result<Response<ListMethodsResponse>, Status> {
-        Ok(Response::new(ListMethodsResponse {
-            methods: self.core.list(),
-        }))
+        let r = request.into_inner();
+        let page_size = usize::try_from(r.page_size).unwrap_or(usize::MAX);
+        self.core
+            .page(&r.page_token, page_size)
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 

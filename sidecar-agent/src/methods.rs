@@ -16,6 +16,7 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashSet},
+    ops::Bound,
     time::Duration,
 };
 
@@ -23,12 +24,17 @@ use std::{
 // row's key was the largest part of that. The rows are bounded (`max_rows`, `max_interfaces`), so a client
 // choosing colliding names could slow its own lookups at most, never grow the table.
 use hashbrown::HashMap;
-use proto::v1::{CallRecord, Direction, LatencySummary, LinkedCall, MethodMetadata, MethodStats, Process};
+use proto::v1::{
+    CallRecord, Direction, LatencySummary, LinkedCall, ListMethodsResponse, MethodMetadata, MethodStats, Process,
+};
 use tokio::time::Instant;
 
 use key::{InterfaceRef, Key, KeyRef};
+use page::Cursor;
+pub use page::{BadToken, MAX_PAGE_BYTES};
 
 mod key;
+mod page;
 
 /// Distinct peers kept per row.
 pub const MAX_PEERS: usize = 16;
@@ -388,52 +394,136 @@ impl MethodTable {
     /// Every row, sorted by service, method, gray version, tenant, direction and pid; then declarations of
     /// processes that have no call yet.
     pub fn list(&self) -> Vec<MethodStats> {
+        self.entries(None, usize::MAX, usize::MAX).0
+    }
+
+    /// A page of [`MethodTable::list`]: the entries after the one `page_token` names (from the first when it is
+    /// empty), at most `page_size` of them (0: no limit) and at most [`MAX_PAGE_BYTES`] encoded, and the token
+    /// of the next page (empty after the last entry).
+    pub fn page(&self, page_token: &str, page_size: usize) -> Result<ListMethodsResponse, BadToken> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(Cursor::parse(page_token)?)
+        };
+        let max_rows = if page_size == 0 { usize::MAX } else { page_size };
+        let (methods, next) = self.entries(after.as_ref(), max_rows, MAX_PAGE_BYTES);
+        Ok(ListMethodsResponse {
+            methods,
+            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+        })
+    }
+
+    /// The entries after `after`, until `max_rows` of them or `max_bytes` of their encoding (always one at
+    /// least), and the cursor of the last one when more follow.
+    fn entries(&self, after: Option<&Cursor>, max_rows: usize, max_bytes: usize) -> (Vec<MethodStats>, Option<Cursor>) {
+        let mut page = Page::new(max_rows, max_bytes);
         let mut keys: Vec<&Key> = self.rows.keys().collect();
-        keys.sort();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let row = &self.rows[key];
-            let declared = self
-                .declared
-                .get(&(key.pid, key.service.clone(), key.method.clone()))
-                .map(|(m, _)| m.clone());
-            out.push(MethodStats {
-                rpc_system_name: key.rpc_system_name.clone(),
-                service: key.service.clone(),
-                method: key.method.clone(),
-                gray_version: key.gray_version.clone(),
-                direction: key.direction,
-                process: row.process.clone(),
-                calls: row.calls,
-                errors: row.errors,
-                latency: Some(row.latency.summary()),
-                first_seen_unix_nano: row.first_seen,
-                last_seen_unix_nano: row.last_seen,
-                peers: row.peers.iter().map(Peer::text).collect(),
-                declared,
-                tenant: key.tenant.clone(),
-            });
-        }
-        for ((pid, service, method), (m, _)) in &self.declared {
-            let called = self
-                .rows
-                .keys()
-                .any(|k| k.pid == *pid && &k.service == service && &k.method == method);
-            if !called {
-                out.push(MethodStats {
-                    service: service.clone(),
-                    method: method.clone(),
-                    gray_version: m.version.clone(),
-                    process: Some(Process {
-                        pid: *pid,
-                        ..Process::default()
-                    }),
-                    declared: Some(m.clone()),
-                    ..MethodStats::default()
-                });
+        keys.sort_unstable();
+        let first = match after {
+            None => 0,
+            Some(Cursor::Row(k)) => keys.partition_point(|x| *x <= k),
+            Some(Cursor::Declared(..)) => keys.len(),
+        };
+        // The last entry this page holds: the next page starts after it.
+        let mut last = None;
+        for key in &keys[first..] {
+            if !page.push(self.row_stats(key, &self.rows[*key])) {
+                return (page.out, last);
             }
+            last = Some(Cursor::Row((*key).clone()));
         }
-        out
+        // Then declarations of processes that have no call of that interface yet.
+        let called: HashSet<(u32, &str, &str)> = self
+            .rows
+            .keys()
+            .map(|k| (k.pid, k.service.as_str(), k.method.as_str()))
+            .collect();
+        let declared = match after {
+            Some(Cursor::Declared(pid, service, method)) => self.declared.range((
+                Bound::Excluded((*pid, service.clone(), method.clone())),
+                Bound::Unbounded,
+            )),
+            _ => self.declared.range(..),
+        };
+        for ((pid, service, method), (m, _)) in declared {
+            if called.contains(&(*pid, service.as_str(), method.as_str())) {
+                continue;
+            }
+            let stats = MethodStats {
+                service: service.clone(),
+                method: method.clone(),
+                gray_version: m.version.clone(),
+                process: Some(Process {
+                    pid: *pid,
+                    ..Process::default()
+                }),
+                declared: Some(m.clone()),
+                ..MethodStats::default()
+            };
+            if !page.push(stats) {
+                return (page.out, last);
+            }
+            last = Some(Cursor::Declared(*pid, service.clone(), method.clone()));
+        }
+        (page.out, None)
+    }
+
+    fn row_stats(&self, key: &Key, row: &Row) -> MethodStats {
+        let declared = self
+            .declared
+            .get(&(key.pid, key.service.clone(), key.method.clone()))
+            .map(|(m, _)| m.clone());
+        MethodStats {
+            rpc_system_name: key.rpc_system_name.clone(),
+            service: key.service.clone(),
+            method: key.method.clone(),
+            gray_version: key.gray_version.clone(),
+            direction: key.direction,
+            process: row.process.clone(),
+            calls: row.calls,
+            errors: row.errors,
+            latency: Some(row.latency.summary()),
+            first_seen_unix_nano: row.first_seen,
+            last_seen_unix_nano: row.last_seen,
+            peers: row.peers.iter().map(Peer::text).collect(),
+            declared,
+            tenant: key.tenant.clone(),
+        }
+    }
+}
+
+/// The entries of one page, and what they take of its bounds.
+struct Page {
+    out: Vec<MethodStats>,
+    bytes: usize,
+    max_rows: usize,
+    max_bytes: usize,
+}
+
+impl Page {
+    fn new(max_rows: usize, max_bytes: usize) -> Self {
+        Self {
+            out: Vec::new(),
+            bytes: 0,
+            max_rows,
+            max_bytes,
+        }
+    }
+
+    /// Adds `stats` if the page has room for it (an empty page always has); false when it is full.
+    fn push(&mut self, stats: MethodStats) -> bool {
+        // As the message encodes it: the field's tag, its length and the row.
+        let len = prost::Message::encoded_len(&stats);
+        let bytes = 1 + prost::encoding::encoded_len_varint(u64::try_from(len).unwrap_or(u64::MAX)) + len;
+        if !self.out.is_empty()
+            && (self.out.len() >= self.max_rows || self.bytes.saturating_add(bytes) > self.max_bytes)
+        {
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.out.push(stats);
+        true
     }
 }
 

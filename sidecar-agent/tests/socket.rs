@@ -69,7 +69,7 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
     };
     denied(client.report(ReportRequest::default()).await.unwrap_err());
     denied(client.watch(WatchRequest::default()).await.unwrap_err());
-    denied(client.list_methods(ListMethodsRequest {}).await.unwrap_err());
+    denied(client.list_methods(ListMethodsRequest::default()).await.unwrap_err());
 
     let out = methods_as(65534, &agent.socket);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -96,7 +96,7 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
         // The closed one may fail as early as the HTTP/2 handshake, or on its first call.
         let outcome = match sidecar_agent::client::connect(&agent.socket).await {
             Ok(mut c) => {
-                let code = c.list_methods(ListMethodsRequest {}).await.unwrap_err().code();
+                let code = c.list_methods(ListMethodsRequest::default()).await.unwrap_err().code();
                 extra.push(c);
                 format!("{code:?}")
             }
@@ -311,10 +311,10 @@ async fn connections_beyond_the_limit_wait_their_turn() {
     })
     .await;
     let mut first = agent.client().await;
-    first.list_methods(ListMethodsRequest {}).await.unwrap();
+    first.list_methods(ListMethodsRequest::default()).await.unwrap();
     // The second connection is made (it waits in the listen backlog), but not served while the first lives.
     let mut second = agent.client().await;
-    let waiting = tokio::spawn(async move { second.list_methods(ListMethodsRequest {}).await });
+    let waiting = tokio::spawn(async move { second.list_methods(ListMethodsRequest::default()).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !waiting.is_finished(),
@@ -357,7 +357,7 @@ async fn silent_and_idle_connections_are_closed_and_watchers_stay() {
     let mut watcher = agent.client().await;
     let mut watch = watcher.watch(WatchRequest::default()).await.unwrap().into_inner();
     let mut done = agent.client().await;
-    done.list_methods(ListMethodsRequest {}).await.unwrap();
+    done.list_methods(ListMethodsRequest::default()).await.unwrap();
     common::wait_for("the idle connection to be closed", || {
         gauge("closed", "idle_timeout") >= 1 && gauge("open", "allowed") == 1
     })
@@ -388,12 +388,12 @@ async fn one_process_cannot_hold_more_than_its_share_of_connections() {
     .await;
     let mut first = agent.client().await;
     let mut second = agent.client().await;
-    first.list_methods(ListMethodsRequest {}).await.unwrap();
-    second.list_methods(ListMethodsRequest {}).await.unwrap();
+    first.list_methods(ListMethodsRequest::default()).await.unwrap();
+    second.list_methods(ListMethodsRequest::default()).await.unwrap();
     // The third from this process is closed at once (during the handshake or at its first call).
     let third = match sidecar_agent::client::connect(&agent.socket).await {
         Ok(mut c) => c
-            .list_methods(ListMethodsRequest {})
+            .list_methods(ListMethodsRequest::default())
             .await
             .map(|_| ())
             .map_err(|s| s.to_string()),
@@ -428,7 +428,12 @@ async fn one_process_cannot_hold_more_than_its_share_of_connections() {
             == 1
     })
     .await;
-    agent.client().await.list_methods(ListMethodsRequest {}).await.unwrap();
+    agent
+        .client()
+        .await
+        .list_methods(ListMethodsRequest::default())
+        .await
+        .unwrap();
     drop(second);
     agent.agent.stop().await;
 }
@@ -471,7 +476,7 @@ async fn the_processes_of_one_uid_cannot_hold_more_than_its_share() {
     let refused = sidecar_agent::client::connect(&agent.socket).await;
     let refused = match refused {
         Ok(mut c) => c
-            .list_methods(ListMethodsRequest {})
+            .list_methods(ListMethodsRequest::default())
             .await
             .map(|_| ())
             .map_err(|s| s.to_string()),

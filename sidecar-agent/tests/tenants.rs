@@ -98,7 +98,7 @@ async fn tenant_labels_are_validated_kept_filtered_and_tabled() {
     let mut rows = Vec::new();
     for _ in 0..1500 {
         rows = client
-            .list_methods(ListMethodsRequest {})
+            .list_methods(ListMethodsRequest::default())
             .await
             .unwrap()
             .into_inner()

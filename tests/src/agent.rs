@@ -52,7 +52,14 @@ impl Agent {
                 panic!("grayscope-agent exited with {status}:\n{}", agent.log());
             }
             if socket.exists()
-                && rt.block_on(async { agent.client().await.list_methods(ListMethodsRequest {}).await.is_ok() })
+                && rt.block_on(async {
+                    agent
+                        .client()
+                        .await
+                        .list_methods(ListMethodsRequest::default())
+                        .await
+                        .is_ok()
+                })
             {
                 return agent;
             }

@@ -187,7 +187,7 @@ fn a_peer_holding_idle_connections_cannot_starve_the_reporter() {
             let mut c = tokio::time::timeout(Duration::from_secs(2), agent.client())
                 .await
                 .ok()?;
-            let rows = tokio::time::timeout(Duration::from_secs(2), c.list_methods(ListMethodsRequest {}))
+            let rows = tokio::time::timeout(Duration::from_secs(2), c.list_methods(ListMethodsRequest::default()))
                 .await
                 .ok()?
                 .ok()?;

@@ -370,7 +370,7 @@ fn the_agent_cluster_patch_carries_the_reports_to_the_real_agent() {
         agent
             .client()
             .await
-            .list_methods(proto::v1::ListMethodsRequest {})
+            .list_methods(proto::v1::ListMethodsRequest::default())
             .await
             .expect("ListMethods")
             .into_inner()

@@ -13,7 +13,7 @@ use integration_tests::{
     stack::Stack,
 };
 use proto::v1::collector_client::CollectorClient;
-use proto::v1::{Direction, LinkState, LinkedCall, ListMethodsRequest, MethodStats, WatchRequest, WatchResponse};
+use proto::v1::{Direction, LinkState, LinkedCall, MethodStats, WatchRequest, WatchResponse};
 use tonic::{transport::Channel, Streaming};
 
 const CONFIG: &str = r#"{"report":{"flush_interval_ms":50}}"#;
@@ -56,14 +56,9 @@ async fn read_calls(mut w: Watcher, want: usize) -> Vec<LinkedCall> {
 
 fn methods(agent: &Agent) -> Vec<MethodStats> {
     runtime().block_on(async {
-        agent
-            .client()
-            .await
-            .list_methods(ListMethodsRequest {})
+        sidecar_agent::client::list_methods(&mut agent.client().await)
             .await
             .expect("list methods")
-            .into_inner()
-            .methods
     })
 }
 

@@ -315,3 +315,106 @@ fn a_full_declaration_table_evicts_the_declaration_unused_the_longest() {
 fn pid_of(row: &MethodStats) -> u32 {
     row.process.as_ref().map_or(0, |p| p.pid)
 }
+
+/// Every page of the table, `page_size` at a time, with the change `between` made after each page.
+fn all_pages(
+    t: &mut MethodTable,
+    page_size: usize,
+    mut between: impl FnMut(&mut MethodTable, usize),
+) -> Vec<Vec<MethodStats>> {
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = t.page(&token, page_size).unwrap();
+        pages.push(page.methods);
+        if page.next_page_token.is_empty() {
+            return pages;
+        }
+        token = page.next_page_token;
+        between(t, pages.len());
+    }
+}
+
+fn names(rows: &[MethodStats]) -> Vec<String> {
+    rows.iter().map(|r| format!("{}:{}", pid_of(r), r.method)).collect()
+}
+
+#[test]
+fn pages_hold_page_size_entries_and_together_the_whole_list() {
+    let mut t = MethodTable::new(100, 100);
+    for i in 0..10 {
+        t.observe(&grpc(&format!("M{i}"), "OK", 1, 42));
+    }
+    let decl = |method: &str| MethodMetadata {
+        service: "pkg.Greeter".into(),
+        method: method.into(),
+        ..MethodMetadata::default()
+    };
+    // Declarations alone, after the rows: a page boundary falls among them and between rows and them.
+    for m in ["D1", "D2", "D3"] {
+        t.declare(43, decl(m));
+    }
+    let whole = names(&t.list());
+    assert_eq!(whole.len(), 13);
+    for size in [1, 2, 3, 4, 10, 12, 13] {
+        let pages = all_pages(&mut t, size, |_, _| {});
+        assert!(
+            pages.iter().all(|p| !p.is_empty() && p.len() <= size),
+            "page size {size}"
+        );
+        assert_eq!(pages.len(), whole.len().div_ceil(size), "page size {size}");
+        assert_eq!(names(&pages.concat()), whole, "page size {size}");
+    }
+    // No limit: one page, no token.
+    let page = t.page("", 0).unwrap();
+    assert_eq!((names(&page.methods), page.next_page_token.as_str()), (whole, ""));
+}
+
+#[test]
+fn a_page_stays_under_its_byte_bound_with_one_entry_at_least() {
+    let mut t = MethodTable::new(100, 100);
+    // Rows of about 1 MiB each (the strings the agent accepts are 4 KiB at most; this only tests the bound).
+    for i in 0..7 {
+        t.observe(&grpc(&format!("M{i}{}", "x".repeat(1 << 20)), "OK", 1, 42));
+    }
+    let pages = all_pages(&mut t, 0, |_, _| {});
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2, 1]);
+    for p in &pages {
+        let bytes = prost::Message::encoded_len(&ListMethodsResponse {
+            methods: p.clone(),
+            next_page_token: String::new(),
+        });
+        assert!(bytes <= MAX_PAGE_BYTES, "{bytes}");
+    }
+    // A row larger than the bound still gets a page of its own.
+    let (one, next) = t.entries(None, usize::MAX, 10);
+    assert_eq!(one.len(), 1);
+    assert!(next.is_some());
+}
+
+#[test]
+fn rows_added_and_removed_between_pages_neither_repeat_nor_hide_the_rows_that_stay() {
+    let mut t = MethodTable::new(5, 100);
+    for m in ["B", "D", "F", "H"] {
+        t.observe(&grpc(m, "OK", 1, 42));
+    }
+    // After the first page (B, D): a row before the token (A), one after it (G), and D, the token's own row,
+    // evicted to make room for G (the table holds 5 rows, and D is the idlest).
+    let pages = all_pages(&mut t, 2, |t, n| {
+        if n == 1 {
+            for m in ["B", "F", "H", "A", "G"] {
+                t.observe(&grpc(m, "OK", 1, 42));
+            }
+            assert_eq!(names(&t.list()), ["42:A", "42:B", "42:F", "42:G", "42:H"]);
+        }
+    });
+    // A came behind the token and waits for the next pass; G, ahead of it, is listed; nothing repeats.
+    assert_eq!(names(&pages.concat()), ["42:B", "42:D", "42:F", "42:G", "42:H"]);
+}
+
+#[test]
+fn a_bad_page_token_is_refused() {
+    let t = MethodTable::new(10, 10);
+    assert_eq!(t.page("garbage!", 0), Err(BadToken));
+    assert_eq!(t.page("AQ", 0), Err(BadToken));
+}

@@ -230,14 +230,9 @@ pub async fn report(client: &mut CollectorClient<Channel>, calls: Vec<CallRecord
         .accepted
 }
 
-/// The agent's method table (`ListMethods`).
+/// The agent's method table (`ListMethods`, every page).
 pub async fn methods(client: &mut CollectorClient<Channel>) -> Vec<proto::v1::MethodStats> {
-    client
-        .list_methods(proto::v1::ListMethodsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .methods
+    sidecar_agent::client::list_methods(client).await.unwrap()
 }
 
 /// The next message of a watch stream, within [`PATIENCE`].

@@ -1,0 +1,180 @@
+//! `ListMethods` pages (AIP-158): how large a page may be, and the token that says where the next one starts.
+//!
+//! The token names the last entry sent (its whole key), not a position, so the table needs no snapshot and keeps
+//! no state per lister: a row added or evicted between two pages cannot make the next page repeat or skip a row
+//! that stayed. It is opaque to clients (URL-safe base64 of the encoding below), versioned by its first byte, and
+//! checked on the way in: a token this agent did not issue is refused, never trusted.
+//!
+//! Encoding, version 1: `1`, then `r` and a row key (service, method, gray version, tenant as length-prefixed
+//! strings; direction as 4 bytes; rpc system as a string; pid as 4 bytes; start as 8 bytes), or `d` and a
+//! declaration key (pid as 4 bytes; service and method as strings). Integers little-endian, lengths as 4 bytes.
+//! Written by hand: a dozen lines, where a serialization crate would be a dependency for one struct.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+
+use super::key::Key;
+
+/// The largest page, in encoded bytes of its rows: gRPC clients refuse a message over 4 MiB by default
+/// (grpc-core, grpc-go, grpc-java, tonic), so a page stays well under it, leaving room for the token and framing.
+/// A page always holds at least one row; the largest row is far smaller (its strings are bounded).
+pub const MAX_PAGE_BYTES: usize = 3 << 20;
+
+/// Where a page ends: the last entry it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Cursor {
+    /// A row of calls.
+    Row(Key),
+    /// A declaration with no call yet: (pid, service, method).
+    Declared(u32, String, String),
+}
+
+/// Why a page token is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("page_token is not a token this agent issued: pass the previous answer's next_page_token, or none")]
+pub struct BadToken;
+
+const VERSION: u8 = 1;
+
+// === impl Cursor ===
+
+impl Cursor {
+    /// The token for the page after this entry.
+    pub(super) fn token(&self) -> String {
+        let mut b = vec![VERSION];
+        match self {
+            Self::Row(k) => {
+                b.push(b'r');
+                for s in [&k.service, &k.method, &k.gray_version, &k.tenant] {
+                    put_str(&mut b, s);
+                }
+                b.extend_from_slice(&k.direction.to_le_bytes());
+                put_str(&mut b, &k.rpc_system_name);
+                b.extend_from_slice(&k.pid.to_le_bytes());
+                b.extend_from_slice(&k.start.to_le_bytes());
+            }
+            Self::Declared(pid, service, method) => {
+                b.push(b'd');
+                b.extend_from_slice(&pid.to_le_bytes());
+                put_str(&mut b, service);
+                put_str(&mut b, method);
+            }
+        }
+        URL_SAFE_NO_PAD.encode(b)
+    }
+
+    /// The entry a token names.
+    pub(super) fn parse(token: &str) -> Result<Self, BadToken> {
+        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| BadToken)?;
+        let mut r = Reader(&bytes);
+        if r.take(1)? != [VERSION] {
+            return Err(BadToken);
+        }
+        let cursor = match r.take(1)? {
+            b"r" => Self::Row(Key {
+                service: r.string()?,
+                method: r.string()?,
+                gray_version: r.string()?,
+                tenant: r.string()?,
+                direction: i32::from_le_bytes(r.array()?),
+                rpc_system_name: r.string()?,
+                pid: u32::from_le_bytes(r.array()?),
+                start: u64::from_le_bytes(r.array()?),
+            }),
+            b"d" => Self::Declared(u32::from_le_bytes(r.array()?), r.string()?, r.string()?),
+            _ => return Err(BadToken),
+        };
+        if r.0.is_empty() {
+            Ok(cursor)
+        } else {
+            Err(BadToken)
+        }
+    }
+}
+
+fn put_str(b: &mut Vec<u8>, s: &str) {
+    // The strings are bounded far below 4 GiB (the agent refuses longer fields), so the length fits.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(s.as_bytes());
+}
+
+/// The unread rest of a token.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BadToken> {
+        if self.0.len() < n {
+            return Err(BadToken);
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], BadToken> {
+        self.take(N)?.try_into().map_err(|_| BadToken)
+    }
+
+    fn string(&mut self) -> Result<String, BadToken> {
+        let len = usize::try_from(u32::from_le_bytes(self.array()?)).map_err(|_| BadToken)?;
+        String::from_utf8(self.take(len)?.to_vec()).map_err(|_| BadToken)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_names_the_entry_it_was_made_from() {
+        let row = Cursor::Row(Key {
+            service: "pkg.Greeter".into(),
+            method: "SayHello".into(),
+            gray_version: "v2".into(),
+            tenant: String::new(),
+            direction: 2,
+            rpc_system_name: "grpc".into(),
+            pid: 4242,
+            start: u64::MAX - 1,
+        });
+        let declared = Cursor::Declared(7, "pkg.Greeter".into(), "GET /users/{id}".into());
+        for cursor in [row, declared] {
+            let token = cursor.token();
+            assert!(
+                token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{token}"
+            );
+            assert_eq!(Cursor::parse(&token), Ok(cursor));
+        }
+    }
+
+    #[test]
+    fn a_token_the_agent_did_not_issue_is_refused() {
+        let good = Cursor::Declared(7, "s".into(), "m".into()).token();
+        let raw = URL_SAFE_NO_PAD.decode(&good).unwrap_or_default();
+        let mut longer = raw.clone();
+        longer.push(0);
+        let mut version = raw.clone();
+        version[0] = 2;
+        let mut kind = raw.clone();
+        kind[1] = b'x';
+        // A string's length claiming more bytes than there are.
+        let mut overlong = raw.clone();
+        overlong[6] = 0xff;
+        let bad = [
+            String::new(),
+            "not base64!".to_owned(),
+            URL_SAFE_NO_PAD.encode(&raw[..raw.len() - 1]),
+            URL_SAFE_NO_PAD.encode(longer),
+            URL_SAFE_NO_PAD.encode(version),
+            URL_SAFE_NO_PAD.encode(kind),
+            URL_SAFE_NO_PAD.encode(overlong),
+            URL_SAFE_NO_PAD.encode([1, b'd', 0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, 0, 0, 0]),
+        ];
+        for token in bad {
+            assert_eq!(Cursor::parse(&token), Err(BadToken), "{token:?}");
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Listing a method table larger than one gRPC message may be: gRPC clients refuse, by default, a message over
+//! 4 MiB (grpc-core, grpc-go, grpc-java and tonic alike), and the agent's default bounds allow a table far larger
+//! (4,096 rows, names of up to 4 KiB each). `ListMethods` pages it, and `grayscope-agent methods` follows the pages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{privileged, report, start, wait_for};
+use proto::v1::{CallRecord, ListMethodsRequest};
+use sidecar_agent::NetnsFilter;
+
+const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
+
+/// Interfaces × gray versions: 256 interfaces (the default `methods_max_interfaces`) in 5 versions.
+const INTERFACES: usize = 256;
+const VERSIONS: usize = 5;
+
+/// A call of interface `i` in gray version `v`, with names long enough (about 4 KiB a row) that the table is more
+/// than 5 MB; unlinked (no server address), so it is counted at once.
+fn long_call(i: usize, v: usize) -> CallRecord {
+    let service = format!("pkg{i:04}.{}", "S".repeat(2500));
+    let method = format!("M{i:04}{}", "m".repeat(1500));
+    let mut call = common::outbound("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "x");
+    call.server = None;
+    call.rpc_method = format!("{service}/{method}");
+    call.service = service;
+    call.gray_version = format!("v{v}");
+    call
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_larger_than_a_grpc_message_is_listed_in_full() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut client = agent.client().await;
+    for v in 0..VERSIONS {
+        for chunk in (0..INTERFACES).collect::<Vec<_>>().chunks(64) {
+            let calls: Vec<_> = chunk.iter().map(|&i| long_call(i, v)).collect();
+            assert_eq!(report(&mut client, calls).await, 64);
+        }
+    }
+    let core = std::sync::Arc::clone(agent.agent.core());
+    wait_for("every call to be counted", || {
+        core.list().len() == INTERFACES * VERSIONS
+    })
+    .await;
+
+    let out = Command::new(BIN)
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grayscope-agent methods failed on a {}-row table: {}",
+        INTERFACES * VERSIONS,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rows: Vec<(String, String)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[1].to_owned(), f[3].to_owned())
+        })
+        .collect();
+    rows.sort();
+    let mut want: Vec<(String, String)> = (0..INTERFACES)
+        .flat_map(|i| (0..VERSIONS).map(move |v| (long_call(i, v).service, format!("v{v}"))))
+        .collect();
+    want.sort();
+    assert_eq!(rows.len(), want.len(), "rows printed");
+    assert!(rows == want, "the printed rows are not the table's, each once");
+
+    // `page_size` pages: 1,280 rows in pages of 500.
+    let mut sizes = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_methods(ListMethodsRequest {
+                page_size: 500,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sizes.push(page.methods.len());
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    // 500 rows of 4 KiB would be 2 MB: each page holds 500, but for the last.
+    assert_eq!(sizes, [500, 500, 280]);
+    // A token it did not issue: refused, naming the field.
+    let refused = client
+        .list_methods(ListMethodsRequest {
+            page_size: 0,
+            page_token: "bm90IGEgdG9rZW4".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .starts_with("page_token is not a token this agent issued"),
+        "{refused:?}"
+    );
+    agent.agent.stop().await;
+}
