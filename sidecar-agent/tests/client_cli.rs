@@ -1,11 +1,11 @@
 //! `grayscope-agent tail` and `grayscope-agent methods` run as a user would, as subprocesses against a running
-//! agent: tail prints a line per call (linked ones with the pid and command, unlinked ones with the reason) and
-//! stops cleanly on SIGTERM; methods prints the aligned table.
+//! agent: tail prints a line per call (linked ones with the pid and command, unlinked ones with the reason),
+//! stops cleanly on SIGTERM and fails saying so when the agent stops; methods prints the aligned table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use common::{finish, privileged, report, start, wait_for, PATIENCE};
 use nix::{sys::signal, unistd::Pid};
@@ -116,6 +116,37 @@ async fn tail_and_methods_print_linked_calls() {
     assert!(status.success(), "tail must stop cleanly on SIGTERM: {status}");
     finish(child);
     agent.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_says_the_agent_stopped_and_fails() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let tail = Command::new(BIN)
+        .arg("tail")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hub = std::sync::Arc::clone(agent.agent.core().hub());
+    wait_for("tail to subscribe", || hub.len() == 1).await;
+    agent.agent.stop().await;
+    let out = common::patiently(
+        "tail to exit",
+        tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap()),
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // A script that restarts tail, or a person reading the terminal, must see that the agent went away: a
+    // silent exit 0 reads as "nothing more to show".
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the agent is stopping"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Stopping the agent while clients hold it: a scrape that never finishes its request does not keep the agent
 //! from stopping (a pod's agent must end on SIGTERM before the kubelet's SIGKILL); a record still waiting for its
-//! connection when the agent stops is reported (unlinked, counted) to the open watchers before their streams end.
+//! connection when the agent stops is reported (unlinked, counted) to the open watchers before their streams end,
+//! and the streams end with UNAVAILABLE, which a client retries, not OK.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -66,13 +67,12 @@ async fn a_record_waiting_for_its_connection_at_shutdown_reaches_the_watchers_an
         "{}",
         call.unlinked_reason
     );
-    assert!(
-        common::patiently("the end of the watch stream", watch.message())
-            .await
-            .unwrap()
-            .is_none(),
-        "the stream ends after the last record"
-    );
+    // Then the stream ends, and not with OK: a client must tell the agent going away (retry, reconnect to its
+    // successor) from a stream that is over. UNAVAILABLE is the status gRPC clients retry.
+    let end = common::patiently("the end of the watch stream", watch.message()).await;
+    let status = end.expect_err("the stream ended with OK: a client cannot tell the agent stopped");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("the agent is stopping"), "{status:?}");
     common::patiently("the agent to stop", stopping).await.unwrap();
     // Every accepted record ended with an outcome: none is left waiting, none is lost uncounted.
     assert_eq!(
