@@ -39,6 +39,9 @@ pub enum ClientError {
     /// The agent answered with an error.
     #[error("the agent refused: {code:?}: {message}", code = .0.code(), message = .0.message())]
     Status(#[from] tonic::Status),
+    /// A watch stream ended with an error: UNAVAILABLE when the agent stops, or the connection broke.
+    #[error("the watch stream ended: {code:?}: {message}", code = .0.code(), message = .0.message())]
+    WatchEnded(tonic::Status),
     /// Writing the output failed.
     #[error("writing the output: {0}")]
     Io(#[from] std::io::Error),
@@ -81,8 +84,9 @@ pub async fn list_methods(client: &mut CollectorClient<Channel>) -> Result<Vec<M
     }
 }
 
-/// Streams calls matching `filter` into `out`, one line each, until the agent ends the stream or `shutdown`
-/// completes.
+/// Streams calls matching `filter` into `out`, one line each, until `shutdown` completes (`Ok`) or the stream ends.
+/// The agent ends it only when it stops, with UNAVAILABLE: that is [`ClientError::WatchEnded`], so that a script
+/// running `tail` sees the agent went away rather than a clean end.
 pub async fn tail(
     socket: &Path,
     filter: WatchRequest,
@@ -95,7 +99,7 @@ pub async fn tail(
     loop {
         let msg = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            m = stream.message() => m?,
+            m = stream.message() => m.map_err(ClientError::WatchEnded)?,
         };
         let Some(msg) = msg else { return Ok(()) };
         out.write_all(watch_lines(&msg).as_bytes())?;

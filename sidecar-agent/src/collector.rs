@@ -226,8 +226,8 @@ impl Core {
 
     /// The agent is stopping: the records still waiting for their connection are tried once more and reported
     /// (linked, or unlinked and counted), later ones no longer wait, and then the watchers' streams end after
-    /// what they have queued. Without this, records the agent had accepted (the filter counts them as sent) were
-    /// never reported nor counted.
+    /// what they have queued (with UNAVAILABLE, see [`WATCH_STOPPING`]). Without this, records the agent had
+    /// accepted (the filter counts them as sent) were never reported nor counted.
     pub fn shutdown(&self) {
         self.settle(|pending, lookup| pending.close(lookup));
         self.hub.close();
@@ -412,6 +412,9 @@ pub fn count_oversized<B>(
     })
 }
 
+/// The status message ending every `Watch` stream when the agent stops (with UNAVAILABLE).
+pub const WATCH_STOPPING: &str = "the agent is stopping";
+
 /// The tonic service over a [`Core`].
 #[derive(Clone, Debug)]
 pub struct Service {
@@ -472,7 +475,11 @@ impl Collector for Service {
             )));
         }
         let watcher = self.core.hub().subscribe(Filter::from(request));
-        Ok(Response::new(Box::pin(watcher.into_stream().map(Ok))))
+        // A watcher's calls end only when the hub closes, that is when the agent stops ([`Core::shutdown`]). Ending
+        // with OK would read as "nothing more will come": UNAVAILABLE, the status gRPC clients retry, tells them to
+        // reconnect (to the agent that replaces this one), after the calls queued before it.
+        let stopping = futures_util::stream::once(async { Err(Status::unavailable(WATCH_STOPPING)) });
+        Ok(Response::new(Box::pin(watcher.into_stream().map(Ok).chain(stopping))))
     }
 
     async fn list_methods(

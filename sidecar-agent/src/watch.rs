@@ -144,7 +144,8 @@ impl Hub {
         }
     }
 
-    /// Ends every watcher's stream (after what it has queued) and refuses new ones.
+    /// Ends every watcher's stream (after what it has queued) and refuses new ones: the agent is stopping, and the
+    /// service ends the gRPC streams with UNAVAILABLE.
     pub fn close(&self) {
         let mut w = lock(&self.watchers);
         w.closed = true;
