@@ -1,11 +1,12 @@
 //! The method table under churn and floods, through the real agent: short-lived client processes never fill it
-//! for good (rows of exited processes go after the grace period, the idlest row makes room), and one client
-//! sending endless method names is folded into `other`.
+//! for good (rows of exited processes go after the grace period, the idlest row makes room), one client
+//! sending endless method names is folded into `other`, and a process that gets the pid of one that declared its
+//! methods and exited does not inherit the declarations.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{io::Write as _, net::SocketAddr, process::Child, time::Duration};
 
 use common::{finish, first_line, methods, privileged, python, report, start};
 use proto::v1::MethodStats;
@@ -151,5 +152,149 @@ async fn one_client_sending_endless_method_names_is_folded_into_other() {
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
     common::assert_metric(&metrics, "grayscope_agent_methods_overflow_total 96");
     finish(child);
+    agent.agent.stop().await;
+}
+
+/// Python helpers for a child that declares methods of `test.Greeter` on the agent's socket at `SOCKET` (defined
+/// before them) with grpcio, the messages encoded by hand as in `tests/peers/collector_client.py`.
+const DECLARE_PY: &str = r#"
+import socket, sys
+import grpc
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+def field(number, value):
+    if isinstance(value, str):
+        value = value.encode()
+    return varint(number << 3 | 2) + varint(len(value)) + value
+
+def declare(method, input_type):
+    m = field(1, "test.Greeter") + field(2, method) + field(3, input_type)
+    with grpc.insecure_channel("unix:" + SOCKET) as channel:
+        rpc = channel.unary_unary("/grayscope.v1.Collector/ReportMethodMetadata")
+        return rpc(field(1, m), timeout=10).hex()
+"#;
+
+/// Spawns `spawn()` as process `pid`, which has exited: the kernel gives a new process the pid after the one in
+/// `/proc/sys/kernel/ns_last_pid` when it is free, so that is set (as root) just before each try. A process of the
+/// machine that forks in between takes the pid first: the child is ended, and the next try waits for the pid to be
+/// free again.
+async fn spawn_as_pid(pid: u32, spawn: impl Fn() -> Child) -> Child {
+    common::patiently(&format!("a new process to get pid {pid}"), async {
+        loop {
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+                let child = spawn();
+                if child.id() == pid {
+                    return child;
+                }
+                finish(child);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_reuses_a_pid_does_not_inherit_the_declarations_made_under_it() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        // The old process's declarations must still be there when the new one calls: that is the window where a
+        // pid-keyed declaration lands on the newcomer's rows (and on main it never closes, the pid being alive).
+        methods_exited_grace: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
+    let mut client = agent.client().await;
+    let socket = agent.socket.display().to_string();
+    // The old process declares SayHello, and exits.
+    let mut old = python(&format!(
+        "SOCKET = {socket:?}\n{DECLARE_PY}\nprint(declare('SayHello', 'test.OldIn'), flush=True)\n"
+    ));
+    let pid = old.id();
+    assert_eq!(first_line(&mut old), "0801", "accepted: 1");
+    finish(old);
+    // A new process with the same pid connects to "Envoy" and declares SayBye; it waits for `go` so that the
+    // tries that miss the pid do nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envoy = listener.local_addr().unwrap();
+    let new_script = format!(
+        "SOCKET = {socket:?}\n{DECLARE_PY}\n\
+         if sys.stdin.readline() != 'go\\n':\n    sys.exit()\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         declare('SayBye', 'test.NewIn')\n\
+         print(s.getsockname()[1], flush=True)\n\
+         sys.stdin.read()\n",
+        envoy.port()
+    );
+    let mut new = spawn_as_pid(pid, || python(&new_script)).await;
+    new.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    new.stdin.as_mut().unwrap().flush().unwrap();
+    let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut new)).parse().unwrap();
+    let netns = agent.agent.netns();
+    common::wait_for("the new process's connection in the table", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
+    })
+    .await;
+    // Its calls of both methods, linked to it.
+    let calls = vec![
+        common::outbound(local, envoy, "SayHello"),
+        common::outbound(local, envoy, "SayBye"),
+    ];
+    assert_eq!(report(&mut client, calls).await, 2);
+    let rows = common::patiently("the new process's rows", async {
+        loop {
+            let rows = methods(&mut client).await;
+            let called = |m: &str| rows.iter().any(|r| r.method == m && pid_of(r) == pid && r.calls == 1);
+            if called("SayHello") && called("SayBye") {
+                return rows;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let row = |m: &str| {
+        rows.iter()
+            .find(|r| r.method == m && pid_of(r) == pid && r.calls == 1)
+            .unwrap()
+    };
+    let new_start = row("SayBye").process.as_ref().unwrap().start_time_unix_nano;
+    // What the new process declared joins its row.
+    assert_eq!(
+        row("SayBye").declared.as_ref().map(|d| d.input_type.as_str()),
+        Some("test.NewIn"),
+        "{rows:#?}"
+    );
+    // What the old one declared does not.
+    assert_eq!(
+        row("SayHello").declared,
+        None,
+        "pid {pid}'s new process shows the declaration of the process that had the pid before it: {rows:#?}"
+    );
+    // The old declaration stands alone, on the old process (same pid, started before the new one), until its grace
+    // period passes.
+    assert!(
+        rows.iter().any(|r| r.method == "SayHello"
+            && r.calls == 0
+            && r.declared.as_ref().is_some_and(|d| d.input_type == "test.OldIn")
+            && r.process
+                .as_ref()
+                .is_some_and(|p| p.pid == pid && p.start_time_unix_nano != 0 && p.start_time_unix_nano < new_start)),
+        "{rows:#?}"
+    );
+    finish(new);
     agent.agent.stop().await;
 }
