@@ -22,7 +22,7 @@ use tonic::{transport::server::UdsConnectInfo, Request, Response, Status};
 
 use crate::{
     link::{self, Clocks, Outcome, Pending, Resolved, TableLookup},
-    methods::{self, MethodTable},
+    methods::{self, Declarer, MethodTable},
     metrics::Metrics,
     table::ConnTable,
     watch::{Filter, Hub},
@@ -233,7 +233,10 @@ impl Core {
         self.hub.close();
     }
 
-    /// Records the interfaces process `pid` declares. Returns how many were accepted.
+    /// Records the interfaces process `pid` declares. Returns how many were accepted. They belong to the process
+    /// that has the pid while its call is served (its start time is read now), so a later process that reuses the
+    /// pid inherits none. A declaring peer normally waits for the answer; one that exited, and whose pid was
+    /// reused, between connecting (when `SO_PEERCRED` was taken) and this read would be misattributed.
     pub fn declare(&self, pid: u32, methods: Vec<MethodMetadata>) -> Result<u32, Status> {
         for (i, m) in methods.iter().enumerate() {
             for (name, v) in [
@@ -256,22 +259,36 @@ impl Core {
                 )));
             }
         }
+        let by = Declarer {
+            pid,
+            start_time_unix_nano: self.start_time_unix_nano(pid).unwrap_or(0),
+        };
         let mut table = lock(&self.methods);
         let mut accepted = 0;
         for m in methods {
-            self.metrics.record_methods(table.declare(pid, m));
+            self.metrics.record_methods(table.declare(by, m));
             accepted += 1;
         }
         self.metrics.methods_rows.set(gauge(table.len()));
         Ok(accepted)
     }
 
-    /// Removes the method table's rows and declarations of processes gone for `methods_exited_grace`. A row's
-    /// process is alive while `/proc/<pid>` has its start time; a declaring pid while `/proc/<pid>` exists.
+    /// The start time of process `pid`, as `Process.start_time_unix_nano` has it (with the same clock offset, read
+    /// once), from `/proc/<pid>/stat`: floored to the clock tick. `None` when the process is gone.
+    fn start_time_unix_nano(&self, pid: u32) -> Option<u64> {
+        let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| crate::procinfo::start_ticks(&s))?;
+        let ns = i128::from(ticks) * i128::from(crate::procinfo::clock_tick_ns());
+        u64::try_from(self.clocks.boot_to_unix + ns).ok()
+    }
+
+    /// Removes the method table's rows and declarations of processes gone for `methods_exited_grace`. A process (a
+    /// row's, or a declarer's) is alive while `/proc/<pid>` has its start time.
     pub fn expire_exited_methods(&self, now: Instant) {
         let boot_to_unix = self.clocks.boot_to_unix;
         let tick_ns = crate::procinfo::clock_tick_ns();
-        let row_alive = |pid: u32, start_unix: u64| {
+        let alive = |pid: u32, start_unix: u64| {
             let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|s| crate::procinfo::start_ticks(&s))
@@ -282,9 +299,8 @@ impl Core {
             let start_boot = i128::from(start_unix) - boot_to_unix;
             (start_boot - i128::from(ticks) * i128::from(tick_ns)).abs() < 2 * i128::from(tick_ns)
         };
-        let pid_alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
         let mut table = lock(&self.methods);
-        let n = table.expire_exited(row_alive, pid_alive, self.methods_exited_grace, now);
+        let n = table.expire_exited(alive, self.methods_exited_grace, now);
         if n > 0 {
             self.metrics
                 .methods_evictions

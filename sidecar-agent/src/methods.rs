@@ -8,6 +8,7 @@
 //!   under service and method `other`, as the filter labels its metrics, so one client sending endless method
 //!   names cannot flood the table; an interface whose last row went frees its slot;
 //! - rows and declarations of a process that has exited go after a grace period ([`MethodTable::expire_exited`]);
+//!   a process is its pid *and* its start time, so a process that reuses a pid starts with no declaration;
 //! - at most `max_rows` declarations (the oldest goes first), at most [`MAX_PEERS`] peers per row.
 //!
 //! Latency is kept in a log-linear histogram of microseconds (exact below 16 µs, then 8 buckets per power of
@@ -15,7 +16,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     ops::Bound,
     time::Duration,
 };
@@ -149,6 +150,28 @@ impl Row {
     }
 }
 
+/// A process that declares methods: its pid (from `SO_PEERCRED`) and its start time, as
+/// `Process.start_time_unix_nano` has it but read from `/proc/<pid>/stat`, so floored to a clock tick; 0 when it
+/// could not be read. The start time is what tells the declaring process from a later one with the same pid.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Declarer {
+    /// The process's pid.
+    pub pid: u32,
+    /// Its start time, ns since the Unix epoch, floored to a clock tick.
+    pub start_time_unix_nano: u64,
+}
+
+/// A declaration's place: the declaring process and the interface. Ordered by pid, interface, then start time, so
+/// the declaration of a row's interface by a process of a given start time is one range lookup
+/// ([`MethodTable::declaration`]).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct DeclKey {
+    pid: u32,
+    service: String,
+    method: String,
+    start: u64,
+}
+
 /// What one [`MethodTable::observe`] or [`MethodTable::declare`] did besides counting.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
@@ -169,14 +192,17 @@ pub struct MethodTable {
     idle: BTreeMap<u64, Key>,
     /// Rows per interface (service, method).
     interfaces: HashMap<(String, String), usize>,
-    /// Declarations by (declaring pid, service, method), with their last use.
-    declared: BTreeMap<(u32, String, String), (MethodMetadata, u64)>,
+    /// Declarations by declaring process (pid and start time) and interface, with their last use.
+    declared: BTreeMap<DeclKey, (MethodMetadata, u64)>,
     /// Declarations by their last use, the oldest first: the eviction pops the first instead of scanning them all
     /// (a full table met by one 4 MiB `ReportMethodMetadata` of tiny entries was billions of steps under the lock).
-    declared_order: BTreeMap<u64, (u32, String, String)>,
-    /// Processes found gone, since when: (pid, start time; 0 for a declaring pid).
+    declared_order: BTreeMap<u64, DeclKey>,
+    /// Processes found gone, since when: (pid, start time).
     gone: HashMap<(u32, u64), Instant>,
     next_use: u64,
+    /// The clock tick of `/proc` start times (`CLK_TCK`), ns: a declarer's start time is floored to it, a row's
+    /// process's is the kernel's own, to the ns.
+    tick_ns: u64,
 }
 
 // === impl MethodTable ===
@@ -194,6 +220,8 @@ impl MethodTable {
             declared_order: BTreeMap::new(),
             gone: HashMap::new(),
             next_use: 0,
+            // At least 1 ns: the declaration lookup takes a tick less 1 ns.
+            tick_ns: crate::procinfo::clock_tick_ns().max(1),
         }
     }
 
@@ -303,11 +331,16 @@ impl MethodTable {
         }
     }
 
-    /// Records what process `pid` declared; at most `max_rows` declarations, the one unused the longest makes
+    /// Records what process `by` declared; at most `max_rows` declarations, the one unused the longest makes
     /// room.
-    pub fn declare(&mut self, pid: u32, m: MethodMetadata) -> Effects {
+    pub fn declare(&mut self, by: Declarer, m: MethodMetadata) -> Effects {
         let mut fx = Effects::default();
-        let key = (pid, m.service.clone(), m.method.clone());
+        let key = DeclKey {
+            pid: by.pid,
+            service: m.service.clone(),
+            method: m.method.clone(),
+            start: by.start_time_unix_nano,
+        };
         match self.declared.get(&key) {
             Some((_, used)) => {
                 self.declared_order.remove(used);
@@ -326,27 +359,20 @@ impl MethodTable {
         fx
     }
 
-    /// Removes the rows and declarations of processes that have been gone for `grace` by `now`. `row_alive` tells
-    /// whether a row's process (pid and start time) still runs; `pid_alive` whether a declaring pid does. Returns
-    /// how many rows and declarations went.
-    pub fn expire_exited(
-        &mut self,
-        row_alive: impl Fn(u32, u64) -> bool,
-        pid_alive: impl Fn(u32) -> bool,
-        grace: Duration,
-        now: Instant,
-    ) -> u64 {
+    /// Removes the rows and declarations of processes that have been gone for `grace` by `now`. `alive` tells
+    /// whether a process (pid and start time: a row's, or a declarer's) still runs. Returns how many rows and
+    /// declarations went.
+    pub fn expire_exited(&mut self, alive: impl Fn(u32, u64) -> bool, grace: Duration, now: Instant) -> u64 {
         let processes: HashSet<(u32, u64)> = self
             .rows
             .keys()
             .filter(|k| k.pid != 0)
             .map(|k| (k.pid, k.start))
-            .chain(self.declared.keys().map(|k| (k.0, 0)))
+            .chain(self.declared.keys().map(|k| (k.pid, k.start)))
             .collect();
         let mut expired = HashSet::new();
         for p in &processes {
-            let alive = if p.1 == 0 { pid_alive(p.0) } else { row_alive(p.0, p.1) };
-            if alive {
+            if alive(p.0, p.1) {
                 self.gone.remove(p);
                 continue;
             }
@@ -370,10 +396,28 @@ impl MethodTable {
             self.remove(k);
         }
         let before = self.declared.len();
-        self.declared.retain(|k, _| !expired.contains(&(k.0, 0)));
-        self.declared_order.retain(|_, k| !expired.contains(&(k.0, 0)));
+        self.declared.retain(|k, _| !expired.contains(&(k.pid, k.start)));
+        self.declared_order.retain(|_, k| !expired.contains(&(k.pid, k.start)));
         n += (before - self.declared.len()) as u64;
         n
+    }
+
+    /// What the process `pid` started at `start` (a row's process) declared of `service`/`method`: the declaration
+    /// by that pid whose start time is the row's floored to its tick, not one by an earlier process that had the
+    /// pid. (A row's process has the kernel's start time, to the ns; a declarer's is read from `/proc`, floored to
+    /// the tick: the same clock, so the row's start falls within the declarer's tick.)
+    fn declaration(&self, pid: u32, start: u64, service: &str, method: &str) -> Option<&MethodMetadata> {
+        let latest = DeclKey {
+            pid,
+            service: service.to_owned(),
+            method: method.to_owned(),
+            start,
+        };
+        let earliest = DeclKey {
+            start: start.saturating_sub(self.tick_ns - 1),
+            ..latest.clone()
+        };
+        self.declared.range(earliest..=latest).next_back().map(|(_, (m, _))| m)
     }
 
     /// Rows now.
@@ -433,29 +477,31 @@ impl MethodTable {
             }
             last = Some(Cursor::Row((*key).clone()));
         }
-        // Then declarations of processes that have no call of that interface yet.
-        let called: HashSet<(u32, &str, &str)> = self
+        // Then declarations of processes that have no call of that interface yet: no row of the declarer's pid
+        // and interface whose process started within the declarer's tick (as in [`Self::declaration`]).
+        let called: BTreeSet<(u32, &str, &str, u64)> = self
             .rows
             .keys()
-            .map(|k| (k.pid, k.service.as_str(), k.method.as_str()))
+            .map(|k| (k.pid, k.service.as_str(), k.method.as_str(), k.start))
             .collect();
         let declared = match after {
-            Some(Cursor::Declared(pid, service, method)) => self.declared.range((
-                Bound::Excluded((*pid, service.clone(), method.clone())),
-                Bound::Unbounded,
-            )),
+            Some(Cursor::Declared(d)) => self.declared.range((Bound::Excluded(d), Bound::Unbounded)),
             _ => self.declared.range(..),
         };
-        for ((pid, service, method), (m, _)) in declared {
-            if called.contains(&(*pid, service.as_str(), method.as_str())) {
+        for (d, (m, _)) in declared {
+            let (service, method) = (d.service.as_str(), d.method.as_str());
+            let tick =
+                (d.pid, service, method, d.start)..(d.pid, service, method, d.start.saturating_add(self.tick_ns));
+            if called.range(tick).next().is_some() {
                 continue;
             }
             let stats = MethodStats {
-                service: service.clone(),
-                method: method.clone(),
+                service: d.service.clone(),
+                method: d.method.clone(),
                 gray_version: m.version.clone(),
                 process: Some(Process {
-                    pid: *pid,
+                    pid: d.pid,
+                    start_time_unix_nano: d.start,
                     ..Process::default()
                 }),
                 declared: Some(m.clone()),
@@ -464,16 +510,13 @@ impl MethodTable {
             if !page.push(stats) {
                 return (page.out, last);
             }
-            last = Some(Cursor::Declared(*pid, service.clone(), method.clone()));
+            last = Some(Cursor::Declared(d.clone()));
         }
         (page.out, None)
     }
 
     fn row_stats(&self, key: &Key, row: &Row) -> MethodStats {
-        let declared = self
-            .declared
-            .get(&(key.pid, key.service.clone(), key.method.clone()))
-            .map(|(m, _)| m.clone());
+        let declared = self.declaration(key.pid, key.start, &key.service, &key.method).cloned();
         MethodStats {
             rpc_system_name: key.rpc_system_name.clone(),
             service: key.service.clone(),

@@ -7,12 +7,12 @@
 //!
 //! Encoding, version 1: `1`, then `r` and a row key (service, method, gray version, tenant as length-prefixed
 //! strings; direction as 4 bytes; rpc system as a string; pid as 4 bytes; start as 8 bytes), or `d` and a
-//! declaration key (pid as 4 bytes; service and method as strings). Integers little-endian, lengths as 4 bytes.
+//! declaration key (pid as 4 bytes; service and method as strings; start as 8 bytes). Integers little-endian, lengths as 4 bytes.
 //! Written by hand: a dozen lines, where a serialization crate would be a dependency for one struct.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 
-use super::key::Key;
+use super::{key::Key, DeclKey};
 
 /// The largest page, in encoded bytes of its rows: gRPC clients refuse a message over 4 MiB by default
 /// (grpc-core, grpc-go, grpc-java, tonic), so a page stays well under it, leaving room for the token and framing.
@@ -24,8 +24,8 @@ pub const MAX_PAGE_BYTES: usize = 3 << 20;
 pub(super) enum Cursor {
     /// A row of calls.
     Row(Key),
-    /// A declaration with no call yet: (pid, service, method).
-    Declared(u32, String, String),
+    /// A declaration with no call yet.
+    Declared(DeclKey),
 }
 
 /// Why a page token is refused.
@@ -52,11 +52,12 @@ impl Cursor {
                 b.extend_from_slice(&k.pid.to_le_bytes());
                 b.extend_from_slice(&k.start.to_le_bytes());
             }
-            Self::Declared(pid, service, method) => {
+            Self::Declared(d) => {
                 b.push(b'd');
-                b.extend_from_slice(&pid.to_le_bytes());
-                put_str(&mut b, service);
-                put_str(&mut b, method);
+                b.extend_from_slice(&d.pid.to_le_bytes());
+                put_str(&mut b, &d.service);
+                put_str(&mut b, &d.method);
+                b.extend_from_slice(&d.start.to_le_bytes());
             }
         }
         URL_SAFE_NO_PAD.encode(b)
@@ -80,7 +81,12 @@ impl Cursor {
                 pid: u32::from_le_bytes(r.array()?),
                 start: u64::from_le_bytes(r.array()?),
             }),
-            b"d" => Self::Declared(u32::from_le_bytes(r.array()?), r.string()?, r.string()?),
+            b"d" => Self::Declared(DeclKey {
+                pid: u32::from_le_bytes(r.array()?),
+                service: r.string()?,
+                method: r.string()?,
+                start: u64::from_le_bytes(r.array()?),
+            }),
             _ => return Err(BadToken),
         };
         if r.0.is_empty() {
@@ -137,7 +143,12 @@ mod tests {
             pid: 4242,
             start: u64::MAX - 1,
         });
-        let declared = Cursor::Declared(7, "pkg.Greeter".into(), "GET /users/{id}".into());
+        let declared = Cursor::Declared(DeclKey {
+            pid: 7,
+            service: "pkg.Greeter".into(),
+            method: "GET /users/{id}".into(),
+            start: 1_800_000_000_000_000_000,
+        });
         for cursor in [row, declared] {
             let token = cursor.token();
             assert!(
@@ -152,7 +163,13 @@ mod tests {
 
     #[test]
     fn a_token_the_agent_did_not_issue_is_refused() {
-        let good = Cursor::Declared(7, "s".into(), "m".into()).token();
+        let good = Cursor::Declared(DeclKey {
+            pid: 7,
+            service: "s".into(),
+            method: "m".into(),
+            start: 0,
+        })
+        .token();
         let raw = URL_SAFE_NO_PAD.decode(&good).unwrap_or_default();
         let mut longer = raw.clone();
         longer.push(0);
@@ -171,7 +188,9 @@ mod tests {
             URL_SAFE_NO_PAD.encode(version),
             URL_SAFE_NO_PAD.encode(kind),
             URL_SAFE_NO_PAD.encode(overlong),
-            URL_SAFE_NO_PAD.encode([1, b'd', 0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, 0, 0, 0]),
+            URL_SAFE_NO_PAD.encode([
+                1, b'd', 0, 0, 0, 0, 1, 0, 0, 0, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ]),
         ];
         for token in bad {
             assert_eq!(Cursor::parse(&token), Err(BadToken), "{token:?}");

@@ -28,6 +28,14 @@ fn grpc(method: &str, status: &str, ms: u64, pid: u32) -> LinkedCall {
     }
 }
 
+/// The process `pid` of [`grpc`]'s calls, as it declares.
+fn by(pid: u32) -> Declarer {
+    Declarer {
+        pid,
+        start_time_unix_nano: 7,
+    }
+}
+
 #[test]
 fn aggregates_calls_errors_latency_and_peers_per_row() {
     let mut t = MethodTable::new(10, 10);
@@ -152,7 +160,7 @@ fn rows_and_declarations_of_exited_processes_go_after_the_grace_period() {
     t.observe(&grpc("A", "OK", 1, 2));
     t.observe(&grpc("A", "OK", 1, 0)); // unlinked: no process to outlive
     t.declare(
-        2,
+        by(2),
         MethodMetadata {
             service: "pkg.Greeter".into(),
             method: "B".into(),
@@ -162,12 +170,9 @@ fn rows_and_declarations_of_exited_processes_go_after_the_grace_period() {
     let t0 = Instant::now();
     let grace = Duration::from_secs(60);
     let alive = |pid: u32, _| pid == 1;
-    assert_eq!(t.expire_exited(alive, |pid| pid == 1, grace, t0), 0);
-    assert_eq!(
-        t.expire_exited(alive, |pid| pid == 1, grace, t0 + Duration::from_secs(59)),
-        0
-    );
-    assert_eq!(t.expire_exited(alive, |pid| pid == 1, grace, t0 + grace), 2);
+    assert_eq!(t.expire_exited(alive, grace, t0), 0);
+    assert_eq!(t.expire_exited(alive, grace, t0 + Duration::from_secs(59)), 0);
+    assert_eq!(t.expire_exited(alive, grace, t0 + grace), 2);
     let pids: Vec<u32> = t
         .list()
         .iter()
@@ -187,9 +192,9 @@ fn declarations_join_their_process_rows_or_stand_alone() {
         version: "v2".into(),
     };
     t.observe(&grpc("SayHello", "OK", 1, 42));
-    t.declare(42, decl("SayHello"));
-    t.declare(42, decl("SayBye"));
-    t.declare(43, decl("SayHello"));
+    t.declare(by(42), decl("SayHello"));
+    t.declare(by(42), decl("SayBye"));
+    t.declare(by(43), decl("SayHello"));
     let rows = t.list();
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert_eq!(rows[0].declared.as_ref().unwrap().input_type, "pkg.HelloRequest");
@@ -198,6 +203,72 @@ fn declarations_join_their_process_rows_or_stand_alone() {
         .map(|r| (r.process.as_ref().unwrap().pid, r.method.as_str(), r.calls))
         .collect();
     assert_eq!(alone, [(42, "SayBye", 0), (43, "SayHello", 0)]);
+}
+
+#[test]
+fn a_declaration_joins_the_rows_of_its_own_process_only_not_of_a_later_one_with_its_pid() {
+    let tick = crate::procinfo::clock_tick_ns();
+    let mut t = MethodTable::new(10, 10);
+    let decl = |method: &str, input: &str| MethodMetadata {
+        service: "pkg.Greeter".into(),
+        method: method.into(),
+        input_type: input.into(),
+        ..MethodMetadata::default()
+    };
+    // Pid 42 was a process started at tick 3 that declared both methods, then exited; the pid's process now
+    // started at tick 5 (the kernel's time, to the ns; /proc floors it to the tick) and declared SayHello again.
+    let (old, new) = (3 * tick, 5 * tick);
+    let started = new + tick / 2;
+    t.declare(
+        Declarer {
+            pid: 42,
+            start_time_unix_nano: old,
+        },
+        decl("SayHello", "old.In"),
+    );
+    t.declare(
+        Declarer {
+            pid: 42,
+            start_time_unix_nano: old,
+        },
+        decl("SayBye", "old.In"),
+    );
+    t.declare(
+        Declarer {
+            pid: 42,
+            start_time_unix_nano: new,
+        },
+        decl("SayHello", "new.In"),
+    );
+    for method in ["SayHello", "SayBye"] {
+        let mut call = grpc(method, "OK", 1, 42);
+        call.process.as_mut().unwrap().start_time_unix_nano = started;
+        t.observe(&call);
+    }
+    let rows = t.list();
+    let shown: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let p = r.process.as_ref().unwrap();
+            let input = r.declared.as_ref().map(|d| d.input_type.as_str());
+            (r.method.as_str(), p.start_time_unix_nano, r.calls, input)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("SayBye", started, 1, None),
+            ("SayHello", started, 1, Some("new.In")),
+            // The old process's declarations stand alone, on it.
+            ("SayBye", old, 0, Some("old.In")),
+            ("SayHello", old, 0, Some("old.In")),
+        ],
+        "{rows:#?}"
+    );
+    // The old process is gone, the new one runs: only the old declarations go.
+    let alive = |pid: u32, start: u64| pid == 42 && start >= new;
+    assert_eq!(t.expire_exited(alive, Duration::ZERO, Instant::now()), 2);
+    assert_eq!(t.list().len(), 2);
 }
 
 #[test]
@@ -282,7 +353,7 @@ fn a_full_declaration_table_evicts_the_declaration_unused_the_longest() {
         (3, "e"),
     ];
     for (pid, method) in script {
-        let evicted = t.declare(pid, decl(method)).evicted_idle;
+        let evicted = t.declare(by(pid), decl(method)).evicted_idle;
         let key = (pid, method.to_owned());
         let was_there = model.contains(&key);
         model.retain(|k| *k != key);
@@ -301,10 +372,10 @@ fn a_full_declaration_table_evicts_the_declaration_unused_the_longest() {
     // Expiring a declaring pid takes its declarations out of the eviction order too.
     let now = Instant::now();
     let gone = |pid: u32| pid != 3;
-    t.expire_exited(|_, _| true, |pid| !gone(pid), Duration::ZERO, now);
+    t.expire_exited(|pid, _| !gone(pid), Duration::ZERO, now);
     model.retain(|k| !gone(k.0));
-    t.declare(5, decl("g"));
-    t.declare(6, decl("h"));
+    t.declare(by(5), decl("g"));
+    t.declare(by(6), decl("h"));
     model.extend([(5, "g".to_owned()), (6, "h".to_owned())]);
     let mut have: Vec<(u32, String)> = t.list().iter().map(|r| (pid_of(r), r.method.clone())).collect();
     have.sort();
@@ -350,10 +421,12 @@ fn pages_hold_page_size_entries_and_together_the_whole_list() {
         method: method.into(),
         ..MethodMetadata::default()
     };
-    // Declarations alone, after the rows: a page boundary falls among them and between rows and them.
+    // Declarations alone, after the rows: a page boundary falls among them and between rows and them. One more
+    // declares a called interface, so it is on its row, not alone.
     for m in ["D1", "D2", "D3"] {
-        t.declare(43, decl(m));
+        t.declare(by(43), decl(m));
     }
+    t.declare(by(42), decl("M3"));
     let whole = names(&t.list());
     assert_eq!(whole.len(), 13);
     for size in [1, 2, 3, 4, 10, 12, 13] {
