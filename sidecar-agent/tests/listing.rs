@@ -1,15 +1,17 @@
 //! Listing a method table larger than one gRPC message may be: gRPC clients refuse, by default, a message over
 //! 4 MiB (grpc-core, grpc-go, grpc-java and tonic alike), and the agent's default bounds allow a table far larger
 //! (4,096 rows, names of up to 4 KiB each). `ListMethods` pages it, and `grayscope-agent methods` follows the pages.
+//! No single row may exceed that limit either, nor a `Watch` message: a process's command line (shown with
+//! `expose_command_line`) can be megabytes long.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::process::Command;
 
-use common::{privileged, report, start, wait_for};
-use proto::v1::{CallRecord, ListMethodsRequest};
-use sidecar_agent::NetnsFilter;
+use common::{finish, first_line, next, privileged, python, report, start, wait_for};
+use proto::v1::{CallRecord, LinkState, ListMethodsRequest};
+use sidecar_agent::{Config, NetnsFilter};
 
 const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
 
@@ -113,5 +115,99 @@ async fn a_table_larger_than_a_grpc_message_is_listed_in_full() {
             .starts_with("page_token is not a token this agent issued"),
         "{refused:?}"
     );
+    agent.agent.stop().await;
+}
+
+/// Arguments of a command line longer than a gRPC message: 40 of 128 KiB (the kernel's limit on one argument),
+/// 5 MiB in all.
+const LONG_ARGS: (usize, usize) = (40, 128 * 1024 - 1);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_whose_command_line_is_larger_than_a_grpc_message_is_listed_and_watched() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(Config {
+        expose_command_line: true,
+        // Generous: only a broken agent waits it out.
+        link_wait: std::time::Duration::from_secs(20),
+        ..common::config(NetnsFilter::Own)
+    })
+    .await;
+    let mut client = agent.client().await;
+    let mut watch = agent.watch_all().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let envoy = listener.local_addr().unwrap();
+    // The kernel takes arguments of up to a quarter of the stack limit (6 MiB at most): the child raises its limit,
+    // then becomes (same pid) a python with a 5 MiB command line, connected to Envoy.
+    let connect = format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('127.0.0.1', {}))\n\
+         print(s.getsockname()[1], flush=True)\n\
+         sys.stdin.read()\n",
+        envoy.port()
+    );
+    let (n, len) = LONG_ARGS;
+    let mut child = python(&format!(
+        "import os, resource, sys\n\
+         _, hard = resource.getrlimit(resource.RLIMIT_STACK)\n\
+         resource.setrlimit(resource.RLIMIT_STACK, (64 << 20, hard))\n\
+         os.execv(sys.executable, [sys.executable, '-c', {connect:?}] + ['x' * {len}] * {n})\n"
+    ));
+    let pid = child.id();
+    let local: std::net::SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(cmdline.len() > 4 << 20, "{} bytes", cmdline.len());
+    let netns = agent.agent.netns();
+    wait_for("the child's connection in the table", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
+    })
+    .await;
+    assert_eq!(
+        report(&mut client, vec![common::outbound(local, envoy, "SayHello")]).await,
+        1
+    );
+    let core = std::sync::Arc::clone(agent.agent.core());
+    wait_for("the call to be counted", || core.list().len() == 1).await;
+
+    // Every page reaches a client with gRPC's default limit: `grayscope-agent methods`, and tonic's.
+    let out = Command::new(BIN)
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "grayscope-agent methods failed on one row of a process with a {} MiB command line: {}",
+        cmdline.len() >> 20,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().nth(6) == Some(pid.to_string().as_str())),
+        "{text}"
+    );
+    let page = client
+        .list_methods(ListMethodsRequest::default())
+        .await
+        .unwrap_or_else(|s| panic!("a default client cannot take the page: {s:?}"))
+        .into_inner();
+    let p = page.methods[0].process.clone().unwrap();
+    assert_eq!(p.pid, pid);
+    assert!(
+        p.command_line.contains("create_connection"),
+        "{}",
+        &p.command_line[..200.min(p.command_line.len())]
+    );
+    // And so does the call on `Watch` (`grayscope-agent tail` has the same limit).
+    let call = next(&mut watch).await.call.unwrap();
+    assert_eq!(call.link, LinkState::Linked as i32, "{:?}", call.unlinked_reason);
+    assert_eq!(call.process.unwrap().pid, pid);
+    finish(child);
     agent.agent.stop().await;
 }
