@@ -6,10 +6,20 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fs, io,
+    fs,
+    io::{self, Read as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+/// The most of a command line the agent keeps, in bytes (arguments joined by spaces, as `Process.command_line`
+/// shows them). `/proc/<pid>/cmdline` holds up to 6 MiB (a quarter of the stack limit): whole, one process would
+/// make a `ListMethods` row and every `Watch` message of its calls larger than a gRPC client takes by default
+/// (4 MiB), and each of its rows would keep a copy. A longer one is cut at a character boundary and ends with `…`.
+pub const MAX_COMMAND_LINE_BYTES: usize = 4096;
+
+/// What ends a command line that was cut.
+pub const TRUNCATED: char = '…';
 
 /// What the agent knows about a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,7 +30,7 @@ pub struct ProcessInfo {
     pub start_ticks: u64,
     /// Target of `/proc/<pid>/exe`, when readable.
     pub exe: Option<PathBuf>,
-    /// Arguments from `/proc/<pid>/cmdline`.
+    /// Arguments from `/proc/<pid>/cmdline`, at most [`MAX_COMMAND_LINE_BYTES`] joined ([`split_cmdline`]).
     pub cmdline: Vec<String>,
     /// Container id found in `/proc/<pid>/cgroup`, if the process runs in a container.
     pub container_id: Option<String>,
@@ -123,9 +133,7 @@ fn read_process(dir: &Path, pid: u32, expected: u64) -> Result<ProcessInfo, Enri
         return Err(EnrichError::Reused { pid, expected, found });
     }
     let exe = fs::read_link(dir.join("exe")).ok();
-    let cmdline = fs::read(dir.join("cmdline"))
-        .map(|b| split_cmdline(&b))
-        .unwrap_or_default();
+    let cmdline = read_cmdline(&dir.join("cmdline")).unwrap_or_default();
     let container_id = fs::read_to_string(dir.join("cgroup"))
         .ok()
         .and_then(|c| container_id(&c));
@@ -169,13 +177,54 @@ pub fn start_ticks(stat: &str) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// The NUL-separated arguments of `/proc/<pid>/cmdline`.
+/// The arguments of `/proc/<pid>/cmdline` at `path`, reading no more of it than [`split_cmdline`] keeps.
+fn read_cmdline(path: &Path) -> io::Result<Vec<String>> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        // The bound, the NUL ending the last argument, and one byte to tell a longer line.
+        .take(MAX_COMMAND_LINE_BYTES as u64 + 2)
+        .read_to_end(&mut bytes)?;
+    Ok(split_cmdline(&bytes))
+}
+
+/// The NUL-separated arguments of `/proc/<pid>/cmdline`, or of its first bytes. When there are more than
+/// [`MAX_COMMAND_LINE_BYTES`] bytes (besides the NUL ending the last argument), the arguments are cut so that,
+/// joined by spaces, they take at most that many bytes, [`TRUNCATED`] included, at the end of the last one kept.
 pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
-    bytes
+    let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
+    let args = bytes
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    if bytes.len() <= MAX_COMMAND_LINE_BYTES {
+        return args.collect();
+    }
+    let mut room = MAX_COMMAND_LINE_BYTES - TRUNCATED.len_utf8();
+    let mut kept: Vec<String> = Vec::new();
+    for mut a in args {
+        // The space before it.
+        let space = usize::from(!kept.is_empty());
+        if room <= space {
+            break;
+        }
+        room -= space;
+        if a.len() > room {
+            let mut end = room;
+            while !a.is_char_boundary(end) {
+                end -= 1;
+            }
+            a.truncate(end);
+            kept.push(a);
+            break;
+        }
+        room -= a.len();
+        kept.push(a);
+    }
+    match kept.last_mut() {
+        Some(last) => last.push(TRUNCATED),
+        None => kept.push(TRUNCATED.to_string()),
+    }
+    kept
 }
 
 /// The container id in a `/proc/<pid>/cgroup` file: the last 64-hex-digit name component, as written by

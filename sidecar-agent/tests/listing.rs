@@ -204,6 +204,8 @@ async fn a_process_whose_command_line_is_larger_than_a_grpc_message_is_listed_an
         "{}",
         &p.command_line[..200.min(p.command_line.len())]
     );
+    // Cut, and saying so.
+    assert!(p.command_line.ends_with('…'), "{} bytes", p.command_line.len());
     // And so does the call on `Watch` (`grayscope-agent tail` has the same limit).
     let call = next(&mut watch).await.call.unwrap();
     assert_eq!(call.link, LinkState::Linked as i32, "{:?}", call.unlinked_reason);

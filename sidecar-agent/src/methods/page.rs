@@ -16,7 +16,9 @@ use super::{key::Key, DeclKey};
 
 /// The largest page, in encoded bytes of its rows: gRPC clients refuse a message over 4 MiB by default
 /// (grpc-core, grpc-go, grpc-java, tonic), so a page stays well under it, leaving room for the token and framing.
-/// A page always holds at least one row; the largest row is far smaller (its strings are bounded).
+/// A page always holds at least one row; the largest row is far smaller: its strings are bounded (names and
+/// addresses by the agent's checks on what it takes, a process's command line by
+/// [`crate::procinfo::MAX_COMMAND_LINE_BYTES`]).
 pub const MAX_PAGE_BYTES: usize = 3 << 20;
 
 /// Where a page ends: the last entry it holds.

@@ -20,6 +20,51 @@ fn cmdline_splits_on_nul() {
 }
 
 #[test]
+fn a_long_cmdline_is_cut_to_its_bound_at_a_character_boundary() {
+    let joined = |args: &[String]| args.join(" ");
+    // Just at the bound: whole.
+    let mut exact = vec![b'x'; MAX_COMMAND_LINE_BYTES];
+    exact.push(0);
+    assert_eq!(joined(&split_cmdline(&exact)), "x".repeat(MAX_COMMAND_LINE_BYTES));
+    // Over it: cut, within one argument or between two, never mid-character.
+    for (first, fill) in [(10, "x"), (MAX_COMMAND_LINE_BYTES - 4, "x"), (1, "é"), (3, "€")] {
+        let mut bytes = vec![b'a'; first];
+        bytes.push(0);
+        while bytes.len() <= MAX_COMMAND_LINE_BYTES {
+            bytes.extend_from_slice(fill.as_bytes());
+        }
+        let args = split_cmdline(&bytes);
+        let line = joined(&args);
+        assert!(line.len() <= MAX_COMMAND_LINE_BYTES, "{} bytes", line.len());
+        assert!(line.len() >= MAX_COMMAND_LINE_BYTES - 4, "{} bytes", line.len());
+        assert!(line.ends_with(TRUNCATED), "{line}");
+        assert!(line.starts_with(&"a".repeat(first)), "{line}");
+        assert!(!line.contains('\u{FFFD}'), "{line}");
+    }
+    // Nothing but empty arguments (NULs) to the bound.
+    assert_eq!(split_cmdline(&[0; MAX_COMMAND_LINE_BYTES + 2]), [TRUNCATED.to_string()]);
+}
+
+#[test]
+fn only_the_bound_of_a_long_cmdline_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cmdline");
+    let mut java = b"java\0-cp\0".to_vec();
+    java.extend(std::iter::repeat_n(b'j', 5 << 20));
+    // The second is read up to the middle of a character: no replacement character is left of it.
+    for (bytes, start) in [
+        (java, "java -cp jjj"),
+        (format!("a{}", "é".repeat(4096)).into_bytes(), "aéé"),
+    ] {
+        fs::write(&path, &bytes).unwrap();
+        let line = read_cmdline(&path).unwrap().join(" ");
+        assert!(line.starts_with(start) && !line.contains('\u{FFFD}'), "{line}");
+        assert!(line.ends_with(TRUNCATED), "{line}");
+        assert!(line.len() <= MAX_COMMAND_LINE_BYTES, "{} bytes", line.len());
+    }
+}
+
+#[test]
 fn container_ids_of_common_runtimes() {
     for cgroup in [
         format!("0::/system.slice/docker-{ID}.scope\n"),
