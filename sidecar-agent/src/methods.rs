@@ -435,8 +435,8 @@ impl MethodTable {
         self.interfaces.len()
     }
 
-    /// Every row, sorted by service, method, gray version, tenant, direction and pid; then declarations of
-    /// processes that have no call yet.
+    /// Every row, sorted by service, method, gray version, tenant, direction, rpc system, pid and start time; then
+    /// declarations of processes that have no call of their interface yet, by pid, interface and start time.
     pub fn list(&self) -> Vec<MethodStats> {
         self.entries(None, usize::MAX, usize::MAX).0
     }

@@ -144,7 +144,8 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
     assert_eq!(row("Late", late_pid).calls, 1);
     assert_eq!(row("Nowhere", 0).calls, 1);
 
-    // What a process declares joins its rows, keyed by the declaring peer's pid (SO_PEERCRED): here, ours.
+    // What a process declares joins its rows, keyed by the declaring peer's pid (SO_PEERCRED) and start time: here,
+    // ours.
     let declared = client
         .report_method_metadata(ReportMethodMetadataRequest {
             methods: vec![MethodMetadata {
