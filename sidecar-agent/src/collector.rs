@@ -492,8 +492,9 @@ impl Collector for Service {
         }
         let watcher = self.core.hub().subscribe(Filter::from(request));
         // A watcher's calls end only when the hub closes, that is when the agent stops ([`Core::shutdown`]). Ending
-        // with OK would read as "nothing more will come": UNAVAILABLE, the status gRPC clients retry, tells them to
-        // reconnect (to the agent that replaces this one), after the calls queued before it.
+        // with OK would read as "nothing more will come": UNAVAILABLE, the status a client's retry or reconnect logic
+        // acts on (gRPC itself retries no stream that has answered), tells it to watch again (the agent that replaces
+        // this one), after the calls queued before it.
         let stopping = futures_util::stream::once(async { Err(Status::unavailable(WATCH_STOPPING)) });
         Ok(Response::new(Box::pin(watcher.into_stream().map(Ok).chain(stopping))))
     }
