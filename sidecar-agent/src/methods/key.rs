@@ -5,6 +5,8 @@
 //! A borrowed key must hash as the owned one (`hashbrown::Equivalent` requires it): both derive `Hash` over the
 //! same fields in the same order, and a `&str` hashes as the `String` it equals.
 
+use std::sync::Arc;
+
 use hashbrown::Equivalent;
 
 /// A row of the method table.
@@ -62,6 +64,14 @@ impl Equivalent<Key> for KeyRef<'_> {
     }
 }
 
+/// The table holds its keys shared (`Arc<Key>`, with its index and its idle order): a borrowed key finds them as
+/// it finds the key itself (an `Arc` hashes as what it points to).
+impl Equivalent<Arc<Key>> for KeyRef<'_> {
+    fn equivalent(&self, k: &Arc<Key>) -> bool {
+        Equivalent::<Key>::equivalent(self, k)
+    }
+}
+
 /// An interface (service, method), borrowed: hashes as the `(String, String)` it equals.
 #[derive(Clone, Copy, Debug, Hash)]
 pub(super) struct InterfaceRef<'a>(pub &'a str, pub &'a str);
@@ -93,9 +103,13 @@ mod tests {
         let k = r.to_owned();
         let s = hashbrown::DefaultHashBuilder::default();
         assert_eq!(s.hash_one(r), s.hash_one(&k));
-        assert!(r.equivalent(&k));
+        assert!(Equivalent::<Key>::equivalent(&r, &k));
+        let shared = Arc::new(k.clone());
+        assert_eq!(s.hash_one(&shared), s.hash_one(&k));
+        assert!(Equivalent::<Arc<Key>>::equivalent(&r, &shared));
         let other = KeyRef { tenant: "t_2", ..r };
-        assert!(!other.equivalent(&k));
+        assert!(!Equivalent::<Key>::equivalent(&other, &k));
+        assert!(!Equivalent::<Arc<Key>>::equivalent(&other, &shared));
         let i = InterfaceRef("pkg.Greeter", "SayHello");
         let owned = ("pkg.Greeter".to_owned(), "SayHello".to_owned());
         assert_eq!(s.hash_one(i), s.hash_one(&owned));
