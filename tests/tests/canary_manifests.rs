@@ -1,9 +1,10 @@
-//! The files of `istio/canary/` on their own (no traffic): the recording rules (canary and per-tenant) pass
-//! `promtool check rules` and their unit tests (`promtool test rules`); the Flagger and Argo Rollouts manifests
+//! The files of `istio/canary/` on their own (no traffic): the rules (canary, per-tenant, and the silent-filter alert)
+//! pass `promtool check rules` and their unit tests (`promtool test rules`); the Flagger and Argo Rollouts manifests
 //! validate against the projects' CRDs in `shared/schemas/` (the `openAPIV3Schema` of the served version, with
 //! `additionalProperties: false` added wherever Kubernetes would prune or, with strict field validation, refuse an
 //! unknown field; the CRDs' CEL rules are not checked); the dashboards are current Grafana JSON with the variables
-//! the README promises. `canary/main.rs` and `tenants/main.rs` run every query of these files on a real Prometheus.
+//! the README promises. `canary/main.rs` and `tenants/main.rs` run every query of these files on a real Prometheus,
+//! and `vm_failure.rs` the silent-filter alert.
 
 use std::{fs, path::PathBuf};
 
@@ -20,7 +21,7 @@ fn canary_dir() -> PathBuf {
 #[test]
 fn recording_rules_pass_promtool_check_and_their_unit_tests() {
     let dir = canary_dir().join("prometheus");
-    for name in ["grayscope-canary", "grayscope-tenant"] {
+    for name in ["grayscope-canary", "grayscope-tenant", "grayscope-filter"] {
         let check = prometheus::promtool(&dir, &["check", "rules", &format!("{name}.rules.yml")]);
         let out = String::from_utf8_lossy(&check.stdout).into_owned() + &String::from_utf8_lossy(&check.stderr);
         assert!(
