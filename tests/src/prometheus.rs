@@ -16,21 +16,26 @@ use tempfile::TempDir;
 
 use crate::client::Client;
 
+/// The pod name [`pod_scrape_config`] labels the series with.
+pub const POD: &str = "orders-7c9d8b6f5-x2kq9";
+
 /// A configuration scraping one pod every second, as Istio's scrape configuration would: the Envoy's
 /// `/stats/prometheus` at `envoy_admin`, and the agent's metrics at `agent` if there is one, both labelled
-/// `namespace: shop, app: orders` (the labels Istio puts on a pod's series); `rule_file` evaluated every second.
+/// `namespace: shop, pod: POD, app: orders` (the labels Istio puts on a pod's series: its namespace, its name, and
+/// its own labels); `rule_file` evaluated every second.
 pub fn pod_scrape_config(rule_file: &str, envoy_admin: SocketAddr, agent: Option<&str>) -> String {
+    let labels = format!("{{namespace: shop, pod: {POD}, app: orders}}");
     let mut config = format!(
         "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
          rule_files: [{rule_file}]\n\
          scrape_configs:\n\
          - job_name: envoy\n  metrics_path: /stats/prometheus\n\
-         \x20 static_configs: [{{targets: ['{envoy_admin}'], labels: {{namespace: shop, app: orders}}}}]\n"
+         \x20 static_configs: [{{targets: ['{envoy_admin}'], labels: {labels}}}]\n"
     );
     if let Some(agent) = agent {
         config.push_str(&format!(
             "- job_name: grayscope-agent\n\
-             \x20 static_configs: [{{targets: ['{agent}'], labels: {{namespace: shop, app: orders}}}}]\n"
+             \x20 static_configs: [{{targets: ['{agent}'], labels: {labels}}}]\n"
         ));
     }
     config
