@@ -5,18 +5,33 @@
 //! - No policy (`FAIL_CLOSED`, Envoy's default): every request after it fails with 503. This is why every manifest
 //!   in `istio/` sets one.
 //! - `FAIL_OPEN`, the policy the manifests set: the request that was in flight fails, and every later one passes
-//!   without the filter, uncounted, until the plugin is loaded again.
+//!   without the filter, uncounted, until the plugin is loaded again. Envoy's own wasm stats do not change, so the
+//!   shipped alert `GrayscopeFilterSilent` (`istio/canary/prometheus/grayscope-filter.rules.yml`) compares what the
+//!   proxy serves with what the filter counts: a real Prometheus scraping this Envoy must raise it after the failure,
+//!   and neither before it, with traffic, nor on the idle proxy.
 //! - `FAIL_RELOAD`: requests fail until the reload backoff (1 s base) has passed, and then a fresh VM counts them
 //!   again. Metrics recover, but requests are failed on the way: the manifests do not choose it.
 //!
 //! The native build has no such policy: a dynamic module runs in Envoy's process, and its FFI layer never panics.
 
 use std::{
-    fs, thread,
+    fs,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
     time::{Duration, Instant},
 };
 
-use integration_tests::{client::Client, envoy::FilterBuild, paths, prom, stack::Stack};
+use integration_tests::{
+    client::Client,
+    envoy::FilterBuild,
+    paths, prom,
+    prometheus::{self, pod_scrape_config, unix_now, Prometheus},
+    stack::Stack,
+};
 use serde_norway::Value;
 
 const PANIC: (&str, &[u8]) = ("x-grayscope-test-panic", b"1");
@@ -149,4 +164,193 @@ fn under_fail_reload_a_fresh_vm_counts_again_after_the_backoff() {
     let counted = calls(&s);
     assert_eq!(get(&s, "/again", &[VERSION]), 200);
     assert_eq!(calls(&s), counted + 1.0, "the reloaded VM counts calls");
+}
+
+/// The shipped rule file, its window (`[5m]`, `offset 5m`) and `for` compressed from minutes to seconds, as the
+/// canary tests compress theirs; nothing else is changed.
+const RULES: &str = "grayscope-filter.rules.yml";
+const WINDOW_S: f64 = 15.0;
+const FOR_S: f64 = 5.0;
+/// How long each phase lasts: a window and a `for`, and some scrapes more, so a rule that would fire does.
+const PHASE: Duration = Duration::from_secs(25);
+const ALERT: &str = "GrayscopeFilterSilent";
+
+fn silent_filter_rules() -> String {
+    let shipped = fs::read_to_string(paths::root().join("istio/canary/prometheus").join(RULES)).expect(RULES);
+    for shipped_duration in ["[5m]", "offset 5m", "for: 5m"] {
+        assert!(shipped.contains(shipped_duration), "{shipped_duration}");
+    }
+    let rules = shipped
+        .replace("[5m]", &format!("[{WINDOW_S}s]"))
+        .replace("offset 5m", &format!("offset {WINDOW_S}s"))
+        .replace("for: 5m", &format!("for: {FOR_S}s"));
+    assert!(
+        !rules.contains(" 5m") && !rules.contains("[5m"),
+        "a window left uncompressed:\n{rules}"
+    );
+    rules
+}
+
+/// Requests through the filter's listener, each on a fresh connection, until stopped; their statuses so far.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    statuses: Arc<Mutex<Vec<u16>>>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(listener: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let thread = thread::spawn({
+            let (stop, statuses) = (Arc::clone(&stop), Arc::clone(&statuses));
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let status = Client::new(listener).get("/traffic", &[VERSION]).status;
+                    statuses.lock().expect("statuses").push(status);
+                    thread::sleep(Duration::from_millis(50));
+                }
+            }
+        });
+        Self { stop, statuses, thread }
+    }
+
+    fn statuses(&self) -> Vec<u16> {
+        self.statuses.lock().expect("statuses").clone()
+    }
+
+    fn stop(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("traffic thread");
+        let statuses = self.statuses.lock().expect("statuses");
+        statuses.clone()
+    }
+}
+
+/// Waits until Prometheus has evaluated the rules after `time` (unix seconds).
+fn evaluated_after(prom: &Prometheus, time: f64) {
+    prom.wait_for(
+        "timestamp(grayscope:filter_silent_min_requests)",
+        Duration::from_secs(30),
+        |s| s.first().is_some_and(|s| s.value > time),
+    );
+}
+
+/// Lets `PHASE` pass and checks that the alert was neither pending nor firing at any evaluation of it; returns the
+/// rules' two inputs at its end: the requests the proxy served and the calls the filter counted, in the window.
+fn quiet_phase(prom: &Prometheus, phase: &str) -> (f64, f64) {
+    let start = unix_now();
+    thread::sleep(PHASE);
+    let end = unix_now();
+    evaluated_after(prom, end);
+    let seen = prom.query_at(
+        &format!(
+            r#"count_over_time(ALERTS{{alertname="{ALERT}"}}[{}s])"#,
+            (end - start).ceil()
+        ),
+        end,
+    );
+    assert!(seen.is_empty(), "{phase}: the alert was raised: {seen:?}");
+    let value = |record: &str| -> f64 {
+        let samples = prom.query_at(record, end);
+        assert_eq!(samples.len(), 1, "{phase}: {record}: {samples:?}");
+        samples[0].value
+    };
+    (
+        value("pod:grayscope_proxy_requests:increase5m"),
+        value("pod:grayscope_interface_calls:increase5m"),
+    )
+}
+
+/// Envoy's own wasm stats (`envoy_wasm_*`: runtime, VM count, the plugin's reload counters).
+fn wasm_stats(s: &Stack) -> Vec<String> {
+    s.envoy
+        .admin_get("/stats/prometheus")
+        .lines()
+        .filter(|l| l.starts_with("envoy_wasm_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn under_the_shipped_policy_a_failed_vm_raises_the_silent_filter_alert() {
+    if FilterBuild::current() != FilterBuild::Wasm {
+        return;
+    }
+    let s = start(Some("FAIL_OPEN"));
+    let prom = Prometheus::start(
+        &pod_scrape_config(RULES, s.envoy.admin, None),
+        &[(RULES, &silent_filter_rules())],
+    );
+    prom.wait_for("up", Duration::from_secs(30), |s| s.len() == 1 && s[0].value == 1.0);
+
+    // Idle: the filter is configured and watched (its calls read 0), and Prometheus's own scrapes, which go through
+    // Envoy's admin interface, are not requests.
+    let (served, counted) = quiet_phase(&prom, "idle");
+    assert_eq!((served, counted), (0.0, 0.0), "idle");
+
+    // Traffic through the filter, which counts it.
+    let traffic = Traffic::start(s.envoy.listener("ingress"));
+    let (served, counted) = quiet_phase(&prom, "traffic");
+    assert!(
+        served >= 10.0 && counted > 0.0,
+        "traffic: {served} requests, {counted} calls"
+    );
+
+    let envoy_says = wasm_stats(&s);
+    assert!(!envoy_says.is_empty(), "no envoy_wasm_* stats");
+    let before = traffic.statuses().len();
+    assert_eq!(panic_the_vm(&s), 503);
+    let counted = calls(&s);
+    // The requests go on without the filter: pending once a window has passed without a counted call, then firing.
+    prom.wait_for(
+        &format!(r#"ALERTS{{alertname="{ALERT}",alertstate="pending"}}"#),
+        Duration::from_secs(90),
+        |a| !a.is_empty(),
+    );
+    let firing = prom.wait_for(
+        &format!(r#"ALERTS{{alertname="{ALERT}",alertstate="firing"}}"#),
+        Duration::from_secs(90),
+        |a| !a.is_empty(),
+    );
+    let statuses = traffic.stop();
+
+    let labels: Vec<_> = firing[0]
+        .labels
+        .iter()
+        .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let expected = [
+        "app=orders".to_owned(),
+        format!("instance={}", s.envoy.admin),
+        "namespace=shop".to_owned(),
+        format!("pod={}", prometheus::POD),
+        "severity=warning".to_owned(),
+    ];
+    assert_eq!(labels, expected, "{firing:?}");
+    let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
+    let annotations = &alerts["alerts"][0]["annotations"];
+    assert_eq!(
+        annotations["summary"],
+        format!("The grayscope filter of shop/{} counts no calls", prometheus::POD),
+        "{alerts}"
+    );
+    let runbook = annotations["runbook"].as_str().unwrap_or_default();
+    assert!(
+        runbook.contains(&format!("kubectl logs -n shop {} -c istio-proxy", prometheus::POD)),
+        "{runbook}"
+    );
+    // What the runbook greps for is in Envoy's log.
+    let log = s.envoy.log_with("Uncaught RuntimeError");
+    assert!(
+        log.contains("panicked at") && log.contains("Uncaught RuntimeError"),
+        "{log}"
+    );
+
+    // Meanwhile every request succeeded, those after the failure uncounted, and Envoy's wasm stats never moved.
+    assert!(statuses.len() > before, "no request after the failure");
+    assert!(statuses.iter().all(|&code| code == 200), "{statuses:?}");
+    assert_eq!(calls(&s), counted);
+    assert_eq!(wasm_stats(&s), envoy_says, "Envoy's wasm stats after the failure");
 }
