@@ -60,12 +60,7 @@ async fn tail_and_methods_print_linked_calls() {
          1.500ms"
     );
 
-    let out = Command::new(BIN)
-        .arg("methods")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .output()
-        .unwrap();
+    let out = common::methods_cli(&agent);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();

@@ -7,13 +7,9 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{finish, first_line, next, privileged, python, report, start, wait_for};
 use proto::v1::{CallRecord, LinkState, ListMethodsRequest};
 use sidecar_agent::{Config, NetnsFilter};
-
-const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
 
 /// Interfaces × gray versions: 256 interfaces (the default `methods_max_interfaces`) in 5 versions.
 const INTERFACES: usize = 256;
@@ -51,12 +47,7 @@ async fn a_table_larger_than_a_grpc_message_is_listed_in_full() {
     })
     .await;
 
-    let out = Command::new(BIN)
-        .arg("methods")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .output()
-        .unwrap();
+    let out = common::methods_cli(&agent);
     assert!(
         out.status.success(),
         "grayscope-agent methods failed on a {}-row table: {}",
@@ -158,13 +149,7 @@ async fn a_process_whose_command_line_is_larger_than_a_grpc_message_is_listed_an
     let local: std::net::SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     assert!(cmdline.len() > 4 << 20, "{} bytes", cmdline.len());
-    let netns = agent.agent.netns();
-    wait_for("the child's connection in the table", || {
-        agent
-            .agent
-            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
-    })
-    .await;
+    common::wait_owned(&agent, local, envoy).await;
     assert_eq!(
         report(&mut client, vec![common::outbound(local, envoy, "SayHello")]).await,
         1
@@ -173,12 +158,7 @@ async fn a_process_whose_command_line_is_larger_than_a_grpc_message_is_listed_an
     wait_for("the call to be counted", || core.list().len() == 1).await;
 
     // Every page reaches a client with gRPC's default limit: `grayscope-agent methods`, and tonic's.
-    let out = Command::new(BIN)
-        .arg("methods")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .output()
-        .unwrap();
+    let out = common::methods_cli(&agent);
     assert!(
         out.status.success(),
         "grayscope-agent methods failed on one row of a process with a {} MiB command line: {}",

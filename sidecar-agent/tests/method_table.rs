@@ -242,13 +242,7 @@ async fn a_process_that_reuses_a_pid_does_not_inherit_the_declarations_made_unde
     new.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     new.stdin.as_mut().unwrap().flush().unwrap();
     let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut new)).parse().unwrap();
-    let netns = agent.agent.netns();
-    common::wait_for("the new process's connection in the table", || {
-        agent
-            .agent
-            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
-    })
-    .await;
+    common::wait_owned(&agent, local, envoy).await;
     // Its calls of both methods, linked to it.
     let calls = vec![
         common::outbound(local, envoy, "SayHello"),

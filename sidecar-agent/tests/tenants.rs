@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{finish, next, privileged, report, start, wait_for, PATIENCE};
 use proto::v1::{CallRecord, LinkState, ListMethodsRequest, WatchRequest};
 use sidecar_agent::NetnsFilter;
@@ -122,12 +120,7 @@ async fn tenant_labels_are_validated_kept_filtered_and_tabled() {
         ]
     );
 
-    let out = Command::new(BIN)
-        .arg("methods")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .output()
-        .unwrap();
+    let out = common::methods_cli(&agent);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     let table: Vec<Vec<&str>> = text.lines().map(|l| l.split_whitespace().collect()).collect();

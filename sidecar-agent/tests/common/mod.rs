@@ -121,6 +121,29 @@ pub struct Caller {
     _listener: tokio::net::TcpListener,
 }
 
+/// Waits until the agent's table has the connection `local` -> `envoy` with the process that owns it. Reports sent
+/// before the connection's event reached the table would wait for it (or, past the link wait, go unlinked): on a
+/// busy machine the event can lag.
+pub async fn wait_owned(agent: &TestAgent, local: SocketAddr, envoy: SocketAddr) {
+    let netns = agent.agent.netns();
+    wait_for("the connection and its owner in the agent's table", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
+    })
+    .await;
+}
+
+/// `grayscope-agent methods` (the real binary) against `agent`: its exit status and output.
+pub fn methods_cli(agent: &TestAgent) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_grayscope-agent"))
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .output()
+        .unwrap()
+}
+
 pub async fn connected_caller(agent: &TestAgent) -> Caller {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envoy = listener.local_addr().unwrap();
@@ -133,15 +156,7 @@ pub async fn connected_caller(agent: &TestAgent) -> Caller {
     ));
     let pid = child.id();
     let local: SocketAddr = format!("127.0.0.1:{}", first_line(&mut child)).parse().unwrap();
-    // Reports sent before the connection's event reached the table would wait for it (or, past the link wait, go
-    // unlinked): on a busy machine the event can lag.
-    let netns = agent.agent.netns();
-    wait_for("the child's connection in the table", || {
-        agent
-            .agent
-            .with_table(|t| t.find(netns, local, envoy).is_some_and(|c| c.owner.is_some()))
-    })
-    .await;
+    wait_owned(agent, local, envoy).await;
     Caller {
         child,
         pid,
