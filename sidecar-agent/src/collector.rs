@@ -286,18 +286,11 @@ impl Core {
     /// Removes the method table's rows and declarations of processes gone for `methods_exited_grace`. A process (a
     /// row's, or a declarer's) is alive while `/proc/<pid>` has its start time.
     pub fn expire_exited_methods(&self, now: Instant) {
-        let boot_to_unix = self.clocks.boot_to_unix;
-        let tick_ns = crate::procinfo::clock_tick_ns();
+        let tick_ns = i128::from(crate::procinfo::clock_tick_ns());
         let alive = |pid: u32, start_unix: u64| {
-            let Some(ticks) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| crate::procinfo::start_ticks(&s))
-            else {
-                return false;
-            };
-            // The kernel's start time (ns since boot) is floored to clock ticks in /proc.
-            let start_boot = i128::from(start_unix) - boot_to_unix;
-            (start_boot - i128::from(ticks) * i128::from(tick_ns)).abs() < 2 * i128::from(tick_ns)
+            // /proc floors the kernel's start time to clock ticks: within two of them, it is the same process.
+            self.start_time_unix_nano(pid)
+                .is_some_and(|now| (i128::from(start_unix) - i128::from(now)).abs() < 2 * tick_ns)
         };
         let mut table = lock(&self.methods);
         let n = table.expire_exited(alive, self.methods_exited_grace, now);
