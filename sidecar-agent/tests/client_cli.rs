@@ -157,3 +157,31 @@ fn tail_without_an_agent_says_so() {
     assert!(err.contains("cannot connect to the agent at"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A socket path that is not the agent's (another program's socket, a stale path reused): the CLI must not report
+/// what the transport said as the agent's answer, and must name the call and the socket.
+#[test]
+fn methods_on_a_socket_that_is_not_the_agent_says_which_call_failed_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    // Reads what the client sends first (HTTP/2's preface) and closes, as a program that speaks another protocol
+    // would.
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn.unwrap(), &mut buf);
+        }
+    });
+    let out = Command::new(BIN)
+        .args(["methods", "--socket"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("refused"), "no agent answered: {err}");
+    assert!(err.contains("ListMethods"), "{err}");
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
