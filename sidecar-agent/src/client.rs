@@ -19,8 +19,8 @@ use std::{
 
 use hyper_util::rt::TokioIo;
 use proto::v1::{
-    collector_client::CollectorClient, CallRecord, Direction, LinkState, LinkedCall, ListMethodsRequest, MethodStats,
-    WatchRequest, WatchResponse,
+    collector_client::CollectorClient, CallRecord, Direction, LinkState, LinkedCall, ListMethodsRequest,
+    ListMethodsResponse, MethodStats, WatchRequest, WatchResponse,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
@@ -36,15 +36,42 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The agent answered with an error.
-    #[error("the agent refused: {code:?}: {message}", code = .0.code(), message = .0.message())]
-    Status(#[from] tonic::Status),
+    /// A call ended with an error status: the agent's answer, or the transport's own (a broken connection, a
+    /// socket that another program listens on, an answer over the size limit), which tonic reports the same way.
+    #[error("{rpc} failed")]
+    Call {
+        /// The method called.
+        rpc: &'static str,
+        /// The status it ended with.
+        #[source]
+        status: CallStatus,
+    },
+    /// The agent answered a `ListMethods` page with the very token it was asked for: following it would ask for the
+    /// same page forever.
+    #[error("ListMethods: the agent sent back the page token it was given, so the listing would never end")]
+    PageTokenRepeated,
     /// A watch stream ended with an error: UNAVAILABLE when the agent stops, or the connection broke.
-    #[error("the watch stream ended: {code:?}: {message}", code = .0.code(), message = .0.message())]
-    WatchEnded(tonic::Status),
+    #[error("the watch stream ended")]
+    WatchEnded(#[source] CallStatus),
     /// Writing the output failed.
     #[error("writing the output: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A gRPC status as a cause: its code and message, then what caused it (tonic's own `Display` repeats all three).
+#[derive(Debug)]
+pub struct CallStatus(pub tonic::Status);
+
+impl std::fmt::Display for CallStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {}", self.0.code(), self.0.message())
+    }
+}
+
+impl std::error::Error for CallStatus {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
 }
 
 /// A Collector client on the agent's Unix socket at `socket` (HTTP/2 over the socket; the URI is a placeholder).
@@ -65,22 +92,42 @@ pub async fn connect(socket: impl AsRef<Path>) -> Result<CollectorClient<Channel
 }
 
 /// The whole method table, page after page of `ListMethods`.
-pub async fn list_methods(client: &mut CollectorClient<Channel>) -> Result<Vec<MethodStats>, tonic::Status> {
+pub async fn list_methods(client: &mut CollectorClient<Channel>) -> Result<Vec<MethodStats>, ClientError> {
+    follow_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let request = ListMethodsRequest {
+                page_size: 0,
+                page_token,
+            };
+            client.list_methods(request).await.map(tonic::Response::into_inner)
+        }
+    })
+    .await
+}
+
+/// Asks `page` for each page in turn, from the empty token to the answer without one.
+async fn follow_pages<F, Fut>(mut page: F) -> Result<Vec<MethodStats>, ClientError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<ListMethodsResponse, tonic::Status>>,
+{
     let mut rows = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = client
-            .list_methods(ListMethodsRequest {
-                page_size: 0,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        rows.extend(page.methods);
-        if page.next_page_token.is_empty() {
+        let answer = page(page_token.clone()).await.map_err(|status| ClientError::Call {
+            rpc: "ListMethods",
+            status: CallStatus(status),
+        })?;
+        rows.extend(answer.methods);
+        if answer.next_page_token.is_empty() {
             return Ok(rows);
         }
-        page_token = page.next_page_token;
+        // The agent's tokens name the last row sent, so each one moves forward; one that does not would loop.
+        if answer.next_page_token == page_token {
+            return Err(ClientError::PageTokenRepeated);
+        }
+        page_token = answer.next_page_token;
     }
 }
 
@@ -94,12 +141,19 @@ pub async fn tail(
     shutdown: impl std::future::Future,
 ) -> Result<(), ClientError> {
     let mut client = connect(socket).await?;
-    let mut stream = client.watch(filter).await?.into_inner();
+    let mut stream = client
+        .watch(filter)
+        .await
+        .map_err(|status| ClientError::Call {
+            rpc: "Watch",
+            status: CallStatus(status),
+        })?
+        .into_inner();
     tokio::pin!(shutdown);
     loop {
         let msg = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            m = stream.message() => m.map_err(ClientError::WatchEnded)?,
+            m = stream.message() => m.map_err(|s| ClientError::WatchEnded(CallStatus(s)))?,
         };
         let Some(msg) = msg else { return Ok(()) };
         out.write_all(watch_lines(&msg).as_bytes())?;
@@ -271,6 +325,59 @@ mod tests {
     use proto::v1::{LatencySummary, Process};
 
     use super::*;
+
+    /// A page of one row named `name`, pointing at `next`.
+    fn page(name: &str, next: &str) -> ListMethodsResponse {
+        ListMethodsResponse {
+            methods: vec![MethodStats {
+                method: name.to_owned(),
+                ..MethodStats::default()
+            }],
+            next_page_token: next.to_owned(),
+        }
+    }
+
+    /// Runs the paging loop against `pages` (token asked for → answer), recording the tokens asked for.
+    fn follow(pages: &[(&str, ListMethodsResponse)]) -> (Result<Vec<String>, ClientError>, Vec<String>) {
+        let mut asked = Vec::new();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let result = rt.block_on(follow_pages(|token| {
+            asked.push(token.clone());
+            let answer = pages.iter().find(|(t, _)| *t == token).map(|(_, p)| p.clone());
+            // A loop that does not stop ends here, failing the test instead of hanging it.
+            let looping = asked.len() > 10;
+            async move {
+                if looping {
+                    return Err(tonic::Status::aborted("asked more than 10 pages"));
+                }
+                answer.ok_or_else(|| tonic::Status::invalid_argument("page_token"))
+            }
+        }));
+        (result.map(|rows| rows.into_iter().map(|r| r.method).collect()), asked)
+    }
+
+    #[test]
+    fn pages_are_followed_to_the_last() {
+        let (rows, asked) = follow(&[("", page("a", "t1")), ("t1", page("b", "t2")), ("t2", page("c", ""))]);
+        assert_eq!(rows.unwrap(), ["a", "b", "c"]);
+        assert_eq!(asked, ["", "t1", "t2"]);
+    }
+
+    #[test]
+    fn a_page_token_sent_back_unchanged_ends_the_listing_with_an_error() {
+        let (rows, asked) = follow(&[("", page("a", "t1")), ("t1", page("b", "t1"))]);
+        assert!(matches!(rows, Err(ClientError::PageTokenRepeated)), "{rows:?}");
+        assert_eq!(asked, ["", "t1"]);
+    }
+
+    #[test]
+    fn a_failed_page_names_the_call() {
+        let (rows, _) = follow(&[("", page("a", "gone"))]);
+        let err = rows.unwrap_err();
+        assert_eq!(err.to_string(), "ListMethods failed");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(cause.as_deref(), Some("InvalidArgument: page_token"));
+    }
 
     #[test]
     fn times_are_utc_rfc3339() {

@@ -82,11 +82,15 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 pid: a.pid.unwrap_or(0),
                 tenant: a.tenant.clone().unwrap_or_default(),
             };
-            client::tail(&config.socket, filter, std::io::stdout().lock(), shutdown_signal()).await?;
+            client::tail(&config.socket, filter, std::io::stdout().lock(), shutdown_signal())
+                .await
+                .with_context(|| format!("watching the calls of the agent at {}", config.socket.display()))?;
             Ok(())
         }
         Command::Methods(_) => {
-            client::methods(&config.socket, std::io::stdout().lock()).await?;
+            client::methods(&config.socket, std::io::stdout().lock())
+                .await
+                .with_context(|| format!("listing the methods of the agent at {}", config.socket.display()))?;
             Ok(())
         }
         Command::InstallModule(a) => {
