@@ -11,8 +11,8 @@
 //!   a process is its pid *and* its start time, so a process that reuses a pid starts with no declaration;
 //! - at most `max_rows` declarations (the oldest goes first), at most [`MAX_PEERS`] peers per row.
 //!
-//! Latency is kept in a log-linear histogram of microseconds (exact below 16 µs, then 8 buckets per power of
-//! two, so a percentile is within 12.5% of the true value); count, sum, min and max are exact.
+//! A row's latency is a log-linear histogram (module `histogram`): percentiles within 12.5%; count, sum, min and max
+//! exact.
 
 use std::{
     borrow::Cow,
@@ -26,17 +26,19 @@ use std::{
 // row's key was the largest part of that. The rows are bounded (`max_rows`, `max_interfaces`), so a client
 // choosing colliding names could slow its own lookups at most, never grow the table.
 use hashbrown::HashMap;
-use proto::v1::{
-    CallRecord, Direction, LatencySummary, LinkedCall, ListMethodsResponse, MethodMetadata, MethodStats, Process,
-};
+use proto::v1::{CallRecord, LinkedCall, ListMethodsResponse, MethodMetadata, MethodStats, Process};
 use tokio::time::Instant;
 
+use histogram::Histogram;
 use key::{InterfaceRef, Key, KeyRef};
-use page::Cursor;
 pub use page::{BadToken, MAX_PAGE_BYTES};
+use page::{Cursor, Page};
+use row::{Peer, Row};
 
+mod histogram;
 mod key;
 mod page;
+mod row;
 
 /// Distinct peers kept per row.
 pub const MAX_PEERS: usize = 16;
@@ -66,89 +68,6 @@ pub fn is_error(c: &CallRecord) -> bool {
         return c.status != "OK";
     }
     c.http_response_status_code >= 500 || c.status == "5xx"
-}
-
-/// The peer of a call: where an outbound call went (the upstream host and its port), or who made an inbound call
-/// (the downstream client's address, without its ephemeral port). Kept as reported and formatted only when the
-/// table is listed, so that counting a call from a known peer formats nothing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Peer {
-    address: String,
-    port: Option<u32>,
-}
-
-impl Peer {
-    /// Whether `p` is this peer.
-    fn is(&self, p: PeerRef<'_>) -> bool {
-        self.port == p.port && self.address == p.address
-    }
-
-    /// `ip:port` (`[ip]:port` for IPv6), or the address alone.
-    fn text(&self) -> String {
-        match self.port {
-            None => self.address.clone(),
-            Some(port) if self.address.contains(':') => format!("[{}]:{port}", self.address),
-            Some(port) => format!("{}:{port}", self.address),
-        }
-    }
-}
-
-/// [`Peer`], borrowed from the record.
-#[derive(Clone, Copy)]
-struct PeerRef<'a> {
-    address: &'a str,
-    port: Option<u32>,
-}
-
-fn peer(c: &CallRecord) -> Option<PeerRef<'_>> {
-    if c.direction == Direction::Inbound as i32 {
-        let a = c.client.as_ref()?;
-        return Some(PeerRef {
-            address: &a.address,
-            port: None,
-        });
-    }
-    let a = c.upstream_peer.as_ref().or(c.server.as_ref())?;
-    Some(PeerRef {
-        address: &a.address,
-        port: Some(a.port),
-    })
-}
-
-#[derive(Debug)]
-struct Row {
-    process: Option<Process>,
-    calls: u64,
-    errors: u64,
-    latency: Histogram,
-    first_seen: u64,
-    last_seen: u64,
-    peers: Vec<Peer>,
-    /// When the row was last used.
-    used: u64,
-    /// Its position in [`MethodTable::idle`]: the `used` it had when placed there (see [`MethodTable::idlest`]).
-    placed: u64,
-}
-
-// === impl Row ===
-
-impl Row {
-    /// Counts call `c`, seen at `seen`.
-    fn count(&mut self, c: &CallRecord, seen: u64) {
-        self.calls += 1;
-        self.errors += u64::from(is_error(c));
-        self.latency.record(c.duration_ns);
-        self.first_seen = self.first_seen.min(seen);
-        self.last_seen = self.last_seen.max(seen);
-        if self.peers.len() < MAX_PEERS {
-            if let Some(p) = peer(c).filter(|&p| !self.peers.iter().any(|known| known.is(p))) {
-                self.peers.push(Peer {
-                    address: p.address.to_owned(),
-                    port: p.port,
-                });
-            }
-        }
-    }
 }
 
 /// A process that declares methods: its pid (from `SO_PEERCRED`) and its start time, as
@@ -554,40 +473,6 @@ impl MethodTable {
     }
 }
 
-/// The entries of one page, and what they take of its bounds.
-struct Page {
-    out: Vec<MethodStats>,
-    bytes: usize,
-    max_rows: usize,
-    max_bytes: usize,
-}
-
-impl Page {
-    fn new(max_rows: usize, max_bytes: usize) -> Self {
-        Self {
-            out: Vec::new(),
-            bytes: 0,
-            max_rows,
-            max_bytes,
-        }
-    }
-
-    /// Adds `stats` if the page has room for it (an empty page always has); false when it is full.
-    fn push(&mut self, stats: MethodStats) -> bool {
-        // As the message encodes it: the field's tag, its length and the row.
-        let len = prost::Message::encoded_len(&stats);
-        let bytes = 1 + prost::encoding::encoded_len_varint(u64::try_from(len).unwrap_or(u64::MAX)) + len;
-        if !self.out.is_empty()
-            && (self.out.len() >= self.max_rows || self.bytes.saturating_add(bytes) > self.max_bytes)
-        {
-            return false;
-        }
-        self.bytes = self.bytes.saturating_add(bytes);
-        self.out.push(stats);
-        true
-    }
-}
-
 /// When a call was seen: its start, else when the agent received it.
 fn seen(c: &CallRecord, received_unix_nano: u64) -> u64 {
     if c.start_time_unix_nano != 0 {
@@ -595,85 +480,6 @@ fn seen(c: &CallRecord, received_unix_nano: u64) -> u64 {
     } else {
         received_unix_nano
     }
-}
-
-/// Latencies: exact count, sum, min and max; log-linear buckets of microseconds for the percentiles.
-#[derive(Debug, Default)]
-struct Histogram {
-    count: u64,
-    sum_ns: u128,
-    min_ns: u64,
-    max_ns: u64,
-    buckets: BTreeMap<u16, u64>,
-}
-
-impl Histogram {
-    fn record(&mut self, ns: u64) {
-        self.min_ns = if self.count == 0 { ns } else { self.min_ns.min(ns) };
-        self.max_ns = self.max_ns.max(ns);
-        self.count += 1;
-        self.sum_ns += u128::from(ns);
-        *self.buckets.entry(bucket(ns / 1000)).or_default() += 1;
-    }
-
-    /// The value of quantile `q`: the upper end of its bucket, within [min, max].
-    fn quantile_ns(&self, q: f64) -> u64 {
-        if self.count == 0 {
-            return 0;
-        }
-        // The rank of the quantile, 1-based: ceil(q * count), at least 1.
-        #[allow(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            clippy::cast_precision_loss
-        )]
-        let rank = ((q * self.count as f64).ceil() as u64).clamp(1, self.count);
-        let mut seen = 0;
-        for (&b, &n) in &self.buckets {
-            seen += n;
-            if seen >= rank {
-                return upper_us(b).saturating_mul(1000).clamp(self.min_ns, self.max_ns);
-            }
-        }
-        self.max_ns
-    }
-
-    fn summary(&self) -> LatencySummary {
-        #[allow(clippy::cast_precision_loss)]
-        let ms = |ns: u64| ns as f64 / 1e6;
-        #[allow(clippy::cast_precision_loss)]
-        let sum_ms = self.sum_ns as f64 / 1e6;
-        LatencySummary {
-            count: self.count,
-            sum_ms,
-            min_ms: ms(self.min_ns),
-            max_ms: ms(self.max_ns),
-            p50_ms: ms(self.quantile_ns(0.50)),
-            p90_ms: ms(self.quantile_ns(0.90)),
-            p99_ms: ms(self.quantile_ns(0.99)),
-        }
-    }
-}
-
-/// Bucket of `us` microseconds: 0..16 exact, then 8 per power of two.
-fn bucket(us: u64) -> u16 {
-    if us < 16 {
-        return u16::try_from(us).unwrap_or(0);
-    }
-    let exp = 63 - us.leading_zeros(); // >= 4
-    let sub = (us >> (exp - 3)) & 7;
-    u16::try_from(16 + (u64::from(exp) - 4) * 8 + sub).unwrap_or(u16::MAX)
-}
-
-/// Largest microsecond value of bucket `b`.
-fn upper_us(b: u16) -> u64 {
-    if b < 16 {
-        return u64::from(b);
-    }
-    let i = u64::from(b - 16);
-    let (exp, sub) = (i / 8 + 4, i % 8);
-    let upper = (u128::from(9 + sub) << (exp - 3)) - 1;
-    u64::try_from(upper).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! Written by hand: a dozen lines, where a serialization crate would be a dependency for one struct.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use proto::v1::MethodStats;
 
 use super::{key::Key, DeclKey};
 
@@ -126,6 +127,40 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, BadToken> {
         let len = usize::try_from(u32::from_le_bytes(self.array()?)).map_err(|_| BadToken)?;
         String::from_utf8(self.take(len)?.to_vec()).map_err(|_| BadToken)
+    }
+}
+
+/// The entries of one page, and what they take of its bounds.
+pub(super) struct Page {
+    pub(super) out: Vec<MethodStats>,
+    bytes: usize,
+    max_rows: usize,
+    max_bytes: usize,
+}
+
+impl Page {
+    pub(super) fn new(max_rows: usize, max_bytes: usize) -> Self {
+        Self {
+            out: Vec::new(),
+            bytes: 0,
+            max_rows,
+            max_bytes,
+        }
+    }
+
+    /// Adds `stats` if the page has room for it (an empty page always has); false when it is full.
+    pub(super) fn push(&mut self, stats: MethodStats) -> bool {
+        // As the message encodes it: the field's tag, its length and the row.
+        let len = prost::Message::encoded_len(&stats);
+        let bytes = 1 + prost::encoding::encoded_len_varint(u64::try_from(len).unwrap_or(u64::MAX)) + len;
+        if !self.out.is_empty()
+            && (self.out.len() >= self.max_rows || self.bytes.saturating_add(bytes) > self.max_bytes)
+        {
+            return false;
+        }
+        self.bytes = self.bytes.saturating_add(bytes);
+        self.out.push(stats);
+        true
     }
 }
 
