@@ -292,3 +292,46 @@ async fn a_process_that_reuses_a_pid_does_not_inherit_the_declarations_made_unde
     finish(new);
     agent.agent.stop().await;
 }
+
+/// A declaration the agent could never join to a call must be refused with the reason, not accepted and then
+/// ignored: the declaring process is not visible to the agent (`SO_PEERCRED` gives pid 0 for a peer outside the
+/// agent's pid namespace: a pod without `shareProcessNamespace`), or it is gone by the time its start time is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declaration_from_a_process_the_agent_cannot_see_is_refused_with_the_reason() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(config()).await;
+    let core = agent.agent.core();
+    let greeter = || {
+        vec![proto::v1::MethodMetadata {
+            service: "test.Greeter".into(),
+            method: "SayHello".into(),
+            ..Default::default()
+        }]
+    };
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    for pid in [0, gone_pid] {
+        let refused = core.declare(pid, greeter()).unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::FailedPrecondition,
+            "pid {pid}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("process"),
+            "pid {pid}: {}",
+            refused.message()
+        );
+    }
+    assert!(
+        methods(&mut agent.client().await).await.is_empty(),
+        "nothing is declared"
+    );
+    // The declaring process itself is seen, and its declaration kept.
+    assert_eq!(core.declare(std::process::id(), greeter()).unwrap(), 1);
+    assert_eq!(methods(&mut agent.client().await).await.len(), 1);
+    agent.agent.stop().await;
+}
