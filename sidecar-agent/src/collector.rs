@@ -236,7 +236,9 @@ impl Core {
     /// Records the interfaces process `pid` declares. Returns how many were accepted. They belong to the process
     /// that has the pid while its call is served (its start time is read now), so a later process that reuses the
     /// pid inherits none. A declaring peer normally waits for the answer; one that exited, and whose pid was
-    /// reused, between connecting (when `SO_PEERCRED` was taken) and this read would be misattributed.
+    /// reused, between connecting (when `SO_PEERCRED` was taken) and this read would be misattributed. A process
+    /// the agent cannot see (pid 0: outside its pid namespace) or that is already gone is refused
+    /// (`FAILED_PRECONDITION`).
     pub fn declare(&self, pid: u32, methods: Vec<MethodMetadata>) -> Result<u32, Status> {
         for (i, m) in methods.iter().enumerate() {
             for (name, v) in [
@@ -259,9 +261,19 @@ impl Core {
                 )));
             }
         }
+        // A declaration joins its process's calls by pid and start time: without them it could join none, so the
+        // client hears why rather than an `accepted` count for declarations that would wait out their grace unused.
+        let start = (pid != 0).then(|| self.start_time_unix_nano(pid)).flatten();
+        let Some(start_time_unix_nano) = start else {
+            return Err(Status::failed_precondition(format!(
+                "the agent cannot see the declaring process (pid {pid} from the socket's peer credentials, no \
+                 /proc/{pid}/stat): its declarations could never be joined to its calls. Run it in the agent's pid \
+                 namespace (shareProcessNamespace in the pod), and keep it running while it declares"
+            )));
+        };
         let by = Declarer {
             pid,
-            start_time_unix_nano: self.start_time_unix_nano(pid).unwrap_or(0),
+            start_time_unix_nano,
         };
         let mut table = lock(&self.methods);
         let mut accepted = 0;

@@ -71,8 +71,8 @@ pub fn is_error(c: &CallRecord) -> bool {
 }
 
 /// A process that declares methods: its pid (from `SO_PEERCRED`) and its start time, as
-/// `Process.start_time_unix_nano` has it but read from `/proc/<pid>/stat`, so floored to a clock tick; 0 when it
-/// could not be read. The start time is what tells the declaring process from a later one with the same pid.
+/// `Process.start_time_unix_nano` has it but read from `/proc/<pid>/stat`, so floored to a clock tick.
+/// The start time is what tells the declaring process from a later one with the same pid.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Declarer {
     /// The process's pid.
