@@ -12,6 +12,7 @@
 //! - [`route`]: configured route templates and the normaliser for paths no template matches.
 //! - [`status`]: gRPC status names and the HTTP to gRPC status mapping.
 //! - [`request`]: the per-request decision: interface, gray version, and the header rewrites to apply.
+//! - [`heartbeat`]: the VM heartbeat, which shows how many of a proxy's wasm VMs are alive.
 //! - [`metrics`]: metric names, label encoding for Envoy's stat tags, and the cardinality bounds.
 //! - [`report`]: call records for the agent, their bounded buffer and batches, and the accounting of each record.
 //! - [`tenant`]: the optional tenant dimension: where the id comes from, and the bounded label it becomes.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod gray;
 pub mod headers;
+pub mod heartbeat;
 pub mod interface;
 pub mod metrics;
 pub mod report;
