@@ -131,8 +131,15 @@ impl Envoy {
         Self::try_start_with(bootstrap, &[])
     }
 
-    /// Like [`Envoy::try_start`], with extra command-line arguments (e.g. `--component-log-level`).
+    /// Like [`Envoy::try_start`], with extra command-line arguments (e.g. `--component-log-level`). Envoy runs one
+    /// worker unless they say `--concurrency N`.
     pub fn try_start_with(bootstrap: &str, extra_args: &[&str]) -> Result<Self, Refused> {
+        // One worker by default: one VM, so per-VM bounds are exact in the tests.
+        let workers: &[&str] = if extra_args.contains(&"--concurrency") {
+            &[]
+        } else {
+            &["--concurrency", "1"]
+        };
         let dir = tempfile::Builder::new()
             .prefix("grayscope-envoy")
             .tempdir()
@@ -144,8 +151,8 @@ impl Envoy {
         let child = Command::new(paths::envoy())
             .arg("-c")
             .arg(&config)
-            // One worker: one VM, so per-VM bounds are exact in the tests.
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            .args(workers)
+            .args(["--disable-hot-restart", "-l", "info"])
             // Access log lines reach their file within 0.2 s (the default is 10 s).
             .args(["--file-flush-interval-msec", "200", "--log-path"])
             .arg(&log)

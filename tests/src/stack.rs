@@ -84,6 +84,18 @@ impl Stack {
         }
     }
 
+    /// Like [`Stack::start_edited`], with extra Envoy arguments (e.g. `--concurrency 2`).
+    pub fn start_edited_with_envoy_args(
+        plugin_config: &str,
+        edit: impl FnOnce(String) -> String,
+        envoy_args: &[&str],
+    ) -> Self {
+        match Self::try_start_with(plugin_config, edit, envoy_args) {
+            Ok(s) => s,
+            Err(r) => panic!("Envoy exited with {}:\n{}", r.status, r.log),
+        }
+    }
+
     fn try_start_edited(plugin_config: &str, edit: impl FnOnce(String) -> String) -> Result<Self, Refused> {
         Self::try_start_with(plugin_config, edit, &[])
     }
