@@ -10,11 +10,20 @@
 //! what this root holds to a registry in shared data, and claims the shares of roots whose heartbeat stopped
 //! (`wasm_filter_core::report::registry`): the records of a destroyed VM are counted as dropped, and leave the
 //! buffered gauge. Only the root's callbacks touch shared data; a request never does.
+//!
+//! Every tick also beats the VM's heartbeat (`wasm_filter_core::heartbeat`): the VM's time alive, added to one
+//! counter, so that a proxy shows how many of its VMs are alive. A root whose reporting is off ticks for that alone,
+//! once a second. The heartbeat is the VM's, not the root's: every root of a VM beats the same clock.
 
-use std::{cell::RefCell, rc::Rc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+    time::Duration,
+};
 
 use wasm_filter_core::{
     config::{self, Config},
+    heartbeat::{self, Heartbeat},
     metrics::Metrics,
     report::{
         registry::{SharedData, Synced},
@@ -26,6 +35,39 @@ use crate::{
     abi::{self, AbiError},
     http::EnvoyMetrics,
 };
+
+thread_local! {
+    /// This VM's heartbeat (one VM per thread): its clock and the counter's id, from its first configured root on.
+    static HEARTBEAT: Cell<Option<(Heartbeat, u32)>> = const { Cell::new(None) };
+    /// Whether a failed heartbeat was logged already (once per VM: it beats every second).
+    static HEARTBEAT_WARNED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Starts this VM's heartbeat, if no root of it did yet.
+fn start_heartbeat() -> Result<(), AbiError> {
+    if HEARTBEAT.get().is_some() {
+        return Ok(());
+    }
+    let metric = abi::define_metric(abi::COUNTER, heartbeat::VM_UPTIME)?;
+    let now = abi::now_unix_nano()?;
+    HEARTBEAT.set(Some((Heartbeat::new(now), metric)));
+    Ok(())
+}
+
+/// A root ticked: adds this VM's time alive since the last beat, once a second.
+fn beat() {
+    let Some((mut clock, metric)) = HEARTBEAT.get() else { return };
+    let result = abi::now_unix_nano().and_then(|now| match clock.beat(now) {
+        Some(ms) => abi::increment_metric(metric, ms),
+        None => Ok(()),
+    });
+    HEARTBEAT.set(Some((clock, metric)));
+    if let Err(e) = result {
+        if !HEARTBEAT_WARNED.replace(true) {
+            log::warn!("VM heartbeat: {e} (logged once per VM)");
+        }
+    }
+}
 
 /// Envoy's shared data (process-wide, scoped by `vm_id`).
 struct EnvoyShared;
@@ -89,6 +131,11 @@ impl Root {
         let bytes = abi::plugin_configuration(size).map_err(|e| e.to_string())?;
         let config = config::parse(&bytes).map_err(|e| e.to_string())?;
         let metrics = Metrics::new(&config, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
+        // Not a reason to refuse the plugin: the filter works without it, and a VM that does not beat reads as failed,
+        // which the alert then says.
+        if let Err(e) = start_heartbeat() {
+            log::error!("#{} starting the VM heartbeat: {e}", self.id);
+        }
         let reporter = if config.report.enabled {
             let name = format!("grayscope/{}", self.id);
             let mut reporter =
@@ -100,6 +147,12 @@ impl Root {
             abi::set_tick_period(self.tick_ms).map_err(|e| e.to_string())?;
             Some(RefCell::new(reporter))
         } else {
+            // Reporting off: the timer beats the heartbeat only. Without it the filter still works (and the VM reads
+            // as failed, which the alert says), so this is no reason to refuse the plugin.
+            self.tick_ms = heartbeat::TICK_MS;
+            if let Err(e) = abi::set_tick_period(self.tick_ms) {
+                log::error!("#{} starting the heartbeat's timer: {e}", self.id);
+            }
             None
         };
         log::info!(
@@ -262,6 +315,7 @@ impl Root {
     }
 
     pub fn on_tick(&mut self) {
+        beat();
         self.flush();
     }
 
@@ -295,7 +349,11 @@ impl Root {
     /// The plugin is going away: send what is buffered, and keep the context until every call is settled.
     pub fn on_done(&mut self) -> bool {
         let Some(shared) = self.shared.clone() else { return true };
-        let Some(reporter) = &shared.reporter else { return true };
+        let Some(reporter) = &shared.reporter else {
+            // Its timer only beat the heartbeat, which the VM's other roots (if any) go on beating.
+            self.stop_ticks();
+            return true;
+        };
         let Ok(mut reporter) = reporter.try_borrow_mut() else {
             // Cannot happen (callbacks never nest); the timer drains instead.
             self.draining = true;
