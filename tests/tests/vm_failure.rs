@@ -12,6 +12,13 @@
 //! - `FAIL_RELOAD`: requests fail until the reload backoff (1 s base) has passed, and then a fresh VM counts them
 //!   again. Metrics recover, but requests are failed on the way: the manifests do not choose it.
 //!
+//!
+//! Envoy runs one VM per worker thread, and one on its main thread. With two workers, a panic kills one worker's VM:
+//! the other goes on counting its share of the calls, which GrayscopeFilterSilent cannot tell from a healthy filter.
+//! Each live VM adds its time to the heartbeat `grayscope_vm_uptime_milliseconds_total`, and the failed one stops:
+//! the heartbeat then grows by two VMs' time instead of three, and the shipped alert `GrayscopeFilterVmFailed`
+//! compares that with Envoy's `envoy_server_concurrency` + 1.
+//!
 //! The native build has no such policy: a dynamic module runs in Envoy's process, and its FFI layer never panics.
 
 use std::{
@@ -39,6 +46,11 @@ const VERSION: (&str, &[u8]) = ("x-gray-version", b"v2");
 
 /// The stack with the panicking build under `policy` (`None`: the field left out).
 fn start(policy: Option<&str>) -> Stack {
+    start_with(policy, &[])
+}
+
+/// Like [`start`], with extra Envoy arguments (`--concurrency 2`).
+fn start_with(policy: Option<&str>, envoy_args: &[&str]) -> Stack {
     let wasm = paths::wasm().display().to_string();
     let panicking = paths::root().join("dist/test/grayscope_filter-panic.wasm");
     assert!(
@@ -47,14 +59,15 @@ fn start(policy: Option<&str>) -> Stack {
         panicking.display()
     );
     let field = policy.map(|p| format!("failure_policy: {p}, ")).unwrap_or_default();
-    Stack::start_edited("{}", |yaml| {
+    let edit = |yaml: String| {
         let edited = yaml.replace(&wasm, &panicking.display().to_string()).replace(
             "config: {name: grayscope,",
             &format!("config: {{{field}name: grayscope,"),
         );
         assert_ne!(edited, yaml, "the bootstrap's filter was not found");
         edited
-    })
+    };
+    Stack::start_edited_with_envoy_args("{}", edit, envoy_args)
 }
 
 /// One request on a fresh connection (Envoy may close the one whose request failed); its status.
@@ -335,7 +348,12 @@ fn under_the_shipped_policy_a_failed_vm_raises_the_silent_filter_alert() {
     ];
     assert_eq!(labels, expected, "{firing:?}");
     let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
-    let annotations = &alerts["alerts"][0]["annotations"];
+    // The only worker's VM failed, so GrayscopeFilterVmFailed may be raised beside it: this one's annotations.
+    let annotations = alerts["alerts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == ALERT))
+        .map(|a| a["annotations"].clone())
+        .unwrap_or_default();
     assert_eq!(
         annotations["summary"],
         format!("The grayscope filter of shop/{} counts no calls", prometheus::POD),
@@ -358,4 +376,141 @@ fn under_the_shipped_policy_a_failed_vm_raises_the_silent_filter_alert() {
     assert!(statuses.iter().all(|&code| code == 200), "{statuses:?}");
     assert_eq!(calls(&s), counted);
     assert_eq!(wasm_stats(&s), envoy_says, "Envoy's wasm stats after the failure");
+}
+
+const VM_ALERT: &str = "GrayscopeFilterVmFailed";
+const HEARTBEAT: &str = wasm_filter_core::heartbeat::VM_UPTIME;
+/// How long each direct reading of the heartbeat lasts. Each VM adds its time in steps of 1 to 1.2 s, so a reading
+/// over this long is within 1.2 s × VMs / `READING` (0.36 of a VM for 3) of the true count of live VMs.
+const READING: Duration = Duration::from_secs(10);
+
+/// The heartbeat's value now, from its whole exposition line (`grayscope_vm_uptime_milliseconds_total{} N`); the
+/// series must be exactly one unlabelled counter.
+fn heartbeat(s: &Stack) -> (f64, Instant) {
+    let at = Instant::now();
+    let text = s.envoy.admin_get("/stats/prometheus");
+    prom::assert_line(&text, &format!("# TYPE {HEARTBEAT} counter"));
+    let lines = prom::samples(&text, HEARTBEAT);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let value = lines[0]
+        .strip_prefix(&format!("{HEARTBEAT}{{}} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{}", lines[0]));
+    (value, at)
+}
+
+/// The live VMs the heartbeat shows over [`READING`]: the milliseconds it grew by, per second, / 1000.
+fn live_vms(s: &Stack) -> f64 {
+    let (before, from) = heartbeat(s);
+    thread::sleep(READING);
+    let (after, to) = heartbeat(s);
+    (after - before) / 1000.0 / (to - from).as_secs_f64()
+}
+
+/// Envoy with two workers runs three grayscope VMs (one per worker, one on its main thread), and each adds its time
+/// alive to the heartbeat. A panic kills the VM of the worker that held the request's connection: under FAIL_OPEN the
+/// proxy serves on, the other worker's VM counts its share of the calls (so GrayscopeFilterSilent stays quiet), and
+/// the heartbeat grows by two VMs' time instead of three. A real Prometheus, scraping this Envoy and evaluating the
+/// shipped rules (windows compressed as above), raises GrayscopeFilterVmFailed for it, and not before the panic.
+#[test]
+fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_the_vm_alert() {
+    if FilterBuild::current() != FilterBuild::Wasm {
+        return;
+    }
+    let s = start_with(Some("FAIL_OPEN"), &["--concurrency", "2"]);
+    prom::assert_line(&s.envoy.admin_get("/stats/prometheus"), "envoy_server_concurrency{} 2");
+    let prom = Prometheus::start(
+        &pod_scrape_config(RULES, s.envoy.admin, None),
+        &[(RULES, &silent_filter_rules())],
+    );
+    prom.wait_for("up", Duration::from_secs(30), |s| s.len() == 1 && s[0].value == 1.0);
+    let started = unix_now();
+    let traffic = Traffic::start(s.envoy.listener("ingress"));
+
+    // Healthy: three VMs, read directly, and by the rules once a window has passed (Prometheus's slope).
+    let vms = live_vms(&s);
+    eprintln!("before the panic: {vms:.3} live VMs (heartbeat read directly)");
+    assert!((vms - 3.0).abs() < 0.45, "before the panic: {vms} live VMs, want 3");
+    let healthy = started + WINDOW_S + FOR_S + 5.0;
+    thread::sleep(Duration::from_secs_f64((healthy - unix_now()).max(0.0)));
+    evaluated_after(&prom, healthy);
+    let seen = prom.query_at(
+        &format!(r#"count_over_time(ALERTS{{alertname=~"{VM_ALERT}|{ALERT}"}}[{}s])"#, (healthy - started).ceil()),
+        healthy,
+    );
+    assert!(seen.is_empty(), "an alert before the panic: {seen:?}");
+    let read = |record: &str| -> f64 {
+        let samples = prom.query_at(record, healthy);
+        assert_eq!(samples.len(), 1, "{record}: {samples:?}");
+        samples[0].value
+    };
+    assert_eq!(read("pod:grayscope_vms:expected"), 3.0);
+    let live = read("pod:grayscope_vms:live");
+    eprintln!("before the panic: {live:.3} live VMs (the rules)");
+    // Not half a VM short (the alert's threshold), nor half a VM over.
+    assert!((live - 3.0).abs() < 0.5, "the rules read {live} live VMs, want 3");
+
+    let before = traffic.statuses().len();
+    let calls_before = calls(&s);
+    assert_eq!(panic_the_vm(&s), 503);
+    let failed = unix_now();
+
+    // One VM fewer, directly; requests go on succeeding, and part of them (those on the failed worker's connections)
+    // go uncounted while the other worker counts the rest.
+    let vms = live_vms(&s);
+    eprintln!("after the panic: {vms:.3} live VMs (heartbeat read directly)");
+    assert!((vms - 2.0).abs() < 0.45, "after the panic: {vms} live VMs, want 2");
+    let firing = prom.wait_for(
+        &format!(r#"ALERTS{{alertname="{VM_ALERT}",alertstate="firing"}}"#),
+        Duration::from_secs(60),
+        |a| !a.is_empty(),
+    );
+    eprintln!("firing {:.1} s after the panic", unix_now() - failed);
+    let statuses = traffic.stop();
+    let after: Vec<u16> = statuses[before..].to_vec();
+    assert!(after.len() > 20, "{} requests after the panic", after.len());
+    assert!(after.iter().all(|&code| code == 200), "{after:?}");
+    let counted = calls(&s) - calls_before;
+    eprintln!("{counted} of the {} requests after the panic counted", after.len());
+    assert!(
+        counted > 0.0 && counted < after.len() as f64,
+        "{counted} of the {} requests after the panic counted: want some, not all",
+        after.len()
+    );
+    let silent = prom.query_at(
+        &format!(r#"count_over_time(ALERTS{{alertname="{ALERT}"}}[{}s])"#, (unix_now() - failed).ceil()),
+        unix_now(),
+    );
+    assert!(silent.is_empty(), "the silent-filter alert sees the failed VM: {silent:?}");
+
+    let labels: Vec<_> = firing[0]
+        .labels
+        .iter()
+        .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let expected = [
+        "app=orders".to_owned(),
+        format!("instance={}", s.envoy.admin),
+        "namespace=shop".to_owned(),
+        format!("pod={}", prometheus::POD),
+        "severity=warning".to_owned(),
+    ];
+    assert_eq!(labels, expected, "{firing:?}");
+    let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
+    let alert = alerts["alerts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == VM_ALERT))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        alert["annotations"]["summary"],
+        format!("A grayscope wasm VM of shop/{} has failed", prometheus::POD),
+        "{alerts}"
+    );
+    let description = alert["annotations"]["description"].as_str().unwrap_or_default();
+    assert!(description.contains(" runs 3 grayscope wasm VMs "), "{description}");
+    // The alert's value: the VMs missing over the window, one once the window is past the panic.
+    let missing: f64 = alert["value"].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
+    assert!((0.5..1.45).contains(&missing), "{alert}");
 }
