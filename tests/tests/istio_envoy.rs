@@ -7,8 +7,10 @@
 //!   (Istio's own tag rules and inclusion list, plus ours);
 //! - upstream clusters named the way Istio names them (`outbound|8080||orders.shop.svc.cluster.local`).
 //!
-//! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines.
-//! The same Envoy with Istio's default stats settings shows none: the mesh config is what makes them appear.
+//! Real HTTP traffic then shows every grayscope series with all its labels, asserted as whole exposition lines, and
+//! the VM heartbeat beside Envoy's worker count (`server.` is one of the prefixes Istio always keeps). The same Envoy
+//! with Istio's default stats settings keeps the series too (Istio always keeps the `wasm` prefix, and so
+//! `wasmcustom.`), but with their labels glued into their names: the mesh config's tags are what label them.
 //! The filter built from `istio/03-wasmplugin.yaml` the way Istio builds it counts calls the same way. With the real
 //! agent (root) on the socket, the reports travel through the CLUSTER patch and fill its method table. The native
 //! build placed by `istio/native/03-envoyfilter-native.yaml` (its HTTP filter and BOOTSTRAP patches) shows the
@@ -24,6 +26,7 @@ use integration_tests::{client::Client, envoy::Envoy, paths, prom, upstream::Ups
 use istio_support::{doc, istio_stats_config, mesh_values, ProxyStats};
 use serde_json::{json, Value};
 
+const HEARTBEAT: &str = wasm_filter_core::heartbeat::VM_UPTIME;
 const OUTBOUND_CLUSTER: &str = "outbound|8080||orders.shop.svc.cluster.local";
 const INBOUND_CLUSTER: &str = "inbound|8080||";
 
@@ -257,7 +260,12 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
         prom::assert_line(&text, line);
     }
     // Nothing of ours is left with a label glued into its name (a missing tag rule) or dropped by the matcher.
-    let ours: Vec<&str> = text.lines().filter(|l| l.contains("grayscope")).collect();
+    // (Envoy's own stats of the plugin, `envoy_wasm_grayscope_vm_reload*`, which Istio's `wasm` prefix keeps, are
+    // not the filter's.)
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("grayscope") && !l.trim_start_matches("# TYPE ").starts_with("envoy_wasm_"))
+        .collect();
     let mangled: Vec<&&str> = ours
         .iter()
         .filter(|l| !l.starts_with("grayscope_") && !l.starts_with("# TYPE grayscope_"))
@@ -267,6 +275,15 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
         "series whose labels were not extracted:\n{mangled:#?}"
     );
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
+    // What GrayscopeFilterVmFailed compares: the VMs' heartbeat (this Envoy has 1 worker, so 2 VMs beat, each about
+    // 1000 ms a second) and Envoy's worker count, which Istio's required `server` prefix keeps.
+    prom::assert_line(&text, "envoy_server_concurrency{} 1");
+    let (beat, at) = (prom::sum(&text, HEARTBEAT), std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let later = envoy.admin_get("/stats/prometheus");
+    prom::assert_line(&later, &format!("# TYPE {HEARTBEAT} counter"));
+    let vms = (prom::sum(&later, HEARTBEAT) - beat) / 1000.0 / at.elapsed().as_secs_f64();
+    assert!((1.5..2.5).contains(&vms), "{vms} live VMs, want 2");
     // The agent is not there: the reports fail fast and are dropped (requests were unaffected: all answered
     // above). Waits for the batch to come back as UNAVAILABLE, then the report series are exact too.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -289,7 +306,9 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
 }
 
 #[test]
-fn with_istios_default_stats_settings_no_grayscope_series_survives() {
+fn with_istios_default_stats_settings_the_series_survive_with_their_labels_glued_into_their_names() {
+    // Istio's required `wasm` prefix keeps every `wasmcustom.` stat, so the mesh config's inclusion regex is not what
+    // makes the wasm build's series appear: its `extraStatTags` are what give them their labels.
     let upstream = Upstream::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("agent.sock").display().to_string();
@@ -300,12 +319,20 @@ fn with_istios_default_stats_settings_no_grayscope_series_survives() {
         &[("x-test-id", b"default"), ("x-gray-version", b"v2")],
     );
     assert_eq!(answer.status, 200);
-    let text = envoy.admin_get("/stats/prometheus");
-    assert!(
-        !text.contains("grayscope"),
-        "Istio's default inclusion list should drop our series:\n{text}"
+    let text = envoy.prometheus();
+    prom::assert_line(
+        &text,
+        "direction___inbound___rpc_system___http___service___inbound_8080_____method___GET__api_v1_orders__id____gray_version___v2___status___2xx___grayscope_interface_calls_total{} 1",
     );
-    // The filter did run (it adds the version as a baggage member); only the stats matcher hides its series.
+    assert!(
+        prom::samples(&text, "grayscope_interface_calls_total").is_empty(),
+        "labelled series without Istio's tags:\n{text}"
+    );
+    // Unlabelled series need no tag: the heartbeat and Envoy's worker count, which GrayscopeFilterVmFailed compares,
+    // are there on any sidecar (`server.` is one of Istio's required prefixes).
+    prom::assert_line(&text, "envoy_server_concurrency{} 1");
+    prom::assert_line(&text, "# TYPE grayscope_vm_uptime_milliseconds_total counter");
+    assert_eq!(prom::samples(&text, "grayscope_vm_uptime_milliseconds_total").len(), 1);
     assert_eq!(upstream.request("default").all("baggage"), ["gray.version=v2"]);
 }
 
@@ -458,6 +485,10 @@ fn the_native_envoyfilter_under_istios_bootstrap_shows_the_same_series_under_the
         "series not renamed by the runtime flag:\n{prefixed:#?}"
     );
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
+    // A dynamic module has no VM that could fail alone (a panic there ends Envoy): no heartbeat, and so no
+    // GrayscopeFilterVmFailed, for the native build.
+    assert!(prom::samples(&text, HEARTBEAT).is_empty(), "a heartbeat in the native build");
+    prom::assert_line(&text, "envoy_server_concurrency{} 1");
 }
 
 #[test]

@@ -133,6 +133,13 @@ pub fn mesh_values() -> MeshValues {
     serde_norway::from_str(&text).unwrap_or_else(|e| panic!("01-stats-meshconfig.yaml: {e}"))
 }
 
+/// The stats every Istio sidecar keeps ("used by readiness checks"), after the configured ones, as Istio's
+/// pkg/bootstrap/config.go spells them (1.2x): `server` holds `server.concurrency` (the worker count), `wasm` every
+/// stat whose name starts with it, `wasmcustom.` ones included.
+pub const ISTIO_REQUIRED_PREFIXES: [&str; 5] = ["cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm"];
+pub const ISTIO_REQUIRED_SUFFIXES: [&str; 4] = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied"];
+pub const ISTIO_REQUIRED_REGEXPS: [&str; 1] = [r"vhost\.*\.route\.*"];
+
 /// Envoy's `stats_config` as Istio's bootstrap template (tools/packaging/common/envoy_bootstrap.json of
 /// istio/istio) renders it for a proxy with these settings: Istio's own tag rules, one
 /// `(tag=\.=(.*?);\.;)` rule per extraStatTags entry in their place among them, and the inclusion list that always
@@ -162,9 +169,15 @@ pub fn istio_stats_config(stats: &ProxyStats) -> Value {
     ]);
     let m = &stats.proxy_stats_matcher;
     let mut patterns = vec![json!({"prefix": "reporter="})];
-    patterns.extend(m.inclusion_prefixes.iter().map(|p| json!({"prefix": p})));
-    patterns.extend(m.inclusion_suffixes.iter().map(|s| json!({"suffix": s})));
-    patterns.extend(m.inclusion_regexps.iter().map(|r| json!({"safe_regex": {"regex": r}})));
+    // Istio appends its required patterns to the configured ones (pkg/bootstrap/config.go of istio/istio,
+    // getStatsOptions: requiredEnvoyStatsMatcherInclusionPrefixes, rbacEnvoyStatsMatcherInclusionSuffix,
+    // requiredEnvoyStatsMatcherInclusionRegexes), so every sidecar keeps these whatever its mesh config says.
+    let prefixes = m.inclusion_prefixes.iter().map(String::as_str).chain(ISTIO_REQUIRED_PREFIXES);
+    patterns.extend(prefixes.map(|p| json!({"prefix": p})));
+    let suffixes = m.inclusion_suffixes.iter().map(String::as_str).chain(ISTIO_REQUIRED_SUFFIXES);
+    patterns.extend(suffixes.map(|s| json!({"suffix": s})));
+    let regexps = m.inclusion_regexps.iter().map(String::as_str).chain(ISTIO_REQUIRED_REGEXPS);
+    patterns.extend(regexps.map(|r| json!({"safe_regex": {"regex": r}})));
     patterns.extend([json!({"prefix": "component"}), json!({"prefix": "istio"})]);
     json!({
         "use_all_default_tags": false,
