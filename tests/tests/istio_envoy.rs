@@ -487,7 +487,10 @@ fn the_native_envoyfilter_under_istios_bootstrap_shows_the_same_series_under_the
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
     // A dynamic module has no VM that could fail alone (a panic there ends Envoy): no heartbeat, and so no
     // GrayscopeFilterVmFailed, for the native build.
-    assert!(prom::samples(&text, HEARTBEAT).is_empty(), "a heartbeat in the native build");
+    assert!(
+        prom::samples(&text, HEARTBEAT).is_empty(),
+        "a heartbeat in the native build"
+    );
     prom::assert_line(&text, "envoy_server_concurrency{} 1");
 }
 

@@ -435,7 +435,10 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
     thread::sleep(Duration::from_secs_f64((healthy - unix_now()).max(0.0)));
     evaluated_after(&prom, healthy);
     let seen = prom.query_at(
-        &format!(r#"count_over_time(ALERTS{{alertname=~"{VM_ALERT}|{ALERT}"}}[{}s])"#, (healthy - started).ceil()),
+        &format!(
+            r#"count_over_time(ALERTS{{alertname=~"{VM_ALERT}|{ALERT}"}}[{}s])"#,
+            (healthy - started).ceil()
+        ),
         healthy,
     );
     assert!(seen.is_empty(), "an alert before the panic: {seen:?}");
@@ -478,10 +481,16 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
         after.len()
     );
     let silent = prom.query_at(
-        &format!(r#"count_over_time(ALERTS{{alertname="{ALERT}"}}[{}s])"#, (unix_now() - failed).ceil()),
+        &format!(
+            r#"count_over_time(ALERTS{{alertname="{ALERT}"}}[{}s])"#,
+            (unix_now() - failed).ceil()
+        ),
         unix_now(),
     );
-    assert!(silent.is_empty(), "the silent-filter alert sees the failed VM: {silent:?}");
+    assert!(
+        silent.is_empty(),
+        "the silent-filter alert sees the failed VM: {silent:?}"
+    );
 
     let labels: Vec<_> = firing[0]
         .labels

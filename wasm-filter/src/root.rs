@@ -56,7 +56,9 @@ fn start_heartbeat() -> Result<(), AbiError> {
 
 /// A root ticked: adds this VM's time alive since the last beat, once a second.
 fn beat() {
-    let Some((mut clock, metric)) = HEARTBEAT.get() else { return };
+    let Some((mut clock, metric)) = HEARTBEAT.get() else {
+        return;
+    };
     let result = abi::now_unix_nano().and_then(|now| match clock.beat(now) {
         Some(ms) => abi::increment_metric(metric, ms),
         None => Ok(()),

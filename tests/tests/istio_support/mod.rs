@@ -136,7 +136,13 @@ pub fn mesh_values() -> MeshValues {
 /// The stats every Istio sidecar keeps ("used by readiness checks"), after the configured ones, as Istio's
 /// pkg/bootstrap/config.go spells them (1.2x): `server` holds `server.concurrency` (the worker count), `wasm` every
 /// stat whose name starts with it, `wasmcustom.` ones included.
-pub const ISTIO_REQUIRED_PREFIXES: [&str; 5] = ["cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm"];
+pub const ISTIO_REQUIRED_PREFIXES: [&str; 5] = [
+    "cluster_manager",
+    "listener_manager",
+    "server",
+    "cluster.xds-grpc",
+    "wasm",
+];
 pub const ISTIO_REQUIRED_SUFFIXES: [&str; 4] = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied"];
 pub const ISTIO_REQUIRED_REGEXPS: [&str; 1] = [r"vhost\.*\.route\.*"];
 
@@ -172,11 +178,23 @@ pub fn istio_stats_config(stats: &ProxyStats) -> Value {
     // Istio appends its required patterns to the configured ones (pkg/bootstrap/config.go of istio/istio,
     // getStatsOptions: requiredEnvoyStatsMatcherInclusionPrefixes, rbacEnvoyStatsMatcherInclusionSuffix,
     // requiredEnvoyStatsMatcherInclusionRegexes), so every sidecar keeps these whatever its mesh config says.
-    let prefixes = m.inclusion_prefixes.iter().map(String::as_str).chain(ISTIO_REQUIRED_PREFIXES);
+    let prefixes = m
+        .inclusion_prefixes
+        .iter()
+        .map(String::as_str)
+        .chain(ISTIO_REQUIRED_PREFIXES);
     patterns.extend(prefixes.map(|p| json!({"prefix": p})));
-    let suffixes = m.inclusion_suffixes.iter().map(String::as_str).chain(ISTIO_REQUIRED_SUFFIXES);
+    let suffixes = m
+        .inclusion_suffixes
+        .iter()
+        .map(String::as_str)
+        .chain(ISTIO_REQUIRED_SUFFIXES);
     patterns.extend(suffixes.map(|s| json!({"suffix": s})));
-    let regexps = m.inclusion_regexps.iter().map(String::as_str).chain(ISTIO_REQUIRED_REGEXPS);
+    let regexps = m
+        .inclusion_regexps
+        .iter()
+        .map(String::as_str)
+        .chain(ISTIO_REQUIRED_REGEXPS);
     patterns.extend(regexps.map(|r| json!({"safe_regex": {"regex": r}})));
     patterns.extend([json!({"prefix": "component"}), json!({"prefix": "istio"})]);
     json!({
