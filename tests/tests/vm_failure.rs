@@ -428,9 +428,11 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
     let traffic = Traffic::start(s.envoy.listener("ingress"));
 
     // Healthy: three VMs, read directly, and by the rules. The rules' first window is left out of what they must
-    // not say: its few samples (one a second here) each lag by up to a beat, 1.2 s, per VM, and a slope over two or
-    // three of them may read a VM short for a moment (over the shipped 5 minutes, each lag is a fraction of a second
-    // against 15 s or more between scrapes). From then on, a window and a `for` without the alert pending or firing.
+    // not say: its few samples (one a second here) each lag by up to a beat, 1.2 s, per VM, and a slope over a few
+    // of them may read a VM short for several seconds, longer than this test's compressed `for` (5 s). In the
+    // shipped rules each lag is a fraction of a second against 15 s or more between scrapes, and `for` is 5 minutes:
+    // a new pod stays quiet there (the promtool tests). From then on, a window and a `for` without the alert
+    // pending or firing.
     let vms = live_vms(&s);
     eprintln!("before the panic: {vms:.3} live VMs (heartbeat read directly)");
     assert!((vms - 3.0).abs() < 0.45, "before the panic: {vms} live VMs, want 3");
@@ -449,8 +451,6 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
     };
     let seen = alerts(settled, "pending|firing");
     assert!(seen.is_empty(), "an alert before the panic: {seen:?}");
-    let seen = alerts(started, "firing");
-    assert!(seen.is_empty(), "an alert fired before the panic: {seen:?}");
     let read = |record: &str| -> f64 {
         let samples = prom.query_at(record, healthy);
         assert_eq!(samples.len(), 1, "{record}: {samples:?}");
