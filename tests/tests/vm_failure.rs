@@ -240,6 +240,37 @@ impl Traffic {
     }
 }
 
+/// Checks that the firing alert `firing[0]` carries the pod's labels (as the pod scrape config gives them) and its
+/// severity; returns the alert `name` from Prometheus's alerts API, and the whole answer for messages.
+fn the_pods_alert(
+    prom: &Prometheus,
+    s: &Stack,
+    firing: &[prometheus::Sample],
+    name: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let labels: Vec<_> = firing[0]
+        .labels
+        .iter()
+        .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let expected = [
+        "app=orders".to_owned(),
+        format!("instance={}", s.envoy.admin),
+        "namespace=shop".to_owned(),
+        format!("pod={}", prometheus::POD),
+        "severity=warning".to_owned(),
+    ];
+    assert_eq!(labels, expected, "{firing:?}");
+    let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
+    let alert = alerts["alerts"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == name))
+        .cloned()
+        .unwrap_or_default();
+    (alert, alerts)
+}
+
 /// Waits until Prometheus has evaluated the rules after `time` (unix seconds).
 fn evaluated_after(prom: &Prometheus, time: f64) {
     prom.wait_for(
@@ -333,27 +364,9 @@ fn under_the_shipped_policy_a_failed_vm_raises_the_silent_filter_alert() {
     );
     let statuses = traffic.stop();
 
-    let labels: Vec<_> = firing[0]
-        .labels
-        .iter()
-        .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let expected = [
-        "app=orders".to_owned(),
-        format!("instance={}", s.envoy.admin),
-        "namespace=shop".to_owned(),
-        format!("pod={}", prometheus::POD),
-        "severity=warning".to_owned(),
-    ];
-    assert_eq!(labels, expected, "{firing:?}");
-    let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
     // The only worker's VM failed, so GrayscopeFilterVmFailed may be raised beside it: this one's annotations.
-    let annotations = alerts["alerts"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == ALERT))
-        .map(|a| a["annotations"].clone())
-        .unwrap_or_default();
+    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, ALERT);
+    let annotations = &alert["annotations"];
     assert_eq!(
         annotations["summary"],
         format!("The grayscope filter of shop/{} counts no calls", prometheus::POD),
@@ -501,26 +514,7 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
         "the silent-filter alert sees the failed VM: {silent:?}"
     );
 
-    let labels: Vec<_> = firing[0]
-        .labels
-        .iter()
-        .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let expected = [
-        "app=orders".to_owned(),
-        format!("instance={}", s.envoy.admin),
-        "namespace=shop".to_owned(),
-        format!("pod={}", prometheus::POD),
-        "severity=warning".to_owned(),
-    ];
-    assert_eq!(labels, expected, "{firing:?}");
-    let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
-    let alert = alerts["alerts"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["labels"]["alertname"] == VM_ALERT))
-        .cloned()
-        .unwrap_or_default();
+    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT);
     assert_eq!(
         alert["annotations"]["summary"],
         format!("A grayscope wasm VM of shop/{} has failed", prometheus::POD),
