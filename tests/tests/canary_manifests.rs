@@ -92,7 +92,7 @@ fn dashboard_is_current_grafana_json_with_its_variables() {
         ]
     );
     let panels = d["panels"].as_array().expect("panels");
-    assert_eq!(panels.len(), 6);
+    assert_eq!(panels.len(), 7);
     for p in panels {
         assert_queries_follow_the_datasource_and_scrape_interval(p);
     }

@@ -319,6 +319,15 @@ fn names_and_panels(prom: &Prometheus, at: &Ends, mut exprs: Vec<(String, String
             "dashboard panel {what} has no data:\n{expr}"
         );
     }
+    // The VM panel's two lines meet on a healthy proxy: each live VM's heartbeat reads as one VM, and this Envoy
+    // (one worker) runs two.
+    let vms = |ref_id: &str| -> f64 {
+        let title = format!("Filter VMs per pod: live and expected \"{ref_id}\"");
+        let (_, expr) = panels.iter().find(|(what, _)| *what == title).expect("the VM panel");
+        prom.query_at(expr, at.broken).iter().map(|s| s.value).sum()
+    };
+    assert_eq!(vms("B"), 2.0, "expected VMs");
+    assert!((vms("A") - 2.0).abs() < 0.5, "live VMs: {}", vms("A"));
     for (name, selector, label) in dashboard_variables() {
         let unknown = names::unknown(prom, &selector, 600);
         assert!(
