@@ -143,7 +143,14 @@ pub const ISTIO_REQUIRED_PREFIXES: [&str; 5] = [
     "cluster.xds-grpc",
     "wasm",
 ];
-pub const ISTIO_REQUIRED_SUFFIXES: [&str; 4] = ["rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied"];
+/// The suffixes Istio always adds: RBAC's, and `downstream_cx_active`, which draining needs.
+pub const ISTIO_REQUIRED_SUFFIXES: [&str; 5] = [
+    "rbac.allowed",
+    "rbac.denied",
+    "shadow_allowed",
+    "shadow_denied",
+    "downstream_cx_active",
+];
 pub const ISTIO_REQUIRED_REGEXPS: [&str; 1] = [r"vhost\.*\.route\.*"];
 
 /// Envoy's `stats_config` as Istio's bootstrap template (tools/packaging/common/envoy_bootstrap.json of
