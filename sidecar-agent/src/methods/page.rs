@@ -7,7 +7,8 @@
 //!
 //! Encoding, version 1: `1`, then `r` and a row key (service, method, gray version, tenant as length-prefixed
 //! strings; direction as 4 bytes; rpc system as a string; pid as 4 bytes; start as 8 bytes), or `d` and a
-//! declaration key (pid as 4 bytes; service and method as strings; start as 8 bytes). Integers little-endian, lengths as 4 bytes.
+//! declaration key (pid as 4 bytes; service and method as strings; start as 8 bytes). Integers little-endian,
+//! lengths as 4 bytes.
 //! Written by hand: a dozen lines, where a serialization crate would be a dependency for one struct.
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};

@@ -62,7 +62,8 @@ pub(super) struct Row {
     pub(super) peers: Vec<Peer>,
     /// When the row was last used.
     pub(super) used: u64,
-    /// Its position in [`super::MethodTable::idle`]: the `used` it had when placed there (see [`super::MethodTable::idlest`]).
+    /// Its position in [`super::MethodTable::idle`]: the `used` it had when placed there (see
+    /// [`super::MethodTable::idlest`]).
     pub(super) placed: u64,
 }
 
