@@ -153,6 +153,11 @@ pub const ISTIO_REQUIRED_SUFFIXES: [&str; 5] = [
 ];
 pub const ISTIO_REQUIRED_REGEXPS: [&str; 1] = [r"vhost\.*\.route\.*"];
 
+/// The configured patterns of one kind (prefix, suffix or regex), then the ones Istio adds to them.
+fn then_required<'a>(configured: &'a [String], required: &'a [&'a str]) -> impl Iterator<Item = &'a str> {
+    configured.iter().map(String::as_str).chain(required.iter().copied())
+}
+
 /// Envoy's `stats_config` as Istio's bootstrap template (tools/packaging/common/envoy_bootstrap.json of
 /// istio/istio) renders it for a proxy with these settings: Istio's own tag rules, one
 /// `(tag=\.=(.*?);\.;)` rule per extraStatTags entry in their place among them, and the inclusion list that always
@@ -185,23 +190,11 @@ pub fn istio_stats_config(stats: &ProxyStats) -> Value {
     // Istio appends its required patterns to the configured ones (pkg/bootstrap/config.go of istio/istio,
     // getStatsOptions: requiredEnvoyStatsMatcherInclusionPrefixes, rbacEnvoyStatsMatcherInclusionSuffix,
     // requiredEnvoyStatsMatcherInclusionRegexes), so every sidecar keeps these whatever its mesh config says.
-    let prefixes = m
-        .inclusion_prefixes
-        .iter()
-        .map(String::as_str)
-        .chain(ISTIO_REQUIRED_PREFIXES);
+    let prefixes = then_required(&m.inclusion_prefixes, &ISTIO_REQUIRED_PREFIXES);
     patterns.extend(prefixes.map(|p| json!({"prefix": p})));
-    let suffixes = m
-        .inclusion_suffixes
-        .iter()
-        .map(String::as_str)
-        .chain(ISTIO_REQUIRED_SUFFIXES);
+    let suffixes = then_required(&m.inclusion_suffixes, &ISTIO_REQUIRED_SUFFIXES);
     patterns.extend(suffixes.map(|s| json!({"suffix": s})));
-    let regexps = m
-        .inclusion_regexps
-        .iter()
-        .map(String::as_str)
-        .chain(ISTIO_REQUIRED_REGEXPS);
+    let regexps = then_required(&m.inclusion_regexps, &ISTIO_REQUIRED_REGEXPS);
     patterns.extend(regexps.map(|r| json!({"safe_regex": {"regex": r}})));
     patterns.extend([json!({"prefix": "component"}), json!({"prefix": "istio"})]);
     json!({
