@@ -22,6 +22,7 @@
 //! The native build has no such policy: a dynamic module runs in Envoy's process, and its FFI layer never panics.
 
 use std::{
+    collections::BTreeMap,
     fs,
     net::SocketAddr,
     sync::{
@@ -247,6 +248,7 @@ fn the_pods_alert(
     s: &Stack,
     firing: &[prometheus::Sample],
     name: &str,
+    plugin: Option<&str>,
 ) -> (serde_json::Value, serde_json::Value) {
     let labels: Vec<_> = firing[0]
         .labels
@@ -254,13 +256,13 @@ fn the_pods_alert(
         .filter(|(k, _)| !["__name__", "alertname", "alertstate"].contains(&k.as_str()))
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let expected = [
+    let mut expected = vec![
         "app=orders".to_owned(),
         format!("instance={}", s.envoy.admin),
         "namespace=shop".to_owned(),
-        format!("pod={}", prometheus::POD),
-        "severity=warning".to_owned(),
     ];
+    expected.extend(plugin.map(|p| format!("plugin={p}")));
+    expected.extend([format!("pod={}", prometheus::POD), "severity=warning".to_owned()]);
     assert_eq!(labels, expected, "{firing:?}");
     let alerts = prom.api("/api/v1/alerts", &[]).expect("alerts");
     let alert = alerts["alerts"]
@@ -365,7 +367,7 @@ fn under_the_shipped_policy_a_failed_vm_raises_the_silent_filter_alert() {
     let statuses = traffic.stop();
 
     // The only worker's VM failed, so GrayscopeFilterVmFailed may be raised beside it: this one's annotations.
-    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, ALERT);
+    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, ALERT, None);
     let annotations = &alert["annotations"];
     assert_eq!(
         annotations["summary"],
@@ -397,27 +399,51 @@ const HEARTBEAT: &str = wasm_filter_core::heartbeat::VM_UPTIME;
 /// over this long is within 1.2 s × VMs / `READING` (0.36 of a VM for 3) of the true count of live VMs.
 const READING: Duration = Duration::from_secs(10);
 
-/// The heartbeat's value now, from its whole exposition line (`grayscope_vm_uptime_milliseconds_total{} N`); the
-/// series must be exactly one unlabelled counter.
-fn heartbeat(s: &Stack) -> (f64, Instant) {
+/// The heartbeat's value now for each plugin, from the whole exposition lines of its one counter
+/// (`grayscope_vm_uptime_milliseconds_total{plugin="grayscope"} N`, one line per plugin).
+fn heartbeats(s: &Stack) -> (BTreeMap<String, f64>, Instant) {
     let at = Instant::now();
     let text = s.envoy.admin_get("/stats/prometheus");
     prom::assert_line(&text, &format!("# TYPE {HEARTBEAT} counter"));
-    let lines = prom::samples(&text, HEARTBEAT);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    let value = lines[0]
-        .strip_prefix(&format!("{HEARTBEAT}{{}} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{}", lines[0]));
-    (value, at)
+    let by_plugin = prom::samples(&text, HEARTBEAT)
+        .into_iter()
+        .map(|line| {
+            let (plugin, value) = line
+                .strip_prefix(&format!("{HEARTBEAT}{{plugin=\""))
+                .and_then(|rest| rest.split_once("\"} "))
+                .unwrap_or_else(|| panic!("not one plugin's heartbeat: {line}"));
+            (plugin.to_owned(), value.parse().unwrap_or_else(|_| panic!("{line}")))
+        })
+        .collect();
+    (by_plugin, at)
 }
 
-/// The live VMs the heartbeat shows over [`READING`]: the milliseconds it grew by, per second, / 1000.
-fn live_vms(s: &Stack) -> f64 {
-    let (before, from) = heartbeat(s);
+/// The live VMs each plugin's heartbeat shows over [`READING`]: the milliseconds it grew by, per second, / 1000.
+fn live_vms_by_plugin(s: &Stack) -> BTreeMap<String, f64> {
+    let (before, from) = heartbeats(s);
     thread::sleep(READING);
-    let (after, to) = heartbeat(s);
-    (after - before) / 1000.0 / (to - from).as_secs_f64()
+    let (after, to) = heartbeats(s);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "the plugins' heartbeats"
+    );
+    let seconds = (to - from).as_secs_f64();
+    after
+        .into_iter()
+        .map(|(plugin, v)| {
+            let grew = v - before[&plugin];
+            (plugin, grew / 1000.0 / seconds)
+        })
+        .collect()
+}
+
+/// The live VMs of the stack's one plugin (`grayscope`), as [`live_vms_by_plugin`] reads them.
+fn live_vms(s: &Stack) -> f64 {
+    let by_plugin = live_vms_by_plugin(s);
+    let plugins: Vec<&String> = by_plugin.keys().collect();
+    assert_eq!(plugins, ["grayscope"], "one plugin's heartbeat");
+    by_plugin["grayscope"]
 }
 
 /// Envoy with two workers runs three grayscope VMs (one per worker, one on its main thread), and each adds its time
@@ -514,15 +540,112 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
         "the silent-filter alert sees the failed VM: {silent:?}"
     );
 
-    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT);
+    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT, Some("grayscope"));
     assert_eq!(
         alert["annotations"]["summary"],
         format!("A grayscope wasm VM of shop/{} has failed", prometheus::POD),
         "{alerts}"
     );
     let description = alert["annotations"]["description"].as_str().unwrap_or_default();
-    assert!(description.contains(" runs 3 grayscope wasm VMs "), "{description}");
+    assert!(
+        description.contains(" runs 3 wasm VMs of the grayscope plugin grayscope "),
+        "{description}"
+    );
     // The alert's value: the VMs missing over the window, one once the window is past the panic.
     let missing: f64 = alert["value"].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
     assert!((0.5..1.45).contains(&missing), "{alert}");
+}
+
+/// The stack with two grayscope plugins in one filter chain, each in VMs of its own (another `vm_id`), both under
+/// FAIL_OPEN: the shipped build as `grayscope`, and the test build that panics as `grayscope-panic` (reporting off).
+/// In Istio every WasmPlugin runs in VMs of its own this way: Istio puts the plugin's resource version in its VMs'
+/// environment, and Envoy shares a VM only between plugins of the same code and VM configuration.
+fn start_two_plugins(envoy_args: &[&str]) -> Stack {
+    let wasm = paths::wasm().display().to_string();
+    let panicking = paths::root().join("dist/test/grayscope_filter-panic.wasm");
+    assert!(
+        panicking.exists(),
+        "{} is missing: run `just build`",
+        panicking.display()
+    );
+    let edit = |yaml: String| {
+        let shipped = FilterBuild::Wasm.http_filter("{}");
+        let other = FilterBuild::Wasm
+            .http_filter(r#"{"report":{"enabled":false}}"#)
+            .replace(&wasm, &panicking.display().to_string())
+            .replace(
+                "config: {name: grayscope, root_id: grayscope, vm_config: {vm_id: grayscope,",
+                "config: {failure_policy: FAIL_OPEN, name: grayscope-panic, root_id: grayscope, \
+                 vm_config: {vm_id: grayscope-panic,",
+            );
+        let shipped_open = shipped.replace(
+            "config: {name: grayscope,",
+            "config: {failure_policy: FAIL_OPEN, name: grayscope,",
+        );
+        assert!(other.contains("grayscope-panic") && shipped_open != shipped);
+        let edited = yaml.replace(&shipped, &format!("{shipped_open}\n          - {other}"));
+        assert_ne!(edited, yaml, "the bootstrap's filter was not found");
+        edited
+    };
+    Stack::start_edited_with_envoy_args("{}", edit, envoy_args)
+}
+
+/// Two plugins in VMs of their own, as two WasmPlugins are in Istio: each VM beats its own plugin's heartbeat, so
+/// each plugin shows its 3 live VMs (two workers and the main thread), and a panic that kills one VM of one plugin
+/// shows as that plugin's 2 while the other keeps its 3. A real Prometheus raises GrayscopeFilterVmFailed for that
+/// plugin only. One unlabelled heartbeat summed the two plugins' VMs: 6 live against 3 expected, and 5 after the
+/// failure, which no rule could tell from a healthy proxy.
+#[test]
+fn a_failed_vm_of_one_of_two_plugins_shows_in_its_own_heartbeat_and_raises_the_vm_alert_for_it() {
+    if FilterBuild::current() != FilterBuild::Wasm {
+        return;
+    }
+    let s = start_two_plugins(&["--concurrency", "2"]);
+    let prom = Prometheus::start(
+        &pod_scrape_config(RULES, s.envoy.admin, None),
+        &[(RULES, &silent_filter_rules())],
+    );
+    prom.wait_for("up", Duration::from_secs(30), |s| s.len() == 1 && s[0].value == 1.0);
+    let traffic = Traffic::start(s.envoy.listener("ingress"));
+
+    let near = |by_plugin: &BTreeMap<String, f64>, want: [(&str, f64); 2]| {
+        by_plugin.len() == 2
+            && want
+                .iter()
+                .all(|(p, n)| by_plugin.get(*p).is_some_and(|v| (v - n).abs() < 0.45))
+    };
+    let vms = live_vms_by_plugin(&s);
+    eprintln!("before the panic: {vms:.3?} live VMs (heartbeats read directly)");
+    assert!(near(&vms, [("grayscope", 3.0), ("grayscope-panic", 3.0)]), "{vms:?}");
+
+    assert_eq!(panic_the_vm(&s), 503);
+    let failed = unix_now();
+    let vms = live_vms_by_plugin(&s);
+    eprintln!("after the panic: {vms:.3?} live VMs (heartbeats read directly)");
+    assert!(near(&vms, [("grayscope", 3.0), ("grayscope-panic", 2.0)]), "{vms:?}");
+
+    let firing = prom.wait_for(
+        &format!(r#"ALERTS{{alertname="{VM_ALERT}",alertstate="firing"}}"#),
+        Duration::from_secs(60),
+        |a| !a.is_empty(),
+    );
+    eprintln!("firing {:.1} s after the panic", unix_now() - failed);
+    let statuses = traffic.stop();
+    assert!(statuses.iter().filter(|&&c| c != 200).count() == 0, "{statuses:?}");
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT, Some("grayscope-panic"));
+    let description = alert["annotations"]["description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains(" runs 3 wasm VMs of the grayscope plugin grayscope-panic "),
+        "{description}\n{alerts}"
+    );
+    // The other plugin's VMs all live: nothing fired or pending for it, ever.
+    let other = prom.query_at(
+        &format!(
+            r#"count_over_time(ALERTS{{alertname="{VM_ALERT}",plugin!="grayscope-panic"}}[{}s])"#,
+            (unix_now() - failed + 60.0).ceil()
+        ),
+        unix_now(),
+    );
+    assert!(other.is_empty(), "the healthy plugin's VMs read as failed: {other:?}");
 }
