@@ -276,8 +276,14 @@ fn the_installed_config_under_istios_bootstrap_shows_every_grayscope_series_with
     );
     assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 6.0);
     // What GrayscopeFilterVmFailed compares: the VMs' heartbeat (this Envoy has 1 worker, so 2 VMs beat, each about
-    // 1000 ms a second) and Envoy's worker count, which Istio's required `server` prefix keeps.
+    // 1000 ms a second), one series labelled with the EnvoyFilter's plugin name, and Envoy's worker count, which
+    // Istio's required `server` prefix keeps.
     prom::assert_line(&text, "envoy_server_concurrency{} 1");
+    let beats = prom::samples(&text, HEARTBEAT);
+    assert!(
+        beats.len() == 1 && beats[0].starts_with(&format!("{HEARTBEAT}{{plugin=\"grayscope\"}} ")),
+        "{beats:?}"
+    );
     let (beat, at) = (prom::sum(&text, HEARTBEAT), std::time::Instant::now());
     std::thread::sleep(std::time::Duration::from_secs(5));
     let later = envoy.admin_get("/stats/prometheus");
@@ -328,11 +334,14 @@ fn with_istios_default_stats_settings_the_series_survive_with_their_labels_glued
         prom::samples(&text, "grayscope_interface_calls_total").is_empty(),
         "labelled series without Istio's tags:\n{text}"
     );
-    // Unlabelled series need no tag: the heartbeat and Envoy's worker count, which GrayscopeFilterVmFailed compares,
-    // are there on any sidecar (`server.` is one of Istio's required prefixes).
+    // Envoy's worker count, unlabelled, needs no tag (`server.` is one of Istio's required prefixes); the heartbeat's
+    // `plugin` label is glued into its name like every other label: GrayscopeFilterVmFailed needs the tags too.
     prom::assert_line(&text, "envoy_server_concurrency{} 1");
-    prom::assert_line(&text, "# TYPE grayscope_vm_uptime_milliseconds_total counter");
-    assert_eq!(prom::samples(&text, "grayscope_vm_uptime_milliseconds_total").len(), 1);
+    prom::assert_line(
+        &text,
+        "# TYPE plugin___grayscope___grayscope_vm_uptime_milliseconds_total counter",
+    );
+    assert!(prom::samples(&text, HEARTBEAT).is_empty(), "{text}");
     assert_eq!(upstream.request("default").all("baggage"), ["gray.version=v2"]);
 }
 
@@ -358,6 +367,13 @@ fn the_wasmplugin_as_istio_renders_it_counts_calls_with_all_their_labels() {
     let text = envoy.prometheus();
     prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"http\",service=\"{INBOUND_CLUSTER}\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
     prom::assert_line(&text, &format!("grayscope_interface_calls_total{{direction=\"outbound\",rpc_system=\"http\",service=\"{OUTBOUND_CLUSTER}\",method=\"GET /api/v1/carts/{{id}}\",gray_version=\"v3\",status=\"2xx\"}} 1"));
+    // The heartbeat names the plugin as Istio names the filter configuration: `<namespace>.<name>` of the
+    // WasmPlugin, which is what GrayscopeFilterVmFailed's `plugin` label then says.
+    let beats = prom::samples(&text, HEARTBEAT);
+    assert!(
+        beats.len() == 1 && beats[0].starts_with(&format!("{HEARTBEAT}{{plugin=\"istio-system.grayscope\"}} ")),
+        "{beats:?}"
+    );
 }
 
 #[test]

@@ -543,7 +543,10 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
     let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT, Some("grayscope"));
     assert_eq!(
         alert["annotations"]["summary"],
-        format!("A grayscope wasm VM of shop/{} has failed", prometheus::POD),
+        format!(
+            "A wasm VM of the grayscope plugin grayscope in shop/{} has failed",
+            prometheus::POD
+        ),
         "{alerts}"
     );
     let description = alert["annotations"]["description"].as_str().unwrap_or_default();

@@ -183,6 +183,8 @@ pub mod path {
     pub const DESTINATION_ADDRESS: &[u8] = b"destination\0address";
     pub const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
     pub const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+    /// The plugin's `name` in its Envoy configuration.
+    pub const PLUGIN_NAME: &[u8] = b"plugin_name";
 }
 
 /// Reads a property by its NUL-separated path (see [`path`]); `None` when absent.

@@ -11,9 +11,10 @@
 //! (`wasm_filter_core::report::registry`): the records of a destroyed VM are counted as dropped, and leave the
 //! buffered gauge. Only the root's callbacks touch shared data; a request never does.
 //!
-//! Every tick also beats the VM's heartbeat (`wasm_filter_core::heartbeat`): the VM's time alive, added to one
-//! counter, so that a proxy shows how many of its VMs are alive. A root whose reporting is off ticks for that alone,
-//! once a second. The heartbeat is the VM's, not the root's: every root of a VM beats the same clock.
+//! Every tick also beats the VM's heartbeat (`wasm_filter_core::heartbeat`): the VM's time alive, added to its
+//! plugins' counters, so that a proxy shows how many VMs of each plugin are alive. A root whose reporting is off
+//! ticks for that alone, once a second. The heartbeat is the VM's, not the root's: every root of a VM beats the same
+//! clock, and each beat counts for every plugin the VM has hosted.
 
 use std::{
     cell::{Cell, RefCell},
@@ -37,38 +38,67 @@ use crate::{
 };
 
 thread_local! {
-    /// This VM's heartbeat (one VM per thread): its clock and the counter's id, from its first configured root on.
-    static HEARTBEAT: Cell<Option<(Heartbeat, u32)>> = const { Cell::new(None) };
+    /// This VM's heartbeat (one VM per thread), from its first configured root on.
+    static HEARTBEAT: RefCell<Option<VmHeartbeat>> = const { RefCell::new(None) };
     /// Whether a failed heartbeat was logged already (once per VM: it beats every second).
     static HEARTBEAT_WARNED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Starts this VM's heartbeat, if no root of it did yet.
-fn start_heartbeat() -> Result<(), AbiError> {
-    if HEARTBEAT.get().is_some() {
-        return Ok(());
-    }
-    let metric = abi::define_metric(abi::COUNTER, heartbeat::VM_UPTIME)?;
-    let now = abi::now_unix_nano()?;
-    HEARTBEAT.set(Some((Heartbeat::new(now), metric)));
-    Ok(())
+/// A VM's clock, and the counter id of each plugin it has hosted: every beat adds the VM's time to each of them.
+struct VmHeartbeat {
+    clock: Heartbeat,
+    plugins: Vec<(String, u32)>,
 }
 
-/// A root ticked: adds this VM's time alive since the last beat, once a second.
+/// Counts this VM's time for `plugin` from now on (starting the VM's clock, if no root of it did yet).
+fn start_heartbeat(plugin: &str) -> Result<(), AbiError> {
+    HEARTBEAT.with_borrow_mut(|heartbeat| {
+        if heartbeat
+            .as_ref()
+            .is_some_and(|h| h.plugins.iter().any(|(p, _)| p == plugin))
+        {
+            return Ok(());
+        }
+        let metric = abi::define_metric(abi::COUNTER, &heartbeat::series(plugin))?;
+        match heartbeat {
+            Some(h) => h.plugins.push((plugin.to_owned(), metric)),
+            None => {
+                *heartbeat = Some(VmHeartbeat {
+                    clock: Heartbeat::new(abi::now_unix_nano()?),
+                    plugins: vec![(plugin.to_owned(), metric)],
+                })
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A root ticked: adds this VM's time alive since the last beat to each plugin's series, once a second.
 fn beat() {
-    let Some((mut clock, metric)) = HEARTBEAT.get() else {
-        return;
-    };
-    let result = abi::now_unix_nano().and_then(|now| match clock.beat(now) {
-        Some(ms) => abi::increment_metric(metric, ms),
-        None => Ok(()),
+    let result = HEARTBEAT.with_borrow_mut(|heartbeat| {
+        let Some(h) = heartbeat else { return Ok(()) };
+        let Some(ms) = h.clock.beat(abi::now_unix_nano()?) else {
+            return Ok(());
+        };
+        // Every plugin's share, even after a failed one: each series is its own plugin's signal.
+        h.plugins
+            .iter()
+            .map(|&(_, metric)| abi::increment_metric(metric, ms))
+            .fold(Ok(()), Result::and)
     });
-    HEARTBEAT.set(Some((clock, metric)));
     if let Err(e) = result {
         if !HEARTBEAT_WARNED.replace(true) {
             log::warn!("VM heartbeat: {e} (logged once per VM)");
         }
     }
+}
+
+/// The plugin's name (its Envoy `name`: Istio's is `<namespace>.<WasmPlugin name>`), which labels its heartbeat; empty
+/// when Envoy has none to give.
+fn plugin_name() -> Result<String, AbiError> {
+    Ok(abi::property(abi::path::PLUGIN_NAME)?
+        .map(|name| String::from_utf8_lossy(&name).into_owned())
+        .unwrap_or_default())
 }
 
 /// Envoy's shared data (process-wide, scoped by `vm_id`).
@@ -135,7 +165,7 @@ impl Root {
         let metrics = Metrics::new(&config, &mut EnvoyMetrics).map_err(|e| e.to_string())?;
         // Not a reason to refuse the plugin: the filter works without it, and a VM that does not beat reads as failed,
         // which the alert then says.
-        if let Err(e) = start_heartbeat() {
+        if let Err(e) = plugin_name().and_then(|plugin| start_heartbeat(&plugin)) {
             log::error!("#{} starting the VM heartbeat: {e}", self.id);
         }
         let reporter = if config.report.enabled {

@@ -34,7 +34,7 @@ pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-no
 /// The stats inclusion rule without which Istio's bootstrap drops every grayscope series (`istio/01-stats-meshconfig.yaml`).
 pub const STATS_INCLUSION_REGEX: &str = r"wasmcustom\..*grayscope_.*";
 /// Every label the filter emits, as Istio `extraStatTags`.
-pub const STAT_TAGS: [&str; 11] = [
+pub const STAT_TAGS: [&str; 12] = [
     "direction",
     "rpc_system",
     "service",
@@ -46,6 +46,7 @@ pub const STAT_TAGS: [&str; 11] = [
     "cause",
     "outcome",
     "tenant",
+    "plugin",
 ];
 
 pub(crate) const PROXY_CONFIG: &str = "proxy.istio.io/config";

@@ -1,12 +1,20 @@
-//! The VM heartbeat: how a proxy shows how many of its grayscope VMs are alive.
+//! The VM heartbeat: how a proxy shows how many of each grayscope plugin's VMs are alive.
 //!
 //! Envoy runs one wasm VM per worker thread, plus one on its main thread, and under `FAIL_OPEN` a VM that fails
 //! (a panic, an out-of-memory) is skipped by every later request without a trace in Envoy's own stats. So each live
-//! VM adds the time it has been alive to one unlabelled counter, [`VM_UPTIME`], in milliseconds: the counter's rate
-//! in milliseconds per second is the number of live VMs (1000 per VM), whatever the tick period of its root
-//! contexts, however many root contexts a VM holds (they add to one per-VM clock, so time is never counted twice),
-//! and however late a busy worker's timer fires (a late tick adds the whole time since the last one). A failed VM
-//! runs no more code: its share stops, and the rate drops by 1000.
+//! VM adds the time it has been alive to a counter, [`VM_UPTIME`], in milliseconds: the counter's rate in
+//! milliseconds per second is the number of live VMs (1000 per VM), whatever the tick period of its root contexts,
+//! however many root contexts a VM holds (they add to one per-VM clock, so time is never counted twice), and however
+//! late a busy worker's timer fires (a late tick adds the whole time since the last one). A failed VM runs no more
+//! code: its share stops, and the rate drops by 1000.
+//!
+//! The counter has one series per plugin, labelled with the plugin's name ([`series`]), and a VM adds its time to
+//! the series of every plugin it has hosted. Envoy shares a VM between plugins only when they have the same code and
+//! VM configuration; Istio gives each WasmPlugin VMs of its own (it puts the plugin's resource version in the VMs'
+//! environment). So a proxy with two plugins runs two sets of VMs, and one unlabelled counter would read as twice
+//! the VMs, where the loss of one could not show; per plugin, each series counts that plugin's set. A VM shared by
+//! two plugins counts in both, and goes on counting for a plugin removed while the VM lives on: its series then
+//! reads the VMs that still run, not a failure.
 //!
 //! The time is Envoy's wall clock (the only clock of the ABI). The counter moves at most once per
 //! [`BEAT_MS`] per VM, off the request path. A clock stepped back restarts the count from the new time; one stepped
@@ -15,8 +23,16 @@
 //! The native build has no VM: a dynamic module runs in Envoy's own threads, and a panic there ends the process
 //! (a restart, visible as such), so it has no heartbeat.
 
-/// The counter: milliseconds of life, summed over the proxy's live VMs.
+/// The counter: milliseconds of life, summed over the proxy's live VMs of a plugin.
 pub const VM_UPTIME: &str = "grayscope_vm_uptime_milliseconds_total";
+
+/// The label naming the plugin (Envoy's plugin `name`; Istio's is `<namespace>.<WasmPlugin name>`).
+pub const PLUGIN: &str = "plugin";
+
+/// The stat name of `plugin`'s heartbeat series.
+pub fn series(plugin: &str) -> String {
+    crate::metrics::stat_name(VM_UPTIME, &[(PLUGIN, plugin)])
+}
 
 /// The counter moves once this much time has passed since its last move.
 pub const BEAT_MS: u64 = 1000;
@@ -78,6 +94,19 @@ mod tests {
             added += h.beat(t).unwrap_or(0);
         }
         added
+    }
+
+    #[test]
+    fn each_plugin_has_its_own_series_labelled_with_its_name() {
+        assert_eq!(
+            series("shop.grayscope"),
+            "plugin=.=shop.grayscope;.;grayscope_vm_uptime_milliseconds_total"
+        );
+        assert_eq!(
+            series("a;.;b"),
+            format!("plugin=.=a%3B.;b;.;{VM_UPTIME}"),
+            "escaped as every label value"
+        );
     }
 
     #[test]

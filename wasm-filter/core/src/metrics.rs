@@ -37,8 +37,9 @@ pub const GRAY_OVERFLOW: &str = "grayscope_gray_version_overflow_total";
 pub const INTERFACE_OVERFLOW: &str = "grayscope_interface_overflow_total";
 pub const BAGGAGE_DROPPED: &str = "grayscope_baggage_members_dropped_total";
 
-/// Label names, in the order they appear in stat names (and must appear in `stats_tags`).
-pub const LABELS: [&str; 10] = [
+/// Label names, in the order they appear in stat names (and must appear in `stats_tags`); the last, the heartbeat's
+/// (`crate::heartbeat`).
+pub const LABELS: [&str; 11] = [
     "direction",
     "rpc_system",
     "service",
@@ -49,6 +50,7 @@ pub const LABELS: [&str; 10] = [
     "reason",
     "cause",
     "tenant",
+    crate::heartbeat::PLUGIN,
 ];
 
 /// The `service`/`method` of calls past the interface cap, and the version label past the version cap.
