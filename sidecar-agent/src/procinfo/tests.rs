@@ -41,6 +41,27 @@ fn a_long_cmdline_is_cut_to_its_bound_at_a_character_boundary() {
         assert!(line.starts_with(&"a".repeat(first)), "{line}");
         assert!(!line.contains('\u{FFFD}'), "{line}");
     }
+    // Within the bound in bytes, but not valid UTF-8: each bad byte becomes a 3-byte U+FFFD, and the line is still
+    // cut to the bound.
+    for (bad, args) in [
+        (vec![0xff; MAX_COMMAND_LINE_BYTES], 1),
+        (b"\xff\0".repeat(MAX_COMMAND_LINE_BYTES / 2), 2048),
+    ] {
+        let kept = split_cmdline(&bad);
+        let line = joined(&kept);
+        assert!(
+            line.len() <= MAX_COMMAND_LINE_BYTES,
+            "{args} arguments: {} bytes",
+            line.len()
+        );
+        assert!(
+            line.len() >= MAX_COMMAND_LINE_BYTES - 6,
+            "{args} arguments: {} bytes",
+            line.len()
+        );
+        assert!(line.ends_with(TRUNCATED), "{line}");
+        assert!(line.starts_with('\u{FFFD}'), "{line}");
+    }
     // Nothing but empty arguments (NULs) to the bound.
     assert_eq!(split_cmdline(&[0; MAX_COMMAND_LINE_BYTES + 2]), [TRUNCATED.to_string()]);
 }
