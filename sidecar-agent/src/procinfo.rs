@@ -187,17 +187,22 @@ fn read_cmdline(path: &Path) -> io::Result<Vec<String>> {
     Ok(split_cmdline(&bytes))
 }
 
-/// The NUL-separated arguments of `/proc/<pid>/cmdline`, or of its first bytes. When there are more than
-/// [`MAX_COMMAND_LINE_BYTES`] bytes (besides the NUL ending the last argument), the arguments are cut so that,
-/// joined by spaces, they take at most that many bytes, [`TRUNCATED`] included, at the end of the last one kept.
+/// The NUL-separated arguments of `/proc/<pid>/cmdline`, or of its first bytes, as text (bytes that are not UTF-8
+/// become U+FFFD). When there are more than [`MAX_COMMAND_LINE_BYTES`] bytes (besides the NUL ending the last
+/// argument), or the text joined by spaces is longer than that, the arguments are cut so that, joined by spaces, they
+/// take at most that many bytes, [`TRUNCATED`] included, at the end of the last one kept.
 pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
     let bytes = bytes.strip_suffix(&[0]).unwrap_or(bytes);
-    let args = bytes
+    let args: Vec<String> = bytes
         .split(|&b| b == 0)
         .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned());
-    if bytes.len() <= MAX_COMMAND_LINE_BYTES {
-        return args.collect();
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    // The bound holds for the text, not the bytes read: each byte that is not UTF-8 becomes a 3-byte U+FFFD. A read
+    // past the bound is cut (and marked) whatever its text, since the file went on.
+    let joined = args.iter().map(String::len).sum::<usize>() + args.len().saturating_sub(1);
+    if bytes.len() <= MAX_COMMAND_LINE_BYTES && joined <= MAX_COMMAND_LINE_BYTES {
+        return args;
     }
     let mut room = MAX_COMMAND_LINE_BYTES - TRUNCATED.len_utf8();
     let mut kept: Vec<String> = Vec::new();
