@@ -92,7 +92,19 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     if spec.host_pid != Some(true) {
         spec.share_process_namespace = Some(true);
     }
-    spec.containers.push(agent_container(&settings.agent_image));
+    let agent = agent_container(&settings.agent_image);
+    // A pod that runs to completion (a Job's: restartPolicy Never or OnFailure) is done when its regular containers
+    // have exited, and the agent never exits: as one of them it would keep the pod running, and its Job unfinished,
+    // forever. There it is a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+), which
+    // the kubelet stops once the regular containers are done. The API server defaults an absent policy to Always.
+    if spec.restart_policy.as_deref().is_some_and(|policy| policy != "Always") {
+        spec.init_containers.get_or_insert_with(Vec::new).push(Container {
+            restart_policy: Some("Always".to_owned()),
+            ..agent
+        });
+    } else {
+        spec.containers.push(agent);
+    }
     let volumes = spec.volumes.get_or_insert_with(Vec::new);
     volumes.push(Volume {
         name: SOCKET_VOLUME.to_owned(),
@@ -138,7 +150,11 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
             "shareProcessNamespace is false: the agent could not see the pod's processes, not injected".to_owned(),
         );
     }
-    let injected = spec.containers.iter().any(|c| c.name == AGENT_CONTAINER)
+    let injected = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .any(|c| c.name == AGENT_CONTAINER)
         || spec.volumes.iter().flatten().any(|v| v.name == SOCKET_VOLUME);
     injected.then(|| "already injected".to_owned())
 }
