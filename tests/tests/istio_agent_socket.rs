@@ -86,7 +86,8 @@ fn the_injected_agent_accepts_istio_proxy_uid_1337_and_refuses_others() {
     let metrics = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
-    args.extend(["--metrics-addr".to_owned(), metrics.to_string()]);
+    let at = args.iter().position(|a| a == "--metrics-addr").expect("--metrics-addr") + 1;
+    args[at] = metrics.to_string();
     let log = tempfile::NamedTempFile::new().expect("log");
     // runAsUser 0, runAsGroup 1337: the group is what the kubelet would give the container's process.
     let child = Command::new("setpriv")

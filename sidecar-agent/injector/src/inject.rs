@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::{
-        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HostPathVolumeSource, Pod, ResourceRequirements,
-        SeccompProfile, SecurityContext, Volume, VolumeMount,
+        Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HostPathVolumeSource, Pod, PodSpec,
+        ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
     },
     apimachinery::pkg::api::resource::Quantity,
 };
@@ -29,6 +29,8 @@ pub const SOCKET_DIR: &str = "/var/run/grayscope";
 pub const INJECT_LABEL: &str = "grayscope.io/inject";
 /// The uid of Istio's proxy, which must be allowed on the agent's socket.
 pub const ISTIO_PROXY_UID: i64 = 1337;
+/// The agent's own default metrics port (`--metrics-addr`, `sidecar-agent/src/config/mod.rs`).
+pub const DEFAULT_METRICS_PORT: i32 = 9464;
 /// Namespaces that are never injected, whatever their labels say.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 /// The stats inclusion rule without which Istio's bootstrap drops every grayscope series (`istio/01-stats-meshconfig.yaml`).
@@ -92,7 +94,7 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     if spec.host_pid != Some(true) {
         spec.share_process_namespace = Some(true);
     }
-    let agent = agent_container(&settings.agent_image);
+    let agent = agent_container(&settings.agent_image, metrics_port(spec));
     // A pod that runs to completion (a Job's: restartPolicy Never or OnFailure) is done when its regular containers
     // have exited, and the agent never exits: as one of them it would keep the pod running, and its Job unfinished,
     // forever. There it is a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+), which
@@ -159,9 +161,26 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
     injected.then(|| "already injected".to_owned())
 }
 
+/// The port of the agent's Prometheus endpoint: its default, 9464, unless a container of the pod declares it.
+/// The pod's containers share one network namespace, and 9464 is also the OpenTelemetry Prometheus exporter's
+/// default: whichever of the application and the agent bound it second would fail, and an agent that exits keeps
+/// the pod out of its Service's endpoints. So the agent takes the first port from 9464 on that no container declares.
+fn metrics_port(spec: &PodSpec) -> i32 {
+    let declared: Vec<i32> = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .map(|p| p.container_port)
+        .collect();
+    (DEFAULT_METRICS_PORT..)
+        .find(|port| !declared.contains(port))
+        .unwrap_or(DEFAULT_METRICS_PORT)
+}
+
 /// The agent: runs as uid 0 for its eBPF capabilities but with group 1337, so its socket (mode 0660) is
 /// reachable by istio-proxy (uid/gid 1337), and the agent checks the peer's uid too (`--allowed-uids self,1337`).
-fn agent_container(image: &str) -> Container {
+fn agent_container(image: &str, metrics_port: i32) -> Container {
     let quantities = |cpu: &str, memory: &str| {
         Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -174,6 +193,8 @@ fn agent_container(image: &str) -> Container {
         args: Some(
             [
                 "run",
+                "--metrics-addr",
+                &format!("0.0.0.0:{metrics_port}"),
                 "--socket",
                 &format!("{SOCKET_DIR}/agent.sock"),
                 "--socket-mode",
@@ -190,7 +211,7 @@ fn agent_container(image: &str) -> Container {
         ),
         ports: Some(vec![ContainerPort {
             name: Some("gs-metrics".to_owned()),
-            container_port: 9464,
+            container_port: metrics_port,
             protocol: Some("TCP".to_owned()),
             ..Default::default()
         }]),
