@@ -144,6 +144,11 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
         return Some(format!("opted out by the label {INJECT_LABEL}=false"));
     }
     let spec = pod.spec.as_ref()?;
+    // The API server refuses a Windows pod whose containers set runAsUser, runAsGroup, capabilities, a seccomp
+    // profile and the other Linux-only fields the agent needs: injecting one would fail its creation.
+    if spec.os.as_ref().is_some_and(|os| os.name == "windows") {
+        return Some("a Windows pod (spec.os.name windows) cannot run the agent: not injected".to_owned());
+    }
     if spec.host_network == Some(true) {
         return Some("hostNetwork pods share the node's network: not injected".to_owned());
     }
