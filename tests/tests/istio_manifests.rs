@@ -91,7 +91,17 @@ enum CertManagerSpec {
         #[serde(rename = "selfSigned")]
         _self_signed: Map<String, Value>,
     },
+    CaIssuer {
+        ca: CaIssuerSpec,
+    },
     Certificate(CertificateSpec),
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CaIssuerSpec {
+    secret_name: String,
 }
 
 #[allow(dead_code)]
@@ -101,7 +111,12 @@ struct CertificateSpec {
     secret_name: String,
     duration: String,
     renew_before: String,
+    #[serde(default)]
     dns_names: Vec<String>,
+    #[serde(default)]
+    common_name: Option<String>,
+    #[serde(default, rename = "isCA")]
+    is_ca: Option<bool>,
     issuer_ref: Value,
     private_key: Value,
 }
@@ -402,7 +417,6 @@ fn the_webhook_points_at_its_service_and_is_safe_for_the_cluster() {
     let service: Service = strict(&find("Service").value).expect("service");
     let deployment: Deployment = strict(&find("Deployment").value).expect("deployment");
     let webhook: MutatingWebhookConfiguration = strict(&find("MutatingWebhookConfiguration").value).expect("webhook");
-    let certificate = &find("Certificate").value;
     let service_ns = service.metadata.namespace.clone().expect("namespace");
     let service_name = service.metadata.name.clone().expect("name");
     let selector = service
@@ -428,10 +442,29 @@ fn the_webhook_points_at_its_service_and_is_safe_for_the_cluster() {
         .secret
         .clone()
         .expect("tls secret volume");
-    assert_eq!(
-        secret.secret_name.as_deref(),
-        certificate["spec"]["secretName"].as_str()
-    );
+    let of_kind = |kind: &'static str| all.iter().filter(move |d| d.kind() == kind).map(|d| &d.value);
+    let certificate = of_kind("Certificate")
+        .find(|c| c["spec"]["secretName"].as_str() == secret.secret_name.as_deref())
+        .expect("the Certificate of the secret the injector serves");
+    // The API server must trust a CA that stays when the serving certificate is renewed: trusting the serving
+    // certificate itself (a self-signed one) breaks TLS at each renewal with a new key, from cainjector's new
+    // caBundle until the kubelet refreshes the injector's Secret volume, and pods created meanwhile are not
+    // injected (failurePolicy Ignore).
+    let issuer_name = certificate["spec"]["issuerRef"]["name"]
+        .as_str()
+        .expect("issuerRef.name");
+    let issuer = of_kind("Issuer")
+        .find(|i| i["metadata"]["name"] == issuer_name)
+        .unwrap_or_else(|| panic!("no Issuer {issuer_name}"));
+    let ca_secret = issuer["spec"]["ca"]["secretName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the serving certificate's issuer {issuer_name} must be a CA issuer: {issuer}"));
+    let ca = of_kind("Certificate")
+        .find(|c| c["spec"]["secretName"] == ca_secret)
+        .unwrap_or_else(|| panic!("no Certificate for the CA secret {ca_secret}"));
+    assert_eq!(ca["spec"]["isCA"], true, "{ca}");
+    // Renewing the CA itself with the same key keeps the serving certificates it signed valid under the new one.
+    assert_eq!(ca["spec"]["privateKey"]["rotationPolicy"], "Never", "{ca}");
     let sc = container.security_context.clone().expect("security context");
     assert_eq!(
         (
