@@ -1,8 +1,10 @@
-//! The Unix-socket gRPC server under hostile or careless peers: a uid that is not allowed is refused on every
-//! call, and its connections cannot crowd out allowed peers (an allowed non-root uid is served); connections beyond
-//! `max_connections` wait their turn; an oversized and a malformed message each get an error status (the oversized
-//! one counted), an invalid record is refused on its own (counted by reason) and the rest of its batch accepted; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads
-//! it is told how many calls it lost. After each, the agent keeps serving.
+//! The Unix-socket gRPC server under hostile or careless peers: a uid that is not allowed is refused on every call, and
+//! its connections cannot crowd out allowed peers (an allowed non-root uid is served); connections beyond
+//! `max_connections` wait their turn; an oversized and a malformed message each get an error status (the oversized one
+//! counted), and so is a message of more records or declarations than any reporter sends (decoded, a few MiB of empty
+//! records took a gigabyte), an invalid record is refused on its own (counted by reason) and the rest of its batch
+//! accepted; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads it is told
+//! how many calls it lost. After each, the agent keeps serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -185,21 +187,7 @@ async fn oversized_and_malformed_messages_get_errors_an_invalid_record_alone_is_
     assert!(big.message().contains("message length too large"), "{big:?}");
 
     // Not protobuf at all: a field with wire type 7 (invalid).
-    let channel = tonic::transport::Endpoint::from_static("http://agent")
-        .connect_with_connector(tower::service_fn({
-            let path = agent.socket.clone();
-            move |_| {
-                let path = path.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(path).await?,
-                    ))
-                }
-            }
-        }))
-        .await
-        .unwrap();
-    let mut raw = tonic::client::Grpc::new(channel);
+    let mut raw = raw_channel(&agent.socket).await;
     raw.ready().await.unwrap();
     let garbage = raw
         .unary(
@@ -239,6 +227,62 @@ async fn oversized_and_malformed_messages_get_errors_an_invalid_record_alone_is_
     ] {
         common::assert_metric(&metrics, line);
     }
+    agent.agent.stop().await;
+}
+
+/// A gRPC channel on the agent's socket for raw calls ([`RawCodec`]).
+async fn raw_channel(socket: &std::path::Path) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://agent")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .unwrap();
+    tonic::client::Grpc::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_more_entries_than_any_reporter_sends_is_refused_before_it_is_decoded() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut raw = raw_channel(&agent.socket).await;
+    // Two bytes on the wire per record (field 2, length 0: an empty record, which is valid), so 2,000,000 of them
+    // fit in the default 4 MiB: decoded, each is a whole `CallRecord` of about 400 bytes. On an agent that decoded
+    // it this one message took 1.2 GB at its peak (from 32 MB) and seconds of CPU.
+    let empty_records = [0x12u8, 0x00].repeat(2_000_000);
+    for (method, body) in [
+        ("/grayscope.v1.Collector/Report", empty_records),
+        // Declarations (field 1) of one byte each of service and method.
+        (
+            "/grayscope.v1.Collector/ReportMethodMetadata",
+            [0x0a, 0x06, 0x0a, 0x01, b's', 0x12, 0x01, b'm'].repeat(500_000),
+        ),
+    ] {
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(method);
+        raw.ready().await.unwrap();
+        let answer = common::patiently(method, raw.unary(tonic::Request::new(body), path, RawCodec)).await;
+        let status = answer.expect_err("a message of a million entries was taken");
+        assert_eq!(status.code(), Code::OutOfRange, "{method}: {status:?}");
+        assert!(status.message().contains("10000"), "{method}: {status:?}");
+    }
+    // The filter's largest batch (report.max_batch is at most 10,000) is taken whole.
+    let record = CallRecord {
+        direction: Direction::Outbound as i32,
+        ..CallRecord::default()
+    };
+    let mut client = agent.client().await;
+    assert_eq!(report(&mut client, vec![record; 10_000]).await, 10_000);
+    let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
+    common::assert_metric(&metrics, "grayscope_agent_grpc_messages_oversized_total 2");
+    common::assert_metric(&metrics, "grayscope_agent_call_records_received_total 10000");
     agent.agent.stop().await;
 }
 
