@@ -11,7 +11,11 @@ fn main() -> Result<(), Box<dyn Error>> {
     let fds = protox::compile(protos, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     if env::var_os("CARGO_FEATURE_GRPC").is_some() {
-        tonic_prost_build::configure().out_dir(&out).compile_fds(fds)?;
+        // Prost's codec, but a request of more entries than `codec::MAX_ENTRIES` is refused before it is decoded.
+        tonic_prost_build::configure()
+            .out_dir(&out)
+            .codec_path("crate::codec::BoundedCodec")
+            .compile_fds(fds)?;
     } else {
         prost_build::Config::new().out_dir(&out).compile_fds(fds)?;
     }

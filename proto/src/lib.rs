@@ -9,6 +9,10 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/grayscope.v1.rs"));
 }
 
+/// The codec of the generated client and server: prost's, with a bound on the entries of a request.
+#[cfg(feature = "grpc")]
+pub mod codec;
+
 /// The fully-qualified service name, as `dispatch_grpc_call` wants it.
 pub const COLLECTOR_SERVICE: &str = "grayscope.v1.Collector";
 /// The `Report` method name.

@@ -416,9 +416,10 @@ pub fn valid_tenant(t: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// Counts the messages refused for their size. tonic refuses them (OUT_OF_RANGE) while decoding, before any
-/// handler runs, so the count is taken from the response: a trailers-only answer with `grpc-status: 11`. No
-/// handler of the service answers OUT_OF_RANGE itself.
+/// Counts the messages refused for their size: over `max_message_bytes`, or of more than
+/// [`proto::codec::MAX_ENTRIES`] entries (the codec counts them before decoding). tonic refuses them (OUT_OF_RANGE)
+/// while decoding, before any handler runs, so the count is taken from the response: a trailers-only answer with
+/// `grpc-status: 11`. No handler of the service answers OUT_OF_RANGE itself.
 pub fn count_oversized<B>(
     counter: prometheus_client::metrics::counter::Counter,
 ) -> tower::util::MapResponseLayer<

@@ -44,7 +44,8 @@ pub struct Metrics {
     /// Call records refused as invalid, by reason (`unknown_direction`, `field_too_long`, `bad_address`,
     /// `bad_tenant`).
     pub records_rejected: Family<Reason, Counter>,
-    /// gRPC messages refused because they were larger than `max_message_bytes`.
+    /// gRPC messages refused because they were larger than `max_message_bytes`, or held more than
+    /// [`proto::codec::MAX_ENTRIES`] entries.
     pub messages_oversized: Counter,
     /// Records waiting for their connection.
     pub link_pending: Gauge,
@@ -112,7 +113,8 @@ impl Metrics {
         let messages_oversized = Counter::default();
         registry.register(
             "grpc_messages_oversized",
-            "gRPC messages refused (OUT_OF_RANGE) because they were larger than max_message_bytes",
+            "gRPC messages refused (OUT_OF_RANGE) because they were larger than max_message_bytes, or held more \
+             than 10000 records or declarations",
             messages_oversized.clone(),
         );
         let link_pending = Gauge::default();
