@@ -119,6 +119,14 @@ async fn peers_whose_uid_is_not_allowed_are_refused_on_every_call() {
         &metrics,
         &format!("grayscope_agent_grpc_permission_denied_total {denied}"),
     );
+    // The one closed for want of a slot is counted, as every connection the agent closes is: without it, refused
+    // peers knocking on a full pool leave no trace but a debug log. (At least once: the client's channel may
+    // connect again, and be closed again, before its call fails.)
+    let full = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("grayscope_agent_grpc_connections_closed_total{reason=\"refused_pool\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(full.is_some_and(|n| n >= 1), "{full:?} in:\n{metrics}");
     agent.agent.stop().await;
 }
 
