@@ -250,6 +250,7 @@ fn incoming(listener: UnixListener, pools: Pools) -> impl futures_util::Stream<I
                 p
             } else {
                 drop(peer);
+                closed("refused_pool").inc();
                 tracing::debug!("closing a connection of a refused peer: too many open");
                 continue;
             };

@@ -63,7 +63,8 @@ pub struct Metrics {
     pub permission_denied: Counter,
     /// Open connections on the Unix socket, by pool (`allowed`, `refused`).
     pub connections: Family<[(&'static str, &'static str); 1], Gauge>,
-    /// Connections the agent closed, by reason: `per_peer`, `per_uid`, `handshake_timeout`, `idle_timeout`.
+    /// Connections the agent closed, by reason: `per_peer`, `per_uid`, `refused_pool`, `handshake_timeout`,
+    /// `idle_timeout`.
     pub connections_closed: Family<Reason, Counter>,
 }
 
@@ -162,8 +163,8 @@ impl Metrics {
         registry.register(
             "grpc_connections_closed",
             "Connections on the agent's socket closed by the agent: per_peer (the process held \
-             max_connections_per_peer already), per_uid (its uid held max_connections_per_uid), handshake_timeout, \
-             idle_timeout",
+             max_connections_per_peer already), per_uid (its uid held max_connections_per_uid), refused_pool (a \
+             refused uid's, with the refused pool full), handshake_timeout, idle_timeout",
             connections_closed.clone(),
         );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
