@@ -84,3 +84,8 @@ fn shipped_bootstraps_extract_every_label_the_filter_emits() {
         }
     }
 }
+
+#[test]
+fn the_largest_batch_the_filter_sends_is_one_the_agent_accepts() {
+    assert_eq!(wasm_filter_core::config::MAX_BATCH, proto::codec::MAX_ENTRIES);
+}

@@ -373,6 +373,10 @@ fn validate(raw: Raw) -> Result<Config, ConfigError> {
     })
 }
 
+/// The largest `report.max_batch`: the agent refuses a `Report` of more records, before decoding it
+/// (`proto::codec::MAX_ENTRIES`).
+pub const MAX_BATCH: usize = 10_000;
+
 /// The smallest `report.max_batch_bytes`: room for the largest record and the reporter's name.
 pub const MIN_BATCH_BYTES: usize = 2 * crate::report::MAX_RECORD_BYTES;
 /// The largest `report.max_batch_bytes`: the agent's default message limit (4 MiB).
@@ -403,7 +407,7 @@ fn validate_report(raw: RawReport, bad: &mut dyn FnMut(&str, String)) -> ReportC
             format!("must be an Envoy cluster name, got {cluster:?}"),
         );
     }
-    let max_batch = within("report.max_batch", raw.max_batch, d.max_batch, (1, 10_000), bad);
+    let max_batch = within("report.max_batch", raw.max_batch, d.max_batch, (1, MAX_BATCH), bad);
     let max_buffer = within(
         "report.max_buffer",
         raw.max_buffer,
