@@ -92,6 +92,23 @@ fn reports_every_bad_value_with_field_and_origin() {
 }
 
 #[test]
+fn toml_booleans_set_the_switches_and_are_refused_elsewhere_by_name() {
+    let l = layers().with_file_text(
+        "/etc/g.toml".into(),
+        "kernel_optional = true\naccept_tracepoints = false\nprogram_stats = true\n",
+    );
+    let c = parse_config(&l).unwrap();
+    assert!(c.kernel_optional && !c.accept_tracepoints && c.program_stats);
+    let err = parse_config(&layers().with_file_text("/etc/g.toml".into(), "table_max_entries = true\n")).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.problems[0]
+            .contains("table_max_entries = \"true\" (from key table_max_entries of config file /etc/g.toml)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_toml_and_missing_file_are_reported() {
     let err = parse_config(&layers().with_file_text("/x.toml".into(), "netns = ")).unwrap_err();
     assert!(
