@@ -55,7 +55,7 @@ impl Layers {
         self
     }
 
-    /// Adds the config file's text (TOML: one `key = value` per setting, values strings or integers).
+    /// Adds the config file's text (TOML: one `key = value` per setting, values strings, integers or booleans).
     pub fn with_file_text(mut self, path: PathBuf, text: &str) -> Self {
         match text.parse::<toml::Table>() {
             Err(e) => self
@@ -75,8 +75,10 @@ impl Layers {
                     match value {
                         toml::Value::String(s) => drop(self.file.insert(key, s)),
                         toml::Value::Integer(i) => drop(self.file.insert(key, i.to_string())),
+                        // The switches' natural TOML form; any other field refuses "true" by its own name.
+                        toml::Value::Boolean(b) => drop(self.file.insert(key, b.to_string())),
                         other => self.problems.push(format!(
-                            "config file {}: key {key:?} must be a string or an integer, not a {}",
+                            "config file {}: key {key:?} must be a string, an integer or a boolean, not a {}",
                             path.display(),
                             other.type_str()
                         )),

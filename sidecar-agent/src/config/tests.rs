@@ -85,7 +85,7 @@ fn reports_every_bad_value_with_field_and_origin() {
         "table_max_entries = \"0\" (from environment variable GRAYSCOPE_TABLE_MAX_ENTRIES)",
         "ring_buffer_bytes = \"1000\" (from key ring_buffer_bytes of config file /etc/g.toml)",
         "unknown key \"bogus\"",
-        "key \"log\" must be a string or an integer, not a array",
+        "key \"log\" must be a string, an integer or a boolean, not a array",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
