@@ -50,18 +50,19 @@ fn start(policy: Option<&str>) -> Stack {
     start_with(policy, &[])
 }
 
+/// The test build that panics on [`PANIC`] (`just build` makes it).
+fn panicking_build() -> String {
+    let path = paths::root().join("dist/test/grayscope_filter-panic.wasm");
+    assert!(path.exists(), "{} is missing: run `just build`", path.display());
+    path.display().to_string()
+}
+
 /// Like [`start`], with extra Envoy arguments (`--concurrency 2`).
 fn start_with(policy: Option<&str>, envoy_args: &[&str]) -> Stack {
-    let wasm = paths::wasm().display().to_string();
-    let panicking = paths::root().join("dist/test/grayscope_filter-panic.wasm");
-    assert!(
-        panicking.exists(),
-        "{} is missing: run `just build`",
-        panicking.display()
-    );
+    let (wasm, panicking) = (paths::wasm().display().to_string(), panicking_build());
     let field = policy.map(|p| format!("failure_policy: {p}, ")).unwrap_or_default();
     let edit = |yaml: String| {
-        let edited = yaml.replace(&wasm, &panicking.display().to_string()).replace(
+        let edited = yaml.replace(&wasm, &panicking).replace(
             "config: {name: grayscope,",
             &format!("config: {{{field}name: grayscope,"),
         );
@@ -438,6 +439,17 @@ fn live_vms_by_plugin(s: &Stack) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// Waits for GrayscopeFilterVmFailed to fire (within a minute of the panic at `failed`); the firing alerts.
+fn vm_alert_fires(prom: &Prometheus, failed: f64) -> Vec<prometheus::Sample> {
+    let firing = prom.wait_for(
+        &format!(r#"ALERTS{{alertname="{VM_ALERT}",alertstate="firing"}}"#),
+        Duration::from_secs(60),
+        |a| !a.is_empty(),
+    );
+    eprintln!("firing {:.1} s after the panic", unix_now() - failed);
+    firing
+}
+
 /// The live VMs of the stack's one plugin (`grayscope`), as [`live_vms_by_plugin`] reads them.
 fn live_vms(s: &Stack) -> f64 {
     let by_plugin = live_vms_by_plugin(s);
@@ -511,12 +523,7 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
     let vms = live_vms(&s);
     eprintln!("after the panic: {vms:.3} live VMs (heartbeat read directly)");
     assert!((vms - 2.0).abs() < 0.45, "after the panic: {vms} live VMs, want 2");
-    let firing = prom.wait_for(
-        &format!(r#"ALERTS{{alertname="{VM_ALERT}",alertstate="firing"}}"#),
-        Duration::from_secs(60),
-        |a| !a.is_empty(),
-    );
-    eprintln!("firing {:.1} s after the panic", unix_now() - failed);
+    let firing = vm_alert_fires(&prom, failed);
     let statuses = traffic.stop();
     let after: Vec<u16> = statuses[before..].to_vec();
     assert!(after.len() > 20, "{} requests after the panic", after.len());
@@ -564,18 +571,12 @@ fn under_the_shipped_policy_a_failed_worker_vm_stops_its_heartbeat_and_raises_th
 /// In Istio every WasmPlugin runs in VMs of its own this way: Istio puts the plugin's resource version in its VMs'
 /// environment, and Envoy shares a VM only between plugins of the same code and VM configuration.
 fn start_two_plugins(envoy_args: &[&str]) -> Stack {
-    let wasm = paths::wasm().display().to_string();
-    let panicking = paths::root().join("dist/test/grayscope_filter-panic.wasm");
-    assert!(
-        panicking.exists(),
-        "{} is missing: run `just build`",
-        panicking.display()
-    );
+    let (wasm, panicking) = (paths::wasm().display().to_string(), panicking_build());
     let edit = |yaml: String| {
         let shipped = FilterBuild::Wasm.http_filter("{}");
         let other = FilterBuild::Wasm
             .http_filter(r#"{"report":{"enabled":false}}"#)
-            .replace(&wasm, &panicking.display().to_string())
+            .replace(&wasm, &panicking)
             .replace(
                 "config: {name: grayscope, root_id: grayscope, vm_config: {vm_id: grayscope,",
                 "config: {failure_policy: FAIL_OPEN, name: grayscope-panic, root_id: grayscope, \
@@ -627,14 +628,9 @@ fn a_failed_vm_of_one_of_two_plugins_shows_in_its_own_heartbeat_and_raises_the_v
     eprintln!("after the panic: {vms:.3?} live VMs (heartbeats read directly)");
     assert!(near(&vms, [("grayscope", 3.0), ("grayscope-panic", 2.0)]), "{vms:?}");
 
-    let firing = prom.wait_for(
-        &format!(r#"ALERTS{{alertname="{VM_ALERT}",alertstate="firing"}}"#),
-        Duration::from_secs(60),
-        |a| !a.is_empty(),
-    );
-    eprintln!("firing {:.1} s after the panic", unix_now() - failed);
+    let firing = vm_alert_fires(&prom, failed);
     let statuses = traffic.stop();
-    assert!(statuses.iter().filter(|&&c| c != 200).count() == 0, "{statuses:?}");
+    assert!(statuses.iter().all(|&code| code == 200), "{statuses:?}");
     assert_eq!(firing.len(), 1, "{firing:?}");
     let (alert, alerts) = the_pods_alert(&prom, &s, &firing, VM_ALERT, Some("grayscope-panic"));
     let description = alert["annotations"]["description"].as_str().unwrap_or_default();
