@@ -435,6 +435,56 @@ mod tests {
         );
     }
 
+    /// What a reporter, a declaring application or any process's command line says is printed, never obeyed: a
+    /// terminal's control sequences and line breaks come out escaped, so a line stays one line and clears nothing.
+    #[test]
+    fn control_characters_from_the_agent_are_shown_escaped() {
+        let hostile = "x\u{1b}[2J\ny\r\u{7}";
+        let call = LinkedCall {
+            call: Some(CallRecord {
+                direction: Direction::Inbound as i32,
+                http_request_method: "GET".into(),
+                http_route: hostile.into(),
+                gray_version: hostile.into(),
+                tenant: hostile.into(),
+                status: hostile.into(),
+                ..CallRecord::default()
+            }),
+            link: LinkState::Linked as i32,
+            process: Some(Process {
+                pid: 1,
+                command: hostile.into(),
+                ..Process::default()
+            }),
+            ..LinkedCall::default()
+        };
+        let row = MethodStats {
+            service: hostile.into(),
+            method: hostile.into(),
+            peers: vec![hostile.into()],
+            process: Some(Process {
+                pid: 1,
+                command: hostile.into(),
+                ..Process::default()
+            }),
+            ..MethodStats::default()
+        };
+        for (text, lines) in [
+            (
+                watch_lines(&WatchResponse {
+                    call: Some(call),
+                    lost: 0,
+                }),
+                1,
+            ),
+            (methods_table(&[row]), 2),
+        ] {
+            assert_eq!(text.lines().count(), lines, "{text:?}");
+            assert!(text.lines().all(|l| !l.contains(char::is_control)), "{text:?}");
+            assert!(text.contains(r"x\u{1b}[2J\ny\r\u{7}"), "{text}");
+        }
+    }
+
     #[test]
     fn the_method_table_is_aligned() {
         let row = MethodStats {
