@@ -201,14 +201,35 @@ pub fn call_line(call: &LinkedCall) -> String {
     } else {
         format!("  tenant={}", c.tenant)
     };
-    format!(
+    let line = format!(
         "{time}  {process}  {}  {}  gray={}{tenant}  status={}  {:.3}ms",
         direction(c.direction),
         interface(&c),
         dash(&c.gray_version),
         dash(&c.status),
         ms(c.duration_ns),
-    )
+    );
+    // Every control character in it came from a field.
+    shown(&line).into_owned()
+}
+
+/// `s` with its control characters escaped as Rust writes them (`\n`, `\u{1b}`): what reporters, declaring
+/// applications and command lines (any process sets its own) say is printed, never obeyed by the terminal, and a
+/// line stays one line.
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// `grpc pkg.Service/Method` or `http VERB route`.
@@ -259,7 +280,7 @@ pub fn methods_table(rows: &[MethodStats]) -> String {
         } else {
             r.peers.join(",")
         };
-        table.push(vec![
+        let row: Vec<String> = vec![
             dash(&r.rpc_system_name).to_owned(),
             dash(&r.service).to_owned(),
             dash(&r.method).to_owned(),
@@ -275,7 +296,8 @@ pub fn methods_table(rows: &[MethodStats]) -> String {
             format!("{:.3}", l.max_ms),
             peers,
             declared,
-        ]);
+        ];
+        table.push(row.iter().map(|cell| shown(cell).into_owned()).collect());
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| table.iter().map(|row| row[i].chars().count()).max().unwrap_or(0))
