@@ -369,6 +369,10 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// How long open scrapes may go on after `cancel` before their connections are closed (the gRPC server's too).
 pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long a client of the metrics endpoint has to send a request's headers, from its connection or its previous
+/// request on: then its connection is closed. Prometheus sends them at once.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires; the scrapes in progress then get
 /// [`DRAIN`] to end. A graceful shutdown alone would wait for every open connection, and hyper sets no deadline on
 /// a request's headers, so one client that never ends its request would keep the agent from stopping.
