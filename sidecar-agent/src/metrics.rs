@@ -374,14 +374,20 @@ pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires; the scrapes in progress then get
-/// [`DRAIN`] to end. A graceful shutdown alone would wait for every open connection, and hyper sets no deadline on
-/// a request's headers, so one client that never ends its request would keep the agent from stopping.
+/// [`DRAIN`] to end, and the connections still open are closed. A client must send each request's headers within
+/// [`HEADER_READ_TIMEOUT`] (hyper's header read timeout, which runs only with a timer: `axum::serve` gives it none),
+/// so no client of the pod's network holds a connection for ever, and none keeps the agent from stopping.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     cancel: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
     use axum::{http::StatusCode, response::IntoResponse, routing::get, Router};
+    use hyper_util::{
+        rt::{TokioIo, TokioTimer},
+        server::graceful::GracefulShutdown,
+        service::TowerToHyperService,
+    };
     let scrape = move || {
         let metrics = Arc::clone(&metrics);
         async move {
@@ -394,16 +400,34 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok\n" }));
-    let server = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let forced = async {
-        cancel.cancelled().await;
-        tokio::time::sleep(DRAIN).await;
-    };
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: try again shortly rather than spin or stop serving.
+                    tracing::debug!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = cancel.cancelled() => break,
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        connections.spawn(graceful.watch(connection));
+    }
+    drop(listener);
     tokio::select! {
-        r = std::future::IntoFuture::into_future(server) => r,
-        () = forced => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(DRAIN) => {
             tracing::warn!("metrics connections still open {DRAIN:?} after shutdown; closing them");
-            Ok(())
         }
     }
+    connections.abort_all();
+    Ok(())
 }
