@@ -3,8 +3,9 @@
 //! `max_connections` wait their turn; an oversized and a malformed message each get an error status (the oversized one
 //! counted), and so is a message of more records or declarations than any reporter sends (decoded, a few MiB of empty
 //! records took a gigabyte), an invalid record is refused on its own (counted by reason) and the rest of its batch
-//! accepted; a watcher that never reads slows neither the other watchers nor ingestion, and when it reads it is told
-//! how many calls it lost. After each, the agent keeps serving.
+//! accepted; a watch filter longer than any record's field is refused; a watcher that never reads slows neither the
+//! other watchers nor ingestion, and when it reads it is told how many calls it lost. After each, the agent keeps
+//! serving.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -291,6 +292,57 @@ async fn a_message_of_more_entries_than_any_reporter_sends_is_refused_before_it_
     let metrics = common::http_get(agent.metrics_addr, "/metrics").await;
     common::assert_metric(&metrics, "grayscope_agent_grpc_messages_oversized_total 2");
     common::assert_metric(&metrics, "grayscope_agent_call_records_received_total 10000");
+    agent.agent.stop().await;
+}
+
+/// A watch filter longer than any record's field can be ([`sidecar_agent::collector::MAX_FIELD_BYTES`]) could match
+/// nothing, and the agent would keep it for the stream's life: it is refused, naming the field, as a tenant filter
+/// that cannot be a label is. One at the bound is a filter like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_filter_longer_than_a_record_field_is_refused_naming_it() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut client = agent.client().await;
+    let long = "s".repeat(sidecar_agent::collector::MAX_FIELD_BYTES + 1);
+    for (field, request) in [
+        (
+            "service",
+            WatchRequest {
+                service: long.clone(),
+                ..WatchRequest::default()
+            },
+        ),
+        (
+            "method",
+            WatchRequest {
+                method: long.clone(),
+                ..WatchRequest::default()
+            },
+        ),
+        (
+            "gray_version",
+            WatchRequest {
+                gray_version: long.clone(),
+                ..WatchRequest::default()
+            },
+        ),
+    ] {
+        let Err(refused) = client.watch(request).await else {
+            panic!("a {field} filter of {} bytes was accepted", long.len());
+        };
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().starts_with(&format!("{field}: ")), "{refused:?}");
+    }
+    let at_bound = "s".repeat(sidecar_agent::collector::MAX_FIELD_BYTES);
+    client
+        .watch(WatchRequest {
+            service: at_bound,
+            ..WatchRequest::default()
+        })
+        .await
+        .expect("a filter at the bound");
     agent.agent.stop().await;
 }
 
