@@ -489,7 +489,20 @@ impl Collector for Service {
 
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let request = request.into_inner();
-        // A filter no record can match is a mistake worth saying (a raw tenant id typed where its label belongs).
+        // A filter no record can match is a mistake worth saying, and the agent would keep it for the stream's life:
+        // longer than a record's field can be, or a raw tenant id typed where its label belongs.
+        for (name, value) in [
+            ("service", &request.service),
+            ("method", &request.method),
+            ("gray_version", &request.gray_version),
+        ] {
+            if value.len() > MAX_FIELD_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "{name}: {} bytes, longer than any record's (at most {MAX_FIELD_BYTES})",
+                    value.len()
+                )));
+            }
+        }
         if !valid_tenant(&request.tenant) {
             return Err(Status::invalid_argument(format!(
                 "tenant: not a tenant label (at most {MAX_TENANT_BYTES} bytes of [A-Za-z0-9._-]; the filter's label, \
