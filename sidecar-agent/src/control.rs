@@ -91,13 +91,21 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         let listener = UnixListener::bind(&staged).map_err(io(format!("binding {}", staged.display())))?;
         fs::set_permissions(&staged, fs::Permissions::from_mode(mode))
             .map_err(io(format!("setting the mode of {}", staged.display())))?;
-        fs::rename(&staged, path).map_err(io(format!("moving the socket to {}", path.display())))?;
+        move_into_place(&staged, path)?;
         Ok(listener)
     };
     let out = staged_bind();
     let _ = fs::remove_file(&staged);
     let _ = fs::remove_dir(&private);
     out
+}
+
+/// Moves the staged socket onto `path`.
+fn move_into_place(staged: &Path, path: &Path) -> Result<(), Error> {
+    fs::rename(staged, path).map_err(|source| Error::Io {
+        what: format!("moving the socket to {}", path.display()),
+        source,
+    })
 }
 
 /// Limits of the gRPC server.
@@ -307,6 +315,27 @@ mod tests {
                 .collect();
             assert_eq!(names, ["agent.sock"]);
         }
+    }
+
+    /// Another agent that bound the path after this one found it free (two started at once) keeps it: the move
+    /// fails, saying so, instead of taking the path from a live socket and leaving that agent unreachable.
+    #[tokio::test]
+    async fn the_move_never_takes_the_path_from_a_socket_bound_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let staged = dir.path().join("staged.sock");
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ours = std::os::unix::net::UnixListener::bind(&staged).unwrap();
+        let err = move_into_place(&staged, &path).unwrap_err().to_string();
+        assert!(err.contains("another agent"), "{err}");
+        // The path still reaches the other agent.
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        other.set_nonblocking(true).unwrap();
+        assert!(
+            other.accept().is_ok(),
+            "the path no longer reaches the agent that bound it"
+        );
+        drop(ours);
     }
 
     #[tokio::test]
