@@ -65,7 +65,7 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
         }
         fs::remove_file(path).map_err(io(format!("removing stale socket {}", path.display())))?;
     }
-    // Bind in a private directory (0700) next to the target, set the mode there, then rename onto the target: the
+    // Bind in a private directory (0700) next to the target, set the mode there, then link it at the target: the
     // socket never appears with the umask's mode, and no one can swap the path for a symlink between bind and
     // chmod (chmod follows symlinks). A path too long for the detour (the 107-byte limit) is bound in place.
     let parent = path
@@ -100,11 +100,19 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     out
 }
 
-/// Moves the staged socket onto `path`.
+/// Places the staged socket at `path`, unless something is there by now: a hard link, which fails if the path
+/// exists, as one step (the staged name is removed after). The check for a live agent above and a plain rename
+/// leave a window in which a second agent started at the same moment binds the path, and would lose it to this
+/// one's rename: its clients would then reach nobody. (`renameat2` with `RENAME_NOREPLACE` does the same, but not
+/// on every filesystem.)
 fn move_into_place(staged: &Path, path: &Path) -> Result<(), Error> {
-    fs::rename(staged, path).map_err(|source| Error::Io {
+    fs::hard_link(staged, path).map_err(|e| Error::Io {
         what: format!("moving the socket to {}", path.display()),
-        source,
+        source: if e.kind() == std::io::ErrorKind::AlreadyExists {
+            std::io::Error::new(std::io::ErrorKind::AddrInUse, "another agent bound it meanwhile")
+        } else {
+            e
+        },
     })
 }
 
