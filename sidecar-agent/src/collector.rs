@@ -241,19 +241,16 @@ impl Core {
     /// (`FAILED_PRECONDITION`).
     pub fn declare(&self, pid: u32, methods: Vec<MethodMetadata>) -> Result<u32, Status> {
         for (i, m) in methods.iter().enumerate() {
-            for (name, v) in [
+            if let Some((name, len)) = first_too_long([
                 ("service", &m.service),
                 ("method", &m.method),
                 ("input_type", &m.input_type),
                 ("output_type", &m.output_type),
                 ("version", &m.version),
-            ] {
-                if v.len() > MAX_FIELD_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "method {i}: {name} is {} bytes (at most {MAX_FIELD_BYTES})",
-                        v.len()
-                    )));
-                }
+            ]) {
+                return Err(Status::invalid_argument(format!(
+                    "method {i}: {name} is {len} bytes (at most {MAX_FIELD_BYTES})"
+                )));
             }
             if m.service.is_empty() || m.method.is_empty() {
                 return Err(Status::invalid_argument(format!(
@@ -369,13 +366,22 @@ impl Invalid {
     }
 }
 
+/// The first of `fields` longer than [`MAX_FIELD_BYTES`]: its name and length. One bound for every text the agent
+/// takes in: a record's fields, a declaration's, a watch filter's.
+fn first_too_long<'a>(fields: impl IntoIterator<Item = (&'static str, &'a String)>) -> Option<(&'static str, usize)> {
+    fields
+        .into_iter()
+        .find(|(_, v)| v.len() > MAX_FIELD_BYTES)
+        .map(|(name, v)| (name, v.len()))
+}
+
 /// Why a record is refused: an unknown direction, a text field longer than [`MAX_FIELD_BYTES`], an address
 /// that cannot be one, or a tenant that is not a bounded label ([`valid_tenant`]).
 pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
     if Direction::try_from(c.direction).is_err() {
         return Err(Invalid::Direction(c.direction));
     }
-    for (field, v) in [
+    if let Some((field, len)) = first_too_long([
         ("rpc_system_name", &c.rpc_system_name),
         ("rpc_method", &c.rpc_method),
         ("http_request_method", &c.http_request_method),
@@ -385,10 +391,8 @@ pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
         ("status", &c.status),
         ("request_id", &c.request_id),
         ("trace_id", &c.trace_id),
-    ] {
-        if v.len() > MAX_FIELD_BYTES {
-            return Err(Invalid::TooLong { field, len: v.len() });
-        }
+    ]) {
+        return Err(Invalid::TooLong { field, len });
     }
     for (name, a) in [
         ("client", &c.client),
@@ -491,17 +495,14 @@ impl Collector for Service {
         let request = request.into_inner();
         // A filter no record can match is a mistake worth saying, and the agent would keep it for the stream's life:
         // longer than a record's field can be, or a raw tenant id typed where its label belongs.
-        for (name, value) in [
+        if let Some((name, len)) = first_too_long([
             ("service", &request.service),
             ("method", &request.method),
             ("gray_version", &request.gray_version),
-        ] {
-            if value.len() > MAX_FIELD_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "{name}: {} bytes, longer than any record's (at most {MAX_FIELD_BYTES})",
-                    value.len()
-                )));
-            }
+        ]) {
+            return Err(Status::invalid_argument(format!(
+                "{name}: {len} bytes, longer than any record's (at most {MAX_FIELD_BYTES})"
+            )));
         }
         if !valid_tenant(&request.tenant) {
             return Err(Status::invalid_argument(format!(
