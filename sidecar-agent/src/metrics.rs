@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Connections the agent closed, by reason: `per_peer`, `per_uid`, `refused_pool`, `handshake_timeout`,
     /// `idle_timeout`.
     pub connections_closed: Family<Reason, Counter>,
+    /// Connections to the metrics endpoint closed at once because it held [`MAX_CONNECTIONS`] already.
+    pub metrics_connections_refused: Counter,
 }
 
 // === impl Metrics ===
@@ -167,8 +169,15 @@ impl Metrics {
              refused uid's, with the refused pool full), handshake_timeout, idle_timeout",
             connections_closed.clone(),
         );
+        let metrics_connections_refused = Counter::default();
+        registry.register(
+            "metrics_connections_refused",
+            "Connections to this metrics endpoint closed at once because it held its maximum (32) already",
+            metrics_connections_refused.clone(),
+        );
         registry.register_collector(Box::new(Live { reader, kernel, table }));
         Self {
+            metrics_connections_refused,
             connections,
             connections_closed,
             registry,
@@ -373,10 +382,16 @@ pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// request on: then its connection is closed. Prometheus sends them at once.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The connections the metrics endpoint holds at once: room for a few scrapers and probes. Each is a descriptor of
+/// the agent, which its socket needs too, so a client of the pod's network that opens more (and sends nothing, for
+/// up to [`HEADER_READ_TIMEOUT`] each) has the next ones closed at once instead of taking them all.
+pub const MAX_CONNECTIONS: usize = 32;
+
 /// Serves `/metrics` (and `/healthz`) on `listener` until `cancel` fires; the scrapes in progress then get
 /// [`DRAIN`] to end, and the connections still open are closed. A client must send each request's headers within
 /// [`HEADER_READ_TIMEOUT`] (hyper's header read timeout, which runs only with a timer: `axum::serve` gives it none),
-/// so no client of the pod's network holds a connection for ever, and none keeps the agent from stopping.
+/// so no client of the pod's network holds a connection for ever, and none keeps the agent from stopping. At most
+/// [`MAX_CONNECTIONS`] are open at once; one more is closed as soon as it is accepted, and counted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -388,6 +403,7 @@ pub async fn serve(
         server::graceful::GracefulShutdown,
         service::TowerToHyperService,
     };
+    let refused = metrics.metrics_connections_refused.clone();
     let scrape = move || {
         let metrics = Arc::clone(&metrics);
         async move {
@@ -403,6 +419,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -418,8 +435,20 @@ pub async fn serve(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = cancel.cancelled() => break,
         };
-        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        connections.spawn(graceful.watch(connection));
+        // Accepted and closed rather than left in the backlog: the client learns at once, and the descriptor is
+        // back before the next accept.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refused.inc();
+            tracing::debug!("metrics endpoint: closing a connection, {MAX_CONNECTIONS} open already");
+            continue;
+        };
+        let connection =
+            graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone())));
+        connections.spawn(async move {
+            let served = connection.await;
+            drop(slot);
+            served
+        });
     }
     drop(listener);
     tokio::select! {

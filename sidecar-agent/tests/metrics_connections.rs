@@ -1,7 +1,7 @@
 //! The metrics endpoint is reachable from the pod's network, and every connection it holds is a file descriptor
 //! of the agent, the same ones its socket needs to accept the filter's reports. A client there that opens
 //! connections and sends nothing must not take them all: the endpoint holds at most
-//! 32 at once, closes the others at once (counted), and the agent's
+//! [`sidecar_agent::metrics::MAX_CONNECTIONS`] at once, closes the others at once (counted), and the agent's
 //! socket goes on answering meanwhile. Runs the real binary under a descriptor limit a container could have.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,10 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sidecar_agent::metrics::HEADER_READ_TIMEOUT;
-
-/// The connections the endpoint holds at once.
-const MAX_CONNECTIONS: usize = 32;
+use sidecar_agent::metrics::{HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_grayscope-agent");
 
@@ -49,7 +46,9 @@ fn silent_clients_of_the_metrics_endpoint_never_take_the_descriptors_the_socket_
         .unwrap();
     let mut agent = Stop(agent);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while scrape(metrics).is_none() || !sock.exists() {
+    // Started: serving, and done loading its programs (the accept loops wait meanwhile).
+    let started = || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("agent started"));
+    while scrape(metrics).is_none() || !sock.exists() || !started() {
         if let Some(status) = agent.0.try_wait().unwrap() {
             panic!(
                 "the agent exited ({status}):\n{}",
@@ -64,9 +63,14 @@ fn silent_clients_of_the_metrics_endpoint_never_take_the_descriptors_the_socket_
     // Silent connections, all opened well within the header deadline, so none is closed by it during the test.
     let from = Instant::now();
     // (Where the agent stops accepting, its listen backlog fills and a connect times out: the client stops there.)
-    let silent: Vec<TcpStream> = (0..SILENT)
-        .map_while(|_| TcpStream::connect_timeout(&metrics, Duration::from_millis(500)).ok())
-        .collect();
+    let mut silent = Vec::with_capacity(SILENT);
+    let mut refused = None;
+    while silent.len() < SILENT && refused.is_none() {
+        match TcpStream::connect_timeout(&metrics, Duration::from_secs(2)) {
+            Ok(s) => silent.push(s),
+            Err(e) => refused = Some(e),
+        }
+    }
     // The socket answers meanwhile: the method table, through the agent's own client.
     let mut table = Command::new(BIN)
         .arg("methods")
@@ -110,7 +114,7 @@ fn silent_clients_of_the_metrics_endpoint_never_take_the_descriptors_the_socket_
     assert_eq!(
         silent.len(),
         SILENT,
-        "the metrics endpoint stopped accepting connections"
+        "the metrics endpoint stopped accepting connections: {refused:?}"
     );
     // The ones beyond the limit were closed at once, and counted.
     let closed = silent.iter().filter(|s| closed_by_peer(s)).count();
