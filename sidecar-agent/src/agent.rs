@@ -169,7 +169,11 @@ impl Agent {
                 netns: Some(netns).filter(|&n| n != 0),
                 link_wait: config.link_wait,
                 link_pending_max: config.link_pending_max,
-                watch_queue: config.watch_queue,
+                watch: crate::watch::Limits {
+                    calls: config.watch_queue,
+                    bytes: config.watch_queue_bytes,
+                    watchers: config.max_watchers,
+                },
                 methods_max_rows: config.methods_max_rows,
                 methods_max_interfaces: config.methods_max_interfaces,
                 methods_exited_grace: config.methods_exited_grace,

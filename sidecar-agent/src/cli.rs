@@ -119,6 +119,13 @@ pub struct RunArgs {
     /// Calls queued per watcher before it loses the oldest [env: GRAYSCOPE_WATCH_QUEUE] [default: 1024].
     #[arg(long, value_name = "N")]
     pub watch_queue: Option<String>,
+    /// Bytes of calls queued per watcher before it loses the oldest [env: GRAYSCOPE_WATCH_QUEUE_BYTES]
+    /// [default: 1MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub watch_queue_bytes: Option<String>,
+    /// Most `Watch` streams at once [env: GRAYSCOPE_MAX_WATCHERS] [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_watchers: Option<String>,
     /// Most rows of the method table [env: GRAYSCOPE_METHODS_MAX_ROWS] [default: 4096].
     #[arg(long, value_name = "N")]
     pub methods_max_rows: Option<String>,
@@ -234,6 +241,8 @@ impl Command {
             flag(config::LINK_WAIT, &a.link_wait);
             flag(config::LINK_PENDING_MAX, &a.link_pending_max);
             flag(config::WATCH_QUEUE, &a.watch_queue);
+            flag(config::WATCH_QUEUE_BYTES, &a.watch_queue_bytes);
+            flag(config::MAX_WATCHERS, &a.max_watchers);
             flag(config::METHODS_MAX_ROWS, &a.methods_max_rows);
             flag(config::METHODS_MAX_INTERFACES, &a.methods_max_interfaces);
             flag(config::METHODS_EXITED_GRACE, &a.methods_exited_grace);

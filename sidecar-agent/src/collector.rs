@@ -44,8 +44,8 @@ pub struct CoreSettings {
     pub link_wait: std::time::Duration,
     /// See [`crate::Config::link_pending_max`].
     pub link_pending_max: usize,
-    /// See [`crate::Config::watch_queue`].
-    pub watch_queue: usize,
+    /// See [`crate::Config::watch_queue`], [`crate::Config::watch_queue_bytes`], [`crate::Config::max_watchers`].
+    pub watch: crate::watch::Limits,
     /// See [`crate::Config::methods_max_rows`].
     pub methods_max_rows: usize,
     /// See [`crate::Config::methods_max_interfaces`].
@@ -84,7 +84,7 @@ impl Core {
             table,
             netns: s.netns,
             pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait)),
-            hub: Hub::new(s.watch_queue, metrics.watchers.clone(), metrics.watch_lost.clone()),
+            hub: Hub::new(s.watch, metrics.watchers.clone(), metrics.watch_lost.clone()),
             methods: Mutex::new(MethodTable::new(s.methods_max_rows, s.methods_max_interfaces)),
             methods_exited_grace: s.methods_exited_grace,
             expose_command_line: s.expose_command_line,
@@ -510,7 +510,11 @@ impl Collector for Service {
                  such as enterprise or t_<hash>, not the tenant's id)"
             )));
         }
-        let watcher = self.core.hub().subscribe(Filter::from(request));
+        let watcher = self
+            .core
+            .hub()
+            .subscribe(Filter::from(request))
+            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
         // A watcher's calls end only when the hub closes, that is when the agent stops ([`Core::shutdown`]). Ending
         // with OK would read as "nothing more will come": UNAVAILABLE, the status a client's retry or reconnect logic
         // acts on (gRPC itself retries no stream that has answered), tells it to watch again (the agent that replaces

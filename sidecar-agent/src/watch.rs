@@ -2,7 +2,9 @@
 //!
 //! Publishing never waits for a watcher: it appends to each matching watcher's queue and, when the queue is
 //! full, drops that watcher's *oldest* entry and counts it. The next message the watcher reads carries how many
-//! it lost since its previous one. A watcher that never reads costs one full queue and nothing else.
+//! it lost since its previous one. A queue is full at `watch_queue` calls or `watch_queue_bytes` of them (encoded
+//! size; a record's fields may take 4 KiB each), and at most `max_watchers` watch at once: a watcher that never
+//! reads costs one full queue and nothing else, and all of them together a bounded amount.
 
 use std::{
     collections::VecDeque,
@@ -66,10 +68,37 @@ impl Filter {
 
 #[derive(Debug, Default)]
 struct Queue {
-    items: VecDeque<Arc<LinkedCall>>,
+    /// The calls, each with its encoded size.
+    items: VecDeque<(Arc<LinkedCall>, usize)>,
+    /// The sum of the items' sizes.
+    bytes: usize,
     lost: u64,
     closed: bool,
 }
+
+impl Queue {
+    fn pop(&mut self) -> Option<Arc<LinkedCall>> {
+        let (call, size) = self.items.pop_front()?;
+        self.bytes -= size;
+        Some(call)
+    }
+}
+
+/// The limits of every watcher's queue, and of watchers.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Calls per queue (`watch_queue`).
+    pub calls: usize,
+    /// Their encoded bytes per queue (`watch_queue_bytes`); the newest call is kept whatever its size.
+    pub bytes: usize,
+    /// Watchers at once (`max_watchers`).
+    pub watchers: usize,
+}
+
+/// [`Hub::subscribe`] with `max_watchers` watching already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} watchers are open already, the most max_watchers allows")]
+pub struct TooManyWatchers(pub usize);
 
 #[derive(Debug)]
 struct Slot {
@@ -87,7 +116,7 @@ struct Watchers {
 /// The watchers.
 #[derive(Debug)]
 pub struct Hub {
-    capacity: usize,
+    limits: Limits,
     watchers: Mutex<Watchers>,
     /// `grayscope_agent_watchers`.
     count: Gauge,
@@ -98,18 +127,21 @@ pub struct Hub {
 // === impl Hub ===
 
 impl Hub {
-    /// A hub whose watchers queue at most `capacity` calls each; `count` and `lost` are its metrics.
-    pub fn new(capacity: usize, count: Gauge, lost: Counter) -> Arc<Self> {
+    /// A hub within `limits`; `count` and `lost` are its metrics.
+    pub fn new(limits: Limits, count: Gauge, lost: Counter) -> Arc<Self> {
         Arc::new(Self {
-            capacity: capacity.max(1),
+            limits: Limits {
+                calls: limits.calls.max(1),
+                ..limits
+            },
             watchers: Mutex::new(Watchers::default()),
             count,
             lost,
         })
     }
 
-    /// A new watcher (already closed if the hub is).
-    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Watcher {
+    /// A new watcher (already closed if the hub is), unless `max_watchers` watch already.
+    pub fn subscribe(self: &Arc<Self>, filter: Filter) -> Result<Watcher, TooManyWatchers> {
         let slot = Arc::new(Slot {
             filter,
             queue: Mutex::new(Queue::default()),
@@ -118,24 +150,29 @@ impl Hub {
         let mut w = lock(&self.watchers);
         if w.closed {
             lock(&slot.queue).closed = true;
+        } else if w.slots.len() >= self.limits.watchers {
+            return Err(TooManyWatchers(w.slots.len()));
         } else {
             w.slots.push(Arc::clone(&slot));
             self.count.set(i64::try_from(w.slots.len()).unwrap_or(i64::MAX));
         }
-        Watcher {
+        Ok(Watcher {
             hub: Arc::downgrade(self),
             slot,
-        }
+        })
     }
 
     /// Hands `call` to every watcher that wants it, without waiting for any.
     pub fn publish(&self, call: &Arc<LinkedCall>) {
         let w = lock(&self.watchers);
+        let mut size = None;
         for slot in w.slots.iter().filter(|s| s.filter.matches(call)) {
+            let size = *size.get_or_insert_with(|| prost::Message::encoded_len(&**call));
             let mut q = lock(&slot.queue);
-            q.items.push_back(Arc::clone(call));
-            if q.items.len() > self.capacity {
-                q.items.pop_front();
+            q.items.push_back((Arc::clone(call), size));
+            q.bytes += size;
+            while q.items.len() > self.limits.calls || (q.bytes > self.limits.bytes && q.items.len() > 1) {
+                q.pop();
                 q.lost += 1;
                 self.lost.inc();
             }
@@ -186,7 +223,7 @@ impl Watcher {
     /// The oldest queued call, with the calls lost since the previous one, if any is queued.
     pub fn try_next(&self) -> Option<WatchResponse> {
         let mut q = lock(&self.slot.queue);
-        let call = q.items.pop_front()?;
+        let call = q.pop()?;
         Some(WatchResponse {
             call: Some(LinkedCall::clone(&call)),
             lost: std::mem::take(&mut q.lost),

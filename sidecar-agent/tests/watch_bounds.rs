@@ -12,10 +12,6 @@ use common::{privileged, report, start};
 use proto::v1::WatchRequest;
 use sidecar_agent::{Config, NetnsFilter};
 
-/// The defaults' byte budget of one watcher's queue, and their count of watchers.
-const WATCH_QUEUE_BYTES: usize = 1 << 20;
-const MAX_WATCHERS: usize = 64;
-
 fn config() -> Config {
     Config {
         // The records match no connection: published unlinked right away.
@@ -42,7 +38,12 @@ async fn a_watcher_that_stops_reading_holds_a_bounded_number_of_bytes_and_is_tol
     }
     let agent = start(config()).await;
     let mut client = agent.client().await;
-    let mut watch = agent.watch_all().await;
+    let mut watch = small_window_client(&agent.socket)
+        .await
+        .watch(WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     const CALLS: usize = 400;
     let size = prost::Message::encoded_len(&big(0));
     for batch in (0..CALLS).collect::<Vec<_>>().chunks(50) {
@@ -68,8 +69,9 @@ async fn a_watcher_that_stops_reading_holds_a_bounded_number_of_bytes_and_is_tol
         last.as_deref(),
         Some(format!("test.Greeter/M{:04}", CALLS - 1).as_str())
     );
-    // The queue's bytes, and what HTTP/2 may have taken on before the client stopped reading: a stream's window.
-    let bound = (WATCH_QUEUE_BYTES + (256 << 10)) / size;
+    // The queue's bytes, and what HTTP/2 took on before the client stopped reading: the client's 64 KiB window,
+    // and the agent's send buffer (hyper's, 400 KiB).
+    let bound = (config().watch_queue_bytes + (512 << 10)) / size;
     assert!(
         received <= bound,
         "{received} calls of {size} bytes kept, more than {bound}"
@@ -83,10 +85,11 @@ async fn at_most_max_watchers_streams_watch_at_once_and_the_next_is_refused_by_n
         return;
     }
     let agent = start(config()).await;
+    let max = config().max_watchers;
     // Two connections, each under its streams limit.
     let (mut a, mut b) = (agent.client().await, agent.client().await);
     let mut open = Vec::new();
-    for i in 0..MAX_WATCHERS {
+    for i in 0..max {
         let client = if i % 2 == 0 { &mut a } else { &mut b };
         open.push(client.watch(WatchRequest::default()).await.unwrap().into_inner());
     }
@@ -95,7 +98,7 @@ async fn at_most_max_watchers_streams_watch_at_once_and_the_next_is_refused_by_n
     assert!(refused.message().contains("max_watchers"), "{refused:?}");
     // One ends: its place is free again.
     drop(open.pop());
-    scraped(&agent, &format!("grayscope_agent_watchers {}", MAX_WATCHERS - 1)).await;
+    scraped(&agent, &format!("grayscope_agent_watchers {}", max - 1)).await;
     open.push(a.watch(WatchRequest::default()).await.unwrap().into_inner());
     agent.agent.stop().await;
 }
@@ -112,4 +115,27 @@ async fn scraped(agent: &common::TestAgent, line: &str) {
         }
     })
     .await;
+}
+
+/// A client whose HTTP/2 windows are the protocol's default 64 KiB (hyper's client takes 2 MiB per stream, so the
+/// calls the agent sent would pile up on this side, and not show what the agent keeps).
+async fn small_window_client(
+    socket: &std::path::Path,
+) -> proto::v1::collector_client::CollectorClient<tonic::transport::Channel> {
+    let path = socket.to_path_buf();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://grayscope-agent.local")
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect_with_connector(connector)
+        .await
+        .unwrap();
+    proto::v1::collector_client::CollectorClient::new(channel)
 }

@@ -52,6 +52,8 @@ fields! {
     LINK_WAIT: "link_wait", "link-wait", "GRAYSCOPE_LINK_WAIT", "500ms";
     LINK_PENDING_MAX: "link_pending_max", "link-pending-max", "GRAYSCOPE_LINK_PENDING_MAX", "16384";
     WATCH_QUEUE: "watch_queue", "watch-queue", "GRAYSCOPE_WATCH_QUEUE", "1024";
+    WATCH_QUEUE_BYTES: "watch_queue_bytes", "watch-queue-bytes", "GRAYSCOPE_WATCH_QUEUE_BYTES", "1MiB";
+    MAX_WATCHERS: "max_watchers", "max-watchers", "GRAYSCOPE_MAX_WATCHERS", "64";
     METHODS_MAX_ROWS: "methods_max_rows", "methods-max-rows", "GRAYSCOPE_METHODS_MAX_ROWS", "4096";
     METHODS_MAX_INTERFACES: "methods_max_interfaces", "methods-max-interfaces", "GRAYSCOPE_METHODS_MAX_INTERFACES", "256";
     METHODS_EXITED_GRACE: "methods_exited_grace", "methods-exited-grace", "GRAYSCOPE_METHODS_EXITED_GRACE", "5m";
@@ -147,6 +149,10 @@ pub struct Config {
     pub link_pending_max: usize,
     /// Calls queued per watcher; a slower watcher loses its oldest.
     pub watch_queue: usize,
+    /// Encoded bytes of the calls queued per watcher; a slower watcher loses its oldest (the newest always stays).
+    pub watch_queue_bytes: usize,
+    /// Most `Watch` streams at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
     /// Most rows of the method table (interface x gray version x process).
     pub methods_max_rows: usize,
     /// Most distinct interfaces (service, method) in the method table; more count as `other`.
@@ -226,6 +232,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let link_wait = p.get(LINK_WAIT, |s| value::duration(s, Duration::from_secs(60)));
     let link_pending_max = p.get(LINK_PENDING_MAX, |s| value::count(s, 1, 10_000_000));
     let watch_queue = p.get(WATCH_QUEUE, |s| value::count(s, 1, 10_000_000));
+    let watch_queue_bytes = p.get(WATCH_QUEUE_BYTES, |s| value::bytes(s, 1024, 1 << 30));
+    let max_watchers = p.get(MAX_WATCHERS, |s| value::count(s, 1, 65_536));
     let methods_max_rows = p.get(METHODS_MAX_ROWS, |s| value::count(s, 1, 10_000_000));
     let methods_max_interfaces = p.get(METHODS_MAX_INTERFACES, |s| value::count(s, 1, 1_000_000));
     let methods_exited_grace = p.get(METHODS_EXITED_GRACE, |s| value::duration(s, max_day));
@@ -259,6 +267,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(link_wait),
         Some(link_pending_max),
         Some(watch_queue),
+        Some(watch_queue_bytes),
+        Some(max_watchers),
         Some(methods_max_rows),
         Some(methods_max_interfaces),
         Some(methods_exited_grace),
@@ -288,6 +298,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         link_wait,
         link_pending_max,
         watch_queue,
+        watch_queue_bytes,
+        max_watchers,
         methods_max_rows,
         methods_max_interfaces,
         methods_exited_grace,
@@ -324,6 +336,8 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         link_wait,
         link_pending_max: size(link_pending_max),
         watch_queue: size(watch_queue),
+        watch_queue_bytes: size(watch_queue_bytes),
+        max_watchers: size(max_watchers),
         methods_max_rows: size(methods_max_rows),
         methods_max_interfaces: size(methods_max_interfaces),
         methods_exited_grace,

@@ -24,14 +24,22 @@ fn n(r: &WatchResponse) -> u64 {
 }
 
 fn hub(capacity: usize) -> Arc<Hub> {
-    Hub::new(capacity, Gauge::default(), Counter::default())
+    limited(Limits {
+        calls: capacity,
+        bytes: usize::MAX,
+        watchers: usize::MAX,
+    })
+}
+
+fn limited(limits: Limits) -> Arc<Hub> {
+    Hub::new(limits, Gauge::default(), Counter::default())
 }
 
 #[test]
 fn a_slow_watcher_loses_its_oldest_and_is_told_how_many() {
     let hub = hub(3);
-    let slow = hub.subscribe(Filter::default());
-    let fast = hub.subscribe(Filter::default());
+    let slow = hub.subscribe(Filter::default()).unwrap();
+    let fast = hub.subscribe(Filter::default()).unwrap();
     for i in 0..5 {
         hub.publish(&call(i, "s"));
         // The fast one keeps up.
@@ -86,10 +94,12 @@ fn filters_match_service_method_forms_gray_version_and_pid() {
 #[tokio::test]
 async fn next_waits_for_a_publish_and_ends_when_the_hub_closes() {
     let hub = hub(8);
-    let w = hub.subscribe(Filter {
-        service: "a".into(),
-        ..Filter::default()
-    });
+    let w = hub
+        .subscribe(Filter {
+            service: "a".into(),
+            ..Filter::default()
+        })
+        .unwrap();
     assert_eq!(hub.len(), 1);
     let h = Arc::clone(&hub);
     let publisher = tokio::spawn(async move {
@@ -101,7 +111,10 @@ async fn next_waits_for_a_publish_and_ends_when_the_hub_closes() {
     assert_eq!(n(&w.next().await.unwrap()), 2);
     assert!(w.next().await.is_none());
     publisher.await.unwrap();
-    assert!(hub.subscribe(Filter::default()).next().await.is_none(), "closed hub");
+    assert!(
+        hub.subscribe(Filter::default()).unwrap().next().await.is_none(),
+        "closed hub"
+    );
     drop(w);
     assert!(hub.is_empty());
 }
@@ -109,8 +122,8 @@ async fn next_waits_for_a_publish_and_ends_when_the_hub_closes() {
 #[test]
 fn dropping_a_watcher_leaves_the_hub() {
     let hub = hub(2);
-    let a = hub.subscribe(Filter::default());
-    let _b = hub.subscribe(Filter::default());
+    let a = hub.subscribe(Filter::default()).unwrap();
+    let _b = hub.subscribe(Filter::default()).unwrap();
     assert_eq!((hub.len(), hub.count.get()), (2, 2));
     drop(a);
     assert_eq!((hub.len(), hub.count.get()), (1, 1));
@@ -119,11 +132,13 @@ fn dropping_a_watcher_leaves_the_hub() {
 #[test]
 fn a_tenant_filter_matches_that_label_only() {
     let hub = hub(10);
-    let free = hub.subscribe(Filter {
-        tenant: "free".into(),
-        ..Filter::default()
-    });
-    let all = hub.subscribe(Filter::default());
+    let free = hub
+        .subscribe(Filter {
+            tenant: "free".into(),
+            ..Filter::default()
+        })
+        .unwrap();
+    let all = hub.subscribe(Filter::default()).unwrap();
     for (i, tenant) in ["free", "enterprise", "", "free"].into_iter().enumerate() {
         let mut c = LinkedCall::clone(&call(i as u64, "s"));
         c.call.as_mut().unwrap().tenant = tenant.into();
@@ -140,4 +155,52 @@ fn a_tenant_filter_matches_that_label_only() {
         .tenant,
         "t_0a"
     );
+}
+
+#[test]
+fn a_queue_keeps_at_most_its_bytes_and_always_the_newest_call() {
+    // (Every call of the test encodes to this size: their durations 1..=8 take one byte each.)
+    let size = prost::Message::encoded_len(&*call(1, "s"));
+    let hub = limited(Limits {
+        calls: 100,
+        bytes: 3 * size,
+        watchers: 1,
+    });
+    let slow = hub.subscribe(Filter::default()).unwrap();
+    for i in 1..=5 {
+        hub.publish(&call(i, "s"));
+    }
+    let got: Vec<_> = std::iter::from_fn(|| slow.try_next())
+        .map(|r| (n(&r), r.lost))
+        .collect();
+    assert_eq!(got, [(3, 2), (4, 0), (5, 0)]);
+    // A call larger than the whole budget still comes, alone.
+    let tiny = limited(Limits {
+        calls: 100,
+        bytes: 1,
+        watchers: 1,
+    });
+    let w = tiny.subscribe(Filter::default()).unwrap();
+    tiny.publish(&call(7, "s"));
+    tiny.publish(&call(8, "s"));
+    let got: Vec<_> = std::iter::from_fn(|| w.try_next()).map(|r| (n(&r), r.lost)).collect();
+    assert_eq!(got, [(8, 1)]);
+    assert_eq!(lock(&w.slot.queue).bytes, 0);
+}
+
+#[test]
+fn at_most_max_watchers_watch_and_a_place_frees_when_one_ends() {
+    let hub = limited(Limits {
+        calls: 1,
+        bytes: usize::MAX,
+        watchers: 2,
+    });
+    let a = hub.subscribe(Filter::default()).unwrap();
+    let _b = hub.subscribe(Filter::default()).unwrap();
+    assert_eq!(
+        hub.subscribe(Filter::default()).err().map(|e| e.to_string()).as_deref(),
+        Some("2 watchers are open already, the most max_watchers allows")
+    );
+    drop(a);
+    assert!(hub.subscribe(Filter::default()).is_ok());
 }
