@@ -336,3 +336,42 @@ fn a_configuration_destroyed_by_a_request_that_outlived_it_sends_its_records_fro
         );
     }
 }
+
+/// A reload keeps every interface's counts, also those of interfaces the new configuration has not served yet:
+/// an interface's call counter is one Prometheus series across the reload, never reset to zero nor gone (a canary
+/// judged across a reload would see the stable version's calls vanish). The wasm build keeps its VM, and so its
+/// metrics, across a configuration change. The native build's metrics live in the Envoy scope of the
+/// configuration that created them, which Envoy destroys with it: the successor must take them over.
+#[test]
+fn a_reload_keeps_the_counts_of_interfaces_the_new_configuration_has_not_served() {
+    let (envoy, _http, ecds, _socket, _dir) = start(r#"{"report":{"enabled":false}}"#);
+    let mut c = Client::new(envoy.listener("ingress"));
+    for n in 0..5 {
+        assert_eq!(c.get(&format!("/orders/{n}"), &[]).status, 200, "request {n}");
+    }
+    drop(c);
+    let series = "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",\
+                  method=\"GET /orders/{id}\",gray_version=\"none\",status=\"2xx\"} 5";
+    prom::assert_line(&envoy.prometheus(), series);
+
+    let configured = envoy.log_with("configured: ").matches("configured: ").count();
+    publish(&ecds, "2", r#"{"report":{"enabled":false},"max_interfaces":50}"#);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy.log().matches("configured: ").count() <= configured {
+        assert!(
+            Instant::now() < deadline,
+            "the second configuration never came:\n{}",
+            envoy.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut c = Client::new(envoy.listener("ingress"));
+    assert_eq!(c.get("/customers/1", &[]).status, 200);
+    // Whenever Envoy lets the first configuration go (at once, or once its workers moved on), the series stays.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        // The counters only: the native build cannot carry a duration histogram over (a sample is its only touch).
+        prom::assert_line(&envoy.admin_get("/stats/prometheus"), series);
+        thread::sleep(Duration::from_millis(100));
+    }
+}
