@@ -142,6 +142,17 @@ pub fn unregister(config: *const FilterConfig) -> Unregistered {
 pub struct Unregistered(MutexGuard<'static, Vec<usize>>);
 
 impl Unregistered {
+    /// The newest other live configuration (the successor of the one being destroyed, on a reload), alive as long
+    /// as `self`.
+    pub fn successor(&self) -> Option<&FilterConfig> {
+        self.0.last().map(|&c| {
+            // SAFETY: as in `adopter`.
+            #[allow(unsafe_code)]
+            let other = unsafe { &*(c as *const FilterConfig) };
+            other
+        })
+    }
+
     /// The newest other live configuration that reports, to adopt the records of the one being destroyed; alive
     /// as long as `self`.
     pub fn adopter(&self) -> Option<&FilterConfig> {

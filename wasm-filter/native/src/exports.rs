@@ -14,7 +14,7 @@ use std::ffi::{c_char, c_void};
 
 use crate::{
     abi::{Buffer, ConfigPtr, FilterPtr, Header},
-    config::FilterConfig,
+    config::{lock, FilterConfig},
     filter::Filter,
     ABI_VERSION,
 };
@@ -74,6 +74,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *co
     // thread finds it any more.
     let mut config = unsafe { Box::from_raw(config.cast::<FilterConfig>().cast_mut()) };
     let FilterConfig { report, registry, .. } = &mut *config;
+    // Before Envoy destroys this configuration's metric scope: the successor's scope takes its series over.
+    if let Some(next) = live.successor() {
+        if let Err(e) = lock(registry).hand_series_to(&lock(&next.registry), next.envoy.0) {
+            log::warn!("handing the metric series to the successor configuration: {e}");
+        }
+    }
     if let Some(report) = report {
         report.shutdown(registry, live.adopter(), on_main);
     }

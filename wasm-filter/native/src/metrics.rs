@@ -58,8 +58,10 @@ impl From<AbiError> for MetricError {
     }
 }
 
-/// A metric defined in Envoy: its kind, label names and Envoy's id.
+/// A metric defined in Envoy: its name and kind, label names and Envoy's id.
 struct Family {
+    name: String,
+    core: Kind,
     kind: MetricKind,
     labels: Vec<String>,
     envoy_id: usize,
@@ -133,6 +135,8 @@ impl Registry {
         }
         let envoy_id = abi::define_metric(config, kind_of(kind), name, &labels)?;
         self.families.push(Family {
+            name: name.to_owned(),
+            core: kind,
             kind: kind_of(kind),
             labels,
             envoy_id,
@@ -166,6 +170,43 @@ impl Registry {
             self.update(target, id, MetricOp::Increment, 0)?;
         }
         Ok(id)
+    }
+
+    /// Touches every counter and gauge series of this registry through `successor`'s configuration (`config`),
+    /// adding 0: Envoy keeps a labelled series in the scope of the configuration that updated it and destroys that
+    /// scope with the configuration, so a series only the configuration being destroyed used (an interface the
+    /// successor has not served yet) would vanish with its count. The wasm build keeps its VM, and its metrics,
+    /// across a configuration change. A histogram cannot be touched without a sample: its series lives on once
+    /// the successor records one. Every series is tried; the first error is returned.
+    pub fn hand_series_to(&self, successor: &Registry, config: ConfigPtr) -> Result<(), MetricError> {
+        let mut result = Ok(());
+        for series in &self.series {
+            let Some(family) = self.families.get(series.family) else {
+                continue;
+            };
+            if family.core == Kind::Histogram {
+                continue;
+            }
+            let theirs = successor
+                .family_index
+                .get(&(family.name.clone(), family.core))
+                .and_then(|&i| successor.families.get(i))
+                .filter(|f| f.labels == family.labels);
+            // A metric the successor does not define (a dimension it turned off) goes with this configuration.
+            let Some(theirs) = theirs else { continue };
+            let touched = abi::update_metric(
+                MetricTarget::Config(config),
+                theirs.kind,
+                MetricOp::Increment,
+                theirs.envoy_id,
+                &series.values,
+                0,
+            );
+            if let (Ok(()), Err(e)) = (&result, touched) {
+                result = Err(e.into());
+            }
+        }
+        result
     }
 
     fn update(&self, target: MetricTarget, id: u32, op: MetricOp, value: u64) -> Result<(), MetricError> {
