@@ -15,7 +15,10 @@ use k8s_openapi::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::native::{self, Build};
+use crate::{
+    names,
+    native::{self, Build},
+};
 
 /// The injected container's name; its presence marks a pod as injected.
 pub const AGENT_CONTAINER: &str = "grayscope-agent";
@@ -82,6 +85,9 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
         Ok(build) => build,
         Err(reason) => return Decision::Skip(reason),
     };
+    if let Some(taken) = names::taken(pod, build) {
+        return Decision::Skip(taken.to_string());
+    }
     let mut out = pod.clone();
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
     if let Err(reason) = annotate(annotations) {
@@ -157,12 +163,13 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
             "shareProcessNamespace is false: the agent could not see the pod's processes, not injected".to_owned(),
         );
     }
+    // The agent's container marks an injected pod; any other of the names the injector adds is the pod's own
+    // (`crate::names`).
     let injected = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == AGENT_CONTAINER)
-        || spec.volumes.iter().flatten().any(|v| v.name == SOCKET_VOLUME);
+        .any(|c| c.name == AGENT_CONTAINER);
     injected.then(|| "already injected".to_owned())
 }
 

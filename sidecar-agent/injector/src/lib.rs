@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`inject`]: the pure part: when a pod is left alone, and what an injected pod gets (agent container, socket
 //!   volume, Istio annotations).
+//! - [`names`]: the names of what the injector adds, and the pods left alone because they already use one.
 //! - [`native`]: what pods that ask for the filter's native build get on top (the module copied into
 //!   `istio-proxy` by an init container from the agent's image).
 //! - [`review`]: `admission.k8s.io/v1` AdmissionReview in, AdmissionReview with a JSONPatch out; malformed input
@@ -12,6 +13,7 @@
 //! - [`server`]: HTTPS (rustls) with `POST /mutate` and `GET /healthz`.
 
 pub mod inject;
+pub mod names;
 pub mod native;
 pub mod review;
 pub mod server;

@@ -1,0 +1,60 @@
+//! The names the injector gives what it adds, and the pods that already use one of them. A second container or
+//! volume of the same name makes the API server refuse the pod (the webhook answered, so `failurePolicy: Ignore`
+//! does not help), and an entry of Istio's `sidecar.istio.io/userVolume*` annotations of the same name would be
+//! silently replaced. Renaming ours instead would break what relies on them (`-c grayscope-agent`, the scrape
+//! job's `gs-metrics` container, the idempotency check), so such a pod is left alone, and the audit annotation
+//! says which name is taken.
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::{
+    inject::{parse_annotation, SOCKET_VOLUME, TRACEFS_VOLUME, USER_VOLUME, USER_VOLUME_MOUNT},
+    native::{Build, MODULE_INIT_CONTAINER, MODULE_VOLUME},
+};
+
+/// A name the injector adds that the pod already uses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Taken {
+    /// A container or init container of that name.
+    #[error("the pod already has a container named {0}, a name the injector adds: not injected")]
+    Container(&'static str),
+    /// A volume of that name.
+    #[error("the pod already has a volume named {0}, a name the injector adds: not injected")]
+    Volume(&'static str),
+    /// An entry of an Istio annotation keyed by volume name.
+    #[error("annotation {annotation} already names {name}, a name the injector adds: not injected")]
+    Annotation {
+        annotation: &'static str,
+        name: &'static str,
+    },
+}
+
+/// The first name of those the injector would add for `build` that `pod` already uses. The agent's own container
+/// is not among them: a pod that has it is already injected ([`crate::inject`] checks that first).
+pub fn taken(pod: &Pod, build: Build) -> Option<Taken> {
+    let (containers, volumes): (&[&'static str], &[&'static str]) = match build {
+        Build::Wasm => (&[], &[SOCKET_VOLUME, TRACEFS_VOLUME]),
+        Build::Native => (
+            &[MODULE_INIT_CONTAINER],
+            &[SOCKET_VOLUME, TRACEFS_VOLUME, MODULE_VOLUME],
+        ),
+    };
+    let ours = |names: &[&'static str], name: &str| names.iter().copied().find(|ours| *ours == name);
+    if let Some(spec) = &pod.spec {
+        let mut pod_containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
+        if let Some(name) = pod_containers.find_map(|c| ours(containers, &c.name)) {
+            return Some(Taken::Container(name));
+        }
+        if let Some(name) = spec.volumes.iter().flatten().find_map(|v| ours(volumes, &v.name)) {
+            return Some(Taken::Volume(name));
+        }
+    }
+    // Istio turns these entries into a volume of the pod and a mount of istio-proxy, keyed by name. An annotation
+    // that does not parse is reported by the injection itself, so it is looked at no further here.
+    let annotations = pod.metadata.annotations.as_ref()?;
+    [USER_VOLUME, USER_VOLUME_MOUNT].into_iter().find_map(|annotation| {
+        let entries = parse_annotation(annotations, annotation).ok()?;
+        let name = volumes.iter().copied().find(|name| entries.contains_key(*name))?;
+        Some(Taken::Annotation { annotation, name })
+    })
+}
