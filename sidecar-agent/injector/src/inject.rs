@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     names,
     native::{self, Build},
+    proxy::{self, ProxyIds},
 };
 
 /// The injected container's name; its presence marks a pod as injected.
@@ -30,7 +31,8 @@ pub const TRACEFS_VOLUME: &str = "grayscope-tracefs";
 pub const SOCKET_DIR: &str = "/var/run/grayscope";
 /// Pod label: `"true"` opts a pod in (in any namespace), `"false"` opts it out.
 pub const INJECT_LABEL: &str = "grayscope.io/inject";
-/// The uid of Istio's proxy, which must be allowed on the agent's socket.
+/// The uid and gid Istio runs its proxy as by default, which the agent's socket must let in; where the pod says
+/// istio-proxy runs as another, the agent follows that ([`crate::proxy`]).
 pub const ISTIO_PROXY_UID: i64 = 1337;
 /// The agent's own default metrics port (`--metrics-addr`, `sidecar-agent/src/config/mod.rs`).
 pub const DEFAULT_METRICS_PORT: i32 = 9464;
@@ -74,12 +76,26 @@ pub enum Decision {
     Inject(Box<Pod>),
     /// Left alone, and why.
     Skip(String),
+    /// An injected pod, amended after another webhook changed it (the API server calls the webhook again), and why.
+    Amend(Box<Pod>, String),
 }
 
 /// Decides for `pod`, created in `namespace`.
 pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     if let Some(reason) = skip_reason(pod, namespace, settings) {
         return Decision::Skip(reason);
+    }
+    if injected(pod) {
+        return match proxy::follow(pod) {
+            Some((amended, ids)) => Decision::Amend(
+                Box::new(amended),
+                format!(
+                    "istio-proxy runs as uid {} and gid {}, which the agent now allows",
+                    ids.uid, ids.gid
+                ),
+            ),
+            None => Decision::Skip("already injected".to_owned()),
+        };
     }
     let build = match native::requested(pod) {
         Ok(build) => build,
@@ -100,7 +116,7 @@ pub fn decide(pod: &Pod, namespace: &str, settings: &Settings) -> Decision {
     if spec.host_pid != Some(true) {
         spec.share_process_namespace = Some(true);
     }
-    let agent = agent_container(&settings.agent_image, metrics_port(spec));
+    let agent = agent_container(&settings.agent_image, metrics_port(spec), proxy::ids(spec));
     // A pod that runs to completion (a Job's: restartPolicy Never or OnFailure) is done when its regular containers
     // have exited, and the agent never exits: as one of them it would keep the pod running, and its Job unfinished,
     // forever. There it is a native sidecar (an init container with restartPolicy Always, Kubernetes 1.29+), which
@@ -163,14 +179,18 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
             "shareProcessNamespace is false: the agent could not see the pod's processes, not injected".to_owned(),
         );
     }
-    // The agent's container marks an injected pod; any other of the names the injector adds is the pod's own
-    // (`crate::names`).
-    let injected = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .any(|c| c.name == AGENT_CONTAINER);
-    injected.then(|| "already injected".to_owned())
+    None
+}
+
+/// The agent's container marks an injected pod; any other of the names the injector adds is the pod's own
+/// ([`crate::names`]).
+fn injected(pod: &Pod) -> bool {
+    pod.spec.iter().any(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == AGENT_CONTAINER)
+    })
 }
 
 /// The port of the agent's Prometheus endpoint: its default, 9464, unless a container of the pod declares it.
@@ -190,9 +210,10 @@ fn metrics_port(spec: &PodSpec) -> i32 {
         .unwrap_or(DEFAULT_METRICS_PORT)
 }
 
-/// The agent: runs as uid 0 for its eBPF capabilities but with group 1337, so its socket (mode 0660) is
-/// reachable by istio-proxy (uid/gid 1337), and the agent checks the peer's uid too (`--allowed-uids self,1337`).
-fn agent_container(image: &str, metrics_port: i32) -> Container {
+/// The agent: runs as uid 0 for its eBPF capabilities but with istio-proxy's group (1337 unless the pod says
+/// otherwise), so its socket (mode 0660) is reachable by istio-proxy, and the agent checks the peer's uid too
+/// (`--allowed-uids self,1337`, or the proxy's uid).
+fn agent_container(image: &str, metrics_port: i32, proxy: ProxyIds) -> Container {
     let quantities = |cpu: &str, memory: &str| {
         Some(BTreeMap::from([
             ("cpu".to_owned(), Quantity(cpu.to_owned())),
@@ -212,7 +233,7 @@ fn agent_container(image: &str, metrics_port: i32) -> Container {
                 "--socket-mode",
                 "0660",
                 "--allowed-uids",
-                &format!("self,{ISTIO_PROXY_UID}"),
+                &proxy.allowed_uids(),
                 // An agent that exits keeps the pod out of its Service's endpoints: on a node where the kernel
                 // programs cannot load, it serves without them and says so (`kernel_programs_attached 0`).
                 "--kernel-optional",
@@ -237,7 +258,7 @@ fn agent_container(image: &str, metrics_port: i32) -> Container {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_user: Some(0),
-            run_as_group: Some(ISTIO_PROXY_UID),
+            run_as_group: Some(proxy.gid),
             run_as_non_root: Some(false),
             // BPF: load programs and maps; PERFMON: attach tracepoints. tracefs is read through the read-only
             // hostPath mount below, as uid 0 (its owner), so no DAC override is needed. SYS_PTRACE: read

@@ -7,6 +7,8 @@
 //! - [`names`]: the names of what the injector adds, and the pods left alone because they already use one.
 //! - [`native`]: what pods that ask for the filter's native build get on top (the module copied into
 //!   `istio-proxy` by an init container from the agent's image).
+//! - [`proxy`]: who istio-proxy runs as, which the agent lets in on its socket, followed when Istio's injector adds
+//!   the proxy after grayscope's.
 //! - [`review`]: `admission.k8s.io/v1` AdmissionReview in, AdmissionReview with a JSONPatch out; malformed input
 //!   gets a well-formed refusal.
 //! - [`tls`]: the serving certificate, reloaded when its files change (cert-manager rotates them in place).
@@ -15,6 +17,7 @@
 pub mod inject;
 pub mod names;
 pub mod native;
+pub mod proxy;
 pub mod review;
 pub mod server;
 pub mod tls;

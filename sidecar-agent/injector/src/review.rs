@@ -87,26 +87,31 @@ pub fn respond(request: &AdmissionRequest<DynamicObject>, settings: &Settings) -
         .as_deref()
         .or(pod.metadata.generate_name.as_deref())
         .unwrap_or("");
-    match decide(&pod, namespace, settings) {
+    let (changed, decision) = match decide(&pod, namespace, settings) {
         Decision::Skip(reason) => {
             tracing::info!(namespace, pod = name, dry_run = request.dry_run, reason, "not injected");
-            audit(response, format!("skipped: {reason}"))
+            return audit(response, format!("skipped: {reason}"));
         }
         Decision::Inject(injected) => {
-            // The patch is the difference between the typed pod before and after, both serialised the same way,
-            // so it touches only what injection changed.
-            let before = serde_json::to_value(&pod);
-            let after = serde_json::to_value(&injected);
-            let (Ok(before), Ok(after)) = (before, after) else {
-                return response.deny("the pod does not serialize");
-            };
-            let patch = json_patch::diff(&before, &after);
             tracing::info!(namespace, pod = name, dry_run = request.dry_run, "injected");
-            match response.clone().with_patch(patch) {
-                Ok(patched) => audit(patched, "injected".to_owned()),
-                Err(e) => response.deny(format!("the patch does not serialize: {e}")),
-            }
+            (injected, "injected".to_owned())
         }
+        Decision::Amend(amended, reason) => {
+            tracing::info!(namespace, pod = name, dry_run = request.dry_run, reason, "amended");
+            (amended, format!("amended: {reason}"))
+        }
+    };
+    // The patch is the difference between the typed pod before and after, both serialised the same way, so it
+    // touches only what the webhook changed.
+    let before = serde_json::to_value(&pod);
+    let after = serde_json::to_value(&changed);
+    let (Ok(before), Ok(after)) = (before, after) else {
+        return response.deny("the pod does not serialize");
+    };
+    let patch = json_patch::diff(&before, &after);
+    match response.clone().with_patch(patch) {
+        Ok(patched) => audit(patched, decision),
+        Err(e) => response.deny(format!("the patch does not serialize: {e}")),
     }
 }
 
