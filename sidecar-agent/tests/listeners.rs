@@ -196,3 +196,71 @@ async fn closing_the_newest_listener_of_a_reuseport_group_leaves_the_older_one_n
     common::finish(older);
     agent.agent.stop().await;
 }
+
+/// Listens without bind() (the kernel picks the port in listen(), after the CLOSE -> LISTEN state change), prints
+/// the port, accepts `sys.argv[1]` connections, and on a line from stdin closes them and the listener and prints
+/// `closed`; then waits for stdin to close.
+const UNBOUND_SERVER: &str = "import socket, sys\n\
+    l = socket.socket(); l.listen(8)\n\
+    print(l.getsockname()[1], flush=True)\n\
+    conns = [l.accept()[0] for _ in range(int(sys.argv[1]))]\n\
+    sys.stdin.readline()\n\
+    for c in conns: c.close()\n\
+    l.close()\n\
+    print('closed', flush=True)\n\
+    sys.stdin.read()\n";
+
+/// Connects to 127.0.0.1:`port` and waits for the accepted side in the agent's table; returns the pid it names.
+async fn accepted_pid(agent: &TestAgent, port: u16) -> (TcpStream, Option<u32>) {
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let accepted = wait_some("the accepted side in the table", || {
+        agent.agent.with_table(|t| {
+            t.iter()
+                .find(|c| c.role == Role::Server && c.remote.port() == client_port)
+                .cloned()
+        })
+    })
+    .await;
+    (client, accepted.owner.map(|o| o.pid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_that_never_bound_name_their_connections_and_leave_no_entry() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let netns = agent.agent.netns();
+    let wildcard = |port| SocketAddr::from(([0, 0, 0, 0], port));
+    // Two at once, each with a connection, the older one's first.
+    let mut older = step_child(UNBOUND_SERVER, 1);
+    let older_port: u16 = first_line(&mut older).parse().unwrap();
+    let mut newer = step_child(UNBOUND_SERVER, 1);
+    let newer_port: u16 = first_line(&mut newer).parse().unwrap();
+    let (c1, named) = accepted_pid(&agent, older_port).await;
+    assert_eq!(
+        named,
+        Some(older.id()),
+        "the accepted side of a listener that never called bind() names no process"
+    );
+    let (c2, named) = accepted_pid(&agent, newer_port).await;
+    assert_eq!(named, Some(newer.id()));
+    // One that no connection reaches: its close still deletes its entry.
+    let mut idle = step_child(UNBOUND_SERVER, 0);
+    let idle_port: u16 = first_line(&mut idle).parse().unwrap();
+    step(&mut idle, "closed");
+    step(&mut older, "closed");
+    step(&mut newer, "closed");
+    for port in [0, older_port, newer_port, idle_port] {
+        wait_for("the listeners' entries to be deleted at their close", || {
+            agent.agent.listener_owner(netns, wildcard(port)).is_none()
+        })
+        .await;
+    }
+    drop((c1, c2));
+    for child in [older, newer, idle] {
+        common::finish(child);
+    }
+    agent.agent.stop().await;
+}
