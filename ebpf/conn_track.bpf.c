@@ -6,7 +6,8 @@
  *   tracing programs (handle_set_state_raw); the arguments sk, oldstate, newstate; see set_state
  *     CLOSE -> LISTEN          remember the listener's owner (the listen() caller is `current`) in `listeners`,
  *                              keyed by (netns, family, bound address, port); the one it displaces, in
- *                              `listeners_prev`
+ *                              `listeners_prev`. Port 0 when listen() is to pick the port (no bind() before it):
+ *                              the first connection that finds no other listener moves it to its port
  *     LISTEN -> CLOSE          forget it (only if the entry is this socket's, or one the agent seeded from /proc),
  *                              giving the address back to the listener it displaced if that one still listens
  *     CLOSE -> SYN_SENT        remember the connecting task (it is `current` here) in `conns`
@@ -239,7 +240,8 @@ static __always_inline void listen_key(struct gs_listen_key *k, __u32 netns, con
 
 /* listen(): the caller owns the listener. BPF_ANY: of several SO_REUSEPORT listeners on one address, the newest
  * names them all (the map has one entry per address); the one it displaces is kept in `listeners_prev`. Deleted
- * at LISTEN -> CLOSE. */
+ * at LISTEN -> CLOSE. A socket that listens without bind() has no port yet (listen() picks one after this state
+ * change): it is recorded under port 0, and moved to its port by its first connection (listener_of). */
 static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tuple *t, const int direct)
 {
 	struct gs_listen_key k = {};
@@ -257,41 +259,82 @@ static __always_inline void on_listen(__u64 skaddr, __u32 netns, const struct tu
 	bpf_map_update_elem(&listeners, &k, &o, BPF_ANY);
 }
 
-/* Whether the socket at `skaddr` still listens on `port`: probe reads, since a displaced listener may have closed
- * (and its memory gone to another socket) without this program seeing it as the entry's owner. */
+/* Whether the socket at `skaddr` still listens on `port` (any port for 0: a listener whose port is not known yet):
+ * probe reads, since a displaced listener may have closed (and its memory gone to another socket) without this
+ * program seeing it as the entry's owner. */
 static __always_inline int still_listening(__u64 skaddr, __u16 port)
 {
 	const struct sock *sk = (const struct sock *)skaddr;
 
-	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN && BPF_CORE_READ(sk, __sk_common.skc_num) == port;
+	return BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN &&
+	       (port == 0 || BPF_CORE_READ(sk, __sk_common.skc_num) == port);
 }
 
-/* A listener closed (or its listen() failed): if it names its address, the listener it displaced takes the name
- * back when it still listens, else the entry goes; if it is the displaced one, it is forgotten. An entry the agent
- * seeded from /proc (skaddr 0) cannot be told apart, so it goes with the first listener closed at its address. */
+/* The listener at `skaddr` is gone from key `k`: if it names the key, the listener it displaced takes the name back
+ * when it still listens, else the entry goes; if it is the displaced one, it is forgotten. An entry the agent seeded
+ * from /proc (skaddr 0) cannot be told apart, so it goes with the first listener closed at its address. */
+static __always_inline void forget_listener(const struct gs_listen_key *k, __u64 skaddr)
+{
+	struct gs_listen_owner *o, *prev;
+
+	o = bpf_map_lookup_elem(&listeners, k);
+	prev = bpf_map_lookup_elem(&listeners_prev, k);
+	if (o && (o->skaddr == skaddr || o->skaddr == 0)) {
+		if (prev && prev->skaddr != skaddr && still_listening(prev->skaddr, k->port))
+			bpf_map_update_elem(&listeners, k, prev, BPF_ANY);
+		else
+			bpf_map_delete_elem(&listeners, k);
+		if (prev)
+			bpf_map_delete_elem(&listeners_prev, k);
+	} else if (prev && prev->skaddr == skaddr) {
+		bpf_map_delete_elem(&listeners_prev, k);
+	}
+}
+
+/* A listener closed (or its listen() failed). One that listened without bind() may still sit under port 0 (see
+ * on_listen): no connection moved it to its port. */
 static __always_inline void on_listen_close(__u64 skaddr, __u32 netns, const struct tuple *t)
 {
 	struct gs_listen_key k = {};
-	struct gs_listen_owner *o, *prev;
 
 	listen_key(&k, netns, t);
-	o = bpf_map_lookup_elem(&listeners, &k);
-	prev = bpf_map_lookup_elem(&listeners_prev, &k);
-	if (o && (o->skaddr == skaddr || o->skaddr == 0)) {
-		if (prev && prev->skaddr != skaddr && still_listening(prev->skaddr, t->lport))
-			bpf_map_update_elem(&listeners, &k, prev, BPF_ANY);
-		else
-			bpf_map_delete_elem(&listeners, &k);
-		if (prev)
-			bpf_map_delete_elem(&listeners_prev, &k);
-	} else if (prev && prev->skaddr == skaddr) {
-		bpf_map_delete_elem(&listeners_prev, &k);
+	forget_listener(&k, skaddr);
+	if (k.port != 0) {
+		k.port = 0;
+		forget_listener(&k, skaddr);
 	}
+}
+
+/* The listener of port `port` among those recorded under port 0 at `k`'s address, moved to its port (the key `k`
+ * with `port`) and returned; 0 when neither of them (the newest, and the one it displaced) listens on `port`. */
+static __always_inline struct gs_listen_owner *take_unbound(struct gs_listen_key *k, __u16 port)
+{
+	struct gs_listen_owner *o, *prev, found;
+
+	k->port = 0;
+	o = bpf_map_lookup_elem(&listeners, k);
+	prev = bpf_map_lookup_elem(&listeners_prev, k);
+	if (o && o->skaddr != 0 && still_listening(o->skaddr, port)) {
+		found = *o;
+		if (prev)
+			bpf_map_update_elem(&listeners, k, prev, BPF_ANY);
+		else
+			bpf_map_delete_elem(&listeners, k);
+	} else if (prev && prev->skaddr != 0 && still_listening(prev->skaddr, port)) {
+		found = *prev;
+	} else {
+		return 0;
+	}
+	if (prev)
+		bpf_map_delete_elem(&listeners_prev, k);
+	k->port = port;
+	bpf_map_update_elem(&listeners, k, &found, BPF_ANY);
+	return bpf_map_lookup_elem(&listeners, k);
 }
 
 /* The owner of the listener that accepted the connection whose local end is `t`: a listener bound to that address,
  * else one bound to the wildcard address of the family (a dual-stack [::] listener's v4-mapped connections find it
- * that way too). */
+ * that way too); else, the same two ways, one that listened without bind() and is still under port 0. */
 static __always_inline struct gs_listen_owner *listener_of(__u32 netns, const struct tuple *t)
 {
 	struct gs_listen_key k = {};
@@ -302,7 +345,14 @@ static __always_inline struct gs_listen_owner *listener_of(__u32 netns, const st
 	if (o)
 		return o;
 	__builtin_memset(k.addr, 0, sizeof(k.addr));
-	return bpf_map_lookup_elem(&listeners, &k);
+	o = bpf_map_lookup_elem(&listeners, &k);
+	if (o || t->lport == 0)
+		return o;
+	o = take_unbound(&k, t->lport);
+	if (o)
+		return o;
+	listen_key(&k, netns, t);
+	return take_unbound(&k, t->lport);
 }
 
 /* bpf_ringbuf_submit flags and bpf_ringbuf_query selectors (uapi enums, not in vmlinux_min.h). */
