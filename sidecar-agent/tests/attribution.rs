@@ -196,3 +196,43 @@ async fn metrics_endpoint_reports_events_table_and_program_runs() {
     assert_eq!(common::http_get(agent.metrics_addr, "/healthz").await, "ok\n");
     agent.agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simultaneous_open_names_the_connecting_process() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let netns = agent.agent.netns();
+    // A socket connected to its own address: its SYN reaches itself in SYN_SENT, a simultaneous open, so it goes
+    // SYN_SENT -> SYN_RECV -> ESTABLISHED (as two peers that connect to each other at once do), never accepted.
+    let mut child = common::python(
+        "import socket, sys\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]\n\
+         s.connect(('127.0.0.1', port))\n\
+         print(port, flush=True)\n\
+         sys.stdin.read()\n",
+    );
+    let child_pid = child.id();
+    let port: u16 = common::first_line(&mut child).parse().unwrap();
+    let end = SocketAddr::from(([127, 0, 0, 1], port));
+    let conn: Connection = wait_some("the connection in the table", || {
+        agent.agent.with_table(|t| t.find(netns, end, end).cloned())
+    })
+    .await;
+    assert_eq!(
+        (conn.role, conn.owner.as_ref().map(|o| o.pid)),
+        (Role::Client, Some(child_pid)),
+        "the connect() caller is known from SYN_SENT: {conn:?}"
+    );
+    common::finish(child);
+    let closed: Connection = wait_some("the connection to close", || {
+        agent
+            .agent
+            .with_table(|t| t.find(netns, end, end).filter(|c| c.closed.is_some()).cloned())
+    })
+    .await;
+    assert_eq!(closed.owner.map(|o| o.pid), Some(child_pid));
+    agent.agent.stop().await;
+}
