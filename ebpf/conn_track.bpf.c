@@ -14,7 +14,9 @@
  *     SYN_SENT -> ESTABLISHED  emit ESTABLISHED (client) with the full 4-tuple, now that the port is bound
  *     SYN_RECV -> ESTABLISHED  remember a passive connection and emit ESTABLISHED (server) named after the owner of
  *                              its listener (exact address first, then the wildcard one); `current` is whoever ran
- *                              the softirq, on loopback the *client*, so it is never used here
+ *                              the softirq, on loopback the *client*, so it is never used here. A socket with an
+ *                              entry already (accepted first, or a simultaneous open's SYN_SENT -> SYN_RECV) emits
+ *                              that one
  *     * -> CLOSE               emit CLOSED with the duration, then delete the `conns` entry
  * - syscalls:sys_exit_accept4 / sys_exit_accept (attached only when the agent is asked for them)
  *     the returned fd -> struct file -> struct socket -> sk (the tracepoint's skaddr): the accepting task is
@@ -51,9 +53,6 @@
 const volatile __u32 target_netns = 0;
 /* Size of the `events` ring in bytes, set by the loader with the map's size (saves a bpf_ringbuf_query per event). */
 const volatile __u32 ring_bytes = 256 * 1024;
-/* Whether the accept syscall tracepoints are attached (set by the loader): only then can an accept have named a
- * passive connection before its SYN_RECV -> ESTABLISHED. */
-const volatile __u8 accept_attached = 0;
 
 /* The pid namespace owners are named in: 0 for the kernel's own (pids as the root namespace sees them), else the
  * device and inode of the agent's (its `/proc/self/ns/pid`), set by the loader when the agent runs in a pid namespace
@@ -492,12 +491,7 @@ static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s3
 	}
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
-		st = accept_attached ? bpf_map_lookup_elem(&conns, &key) : 0;
-		if (st) { /* accept() already returned it (it raced ahead of this softirq) and named the owner */
-			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
-			return 0;
-		}
-		/* `current` is not the server: the listener's owner is. Deleted at TCP_CLOSE. */
+		/* A passive open: `current` is not the server, the listener's owner is. Deleted at TCP_CLOSE. */
 		fresh.start_ns = now;
 		fresh.role = GS_ROLE_SERVER;
 		lo = listener_of(netns, &t);
@@ -506,10 +500,20 @@ static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s3
 			fresh.tid = lo->tid;
 			fresh.proc_start_ns = lo->proc_start_ns;
 			__builtin_memcpy(fresh.comm, lo->comm, sizeof(fresh.comm));
-		} else {
-			count(GS_STAT_UNOWNED);
 		}
-		bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST);
+		/* The socket has an entry already when accept() returned it before this softirq ran (it named the
+		 * owner), or when it is no passive open: it connected (SYN_SENT -> SYN_RECV, a simultaneous open: two
+		 * peers connecting to each other, or a socket connected to its own address), and the entry names the
+		 * connecting task. The insert finds out, so a passive open costs no lookup more. */
+		if (bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST)) {
+			st = bpf_map_lookup_elem(&conns, &key);
+			if (st) {
+				emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
+				return 0;
+			}
+		}
+		if (!lo)
+			count(GS_STAT_UNOWNED);
 		emit(GS_EVENT_ESTABLISHED, &fresh, &t, key, netns, now);
 		return 0;
 	}

@@ -141,7 +141,6 @@ impl Probe {
             .override_global("pidns_dev", &pidns_dev, true)
             .override_global("pidns_ino", &pidns_ino, true)
             .override_global("ring_bytes", &opts.ring_buffer_bytes, true)
-            .override_global("accept_attached", &u8::from(opts.accept_tracepoints), true)
             .map_max_entries("events", opts.ring_buffer_bytes)
             .map_max_entries("conns", opts.kernel_max_conns)
             .load(object)
