@@ -82,3 +82,67 @@ async fn overflow_is_counted_exactly_and_the_agent_recovers() {
     );
     agent.agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_whose_events_were_dropped_are_recovered_from_the_kernel() {
+    if !privileged() {
+        return;
+    }
+    const OPEN: usize = 50;
+    let ns = Netns::new("recover");
+    let config = Config {
+        ring_buffer_bytes: RING,
+        ..common::config(NetnsFilter::Path(ns.path()))
+    };
+    let agent = start(config).await;
+    agent.agent.pause_reader().await;
+    // Connections that stay open, twice as many events (both ends established) as the ring holds.
+    let open: Vec<(std::net::TcpStream, std::net::TcpStream)> = ns.run(|| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        (0..OPEN)
+            .map(|_| {
+                let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                (client, listener.accept().unwrap().0)
+            })
+            .collect()
+    });
+    wait_for("the kernel to drop events", || agent.agent.counts().unwrap().dropped > 0).await;
+    agent.agent.resume_reader();
+
+    // The kernel still holds every one of them with its owner: the table must learn them all, not only those whose
+    // ESTABLISHED found room in the ring (the others would stay unknown, their calls unlinked, until they close).
+    let netns = ns.inode();
+    let me = std::process::id();
+    let ends: Vec<(SocketAddr, SocketAddr)> = open
+        .iter()
+        .flat_map(|(c, s)| {
+            [
+                (c.local_addr().unwrap(), c.peer_addr().unwrap()),
+                (s.local_addr().unwrap(), s.peer_addr().unwrap()),
+            ]
+        })
+        .collect();
+    let missing = || {
+        agent.agent.with_table(|t| {
+            ends.iter()
+                .filter(|&&(l, r)| {
+                    !t.find(netns, l, r)
+                        .is_some_and(|c| c.closed.is_none() && c.owner.as_ref().is_some_and(|o| o.pid == me))
+                })
+                .count()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while missing() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        missing(),
+        0,
+        "of {} open connection ends, these are not in the table with their owner after the ring dropped events",
+        ends.len()
+    );
+    drop(open);
+    agent.agent.stop().await;
+}
