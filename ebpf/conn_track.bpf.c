@@ -29,7 +29,8 @@
  * filling up.
  *
  * Every emit counts GS_STAT_PRODUCED and, when the ring buffer is full, GS_STAT_DROPPED, so the reader can check
- * delivered + dropped == produced. A passive open whose listener is unknown counts GS_STAT_UNOWNED.
+ * delivered + dropped == produced. An established socket's `conns` entry holds its 4-tuple too (set before its
+ * ESTABLISHED is emitted), so after a drop the agent reads from the map the connections whose event was lost. A passive open whose listener is unknown counts GS_STAT_UNOWNED.
  */
 #include "vmlinux_min.h"
 #include "conn_event.h"
@@ -74,18 +75,7 @@ static __always_inline __u64 current_ids(void)
 	return (__u64)ns.tgid << 32 | ns.pid;
 }
 
-/* Per-connection state, keyed by the struct sock address. */
-struct gs_conn_state {
-	__u64 start_ns;
-	__u64 proc_start_ns;
-	__u32 pid;
-	__u32 tid;
-	__u8 role;
-	__u8 pad[7];
-	char comm[GS_COMM_LEN];
-};
-_Static_assert(sizeof(struct gs_conn_state) == 48, "gs_conn_state has implicit padding");
-
+/* Per-connection state (struct gs_conn_state, conn_event.h), keyed by the struct sock address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -175,6 +165,18 @@ static __always_inline void sk_tuple_direct(const struct sock *sk, struct tuple 
 		bpf_core_read(t->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(t->raddr, 16, &sk->__sk_common.skc_v6_daddr);
 	}
+}
+
+/* Records the socket's 4-tuple in its `conns` entry once it is established, so the agent can read the connection
+ * from the map when the ring buffer dropped its ESTABLISHED event. */
+static __always_inline void set_tuple(struct gs_conn_state *st, const struct tuple *t, __u32 netns)
+{
+	st->netns = netns;
+	st->lport = t->lport;
+	st->rport = t->rport;
+	__builtin_memcpy(st->laddr, t->laddr, sizeof(st->laddr));
+	__builtin_memcpy(st->raddr, t->raddr, sizeof(st->raddr));
+	st->family = t->family;
 }
 
 static __always_inline void count(__u32 slot)
@@ -485,8 +487,10 @@ static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s3
 
 	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_SENT) {
 		st = bpf_map_lookup_elem(&conns, &key);
-		if (st) /* no entry: connect() started before the agent */
-			emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
+		if (!st) /* connect() started before the agent */
+			return 0;
+		set_tuple(st, &t, netns);
+		emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
 		return 0;
 	}
 
@@ -494,6 +498,7 @@ static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s3
 		/* A passive open: `current` is not the server, the listener's owner is. Deleted at TCP_CLOSE. */
 		fresh.start_ns = now;
 		fresh.role = GS_ROLE_SERVER;
+		set_tuple(&fresh, &t, netns);
 		lo = listener_of(netns, &t);
 		if (lo) {
 			fresh.pid = lo->pid;
@@ -508,6 +513,7 @@ static __always_inline int set_state(const struct sock *sk, __s32 oldstate, __s3
 		if (bpf_map_update_elem(&conns, &key, &fresh, BPF_NOEXIST)) {
 			st = bpf_map_lookup_elem(&conns, &key);
 			if (st) {
+				set_tuple(st, &t, netns);
 				emit(GS_EVENT_ESTABLISHED, st, &t, key, netns, now);
 				return 0;
 			}

@@ -50,6 +50,31 @@ _Static_assert(__builtin_offsetof(struct gs_conn_event, laddr) == 56, "gs_conn_e
 _Static_assert(__builtin_offsetof(struct gs_conn_event, comm) == 88, "gs_conn_event ABI changed: update events.rs too");
 
 /*
+ * The `conns` map's value: a tracked socket's owner and, once it is established, its 4-tuple. The agent reads the
+ * map to learn the connections whose ESTABLISHED event the full ring buffer dropped (`sidecar-agent/src/ebpf/mod.rs`,
+ * `KernelConn`).
+ */
+struct gs_conn_state {
+	__u64 start_ns;      /* bpf_ktime_get_ns() when the socket was first seen (SYN_SENT or ESTABLISHED) */
+	__u64 proc_start_ns; /* as in gs_conn_event */
+	__u32 pid;
+	__u32 tid;
+	__u32 netns;         /* set with the 4-tuple */
+	__u16 family;        /* 0 until the socket is established: the 4-tuple below is not known yet */
+	__u16 lport;         /* host byte order */
+	__u16 rport;         /* host byte order */
+	__u8 role;           /* GS_ROLE_* */
+	__u8 pad[5];
+	char comm[GS_COMM_LEN];
+	__u8 laddr[16];      /* network order; AF_INET uses the first 4 bytes */
+	__u8 raddr[16];
+};
+
+_Static_assert(sizeof(struct gs_conn_state) == 88, "gs_conn_state ABI changed: update ebpf/mod.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_state, comm) == 40, "gs_conn_state ABI changed: update ebpf/mod.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_state, laddr) == 56, "gs_conn_state ABI changed: update ebpf/mod.rs too");
+
+/*
  * The `listeners` map: who owns each listening socket, so an accepted connection is named after its listener's
  * owner at the passive open (a softirq, where `current` is meaningless) without a syscall tracepoint. Filled by
  * the kernel at CLOSE -> LISTEN (the listen() caller is `current`) and by the agent from /proc at start for the

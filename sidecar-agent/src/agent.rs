@@ -133,8 +133,9 @@ impl Agent {
         let (pause, switch) = reader::pause_switch();
         let mut tasks = JoinSet::new();
 
-        if let Some((reader, conns)) = kernel_side {
+        if let (Some((reader, conns)), Some(stats)) = (kernel_side, kernel.clone()) {
             let (tx, rx) = mpsc::channel(4096);
+            let (recovered_tx, recovered_rx) = mpsc::channel(4096);
             let c = cancel.clone();
             tasks.spawn(async move {
                 if let Err(e) = reader.run(tx, switch, c).await {
@@ -142,14 +143,19 @@ impl Agent {
                 }
             });
             tasks.spawn(apply_events(
-                rx,
+                Events {
+                    ring: rx,
+                    recovered: recovered_rx,
+                },
                 Arc::clone(&table),
                 Arc::clone(&metrics),
                 config.closed_grace,
                 cancel.clone(),
             ));
-            tasks.spawn(sweep_forgotten(
+            tasks.spawn(sweep_kernel(
                 conns,
+                stats,
+                recovered_tx,
                 Arc::clone(&table),
                 Arc::clone(&metrics),
                 cancel.clone(),
@@ -326,16 +332,26 @@ async fn link_timer(core: Arc<Core>, wait: Duration, cancel: CancellationToken) 
 /// How often the live connections are checked against the kernel's map.
 pub const KERNEL_SWEEP: Duration = Duration::from_secs(5);
 
-/// Ends the live connections whose socket the kernel no longer tracks (their CLOSE event was lost: the LRU map
-/// evicted them, or the ring buffer overflowed), every [`KERNEL_SWEEP`]. The map lookups (one system call per
-/// live connection) run on a blocking thread, without the table's lock.
-async fn sweep_forgotten(
+/// Reconciles the table with the kernel's map of open connections every [`KERNEL_SWEEP`], for the events the ring
+/// buffer lost:
+/// - ends the live connections whose socket the kernel no longer tracks (their CLOSE event was lost: the LRU map
+///   evicted them, or the ring buffer overflowed);
+/// - after the ring buffer dropped events (the kernel's `dropped` counter moved), reads the established
+///   connections from the map and hands them to [`apply_events`], which adds those the table lacks: without that, a
+///   connection whose ESTABLISHED was dropped stayed unknown, its calls unlinked, until it closed.
+///
+/// The map reads (one system call per live connection, two per map entry) run on a blocking thread, without the
+/// table's lock.
+async fn sweep_kernel(
     conns: KernelConns,
+    stats: Arc<KernelStats>,
+    recovered: mpsc::Sender<ConnEvent>,
     table: Arc<Mutex<ConnTable>>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
     let conns = Arc::new(conns);
+    let mut dropped_seen = 0;
     let mut tick = tokio::time::interval(KERNEL_SWEEP);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -343,28 +359,37 @@ async fn sweep_forgotten(
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Read before the map: an event counted as dropped by then has its socket's 4-tuple in the map already.
+        let dropped = stats.counters().map_or(dropped_seen, |c| c.dropped);
+        let rescan = dropped != dropped_seen;
+        dropped_seen = dropped;
         let live = table.lock().unwrap_or_else(PoisonError::into_inner).live_sockets();
         let k = Arc::clone(&conns);
-        let Ok((gone, checked)) = tokio::task::spawn_blocking(move || {
+        let Ok((gone, checked, established)) = tokio::task::spawn_blocking(move || {
             let gone: Vec<(u64, u64)> = live.into_iter().filter(|&(skaddr, _)| !k.holds(skaddr)).collect();
-            (gone, crate::link::Clocks::monotonic_ns())
+            let checked = crate::link::Clocks::monotonic_ns();
+            (gone, checked, if rescan { k.established() } else { Vec::new() })
         })
         .await
         else {
             continue;
         };
-        if gone.is_empty() {
-            continue;
+        if !gone.is_empty() {
+            let e = table
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget(&gone, checked, Instant::now());
+            tracing::debug!(
+                connections = e.forgotten,
+                "ended connections the kernel no longer tracks"
+            );
+            metrics.record_evictions(e);
         }
-        let e = table
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .forget(&gone, checked, Instant::now());
-        tracing::debug!(
-            connections = e.forgotten,
-            "ended connections the kernel no longer tracks"
-        );
-        metrics.record_evictions(e);
+        for event in established {
+            if recovered.send(event).await.is_err() {
+                return;
+            }
+        }
     }
 }
 
@@ -385,15 +410,37 @@ async fn methods_timer(core: Arc<Core>, grace: Duration, cancel: CancellationTok
     }
 }
 
+/// The events [`apply_events`] applies: from the ring buffer, and read from the kernel's map by [`sweep_kernel`].
+struct Events {
+    ring: mpsc::Receiver<ConnEvent>,
+    recovered: mpsc::Receiver<ConnEvent>,
+}
+
 /// Enriches each event's owner and applies it to the table; expires closed connections on a timer.
 async fn apply_events(
-    mut rx: mpsc::Receiver<ConnEvent>,
+    mut events: Events,
     table: Arc<Mutex<ConnTable>>,
     metrics: Arc<Metrics>,
     grace: Duration,
     cancel: CancellationToken,
 ) {
     let mut processes = ProcessCache::new("/proc", 4096);
+    let mut enrich = |event: &ConnEvent| {
+        event
+            .owner
+            .as_ref()
+            .and_then(|o| match processes.lookup(o.pid, o.start_ns) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::debug!(error = %e, "enrichment failed");
+                    metrics
+                        .enrichment_failures
+                        .get_or_create(&[("reason", e.reason())])
+                        .inc();
+                    None
+                }
+            })
+    };
     let period = (grace / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     loop {
@@ -403,18 +450,19 @@ async fn apply_events(
                 let e = table.lock().unwrap_or_else(PoisonError::into_inner).expire(Instant::now());
                 metrics.record_evictions(e);
             }
-            event = rx.recv() => {
+            event = events.ring.recv() => {
                 let Some(event) = event else { return };
-                let process = event.owner.as_ref().and_then(|o| match processes.lookup(o.pid, o.start_ns) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "enrichment failed");
-                        metrics.enrichment_failures.get_or_create(&[("reason", e.reason())]).inc();
-                        None
-                    }
-                });
+                let process = enrich(&event);
                 let e = table.lock().unwrap_or_else(PoisonError::into_inner).apply(&event, process, Instant::now());
                 metrics.record_evictions(e);
+            }
+            Some(event) = events.recovered.recv() => {
+                let process = enrich(&event);
+                let (e, new) = table.lock().unwrap_or_else(PoisonError::into_inner).recover(&event, process, Instant::now());
+                metrics.record_evictions(e);
+                if new {
+                    metrics.connections_recovered.inc();
+                }
             }
         }
     }

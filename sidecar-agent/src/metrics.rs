@@ -37,6 +37,8 @@ pub struct Metrics {
     pub evictions: Family<Reason, Counter>,
     /// Live connections ended without their CLOSE event, by how the loss was noticed.
     pub close_missed: Family<Reason, Counter>,
+    /// Connections read from the kernel's map because the ring buffer dropped their ESTABLISHED event.
+    pub connections_recovered: Counter,
     /// Call records received in `Report` batches that passed validation.
     pub records_received: Counter,
     /// Call records by outcome: `linked`, `unlinked_no_connection`, `unlinked_no_address`, `unlinked_queue_full`.
@@ -94,6 +96,13 @@ impl Metrics {
             "Live connections ended without their CLOSE event: a new socket took their kernel address \
              (socket_reused), or the kernel no longer tracks them (kernel_forgot)",
             close_missed.clone(),
+        );
+        let connections_recovered = Counter::default();
+        registry.register(
+            "connections_recovered",
+            "Connections read from the kernel's map of open connections because the ring buffer had no room for \
+             their ESTABLISHED event",
+            connections_recovered.clone(),
         );
         let records_received = Counter::default();
         registry.register(
@@ -184,6 +193,7 @@ impl Metrics {
             enrichment_failures,
             evictions,
             close_missed,
+            connections_recovered,
             records_received,
             records,
             records_rejected,

@@ -222,6 +222,27 @@ impl ConnTable {
         out
     }
 
+    /// Applies an ESTABLISHED event read from the kernel's map of open connections rather than from the ring
+    /// buffer, which had no room for it: a connection the table holds already (the same socket and 4-tuple) is
+    /// left as it is, and the event the ring buffer may still deliver for it is not taken for a second one. Returns
+    /// the evictions and whether the connection was new to the table.
+    pub fn recover(&mut self, ev: &ConnEvent, process: Option<Arc<ProcessInfo>>, now: Instant) -> (Evictions, bool) {
+        let tuple = (ev.netns, Endpoint::from(ev.local), Endpoint::from(ev.remote));
+        let held = self
+            .get_live(ev.skaddr)
+            .is_some_and(|c| (c.netns, c.local, c.remote) == tuple);
+        if held {
+            return (Evictions::default(), false);
+        }
+        let before = self.next_id;
+        let out = self.apply(ev, process, now);
+        let created = self.next_id != before;
+        if let Some(live) = self.live.get_mut(&ev.skaddr).filter(|l| l.id >= before) {
+            live.seen &= !kind_bit(EventKind::Established);
+        }
+        (out, created)
+    }
+
     /// Ends live connection `id` at `skaddr` without its CLOSE event: events of the kernel's clock up to
     /// `closed_ts_ns` still land on it; its lifetime is counted from `first_ts_ns` to then.
     fn end(&mut self, skaddr: u64, id: u64, closed_ts_ns: u64, first_ts_ns: u64, now: Instant) {

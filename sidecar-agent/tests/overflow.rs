@@ -107,7 +107,10 @@ async fn connections_whose_events_were_dropped_are_recovered_from_the_kernel() {
             })
             .collect()
     });
-    wait_for("the kernel to drop events", || agent.agent.counts().unwrap().dropped > 0).await;
+    wait_for("the kernel to drop events", || {
+        agent.agent.counts().unwrap().dropped > 0
+    })
+    .await;
     agent.agent.resume_reader();
 
     // The kernel still holds every one of them with its owner: the table must learn them all, not only those whose
@@ -142,6 +145,19 @@ async fn connections_whose_events_were_dropped_are_recovered_from_the_kernel() {
         0,
         "of {} open connection ends, these are not in the table with their owner after the ring dropped events",
         ends.len()
+    );
+    let dropped = agent.agent.counts().unwrap().dropped;
+    let recovered = common::http_get(agent.metrics_addr, "/metrics")
+        .await
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("grayscope_agent_connections_recovered_total ")
+                .map(str::to_owned)
+        })
+        .expect("the recovered connections' counter");
+    assert!(
+        recovered.parse::<f64>().unwrap() >= dropped as f64,
+        "{recovered} recovered, {dropped} dropped"
     );
     drop(open);
     agent.agent.stop().await;

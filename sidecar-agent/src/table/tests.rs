@@ -232,3 +232,48 @@ fn a_connection_fits_its_allocation_class() {
         std::mem::size_of::<Connection>()
     );
 }
+
+#[test]
+fn a_connection_recovered_from_the_kernel_map_takes_its_late_established_event() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    // The ring buffer dropped nothing for socket 2: recovering it changes nothing.
+    t.apply(&ev(EventKind::Established, 2, 2000), None, t0);
+    assert_eq!(
+        t.recover(&ev(EventKind::Established, 2, 2000), None, t0),
+        (Evictions::default(), false)
+    );
+    assert_eq!((t.len(), t.live()), (1, 1));
+
+    // Socket 1's ESTABLISHED is read from the kernel's map, then from the ring buffer after all.
+    let (e, created) = t.recover(&at(ev(EventKind::Established, 1, 1000), 50), None, t0);
+    assert_eq!((e, created), (Evictions::default(), true));
+    assert_eq!(t.get_live(1).and_then(|c| c.owner.as_ref()).map(|o| o.pid), Some(10));
+    let e = t.apply(&ev(EventKind::Established, 1, 1000), None, t0);
+    assert_eq!(e, Evictions::default(), "the ring's event is the same connection's");
+    assert_eq!((t.len(), t.live()), (2, 2));
+    assert_eq!(t.get_live(1).unwrap().first_ts_ns, 50);
+    // A second ESTABLISHED is still a new socket at that address (its predecessor's CLOSE was lost).
+    assert_eq!(
+        t.apply(&at(ev(EventKind::Established, 1, 1000), 300), None, t0).reused,
+        1
+    );
+}
+
+#[test]
+fn a_recovered_connection_never_revives_a_closed_one_nor_survives_another() {
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    // Read from the map just before the socket closed; its CLOSED was applied first.
+    t.apply(&at(ev(EventKind::Closed, 1, 1000), 200), None, t0);
+    let (_, created) = t.recover(&at(ev(EventKind::Established, 1, 1000), 50), None, t0);
+    assert!(!created);
+    assert_eq!((t.len(), t.live()), (1, 0), "it stays closed");
+
+    // The table holds another socket at the address (its CLOSE was dropped too): that one ends.
+    t.apply(&at(ev(EventKind::Established, 3, 3000), 400), None, t0);
+    let (e, created) = t.recover(&at(ev(EventKind::Established, 3, 3001), 500), None, t0);
+    assert_eq!((e.reused, created), (1, true));
+    assert_eq!(t.get_live(3).unwrap().local, Endpoint::from(lo(3001)));
+    assert!(t.find(1, lo(3000), lo(80)).unwrap().closed.is_some());
+}
