@@ -125,8 +125,11 @@ impl Metrics {
         let messages_oversized = Counter::default();
         registry.register(
             "grpc_messages_oversized",
-            "gRPC messages refused (OUT_OF_RANGE) because they were larger than max_message_bytes, or held more \
-             than 10000 records or declarations",
+            format!(
+                "gRPC messages refused (OUT_OF_RANGE) because they were larger than max_message_bytes, or held more \
+                 than {} records or declarations",
+                proto::codec::MAX_ENTRIES
+            ),
             messages_oversized.clone(),
         );
         let link_pending = Gauge::default();
@@ -181,7 +184,7 @@ impl Metrics {
         let metrics_connections_refused = Counter::default();
         registry.register(
             "metrics_connections_refused",
-            "Connections to this metrics endpoint closed at once because it held its maximum (32) already",
+            format!("Connections to this metrics endpoint closed at once because it held its maximum ({MAX_CONNECTIONS}) already"),
             metrics_connections_refused.clone(),
         );
         registry.register_collector(Box::new(Live { reader, kernel, table }));

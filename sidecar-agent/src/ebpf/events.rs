@@ -14,6 +14,11 @@ use std::{
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
+/// `GS_EVENT_ESTABLISHED`, `GS_EVENT_ACCEPTED`, `GS_EVENT_CLOSED`: the `kind` byte.
+pub(crate) const KIND_ESTABLISHED: u8 = 1;
+const KIND_ACCEPTED: u8 = 2;
+const KIND_CLOSED: u8 = 3;
+
 /// Mirror of `struct gs_conn_event`; see the C header for the meaning of each field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -158,9 +163,9 @@ impl RawConnEvent {
     /// Interprets the record.
     pub fn decode(&self) -> Result<ConnEvent, DecodeError> {
         let kind = match self.kind {
-            1 => EventKind::Established,
-            2 => EventKind::Accepted,
-            3 => EventKind::Closed,
+            KIND_ESTABLISHED => EventKind::Established,
+            KIND_ACCEPTED => EventKind::Accepted,
+            KIND_CLOSED => EventKind::Closed,
             v => {
                 return Err(DecodeError::Unknown {
                     field: "kind",

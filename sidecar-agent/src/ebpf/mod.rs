@@ -278,7 +278,7 @@ fn conn_state_event(skaddr: u64, b: &[u8; CONN_STATE_SIZE]) -> Option<ConnEvent>
         family: u16_at(28),
         lport: u16_at(30),
         rport: u16_at(32),
-        kind: EVENT_ESTABLISHED,
+        kind: events::KIND_ESTABLISHED,
         role: b[34],
         pad: [0; 4],
         comm: arr(b, 40),
@@ -288,9 +288,6 @@ fn conn_state_event(skaddr: u64, b: &[u8; CONN_STATE_SIZE]) -> Option<ConnEvent>
     .decode()
     .ok()
 }
-
-/// `GS_EVENT_ESTABLISHED`.
-const EVENT_ESTABLISHED: u8 = 1;
 
 impl std::fmt::Debug for KernelConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
