@@ -185,12 +185,14 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
 /// The agent's container marks an injected pod; any other of the names the injector adds is the pod's own
 /// ([`crate::names`]).
 fn injected(pod: &Pod) -> bool {
-    pod.spec.iter().any(|spec| {
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .any(|c| c.name == AGENT_CONTAINER)
-    })
+    pod.spec
+        .iter()
+        .any(|spec| containers(spec).any(|c| c.name == AGENT_CONTAINER))
+}
+
+/// Every container of the pod: its regular ones, then its init containers (native sidecars among them).
+pub(crate) fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.containers.iter().chain(spec.init_containers.iter().flatten())
 }
 
 /// The port of the agent's Prometheus endpoint: its default, 9464, unless a container of the pod declares it.
@@ -198,10 +200,7 @@ fn injected(pod: &Pod) -> bool {
 /// default: whichever of the application and the agent bound it second would fail, and an agent that exits keeps
 /// the pod out of its Service's endpoints. So the agent takes the first port from 9464 on that no container declares.
 fn metrics_port(spec: &PodSpec) -> i32 {
-    let declared: Vec<i32> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
+    let declared: Vec<i32> = containers(spec)
         .flat_map(|c| c.ports.iter().flatten())
         .map(|p| p.container_port)
         .collect();

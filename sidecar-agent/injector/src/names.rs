@@ -10,7 +10,7 @@
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::{
-    inject::{parse_annotation, SOCKET_DIR, SOCKET_VOLUME, TRACEFS_VOLUME, USER_VOLUME, USER_VOLUME_MOUNT},
+    inject::{self, parse_annotation, SOCKET_DIR, SOCKET_VOLUME, TRACEFS_VOLUME, USER_VOLUME, USER_VOLUME_MOUNT},
     native::{Build, MODULE_INIT_CONTAINER, MODULE_VOLUME, PROXY_MODULE_DIR},
     proxy::PROXY_CONTAINER,
 };
@@ -77,18 +77,13 @@ pub fn taken(pod: &Pod, build: Build) -> Option<Taken> {
     };
     let ours = |names: &[&'static str], name: &str| names.iter().copied().find(|ours| *ours == name);
     if let Some(spec) = &pod.spec {
-        let mut pod_containers = spec.containers.iter().chain(spec.init_containers.iter().flatten());
-        if let Some(name) = pod_containers.find_map(|c| ours(containers, &c.name)) {
+        if let Some(name) = inject::containers(spec).find_map(|c| ours(containers, &c.name)) {
             return Some(Taken::Container(name));
         }
         if let Some(name) = spec.volumes.iter().flatten().find_map(|v| ours(volumes, &v.name)) {
             return Some(Taken::Volume(name));
         }
-        let proxy = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .filter(|c| c.name == PROXY_CONTAINER);
+        let proxy = inject::containers(spec).filter(|c| c.name == PROXY_CONTAINER);
         let mounts = proxy
             .flat_map(|c| c.volume_mounts.iter().flatten())
             .map(|m| (m.name.as_str(), m.mount_path.as_str()));

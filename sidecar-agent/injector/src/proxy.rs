@@ -11,7 +11,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
-use crate::inject::{AGENT_CONTAINER, ISTIO_PROXY_UID};
+use crate::inject::{self, AGENT_CONTAINER, ISTIO_PROXY_UID};
 
 /// Istio's proxy container, a regular container or a native sidecar (an init container).
 pub const PROXY_CONTAINER: &str = "istio-proxy";
@@ -68,8 +68,5 @@ pub fn follow(pod: &Pod) -> Option<(Pod, ProxyIds)> {
 }
 
 fn find<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a Container> {
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == name)
+    inject::containers(spec).find(|c| c.name == name)
 }
