@@ -51,8 +51,8 @@ _Static_assert(__builtin_offsetof(struct gs_conn_event, comm) == 88, "gs_conn_ev
 
 /*
  * The `conns` map's value: a tracked socket's owner and, once it is established, its 4-tuple. The agent reads the
- * map to learn the connections whose ESTABLISHED event the full ring buffer dropped (`sidecar-agent/src/ebpf/mod.rs`,
- * `KernelConn`).
+ * map to learn the connections whose ESTABLISHED event the full ring buffer dropped (mirrored by
+ * `sidecar-agent/src/ebpf/conn_state.rs`).
  */
 struct gs_conn_state {
 	__u64 start_ns;      /* bpf_ktime_get_ns() when the socket was first seen (SYN_SENT or ESTABLISHED) */
@@ -70,9 +70,9 @@ struct gs_conn_state {
 	__u8 raddr[16];
 };
 
-_Static_assert(sizeof(struct gs_conn_state) == 88, "gs_conn_state ABI changed: update ebpf/mod.rs too");
-_Static_assert(__builtin_offsetof(struct gs_conn_state, comm) == 40, "gs_conn_state ABI changed: update ebpf/mod.rs too");
-_Static_assert(__builtin_offsetof(struct gs_conn_state, laddr) == 56, "gs_conn_state ABI changed: update ebpf/mod.rs too");
+_Static_assert(sizeof(struct gs_conn_state) == 88, "gs_conn_state ABI changed: update sidecar-agent/src/ebpf/conn_state.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_state, comm) == 40, "gs_conn_state ABI changed: update sidecar-agent/src/ebpf/conn_state.rs too");
+_Static_assert(__builtin_offsetof(struct gs_conn_state, laddr) == 56, "gs_conn_state ABI changed: update sidecar-agent/src/ebpf/conn_state.rs too");
 
 /*
  * The `listeners` map: who owns each listening socket, so an accepted connection is named after its listener's

@@ -55,7 +55,12 @@ const KEY_SIZE: usize = 24;
 const OWNER_SIZE: usize = 40;
 const _: () = assert!(size_of::<ListenKey>() == KEY_SIZE);
 const _: () = assert!(size_of::<ListenOwner>() == OWNER_SIZE);
+const _: () = assert!(offset_of!(ListenKey, family) == 4);
+const _: () = assert!(offset_of!(ListenKey, port) == 6);
 const _: () = assert!(offset_of!(ListenKey, addr) == 8);
+const _: () = assert!(offset_of!(ListenOwner, proc_start_ns) == 8);
+const _: () = assert!(offset_of!(ListenOwner, pid) == 16);
+const _: () = assert!(offset_of!(ListenOwner, tid) == 20);
 const _: () = assert!(offset_of!(ListenOwner, comm) == 24);
 
 // === impl ListenKey ===
@@ -85,10 +90,11 @@ impl ListenKey {
 
     fn to_bytes(self) -> [u8; KEY_SIZE] {
         let mut b = [0u8; KEY_SIZE];
-        b[0..4].copy_from_slice(&self.netns.to_ne_bytes());
-        b[4..6].copy_from_slice(&self.family.to_ne_bytes());
-        b[6..8].copy_from_slice(&self.port.to_ne_bytes());
-        b[8..24].copy_from_slice(&self.addr);
+        let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+        put(offset_of!(Self, netns), &self.netns.to_ne_bytes());
+        put(offset_of!(Self, family), &self.family.to_ne_bytes());
+        put(offset_of!(Self, port), &self.port.to_ne_bytes());
+        put(offset_of!(Self, addr), &self.addr);
         b
     }
 }
@@ -98,21 +104,22 @@ impl ListenKey {
 impl ListenOwner {
     fn to_bytes(self) -> [u8; OWNER_SIZE] {
         let mut b = [0u8; OWNER_SIZE];
-        b[0..8].copy_from_slice(&self.skaddr.to_ne_bytes());
-        b[8..16].copy_from_slice(&self.proc_start_ns.to_ne_bytes());
-        b[16..20].copy_from_slice(&self.pid.to_ne_bytes());
-        b[20..24].copy_from_slice(&self.tid.to_ne_bytes());
-        b[24..40].copy_from_slice(&self.comm);
+        let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+        put(offset_of!(Self, skaddr), &self.skaddr.to_ne_bytes());
+        put(offset_of!(Self, proc_start_ns), &self.proc_start_ns.to_ne_bytes());
+        put(offset_of!(Self, pid), &self.pid.to_ne_bytes());
+        put(offset_of!(Self, tid), &self.tid.to_ne_bytes());
+        put(offset_of!(Self, comm), &self.comm);
         b
     }
 
     fn from_bytes(b: &[u8; OWNER_SIZE]) -> Self {
         Self {
-            skaddr: u64::from_ne_bytes(arr(b, 0)),
-            proc_start_ns: u64::from_ne_bytes(arr(b, 8)),
-            pid: u32::from_ne_bytes(arr(b, 16)),
-            tid: u32::from_ne_bytes(arr(b, 20)),
-            comm: arr(b, 24),
+            skaddr: u64::from_ne_bytes(arr(b, offset_of!(Self, skaddr))),
+            proc_start_ns: u64::from_ne_bytes(arr(b, offset_of!(Self, proc_start_ns))),
+            pid: u32::from_ne_bytes(arr(b, offset_of!(Self, pid))),
+            tid: u32::from_ne_bytes(arr(b, offset_of!(Self, tid))),
+            comm: arr(b, offset_of!(Self, comm)),
         }
     }
 

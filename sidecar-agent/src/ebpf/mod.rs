@@ -8,6 +8,7 @@
 //! The ring buffer then goes to a [`reader::Reader`]; the counters and the listeners stay reachable through
 //! [`KernelStats`].
 
+pub mod conn_state;
 pub mod events;
 pub mod listeners;
 pub mod objects;
@@ -231,12 +232,9 @@ impl Probe {
     }
 }
 
-/// Size of `struct gs_conn_state` (`ebpf/include/conn_event.h`), the value of the `conns` map.
-const CONN_STATE_SIZE: usize = 88;
-
 /// The kernel's LRU map of open connections (`conns`, keyed by socket address, valued by `struct gs_conn_state`).
 pub struct KernelConns {
-    map: HashMap<MapData, u64, [u8; CONN_STATE_SIZE]>,
+    map: HashMap<MapData, u64, [u8; conn_state::SIZE]>,
     /// The map's capacity (`kernel_max_conns`).
     capacity: u32,
 }
@@ -257,36 +255,9 @@ impl KernelConns {
             .iter()
             .take(2 * self.capacity as usize)
             .filter_map(Result::ok)
-            .filter_map(|(skaddr, state)| conn_state_event(skaddr, &state))
+            .filter_map(|(skaddr, state)| conn_state::RawConnState::from_bytes(&state).established(skaddr))
             .collect()
     }
-}
-
-/// The ESTABLISHED event of a `struct gs_conn_state`, if its 4-tuple is known (`family` is 0 until then).
-fn conn_state_event(skaddr: u64, b: &[u8; CONN_STATE_SIZE]) -> Option<ConnEvent> {
-    use events::arr;
-    let u16_at = |off| u16::from_ne_bytes(arr(b, off));
-    let u32_at = |off| u32::from_ne_bytes(arr(b, off));
-    events::RawConnEvent {
-        ts_ns: u64::from_ne_bytes(arr(b, 0)),
-        skaddr,
-        duration_ns: 0,
-        proc_start_ns: u64::from_ne_bytes(arr(b, 8)),
-        pid: u32_at(16),
-        tid: u32_at(20),
-        netns: u32_at(24),
-        family: u16_at(28),
-        lport: u16_at(30),
-        rport: u16_at(32),
-        kind: events::KIND_ESTABLISHED,
-        role: b[34],
-        pad: [0; 4],
-        comm: arr(b, 40),
-        laddr: arr(b, 56),
-        raddr: arr(b, 72),
-    }
-    .decode()
-    .ok()
 }
 
 impl std::fmt::Debug for KernelConns {
@@ -349,48 +320,5 @@ fn enable_program_stats() -> Option<OwnedFd> {
             );
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ebpf::events::{EventKind, Role};
-
-    /// A `struct gs_conn_state` as the kernel lays it out (`conn_event.h`).
-    fn state(family: u16) -> [u8; CONN_STATE_SIZE] {
-        let mut b = [0u8; CONN_STATE_SIZE];
-        b[0..8].copy_from_slice(&7u64.to_ne_bytes());
-        b[8..16].copy_from_slice(&9u64.to_ne_bytes());
-        b[16..20].copy_from_slice(&42u32.to_ne_bytes());
-        b[20..24].copy_from_slice(&43u32.to_ne_bytes());
-        b[24..28].copy_from_slice(&5u32.to_ne_bytes());
-        b[28..30].copy_from_slice(&family.to_ne_bytes());
-        b[30..32].copy_from_slice(&40000u16.to_ne_bytes());
-        b[32..34].copy_from_slice(&80u16.to_ne_bytes());
-        b[34] = 1;
-        b[40..44].copy_from_slice(b"curl");
-        b[56..60].copy_from_slice(&[127, 0, 0, 1]);
-        b[72..76].copy_from_slice(&[10, 0, 0, 1]);
-        b
-    }
-
-    #[test]
-    fn an_established_conns_entry_reads_as_its_established_event() {
-        let ev = conn_state_event(0xffff_8880_0000_1000, &state(2)).unwrap();
-        assert_eq!(
-            (ev.kind, ev.role, ev.skaddr, ev.ts_ns, ev.netns),
-            (EventKind::Established, Role::Client, 0xffff_8880_0000_1000, 7, 5)
-        );
-        assert_eq!(
-            (ev.local, ev.remote),
-            ("127.0.0.1:40000".parse().unwrap(), "10.0.0.1:80".parse().unwrap())
-        );
-        let owner = ev.owner.unwrap();
-        assert_eq!((owner.pid, owner.tid, owner.start_ns), (42, 43, 9));
-        assert_eq!(owner.comm, "curl");
-        assert_eq!(ev.duration, None);
-        // Not established yet: no 4-tuple.
-        assert_eq!(conn_state_event(1, &state(0)), None);
     }
 }
