@@ -165,6 +165,9 @@ fn skip_reason(pod: &Pod, namespace: &str, settings: &Settings) -> Option<String
     if label.is_some_and(|v| v == "false") {
         return Some(format!("opted out by the label {INJECT_LABEL}=false"));
     }
+    if let Some(reason) = proxy::opted_out(pod) {
+        return Some(reason);
+    }
     let spec = pod.spec.as_ref()?;
     // The API server refuses a Windows pod whose containers set runAsUser, runAsGroup, capabilities, a seccomp
     // profile and the other Linux-only fields the agent needs: injecting one would fail its creation.

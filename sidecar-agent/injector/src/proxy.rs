@@ -8,6 +8,9 @@
 //! own). When Istio's injector runs after grayscope's, as the webhook's name makes it, the proxy is not there yet:
 //! the agent gets 1337, and the API server calls grayscope again once Istio has added the proxy
 //! (`reinvocationPolicy: IfNeeded`), when [`follow`] amends the agent to what the proxy runs as.
+//!
+//! Whether Istio gives the pod a proxy at all is the namespace's say (which the pod does not carry) and the
+//! pod's: [`opted_out`] reads the pod's.
 
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec};
 
@@ -15,6 +18,28 @@ use crate::inject::{self, AGENT_CONTAINER, ISTIO_PROXY_UID};
 
 /// Istio's proxy container, a regular container or a native sidecar (an init container).
 pub const PROXY_CONTAINER: &str = "istio-proxy";
+
+/// Istio's per-pod switch of its sidecar injection: a label, or the older annotation of the same name.
+pub const SIDECAR_INJECT: &str = "sidecar.istio.io/inject";
+
+/// Why Istio's injector gives `pod` no proxy, by the pod's own `sidecar.istio.io/inject`: Istio prefers the label
+/// to the annotation, and takes any value but `y`, `yes`, `true` or `on` (in any case) as "no" (`injectRequired`
+/// in istio/pkg/kube/inject). Such a pod would have no filter to report to the agent. `None` when the pod leaves
+/// it to the namespace or asks for the proxy.
+pub fn opted_out(pod: &Pod) -> Option<String> {
+    let meta = &pod.metadata;
+    let (what, value) = match meta.labels.as_ref().and_then(|l| l.get(SIDECAR_INJECT)) {
+        Some(value) => ("label", value),
+        None => ("annotation", meta.annotations.as_ref()?.get(SIDECAR_INJECT)?),
+    };
+    let yes = ["y", "yes", "true", "on"].iter().any(|y| value.eq_ignore_ascii_case(y));
+    (!value.is_empty() && !yes).then(|| {
+        format!(
+            "Istio injects no proxy into this pod ({what} {SIDECAR_INJECT}={value:?}), so no filter would report \
+             to the agent"
+        )
+    })
+}
 
 /// The uid and gid of istio-proxy's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,4 +94,36 @@ pub fn follow(pod: &Pod) -> Option<(Pod, ProxyIds)> {
 
 fn find<'a>(spec: &'a PodSpec, name: &str) -> Option<&'a Container> {
     inject::containers(spec).find(|c| c.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn pod(label: Option<&str>, annotation: Option<&str>) -> Pod {
+        let map = |v: Option<&str>| v.map(|v| BTreeMap::from([(SIDECAR_INJECT.to_owned(), v.to_owned())]));
+        let mut pod = Pod::default();
+        pod.metadata.labels = map(label);
+        pod.metadata.annotations = map(annotation);
+        pod
+    }
+
+    #[test]
+    fn istio_reads_the_label_first_and_any_value_but_yes_as_no() {
+        assert_eq!(opted_out(&pod(None, None)), None);
+        for yes in ["true", "TRUE", "y", "Yes", "on"] {
+            assert_eq!(opted_out(&pod(Some(yes), None)), None, "{yes}");
+        }
+        for no in ["false", "n", "off", "disabled"] {
+            assert!(opted_out(&pod(Some(no), None)).is_some(), "{no}");
+        }
+        // An empty value leaves it to the namespace.
+        assert_eq!(opted_out(&pod(Some(""), None)), None);
+        // The label wins over the annotation, either way.
+        assert_eq!(opted_out(&pod(Some("true"), Some("false"))), None);
+        assert!(opted_out(&pod(Some("false"), Some("true"))).unwrap().contains("label"));
+        assert!(opted_out(&pod(None, Some("false"))).unwrap().contains("annotation"));
+    }
 }
