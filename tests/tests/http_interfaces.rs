@@ -158,3 +158,49 @@ fn label_values_with_dots_slashes_braces_spaces_and_semicolons_survive() {
         .iter()
         .any(|x| x.labels.get("method").and_then(|m| m.as_str()) == Some("GET /m;x/a.b")));
 }
+
+/// The README's "Judging a canary" tells how to give the interface histogram finer buckets: a
+/// `stats_config.histogram_bucket_settings` entry with the match it names on the metric's name. That entry, as the
+/// README writes it, must re-bucket the histogram in this build.
+#[test]
+fn the_readmes_finer_buckets_setting_rebuckets_the_interface_histogram() {
+    const METRIC: &str = "grayscope_interface_call_duration_milliseconds";
+    let readme = std::fs::read_to_string(integration_tests::paths::root().join("README.md")).expect("README");
+    let readme = readme.split_whitespace().collect::<Vec<_>>().join(" ");
+    let advice = format!("` match on `{METRIC}`");
+    let end = readme
+        .find(&advice)
+        .unwrap_or_else(|| panic!("the README names no match on {METRIC}"));
+    let kind = readme[..end].rsplit('`').next().expect("match kind");
+    let setting =
+        format!("  histogram_bucket_settings:\n  - match: {{{kind}: {METRIC}}}\n    buckets: [0.5, 1, 2, 3, 5, 10]\n");
+    let s = Stack::start_edited(CONFIG, |yaml| {
+        assert!(yaml.contains("  histogram_bucket_settings:\n"), "{yaml}");
+        yaml.replacen("  histogram_bucket_settings:\n", &setting, 1)
+    });
+    let mut c = Client::new(s.envoy.listener("ingress"));
+    for n in 0..3 {
+        assert_eq!(
+            c.get(&format!("/api/v1/orders/{n}"), &[("x-gray-version", b"v2")])
+                .status,
+            200
+        );
+    }
+    let text = s.envoy.prometheus();
+    let series = |le: &str| {
+        format!("{METRIC}_bucket{{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /api/v1/orders/{{id}}\",gray_version=\"v2\",le=\"{le}\"}}")
+    };
+    // `2` and `3` are not Envoy's default bounds: only the setting puts them there; `25` is, and must be gone.
+    let buckets = prom::samples(&text, &format!("{METRIC}_bucket")).join("\n");
+    for le in ["2", "3"] {
+        assert!(
+            text.contains(&format!("{} ", series(le))),
+            "a {kind} match left the default buckets:\n{buckets}"
+        );
+    }
+    assert!(
+        !text.contains(&series("25")),
+        "a {kind} match left the default buckets:\n{buckets}"
+    );
+    prom::assert_line(&text, &format!("{} 3", series("+Inf")));
+}
