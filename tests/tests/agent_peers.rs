@@ -336,6 +336,22 @@ fn with_netns_all_a_call_is_linked_in_its_reporters_namespace() {
     }
 }
 
+/// The content-type of the agent's `/metrics` and its families as Prometheus's reference parser reads them:
+/// (name, type, sample names).
+fn scrape_families(agent: &Agent) -> (String, Vec<(String, String, Vec<String>)>) {
+    let out = Command::new(paths::python())
+        .arg(paths::tests_file("peers/scrape_types.py"))
+        .arg(format!("http://{}/metrics", agent.metrics_addr))
+        .output()
+        .expect("run the scraper");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    let content_type = lines.next().unwrap_or_default().to_owned();
+    let families = lines.map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    (content_type, families)
+}
+
 /// A scraper reads the agent's `/metrics` in the format the response declares. The counters of the README's table
 /// must reach it as counters: the body is OpenMetrics (`# TYPE x counter`, samples `x_total`), and under the classic
 /// text format's content-type every counter's samples fall outside its family and become untyped.
@@ -346,17 +362,7 @@ fn the_agents_metrics_reach_a_scraper_with_their_types() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let agent = Agent::start(&dir.path().join("agent.sock"), &[]);
-    let out = Command::new(paths::python())
-        .arg(paths::tests_file("peers/scrape_types.py"))
-        .arg(format!("http://{}/metrics", agent.metrics_addr))
-        .output()
-        .expect("run the scraper");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    let mut lines = stdout.lines();
-    let content_type = lines.next().unwrap_or_default().to_owned();
-    let families: Vec<(String, String, Vec<String>)> =
-        lines.map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    let (content_type, families) = scrape_families(&agent);
     let untyped: Vec<_> = families
         .iter()
         .filter(|(_, t, _)| t != "counter" && t != "gauge")
@@ -389,4 +395,60 @@ fn the_agents_metrics_reach_a_scraper_with_their_types() {
             "{gauge}: {family:?} ({content_type})"
         );
     }
+}
+
+/// The README's table of the agent's metrics is what a scrape of the real agent has: every family once, with its
+/// type, and no family the table leaves out. Families that exist only with a setting (the programs' run statistics)
+/// are scraped from an agent with that setting on; a labelled family is exposed from its first series on, so one
+/// the idle agent has not touched yet may be missing from the scrape (never with another type).
+#[test]
+fn the_readme_lists_each_metric_family_of_the_agent_once_with_its_type() {
+    if !privileged() {
+        return;
+    }
+    let readme = std::fs::read_to_string(paths::root().join("sidecar-agent/README.md")).expect("README");
+    // Rows such as | `grayscope_agent_x_total{reason}` | counter | ... |: the family is the name without its
+    // labels and, for a counter, without `_total` (OpenMetrics names the family so).
+    let mut listed: Vec<(String, String, bool)> = Vec::new();
+    let mut twice = Vec::new();
+    for row in readme.lines().filter(|l| l.starts_with("| `grayscope_agent_")) {
+        // A `|` inside a cell is escaped: `{trigger="wakeup"\|"timer"}`.
+        let row = row.replace("\\|", "/");
+        let mut cells = row.split('|').map(str::trim).skip(1);
+        let (Some(name), Some(kind)) = (cells.next(), cells.next()) else {
+            panic!("README row without a type: {row}");
+        };
+        let name = name.trim_matches('`');
+        let (name, labelled) = name.split_once('{').map_or((name, false), |(n, _)| (n, true));
+        let family = if kind == "counter" {
+            name.strip_suffix("_total").unwrap_or(name)
+        } else {
+            name
+        };
+        if listed.iter().any(|(f, _, _)| f == family) {
+            twice.push(family.to_owned());
+        }
+        listed.push((family.to_owned(), kind.to_owned(), labelled));
+    }
+    assert!(listed.len() >= 20, "the README's metrics table: {listed:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Agent::start(&dir.path().join("agent.sock"), &["--program-stats", "true"]);
+    let (content_type, families) = scrape_families(&agent);
+    let missing: Vec<_> = families
+        .iter()
+        .filter(|(n, t, _)| !listed.iter().any(|(f, k, _)| (f, k) == (n, t)))
+        .map(|(n, t, _)| (n, t))
+        .collect();
+    let stale: Vec<_> = listed
+        .iter()
+        .filter(|(f, k, labelled)| match families.iter().find(|(n, _, _)| n == f) {
+            Some((_, t, _)) => t != k,
+            None => !labelled,
+        })
+        .collect();
+    assert!(
+        twice.is_empty() && missing.is_empty() && stale.is_empty(),
+        "sidecar-agent/README.md's metrics table against a scrape ({content_type}):\n  listed twice: {twice:?}\n  \
+         scraped, not listed (or with another type): {missing:?}\n  listed, not scraped: {stale:?}"
+    );
 }
