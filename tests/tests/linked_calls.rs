@@ -247,6 +247,70 @@ fn inbound_calls_name_the_process_that_served_them() {
     }
 }
 
+/// A record's trace id is that of a `traceparent` the W3C Trace Context rules accept, the ones a tracer applies
+/// before it joins a trace: a header it would ignore (and start a new trace for) names no trace of this call.
+#[test]
+fn a_record_carries_the_trace_id_of_a_valid_traceparent_only() {
+    if !privileged() {
+        return;
+    }
+    let s = Stack::start(CONFIG);
+    let agent = Agent::start(&s.agent_socket, &[]);
+    let rt = runtime();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let valid = format!("00-{trace}-00f067aa0ba902b7-01");
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        ("valid", vec![valid.clone()], trace),
+        // A version this filter does not know may add fields after the flags.
+        (
+            "future",
+            vec![format!("cc-{trace}-00f067aa0ba902b7-01-what-the-future-will-be-like")],
+            trace,
+        ),
+        // Version 00 has exactly four fields (55 characters): anything after the flags makes it invalid.
+        (
+            "v00-trailing",
+            vec![format!(
+                "00-{trace}-00f067aa0ba902b7-01-what-the-future-will-not-be-like"
+            )],
+            "",
+        ),
+        // A parent id of all zeros is invalid, as a trace id of all zeros is.
+        ("zero-parent", vec![format!("00-{trace}-0000000000000000-01")], ""),
+        (
+            "zero-trace",
+            vec!["00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned()],
+            "",
+        ),
+        // Two traceparent headers are no trace context at all, whichever comes first.
+        ("duplicated", vec![valid, format!("00-{trace}-b7ad6b7169203331-01")], ""),
+    ];
+    let request = WatchRequest {
+        gray_version: "traced".into(),
+        ..WatchRequest::default()
+    };
+    let watcher = rt.spawn(read_calls(open_watch(&rt, &agent.socket, request), cases.len()));
+    let mut c = integration_tests::client::Client::new(s.envoy.listener("ingress"));
+    for (case, traceparents, _) in &cases {
+        let mut headers: Vec<(&str, &[u8])> = vec![("x-gray-version", b"traced")];
+        headers.extend(traceparents.iter().map(|t| ("traceparent", t.as_bytes())));
+        assert_eq!(c.get(&format!("/traced/{case}"), &headers).status, 200, "{case}");
+    }
+    let calls = rt.block_on(watcher).expect("watcher");
+    let trace_id = |case: &str| {
+        let route = format!("/traced/{case}");
+        let r = calls
+            .iter()
+            .filter_map(|c| c.call.as_ref())
+            .find(|r| r.http_route == route)
+            .unwrap_or_else(|| panic!("no record of {route}: {calls:#?}"));
+        r.trace_id.clone()
+    };
+    let got: Vec<(&str, String)> = cases.iter().map(|(case, ..)| (*case, trace_id(case))).collect();
+    let want: Vec<(&str, String)> = cases.iter().map(|(case, _, id)| (*case, (*id).to_owned())).collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn reporting_resumes_by_itself_when_the_agent_starts_mid_run() {
     if !privileged() {
