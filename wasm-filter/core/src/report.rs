@@ -148,14 +148,30 @@ pub fn record<'a>(
     Record::new(side, interface, service, version, status, request_id, trace_id, ctx)
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`); `None` unless well-formed and non-zero.
-pub fn trace_id(traceparent: &[u8]) -> Option<String> {
+/// The trace id of a request's W3C `traceparent` headers (`00-<32 hex>-<16 hex>-<2 hex>`), by the rules a tracer
+/// applies before it joins the trace (<https://www.w3.org/TR/trace-context/>): `None` unless there is exactly one
+/// header, its ids are lowercase hex and not all zeros, and version 00 has nothing after the flags (a later version
+/// may add fields; version `ff` is invalid). A header a tracer ignores starts a new trace, so its id names no trace
+/// of this call.
+pub fn trace_id<'a>(traceparents: impl IntoIterator<Item = &'a [u8]>) -> Option<String> {
+    let mut values = traceparents.into_iter();
+    let (Some(traceparent), None) = (values.next(), values.next()) else {
+        return None;
+    };
     let text = std::str::from_utf8(traceparent).ok()?.trim();
     let mut parts = text.split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let ok = hex(version, 2) && version != "ff" && hex(trace, 32) && hex(span, 16) && hex(flags, 2);
-    (ok && trace.bytes().any(|b| b != b'0')).then(|| trace.to_owned())
+    let non_zero = |s: &str| s.bytes().any(|b| b != b'0');
+    let ok = hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && hex(trace, 32)
+        && non_zero(trace)
+        && hex(span, 16)
+        && non_zero(span)
+        && hex(flags, 2);
+    ok.then(|| trace.to_owned())
 }
 
 /// A batch ready to dispatch: the encoded `ReportRequest` and how many records it holds.

@@ -39,7 +39,7 @@ pub struct Decision {
     pub baggage_header: Rewrite,
     /// Envoy's `x-request-id` (set before filters run), for the call record.
     pub request_id: Option<String>,
-    /// The trace id of a valid W3C `traceparent`, for the call record.
+    /// The trace id of the request's one valid W3C `traceparent`, for the call record.
     pub trace_id: Option<String>,
     /// The tenant and what was refused on the way; `None` when the dimension is off.
     pub tenant: Option<Resolved>,
@@ -135,7 +135,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         request_id: headers
             .first("x-request-id")
             .and_then(|v| String::from_utf8(v.to_vec()).ok()),
-        trace_id: headers.first("traceparent").and_then(crate::report::trace_id),
+        trace_id: crate::report::trace_id(headers.all("traceparent")),
         tenant,
     }
 }

@@ -327,6 +327,38 @@ fn records_carry_the_call_and_encode_as_prost_would() {
 }
 
 #[test]
+fn the_trace_id_is_that_of_one_traceparent_a_tracer_would_join() {
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let one = |h: &str| trace_id([h.as_bytes()]);
+    assert_eq!(one(&format!("00-{trace}-00f067aa0ba902b7-01")).as_deref(), Some(trace));
+    assert_eq!(
+        one(&format!(" 00-{trace}-00f067aa0ba902b7-00\t")).as_deref(),
+        Some(trace)
+    );
+    // A later version may add fields after the flags; version 00 may not.
+    assert_eq!(
+        one(&format!("cc-{trace}-00f067aa0ba902b7-01-future")).as_deref(),
+        Some(trace)
+    );
+    for invalid in [
+        format!("00-{trace}-00f067aa0ba902b7-01-future"),
+        format!("00-{trace}-00f067aa0ba902b7-01-"),
+        format!("00-{trace}-0000000000000000-01"),
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+        format!("ff-{trace}-00f067aa0ba902b7-01"),
+        format!("00-{}-00f067aa0ba902b7-01", trace.to_uppercase()),
+        format!("00-{trace}-00f067aa0ba902b7-1"),
+        format!("cc-{trace}-00f067aa0ba902b7-01.future"),
+        format!("00-{trace}-00f067aa0ba902b7"),
+    ] {
+        assert_eq!(one(&invalid), None, "{invalid}");
+    }
+    let valid = format!("00-{trace}-00f067aa0ba902b7-01");
+    assert_eq!(trace_id([valid.as_bytes(), valid.as_bytes()]), None, "two headers");
+    assert_eq!(trace_id([]), None);
+}
+
+#[test]
 fn a_call_never_answered_is_dropped_at_its_deadline_and_frees_its_slot() {
     let mut host = Recorder::default();
     let mut r = Reporter::new(cfg(2, 100, 1), "t".into(), &mut host).unwrap();
