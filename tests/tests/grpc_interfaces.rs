@@ -73,3 +73,33 @@ fn outbound_listener_labels_the_direction() {
     let text = s.envoy.prometheus();
     prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"outbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Get\",gray_version=\"v1\",status=\"OK\"} 2");
 }
+
+#[test]
+fn paths_whose_names_are_not_protobuf_identifiers_count_as_unknown() {
+    // What a protobuf name can be: a package of dot-separated identifiers, each a letter or `_` then letters,
+    // digits and `_`. A path that no `.proto` can declare says nothing a label should keep.
+    let s = Stack::start("{}");
+    let ingress = s.envoy.listener("ingress");
+    let not_names = [
+        "/1.2/3",
+        "/shop..v1.Orders/Get",
+        "/.shop.v1.Orders/Get",
+        "/shop.v1.9Orders/Get",
+        "/shop.v1.Orders/9Get",
+    ];
+    for path in not_names {
+        let out = grpc::call(ingress, path, &[], 1);
+        assert_eq!(out[0].code, "OK", "{path}: {out:?}");
+    }
+    let named = grpc::call(ingress, "/_shop.v1_2.Orders/_Get_2", &[], 1);
+    assert_eq!(named[0].code, "OK", "{named:?}");
+
+    let text = s.envoy.prometheus();
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"grpc\",service=\"unknown\",method=\"unknown\",gray_version=\"none\",status=\"OK\"} 5");
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"grpc\",service=\"_shop.v1_2.Orders\",method=\"_Get_2\",gray_version=\"none\",status=\"OK\"} 1");
+    assert_eq!(
+        prom::samples(&text, "grayscope_interface_calls_total").len(),
+        2,
+        "{text}"
+    );
+}
