@@ -2,7 +2,7 @@
 //!
 //! gRPC (any `content-type: application/grpc*`): the `:path` `/pkg.Service/Method` names it. Plain HTTP: the verb
 //! plus the route template ([`crate::route`]). Values a client could choose freely never reach a label unchecked:
-//! gRPC names must look like protobuf identifiers, HTTP verbs outside the standard set become `_OTHER` (as the OTel
+//! gRPC names must be protobuf names (identifiers, dotted for the service), HTTP verbs outside the standard set become `_OTHER` (as the OTel
 //! conventions ask for `http.request.method`).
 
 use crate::route::{self, Template};
@@ -80,18 +80,23 @@ pub fn is_grpc(content_type: &[u8]) -> bool {
     content_type.len() >= 16 && content_type[..16].eq_ignore_ascii_case(b"application/grpc")
 }
 
-/// Splits `/pkg.Service/Method`; `None` unless both parts are protobuf-style names.
+/// Splits `/pkg.Service/Method`; `None` unless the service is a dotted protobuf name and the method an identifier,
+/// each at most [`MAX_GRPC_NAME`] bytes.
 pub fn grpc_names(path: &[u8]) -> Option<(&str, &str)> {
     let path = std::str::from_utf8(path).ok()?;
     let rest = path.strip_prefix('/')?;
     let (service, method) = rest.split_once('/')?;
-    let ident = |s: &str, dots: bool| {
-        !s.is_empty()
-            && s.len() <= MAX_GRPC_NAME
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || (dots && b == b'.'))
-    };
-    (ident(service, true) && ident(method, false)).then_some((service, method))
+    let bounded = |s: &str| s.len() <= MAX_GRPC_NAME;
+    let named = bounded(service) && bounded(method) && service.split('.').all(is_identifier) && is_identifier(method);
+    named.then_some((service, method))
+}
+
+/// A protobuf identifier: a letter or `_` (protoc accepts a leading underscore), then letters, digits and `_`.
+/// So no name a `.proto` can declare starts with a digit, and a dotted one has no empty part.
+fn is_identifier(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The OTel `http.request.method` value: a known method, else `_OTHER`.
@@ -135,6 +140,13 @@ mod tests {
             b"/svc/M;x",
             b"/\xff/M",
             b"no-slash/M",
+            b"/1.2/3",
+            b"/shop..v1.Orders/Get",
+            b"/.shop.v1.Orders/Get",
+            b"/shop.v1.Orders./Get",
+            b"/shop.v1.9Orders/Get",
+            b"/shop.v1.Orders/9Get",
+            b"/shop.v1.Orders/G.et",
         ] {
             let i = Interface::identify(&[], b"POST", path, Some(b"application/grpc"));
             assert_eq!(
@@ -148,6 +160,11 @@ mod tests {
         }
         let long = format!("/{}/M", "s".repeat(MAX_GRPC_NAME + 1));
         assert_eq!(grpc_names(long.as_bytes()), None);
+        assert_eq!(
+            grpc_names(b"/_shop.v1_2.Orders/_Get_2"),
+            Some(("_shop.v1_2.Orders", "_Get_2"))
+        );
+        assert_eq!(grpc_names(b"/Orders/Get"), Some(("Orders", "Get")));
     }
 
     #[test]
