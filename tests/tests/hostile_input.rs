@@ -167,6 +167,43 @@ fn reserved_gray_versions_are_refused_like_any_invalid_version() {
     assert_vm_healthy(&s.envoy.log());
 }
 
+/// A request whose baggage names the version twice carries two opinions about it, and neither is taken, even when
+/// one of the two is malformed: as for a header sent twice, and as the tenant's baggage member already is.
+#[test]
+fn a_malformed_gray_member_beside_a_valid_one_is_refused_with_it() {
+    let s = Stack::start("{}");
+    let mut c = Client::new(s.envoy.listener("ingress"));
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "bad-escape-first",
+            vec![("baggage", b"gray.version=v%ZZ,a=1,gray.version=v2")],
+        ),
+        (
+            "bad-property-last",
+            vec![("baggage", b"a=1,gray.version=v2"), ("baggage", b"gray.version=v3;;")],
+        ),
+    ];
+    for (id, headers) in &cases {
+        let mut h = headers.clone();
+        h.push(("x-test-id", id.as_bytes()));
+        assert_eq!(c.get("/two-opinions", &h).status, 200, "{id}");
+        let seen = s.http.request(id);
+        assert!(
+            seen.all("x-gray-version").is_empty(),
+            "{id}: forwarded x-gray-version {:?}",
+            seen.all("x-gray-version")
+        );
+        assert_eq!(seen.all("baggage"), ["a=1"], "{id}");
+    }
+    let text = s.envoy.prometheus();
+    prom::assert_line(&text, "grayscope_interface_calls_total{direction=\"inbound\",rpc_system=\"http\",service=\"upstream_http\",method=\"GET /two-opinions\",gray_version=\"none\",status=\"2xx\"} 2");
+    prom::assert_line(
+        &text,
+        "grayscope_gray_version_invalid_total{source=\"baggage\",reason=\"bad_encoding\"} 2",
+    );
+    assert_vm_healthy(&s.envoy.log());
+}
+
 #[test]
 fn hostile_baggage_is_cleaned_member_by_member() {
     let s = Stack::start("{}");
