@@ -73,12 +73,15 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         other: cfg.tenant.as_ref().and_then(|t| t.baggage_key.as_deref()),
     };
     let parsed = baggage::parse(headers.all("baggage"), keys);
-    if parsed.malformed_gray {
-        invalid.push((Source::Baggage, Invalid::BadEncoding));
-    }
     let from_baggage = {
         let mut members = parsed.members.iter().filter(|m| m.key == key);
         match (members.next(), members.next()) {
+            // A malformed member is an opinion too: beside a well-formed one it makes two, and neither is taken (as
+            // for the tenant's member, and for a header sent twice).
+            _ if parsed.malformed_gray => {
+                invalid.push((Source::Baggage, Invalid::BadEncoding));
+                None
+            }
             (None, _) => None,
             (Some(_), Some(_)) => {
                 invalid.push((Source::Baggage, Invalid::Duplicated));

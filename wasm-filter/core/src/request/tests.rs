@@ -117,6 +117,25 @@ fn bad_baggage_members_are_reported_and_dropped() {
 
     let bad_value = d(&[("baggage", b"gray.version=v%202")]);
     assert_eq!(bad_value.invalid, vec![(Source::Baggage, Invalid::BadChar)]);
+
+    // A malformed member beside a well-formed one: two opinions, neither taken, wherever each stands.
+    for lists in [
+        &[&b"gray.version=v%ZZ,a=1,gray.version=v2"[..]][..],
+        &[b"a=1,gray.version=v2", b"gray.version=v3;;"],
+    ] {
+        let pairs: Vec<(&str, &[u8])> = lists.iter().map(|l| ("baggage", *l)).collect();
+        let r = d(&pairs);
+        assert_eq!(r.version, None, "{lists:?}");
+        assert_eq!(r.invalid, vec![(Source::Baggage, Invalid::BadEncoding)], "{lists:?}");
+        assert_eq!(r.baggage_header, Rewrite::Set("a=1".into()), "{lists:?}");
+    }
+    // The header still wins over refused baggage, and replaces every gray member.
+    let r = d(&[
+        ("x-gray-version", b"v4"),
+        ("baggage", b"gray.version=%ZZ,gray.version=v2"),
+    ]);
+    assert_eq!(r.version.as_deref(), Some("v4"));
+    assert_eq!(r.baggage_header, Rewrite::Set("gray.version=v4".into()));
 }
 
 #[test]
