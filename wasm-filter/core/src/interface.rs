@@ -2,8 +2,8 @@
 //!
 //! gRPC (any `content-type: application/grpc*`): the `:path` `/pkg.Service/Method` names it. Plain HTTP: the verb
 //! plus the route template ([`crate::route`]). Values a client could choose freely never reach a label unchecked:
-//! gRPC names must be protobuf names (identifiers, dotted for the service), HTTP verbs outside the standard set become `_OTHER` (as the OTel
-//! conventions ask for `http.request.method`).
+//! gRPC names must be protobuf names (identifiers, dotted for the service), HTTP verbs outside the standard set
+//! become `_OTHER` (as the OTel conventions ask for `http.request.method`).
 
 use crate::route::{self, Template};
 
