@@ -127,8 +127,8 @@ pub const OPS: &[(&str, &str)] = &[
 
 /// Resolves a configuration label: A, B, C, W0, W1, W2, D0, D1, W1t and D1t (W1 and D1 with the tenant dimension),
 /// W1d (the default `{}` with no agent cluster), W1-lean and D1-lean,
-/// W1-before and W2-before (an earlier build, for before/after in one run), `W1-<stage>` / `W2-record` (breakdown variants)
-/// or `W1-x10-<op>` (amplified variants, see [`OPS`]).
+/// W1-before and W2-before (an earlier build, for before/after in one run), `W1-<stage>` / `W2-record` (breakdown
+/// variants) or `W1-x10-<op>` (amplified variants, see [`OPS`]).
 pub fn resolve(label: &str, wasm: &WasmFiles) -> Result<Config> {
     let wasm_cfg = |file: PathBuf, plugin_config: &str, agent: bool| Chain::Wasm {
         file,

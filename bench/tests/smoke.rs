@@ -1,7 +1,7 @@
 //! The harness end to end on a tiny run (two rounds of a second, five configurations: A, the empty and the real
 //! filter in wasm and as a dynamic module; one gRPC round of A and W1; the wasm VM memory phase on 2,000
-//! requests): real Envoys, real wrk and h2load, the real filters, the real agent for W2. It checks that the result files are well formed and hold one sample per round; it asserts no
-//! timing, since the machine may be busy.
+//! requests): real Envoys, real wrk and h2load, the real filters, the real agent for W2. It checks that the result
+//! files are well formed and hold one sample per round; it asserts no timing, since the machine may be busy.
 
 use std::{path::Path, process::Command};
 

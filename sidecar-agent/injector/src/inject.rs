@@ -1,8 +1,8 @@
 //! When a pod is injected, and what it gets: the agent container (least privilege), one pid namespace for the pod's
 //! containers, the `emptyDir` that holds the agent's Unix socket, and the annotations with which Istio's own
 //! injector mounts that volume into `istio-proxy` and configures the proxy's stats for grayscope's series; for pods
-//! that ask for the native build, what [`crate::native`] adds. A pure function of the pod, its namespace and [`Settings`], so the golden tests cover
-//! it whole.
+//! that ask for the native build, what [`crate::native`] adds. A pure function of the pod, its namespace and
+//! [`Settings`], so the golden tests cover it whole.
 
 use std::collections::BTreeMap;
 
@@ -38,7 +38,8 @@ pub const ISTIO_PROXY_UID: i64 = 1337;
 pub const DEFAULT_METRICS_PORT: i32 = 9464;
 /// Namespaces that are never injected, whatever their labels say.
 pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
-/// The stats inclusion rule without which Istio's bootstrap drops every grayscope series (`istio/01-stats-meshconfig.yaml`).
+/// The stats inclusion rule without which Istio's bootstrap drops every grayscope series
+/// (`istio/01-stats-meshconfig.yaml`).
 pub const STATS_INCLUSION_REGEX: &str = r"wasmcustom\..*grayscope_.*";
 /// Every label the filter emits, as Istio `extraStatTags`.
 pub const STAT_TAGS: [&str; 12] = [

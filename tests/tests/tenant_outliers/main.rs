@@ -5,10 +5,10 @@
 //!
 //! Three tenants call two methods at the same pace; one of them (a hashed tenant) is 40 ms slower on one method. The
 //! outlier rule must name exactly that tenant and method (each round of traffic checks the rule against the same
-//! math done in the test, and a round the machine's noise reached is run again, [`ROUNDS`] at most); the heat map query gives each tenant's buckets; every panel
-//! of the tenant dashboard has data and names only what exists; the raw tenant ids appear nowhere in Envoy's
-//! `/stats/prometheus`, Envoy's log (the filter at debug level), the agent's log, `tail` or `methods`; and
-//! `grayscope-agent tail --tenant` prints that tenant's linked calls only.
+//! math done in the test, and a round the machine's noise reached is run again, [`ROUNDS`] at most); the heat map
+//! query gives each tenant's buckets; every panel of the tenant dashboard has data and names only what exists; the
+//! raw tenant ids appear nowhere in Envoy's `/stats/prometheus`, Envoy's log (the filter at debug level), the
+//! agent's log, `tail` or `methods`; and `grayscope-agent tail --tenant` prints that tenant's linked calls only.
 //!
 //! Delays (the request's `x-delay-ms`, set per stream by the driver): `Charge` answers after [`CHARGE_MS`], the slow
 //! tenant's after `CHARGE_MS + 40`; `Get` after [`GET_MS`] for every tenant. A delay is a floor, so the test holds

@@ -11,8 +11,9 @@
 //!   the first two of each key the filter reads ([`Keys`]: two tell a value from a duplicate). The rest are counted.
 //! - At most [`MAX_MEMBERS`] members and [`MAX_BYTES`] bytes leave the filter. The gray-version member is placed
 //!   first in the budget, since propagating it is the filter's job, and is charged in full, properties included;
-//!   properties that would not fit leave it (the member itself always fits: a version is at most 64 bytes); the other members are kept in order until the
-//!   next one would cross a limit, and that one and all after it are dropped whole: never a partial member.
+//!   properties that would not fit leave it (the member itself always fits: a version is at most 64 bytes); the
+//!   other members are kept in order until the next one would cross a limit, and that one and all after it are
+//!   dropped whole: never a partial member.
 
 use std::borrow::Cow;
 

@@ -96,7 +96,8 @@ pub mod attribute {
 const SUCCESS: u32 = 0;
 
 /// The eight metric update callbacks share one signature: (`envoy_dynamic_module_type_http_filter_config_envoy_ptr`
-/// or `..._http_filter_envoy_ptr`, metric id, label values, their count, value) -> `envoy_dynamic_module_type_metrics_result`.
+/// or `..._http_filter_envoy_ptr`, metric id, label values, their count, value) ->
+/// `envoy_dynamic_module_type_metrics_result`.
 macro_rules! metric_updates {
     ($($name:ident),* $(,)?) => {
         extern "C" {
