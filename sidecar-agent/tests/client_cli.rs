@@ -30,7 +30,7 @@ async fn tail_and_methods_print_linked_calls() {
         pid,
         local,
         envoy,
-        ..
+        listener: _listener,
     } = common::connected_caller(&agent).await;
     let mut client = agent.client().await;
     let mut other_version = common::outbound(local, envoy, "Filtered");

@@ -59,7 +59,7 @@ async fn tenant_labels_are_validated_kept_filtered_and_tabled() {
         pid,
         local,
         envoy,
-        ..
+        listener: _listener,
     } = common::connected_caller(&agent).await;
     let call = || common::outbound(local, envoy, "Get");
     let calls = vec![

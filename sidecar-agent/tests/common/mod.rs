@@ -117,8 +117,8 @@ pub struct Caller {
     pub local: SocketAddr,
     /// The listener's end: where the child thinks Envoy is.
     pub envoy: SocketAddr,
-    /// Kept open: the connection waits in its backlog.
-    _listener: tokio::net::TcpListener,
+    /// Keep it open: the connection waits in its backlog, and is reset when it closes.
+    pub listener: tokio::net::TcpListener,
 }
 
 /// Waits until the agent's table has the connection `local` -> `envoy` with the process that owns it. Reports sent
@@ -162,7 +162,7 @@ pub async fn connected_caller(agent: &TestAgent) -> Caller {
         pid,
         local,
         envoy,
-        _listener: listener,
+        listener,
     }
 }
 
