@@ -137,6 +137,7 @@ impl Core {
             let lookup = TableLookup {
                 table: &table,
                 netns: self.netns,
+                mono_to_unix: Clocks::now().mono_to_unix,
             };
             let outcomes = calls
                 .iter_mut()
@@ -173,6 +174,7 @@ impl Core {
                 &TableLookup {
                     table: &table,
                     netns: self.netns,
+                    mono_to_unix: Clocks::now().mono_to_unix,
                 },
             );
             self.metrics.link_pending.set(gauge(pending.len()));

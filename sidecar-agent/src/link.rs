@@ -8,6 +8,9 @@
 //! - **Inbound**: Envoy connected to the application. The accepted socket's local end is the upstream host
 //!   (`upstream_peer`) and its remote end is Envoy's own end of that connection (`upstream_local`).
 //!
+//! The connection must have been open during the call (by the record's start time and duration): a 4-tuple can
+//! have had several connections within the table's grace period.
+//!
 //! A record whose connection is not in the table yet (its events may still be on their way from the kernel) waits
 //! in a bounded queue for at most the link wait, then is reported unlinked with the reason. Pure: the table is
 //! behind [`Lookup`], time is passed in.
@@ -25,15 +28,60 @@ use tokio::time::Instant;
 use crate::{
     ebpf::events::Owner,
     procinfo::ProcessInfo,
-    table::{ConnTable, Connection},
+    table::{ConnTable, Connection, During, Miss},
 };
 
 /// Finds a connection by its 4-tuple, seen from its local end.
 pub trait Lookup {
     /// The newest connection whose local end is `local` and remote end is `remote`, in network namespace `netns`
-    /// when given (the reporter's).
-    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection>;
+    /// when given (the reporter's), and open at some time `during` the call when its time is known (Unix ns, from
+    /// its start to its end).
+    fn lookup(
+        &self,
+        netns: Option<u32>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        during: Option<Span>,
+    ) -> Result<Connection, Miss>;
 }
+
+/// A call's time, Unix ns: from its start to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// `CallRecord.start_time_unix_nano`.
+    pub start: u64,
+    /// The start plus `CallRecord.duration_ns`.
+    pub end: u64,
+}
+
+// === impl Span ===
+
+impl Span {
+    /// The record's time; `None` when it has no start time (only a client other than the filter sends none).
+    pub fn of(record: &CallRecord) -> Option<Self> {
+        (record.start_time_unix_nano != 0).then(|| Self {
+            start: record.start_time_unix_nano,
+            end: record.start_time_unix_nano.saturating_add(record.duration_ns),
+        })
+    }
+
+    /// Longer by `by` at each end.
+    pub fn widened(self, by: Duration) -> Self {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            start: self.start.saturating_sub(by),
+            end: self.end.saturating_add(by),
+        }
+    }
+}
+
+/// How far apart the filter's clock (Envoy's wall clock, at the call's end less its duration) and the kernel's
+/// event times (monotonic, converted to Unix time with the offset of the lookup) may be, each way. Both are read on
+/// one machine: they part only by what NTP slews the wall clock between the two readings (at most 0.5 ms per
+/// second) or steps it, and by the filter's own reading. A record waits for a connection open during its call
+/// exactly, and takes one open within this of it only when its wait runs out: the connection that carried it
+/// may still be on its way while the 4-tuple's previous one, closed a moment before the call, is held.
+pub const CLOCK_SLACK: Duration = Duration::from_millis(100);
 
 /// The real table, in one network namespace (`Some(inode)`) or any (`None`).
 #[derive(Debug)]
@@ -42,15 +90,37 @@ pub struct TableLookup<'a> {
     pub table: &'a ConnTable,
     /// The namespace to look in; `None` for any.
     pub netns: Option<u32>,
+    /// Unix time minus `CLOCK_MONOTONIC` now ([`Clocks::now`]): read for each lookup pass rather than once, as the
+    /// wall clock parts from the monotonic one over the agent's weeks.
+    pub mono_to_unix: i128,
 }
 
 impl Lookup for TableLookup<'_> {
     /// In the agent's namespace if it watches one; else in `netns` (the reporter's: a loopback 4-tuple such as
     /// `127.0.0.1:41234 -> 127.0.0.1:15001` repeats across the pods of a node); else the newest in any.
-    fn lookup(&self, netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
+    fn lookup(
+        &self,
+        netns: Option<u32>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        during: Option<Span>,
+    ) -> Result<Connection, Miss> {
+        let Some(span) = during else {
+            return match self.netns.or(netns) {
+                Some(ns) => self.table.find(ns, local, remote),
+                None => self.table.find_any(local, remote),
+            }
+            .cloned()
+            .ok_or(Miss::Absent);
+        };
+        let mono = |unix: u64| u64::try_from(i128::from(unix) - self.mono_to_unix).unwrap_or(0);
+        let during = During {
+            start: mono(span.start),
+            end: mono(span.end),
+        };
         match self.netns.or(netns) {
-            Some(ns) => self.table.find(ns, local, remote),
-            None => self.table.find_any(local, remote),
+            Some(ns) => self.table.find_during(ns, local, remote, during),
+            None => self.table.find_any_during(local, remote, during),
         }
         .cloned()
     }
@@ -161,9 +231,11 @@ fn address(a: Option<&pb::SocketAddress>) -> Option<SocketAddr> {
 }
 
 /// One attempt: `Ok` when the record is done, `Err(reason)` when it should wait (the reason is reported if the
-/// wait runs out). Each rule of the record is tried in order; the first connection found with its owner wins.
-fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>) -> Result<Outcome, String> {
+/// wait runs out). Each rule of the record is tried in order; the first connection found with its owner wins. A
+/// connection must have been open during the call, within [`CLOCK_SLACK`] of it on the `last` attempt.
+fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>, last: bool) -> Result<Outcome, String> {
     let (mut no_address, mut waiting) = (Vec::new(), Vec::new());
+    let during = Span::of(record).map(|s| if last { s.widened(CLOCK_SLACK) } else { s });
     for &rule in Rule::for_record(record) {
         let (local, remote) = match rule.key(record) {
             Ok(k) => k,
@@ -172,12 +244,16 @@ fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>) -> Res
                 continue;
             }
         };
-        match lookup.lookup(netns, local, remote) {
-            Some(conn) if conn.owner.is_some() => return Ok(Outcome::Linked(conn, rule)),
-            Some(_) => waiting.push(format!(
+        match lookup.lookup(netns, local, remote, during) {
+            Ok(conn) if conn.owner.is_some() => return Ok(Outcome::Linked(conn, rule)),
+            Ok(_) => waiting.push(format!(
                 "connection {local} -> {remote} is in the table but no process has accepted it"
             )),
-            None => waiting.push(format!("no connection {local} -> {remote} in the table")),
+            Err(Miss::Absent) => waiting.push(format!("no connection {local} -> {remote} in the table")),
+            Err(Miss::NotDuring) => waiting.push(format!(
+                "no connection {local} -> {remote} in the table was open during the call (the 4-tuple's are of \
+                 other times)"
+            )),
         }
     }
     if waiting.is_empty() {
@@ -255,7 +331,9 @@ impl Pending {
         received_unix_nano: u64,
         now: Instant,
     ) -> Option<Outcome> {
-        match attempt(lookup, record, netns) {
+        // The record's only attempt when it cannot wait.
+        let last = self.wait.is_zero() || self.queue.len() >= self.max;
+        match attempt(lookup, record, netns, last) {
             Ok(outcome) => Some(outcome),
             Err(reason) if self.wait.is_zero() => Some(Outcome::NoConnection(reason)),
             Err(reason) if self.queue.len() >= self.max => Some(Outcome::QueueFull(format!(
@@ -280,7 +358,7 @@ impl Pending {
         let mut out = Vec::new();
         let wait = self.wait;
         self.queue.retain_mut(|w| {
-            let outcome = match attempt(lookup, &w.record, w.netns) {
+            let outcome = match attempt(lookup, &w.record, w.netns, now >= w.deadline) {
                 Ok(outcome) => outcome,
                 Err(reason) if now >= w.deadline => Outcome::NoConnection(format!("{reason} after waiting {wait:?}")),
                 Err(reason) => {
@@ -306,7 +384,7 @@ impl Pending {
         self.queue
             .drain(..)
             .map(|w| Resolved {
-                outcome: attempt(lookup, &w.record, w.netns)
+                outcome: attempt(lookup, &w.record, w.netns, true)
                     .unwrap_or_else(|reason| Outcome::NoConnection(format!("{reason} when the agent stopped"))),
                 record: w.record,
                 received_unix_nano: w.received_unix_nano,

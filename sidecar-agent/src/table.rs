@@ -2,7 +2,8 @@
 //! late still find the connection and its process. Bounded: it never holds more than `max_entries`.
 //!
 //! Live connections are found by kernel socket address (unique while the socket lives), every connection by
-//! `(netns, local, remote)` for joining call records by 4-tuple. When full, an insert evicts the oldest closed
+//! `(netns, local, remote)` for joining call records by 4-tuple: the newest, or the newest open during a call (a
+//! 4-tuple's earlier connections are chained behind its newest). When full, an insert evicts the oldest closed
 //! connection, or when there is none the oldest live one. Time is passed in, so the logic is pure.
 //!
 //! A CLOSE event can be missed: the kernel's LRU map forgot the socket (more open connections than
@@ -62,6 +63,44 @@ pub struct Connection {
     /// Kernel monotonic clock (ns) of the first event of this connection: when it was established.
     pub first_ts_ns: u64,
 }
+
+// === impl Connection ===
+
+impl Connection {
+    /// Whether the connection was open at some time `during` a call: established (its first event) before the call
+    /// ended, and closed (its first event plus the lifetime the kernel measured from its first state change, which
+    /// comes no later) not before the call started.
+    pub fn open_during(&self, during: During) -> bool {
+        self.first_ts_ns <= during.end
+            && self
+                .closed
+                .is_none_or(|c| self.first_ts_ns.saturating_add(c.lifetime_ns) >= during.start)
+    }
+}
+
+/// When a call was made, on the kernel's clock of the events (`CLOCK_MONOTONIC`), ns, from its start to its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct During {
+    /// When the call started.
+    pub start: u64,
+    /// When it ended.
+    pub end: u64,
+}
+
+/// Why [`ConnTable::find_during`] found no connection. Ordered: a namespace that holds the 4-tuple says more than one
+/// that does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Miss {
+    /// No connection has the 4-tuple.
+    Absent,
+    /// Connections have it, but none was open during the call.
+    NotDuring,
+}
+
+/// How many connections of one 4-tuple, the newest first, [`ConnTable::find_during`] looks at: a process that opens
+/// and resets one 4-tuple in a loop makes a chain as long as the grace period allows, and a call's lookup must not
+/// walk it all, at every retry.
+pub const MAX_TUPLE_CHAIN: usize = 16;
 
 /// The end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +166,12 @@ pub struct ConnTable {
     closed: VecDeque<u64>,
     /// The newest connection of each `(netns, local, remote)`: ids only, hashed and compared through `entries`.
     by_tuple: HashTable<u64>,
+    /// The connections a 4-tuple had before its newest, held still (closed within the grace period): for each
+    /// connection that took a 4-tuple's place from one still held, that one's id (`older`), and back (`newer`).
+    /// A client port reused for the same destination gives one 4-tuple two connections, and a late call of the old
+    /// one must find it ([`ConnTable::find_during`]). Only such connections have entries here.
+    older: HashMap<u64, u64>,
+    newer: HashMap<u64, u64>,
     hasher: RandomState,
     /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any`] scans them,
     /// so a namespace leaves with its last connection (pods come and go on a node).
@@ -147,6 +192,8 @@ impl ConnTable {
             last_closed: HashMap::new(),
             closed: VecDeque::new(),
             by_tuple: HashTable::new(),
+            older: HashMap::new(),
+            newer: HashMap::new(),
             hasher: RandomState::new(),
             namespaces: HashMap::new(),
             next_id: 0,
@@ -191,7 +238,14 @@ impl ConnTable {
                     owner: None,
                     process: None,
                     closed: None,
-                    first_ts_ns: ev.ts_ns,
+                    // A connection first seen at its CLOSE (its ESTABLISHED was lost) began its lifetime before:
+                    // its calls were made then ([`Connection::open_during`]).
+                    first_ts_ns: match (ev.kind, ev.duration) {
+                        (EventKind::Closed, Some(d)) => {
+                            ev.ts_ns.saturating_sub(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                        }
+                        _ => ev.ts_ns,
+                    },
                 };
                 *self.namespaces.entry(ev.netns).or_default() += 1;
                 self.entries.insert(id, Box::new(conn));
@@ -319,9 +373,30 @@ impl ConnTable {
         if self.last_closed.get(&conn.skaddr).is_some_and(|&(i, _)| i == id) {
             self.last_closed.remove(&conn.skaddr);
         }
+        // Out of its 4-tuple's chain: its neighbours are joined, and an older connection takes its place in the
+        // index if it was the newest.
+        let (older, newer) = (self.older.remove(&id), self.newer.remove(&id));
+        match (older, newer) {
+            (Some(o), Some(n)) => {
+                self.older.insert(n, o);
+                self.newer.insert(o, n);
+            }
+            (None, Some(n)) => {
+                self.older.remove(&n);
+            }
+            (Some(o), None) => {
+                self.newer.remove(&o);
+            }
+            (None, None) => {}
+        }
         let hash = self.hasher.hash_one((conn.netns, conn.local, conn.remote));
-        if let Ok(slot) = self.by_tuple.find_entry(hash, |&i| i == id) {
-            slot.remove();
+        if let Ok(mut slot) = self.by_tuple.find_entry(hash, |&i| i == id) {
+            match older {
+                Some(o) => *slot.get_mut() = o,
+                None => {
+                    slot.remove();
+                }
+            }
         }
         if let Some(n) = self.namespaces.get_mut(&conn.netns) {
             *n -= 1;
@@ -347,7 +422,11 @@ impl ConnTable {
         let entries = &self.entries;
         let same = |i: &u64| entries.get(i).is_some_and(|c| (c.netns, c.local, c.remote) == key);
         if let Some(slot) = self.by_tuple.find_mut(hash, same) {
-            *slot = id;
+            let older = std::mem::replace(slot, id);
+            if older != id {
+                self.older.insert(id, older);
+                self.newer.insert(older, id);
+            }
             return;
         }
         let hasher = &self.hasher;
@@ -386,6 +465,52 @@ impl ConnTable {
             .max()
             .and_then(|id| self.entries.get(&id))
             .map(|c| &**c)
+    }
+
+    /// The newest connection with this 4-tuple in namespace `netns` that was open at some time `during` a call:
+    /// established before the call ended, and not closed before it started. The newest connection of a 4-tuple
+    /// need not be the call's: a client port reused for the same destination gives the 4-tuple a new connection
+    /// while a late call of the old one is on its way, and a call can arrive before its connection's event while
+    /// the 4-tuple's previous connection is still held. The [`MAX_TUPLE_CHAIN`] newest connections of the 4-tuple
+    /// are looked at.
+    pub fn find_during(
+        &self,
+        netns: u32,
+        local: SocketAddr,
+        remote: SocketAddr,
+        during: During,
+    ) -> Result<&Connection, Miss> {
+        self.during(netns, local.into(), remote.into(), during).map(|(_, c)| c)
+    }
+
+    /// Like [`ConnTable::find_during`], in whichever namespace has the newest such connection.
+    pub fn find_any_during(&self, local: SocketAddr, remote: SocketAddr, during: During) -> Result<&Connection, Miss> {
+        let (local, remote) = (local.into(), remote.into());
+        let mut miss = Miss::Absent;
+        let mut found: Option<(u64, &Connection)> = None;
+        for &ns in self.namespaces.keys() {
+            match self.during(ns, local, remote, during) {
+                Ok((id, c)) if found.is_none_or(|(newest, _)| id > newest) => found = Some((id, c)),
+                Ok(_) => {}
+                Err(m) => miss = miss.max(m),
+            }
+        }
+        found.map(|(_, c)| c).ok_or(miss)
+    }
+
+    fn during(
+        &self,
+        netns: u32,
+        local: Endpoint,
+        remote: Endpoint,
+        during: During,
+    ) -> Result<(u64, &Connection), Miss> {
+        let newest = self.lookup(netns, local, remote).ok_or(Miss::Absent)?;
+        std::iter::successors(Some(newest), |id| self.older.get(id).copied())
+            .take(MAX_TUPLE_CHAIN)
+            .filter_map(|id| Some((id, &**self.entries.get(&id)?)))
+            .find(|(_, c)| c.open_during(during))
+            .ok_or(Miss::NotDuring)
     }
 
     /// Every connection, oldest first.

@@ -13,8 +13,14 @@ use crate::{
 struct Fake(RefCell<HashMap<(SocketAddr, SocketAddr), Connection>>);
 
 impl Lookup for Fake {
-    fn lookup(&self, _netns: Option<u32>, local: SocketAddr, remote: SocketAddr) -> Option<Connection> {
-        self.0.borrow().get(&(local, remote)).cloned()
+    fn lookup(
+        &self,
+        _netns: Option<u32>,
+        local: SocketAddr,
+        remote: SocketAddr,
+        _during: Option<Span>,
+    ) -> Result<Connection, Miss> {
+        self.0.borrow().get(&(local, remote)).cloned().ok_or(Miss::Absent)
     }
 }
 
@@ -283,7 +289,7 @@ fn a_batch_builds_each_process_once_and_tells_processes_apart() {
     fake.add("127.0.0.1:5000", "127.0.0.1:15001", Some(42));
     fake.add("127.0.0.1:5001", "127.0.0.1:15001", Some(43));
     let conn = |local: &str| {
-        fake.lookup(None, local.parse().unwrap(), "127.0.0.1:15001".parse().unwrap())
+        fake.lookup(None, local.parse().unwrap(), "127.0.0.1:15001".parse().unwrap(), None)
             .unwrap()
     };
     let (a, b) = (conn("127.0.0.1:5000"), conn("127.0.0.1:5001"));

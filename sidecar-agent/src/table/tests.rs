@@ -277,3 +277,59 @@ fn a_recovered_connection_never_revives_a_closed_one_nor_survives_another() {
     assert_eq!(t.get_live(3).unwrap().local, Endpoint::from(lo(3001)));
     assert!(t.find(1, lo(3000), lo(80)).unwrap().closed.is_some());
 }
+
+#[test]
+fn a_reused_4_tuple_keeps_each_connection_findable_by_the_time_of_a_call() {
+    const MS: u64 = 1_000_000;
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(3, Duration::from_secs(30));
+    let during = |start: u64, end: u64| During {
+        start: start * MS,
+        end: end * MS,
+    };
+    let find = |t: &ConnTable, start, end| t.find_during(1, lo(1000), lo(80), during(start, end)).map(|c| c.skaddr);
+    // A (socket 1) lives from 10 to 20 ms, then B (socket 2) takes its 4-tuple at 30 ms.
+    t.apply(&at(ev(EventKind::Established, 1, 1000), 10 * MS), None, t0);
+    let mut closed = at(ev(EventKind::Closed, 1, 1000), 20 * MS);
+    closed.duration = Some(Duration::from_millis(10));
+    t.apply(&closed, None, t0);
+    t.apply(&at(ev(EventKind::Established, 2, 1000), 30 * MS), None, t0);
+    assert_eq!(t.find(1, lo(1000), lo(80)).map(|c| c.skaddr), Some(2), "the newest");
+    assert_eq!(find(&t, 12, 13), Ok(1));
+    assert_eq!(find(&t, 19, 25), Ok(1), "a call the close cut short");
+    assert_eq!(find(&t, 31, 32), Ok(2));
+    assert_eq!(find(&t, 22, 23), Err(Miss::NotDuring), "neither was open");
+    assert_eq!(find(&t, 5, 6), Err(Miss::NotDuring));
+    assert_eq!(
+        t.find_during(1, lo(1001), lo(80), during(12, 13)).map(|c| c.skaddr),
+        Err(Miss::Absent)
+    );
+    assert_eq!(
+        t.find_any_during(lo(1000), lo(80), during(12, 13)).map(|c| c.skaddr),
+        Ok(1)
+    );
+
+    // The table makes room: A, the closed one, goes; B stays the 4-tuple's.
+    t.apply(&ev(EventKind::Established, 3, 2000), None, t0);
+    t.apply(&ev(EventKind::Established, 4, 3000), None, t0);
+    assert_eq!(t.len(), 3);
+    assert_eq!(find(&t, 12, 13), Err(Miss::NotDuring));
+    assert_eq!(find(&t, 31, 32), Ok(2));
+    assert!(t.older.is_empty() && t.newer.is_empty(), "{:?} {:?}", t.older, t.newer);
+}
+
+#[test]
+fn the_4_tuple_s_older_connection_is_found_again_when_the_newer_goes_first() {
+    const MS: u64 = 1_000_000;
+    let t0 = Instant::now();
+    let mut t = ConnTable::new(10, Duration::from_secs(30));
+    // A (socket 1) lost its CLOSE and still looks live; B (socket 2) has its 4-tuple from 30 to 40 ms.
+    t.apply(&at(ev(EventKind::Established, 1, 1000), 10 * MS), None, t0);
+    t.apply(&at(ev(EventKind::Established, 2, 1000), 30 * MS), None, t0);
+    let mut closed = at(ev(EventKind::Closed, 2, 1000), 40 * MS);
+    closed.duration = Some(Duration::from_millis(10));
+    t.apply(&closed, None, t0);
+    assert_eq!(t.expire(t0 + Duration::from_secs(31)).expired, 1);
+    assert_eq!(t.find(1, lo(1000), lo(80)).map(|c| c.skaddr), Some(1));
+    assert!(t.older.is_empty() && t.newer.is_empty());
+}
