@@ -175,6 +175,7 @@ impl Agent {
                 netns: Some(netns).filter(|&n| n != 0),
                 link_wait: config.link_wait,
                 link_pending_max: config.link_pending_max,
+                link_pending_bytes: config.link_pending_bytes,
                 watch: crate::watch::Limits {
                     calls: config.watch_queue,
                     bytes: config.watch_queue_bytes,

@@ -116,6 +116,9 @@ pub struct RunArgs {
     /// Most call records waiting for their connection [env: GRAYSCOPE_LINK_PENDING_MAX] [default: 16384].
     #[arg(long, value_name = "N")]
     pub link_pending_max: Option<String>,
+    /// Bytes of call records waiting for their connection [env: GRAYSCOPE_LINK_PENDING_BYTES] [default: 16MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub link_pending_bytes: Option<String>,
     /// Calls queued per watcher before it loses the oldest [env: GRAYSCOPE_WATCH_QUEUE] [default: 1024].
     #[arg(long, value_name = "N")]
     pub watch_queue: Option<String>,
@@ -240,6 +243,7 @@ impl Command {
             flag(config::MAX_STREAMS, &a.max_streams);
             flag(config::LINK_WAIT, &a.link_wait);
             flag(config::LINK_PENDING_MAX, &a.link_pending_max);
+            flag(config::LINK_PENDING_BYTES, &a.link_pending_bytes);
             flag(config::WATCH_QUEUE, &a.watch_queue);
             flag(config::WATCH_QUEUE_BYTES, &a.watch_queue_bytes);
             flag(config::MAX_WATCHERS, &a.max_watchers);

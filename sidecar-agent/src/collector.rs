@@ -44,6 +44,8 @@ pub struct CoreSettings {
     pub link_wait: std::time::Duration,
     /// See [`crate::Config::link_pending_max`].
     pub link_pending_max: usize,
+    /// See [`crate::Config::link_pending_bytes`].
+    pub link_pending_bytes: usize,
     /// See [`crate::Config::watch_queue`], [`crate::Config::watch_queue_bytes`], [`crate::Config::max_watchers`].
     pub watch: crate::watch::Limits,
     /// See [`crate::Config::methods_max_rows`].
@@ -83,7 +85,7 @@ impl Core {
         Arc::new(Self {
             table,
             netns: s.netns,
-            pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait)),
+            pending: Mutex::new(Pending::new(s.link_pending_max, s.link_wait).with_max_bytes(s.link_pending_bytes)),
             hub: Hub::new(s.watch, metrics.watchers.clone(), metrics.watch_lost.clone()),
             methods: Mutex::new(MethodTable::new(s.methods_max_rows, s.methods_max_interfaces)),
             methods_exited_grace: s.methods_exited_grace,
@@ -144,6 +146,7 @@ impl Core {
                 .map(|c| pending.offer_in_place(&lookup, c, reporter_netns, received, now))
                 .collect();
             self.metrics.link_pending.set(gauge(pending.len()));
+            self.metrics.link_pending_bytes.set(gauge(pending.bytes()));
             if !pending.is_empty() {
                 self.queued.notify_one();
             }
@@ -178,6 +181,7 @@ impl Core {
                 },
             );
             self.metrics.link_pending.set(gauge(pending.len()));
+            self.metrics.link_pending_bytes.set(gauge(pending.bytes()));
             done
         };
         self.finish(done);

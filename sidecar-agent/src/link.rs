@@ -266,16 +266,23 @@ fn attempt(lookup: &impl Lookup, record: &CallRecord, netns: Option<u32>, last: 
 #[derive(Debug)]
 struct Waiting {
     record: CallRecord,
+    /// The record's encoded size, counted in [`Pending`]'s bytes while it waits.
+    bytes: usize,
     netns: Option<u32>,
     received_unix_nano: u64,
     deadline: Instant,
     reason: String,
 }
 
-/// Records waiting for their connection, bounded; all wait the same time, so the queue is in deadline order.
+/// Records waiting for their connection, bounded in records and in bytes (a record's text fields can take 4 KiB
+/// each); all wait the same time, so the queue is in deadline order.
 #[derive(Debug)]
 pub struct Pending {
     max: usize,
+    /// Once the waiting records take this many encoded bytes, no more wait: the last one admitted may cross it.
+    max_bytes: usize,
+    /// The encoded bytes of the waiting records.
+    bytes: usize,
     wait: Duration,
     queue: VecDeque<Waiting>,
 }
@@ -283,12 +290,37 @@ pub struct Pending {
 // === impl Pending ===
 
 impl Pending {
-    /// At most `max` records, each waiting at most `wait`.
+    /// At most `max` records, each waiting at most `wait`; no bound in bytes.
     pub fn new(max: usize, wait: Duration) -> Self {
         Self {
             max: max.max(1),
+            max_bytes: usize::MAX,
+            bytes: 0,
             wait,
             queue: VecDeque::new(),
+        }
+    }
+
+    /// No more records wait once those waiting take `max_bytes` encoded bytes.
+    pub fn with_max_bytes(self, max_bytes: usize) -> Self {
+        Self { max_bytes, ..self }
+    }
+
+    /// Why no more records can wait, naming the setting; `None` while they can.
+    fn full(&self) -> Option<String> {
+        if self.queue.len() >= self.max {
+            Some(format!(
+                "{} records already wait for theirs (link_pending_max)",
+                self.queue.len()
+            ))
+        } else if self.bytes >= self.max_bytes {
+            Some(format!(
+                "{} records of {} bytes already wait for theirs (link_pending_bytes)",
+                self.queue.len(),
+                self.bytes
+            ))
+        } else {
+            None
         }
     }
 
@@ -331,18 +363,20 @@ impl Pending {
         received_unix_nano: u64,
         now: Instant,
     ) -> Option<Outcome> {
+        let full = self.full();
         // The record's only attempt when it cannot wait.
-        let last = self.wait.is_zero() || self.queue.len() >= self.max;
-        match attempt(lookup, record, netns, last) {
-            Ok(outcome) => Some(outcome),
-            Err(reason) if self.wait.is_zero() => Some(Outcome::NoConnection(reason)),
-            Err(reason) if self.queue.len() >= self.max => Some(Outcome::QueueFull(format!(
-                "{reason}, and {} records already wait for theirs (link_pending_max)",
-                self.queue.len()
-            ))),
-            Err(reason) => {
+        let last = self.wait.is_zero() || full.is_some();
+        match (attempt(lookup, record, netns, last), full) {
+            (Ok(outcome), _) => Some(outcome),
+            (Err(reason), _) if self.wait.is_zero() => Some(Outcome::NoConnection(reason)),
+            (Err(reason), Some(full)) => Some(Outcome::QueueFull(format!("{reason}, and {full}"))),
+            (Err(reason), None) => {
+                // Only a record that waits is measured: one linked at once, the usual case, costs nothing here.
+                let bytes = prost::Message::encoded_len(&*record);
+                self.bytes = self.bytes.saturating_add(bytes);
                 self.queue.push_back(Waiting {
                     record: std::mem::take(record),
+                    bytes,
                     netns,
                     received_unix_nano,
                     deadline: now + self.wait,
@@ -357,6 +391,7 @@ impl Pending {
     pub fn retry(&mut self, lookup: &impl Lookup, now: Instant) -> Vec<Resolved> {
         let mut out = Vec::new();
         let wait = self.wait;
+        let mut freed = 0;
         self.queue.retain_mut(|w| {
             let outcome = match attempt(lookup, &w.record, w.netns, now >= w.deadline) {
                 Ok(outcome) => outcome,
@@ -366,6 +401,7 @@ impl Pending {
                     return true;
                 }
             };
+            freed += w.bytes;
             out.push(Resolved {
                 record: std::mem::take(&mut w.record),
                 received_unix_nano: w.received_unix_nano,
@@ -373,6 +409,7 @@ impl Pending {
             });
             false
         });
+        self.bytes = self.bytes.saturating_sub(freed);
         out
     }
 
@@ -381,6 +418,7 @@ impl Pending {
     /// with a link wait of 0), so none is left waiting uncounted.
     pub fn close(&mut self, lookup: &impl Lookup) -> Vec<Resolved> {
         self.wait = Duration::ZERO;
+        self.bytes = 0;
         self.queue
             .drain(..)
             .map(|w| Resolved {
@@ -400,6 +438,11 @@ impl Pending {
     /// Whether none waits.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The encoded bytes of the records waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 

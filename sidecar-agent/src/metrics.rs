@@ -51,6 +51,7 @@ pub struct Metrics {
     pub messages_oversized: Counter,
     /// Records waiting for their connection.
     pub link_pending: Gauge,
+    pub link_pending_bytes: Gauge,
     /// Watchers connected.
     pub watchers: Gauge,
     /// Calls dropped from slow watchers' queues.
@@ -138,6 +139,12 @@ impl Metrics {
             "Call records waiting for their connection to appear",
             link_pending.clone(),
         );
+        let link_pending_bytes = Gauge::default();
+        registry.register(
+            "link_pending_bytes",
+            "Encoded bytes of the call records waiting for their connection",
+            link_pending_bytes.clone(),
+        );
         let watchers = Gauge::default();
         registry.register("watchers", "Watch streams open", watchers.clone());
         let watch_lost = Counter::default();
@@ -202,6 +209,7 @@ impl Metrics {
             records_rejected,
             messages_oversized,
             link_pending,
+            link_pending_bytes,
             watchers,
             watch_lost,
             methods_overflow,

@@ -51,6 +51,7 @@ fields! {
     MAX_STREAMS: "max_streams", "max-streams", "GRAYSCOPE_MAX_STREAMS", "64";
     LINK_WAIT: "link_wait", "link-wait", "GRAYSCOPE_LINK_WAIT", "500ms";
     LINK_PENDING_MAX: "link_pending_max", "link-pending-max", "GRAYSCOPE_LINK_PENDING_MAX", "16384";
+    LINK_PENDING_BYTES: "link_pending_bytes", "link-pending-bytes", "GRAYSCOPE_LINK_PENDING_BYTES", "16MiB";
     WATCH_QUEUE: "watch_queue", "watch-queue", "GRAYSCOPE_WATCH_QUEUE", "1024";
     WATCH_QUEUE_BYTES: "watch_queue_bytes", "watch-queue-bytes", "GRAYSCOPE_WATCH_QUEUE_BYTES", "1MiB";
     MAX_WATCHERS: "max_watchers", "max-watchers", "GRAYSCOPE_MAX_WATCHERS", "64";
@@ -147,6 +148,9 @@ pub struct Config {
     pub link_wait: Duration,
     /// Most records waiting for their connection; more are reported unlinked at once.
     pub link_pending_max: usize,
+    /// Encoded bytes of the records waiting for their connection; once they reach it, more are reported unlinked at
+    /// once.
+    pub link_pending_bytes: usize,
     /// Calls queued per watcher; a slower watcher loses its oldest.
     pub watch_queue: usize,
     /// Encoded bytes of the calls queued per watcher; a slower watcher loses its oldest (the newest always stays).
@@ -231,6 +235,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
     let max_streams = p.get(MAX_STREAMS, |s| value::count(s, 1, 65_536));
     let link_wait = p.get(LINK_WAIT, |s| value::duration(s, Duration::from_secs(60)));
     let link_pending_max = p.get(LINK_PENDING_MAX, |s| value::count(s, 1, 10_000_000));
+    let link_pending_bytes = p.get(LINK_PENDING_BYTES, |s| value::bytes(s, 1024, 1 << 30));
     let watch_queue = p.get(WATCH_QUEUE, |s| value::count(s, 1, 10_000_000));
     let watch_queue_bytes = p.get(WATCH_QUEUE_BYTES, |s| value::bytes(s, 1024, 1 << 30));
     let max_watchers = p.get(MAX_WATCHERS, |s| value::count(s, 1, 65_536));
@@ -266,6 +271,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         Some(max_streams),
         Some(link_wait),
         Some(link_pending_max),
+        Some(link_pending_bytes),
         Some(watch_queue),
         Some(watch_queue_bytes),
         Some(max_watchers),
@@ -297,6 +303,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         max_streams,
         link_wait,
         link_pending_max,
+        link_pending_bytes,
         watch_queue,
         watch_queue_bytes,
         max_watchers,
@@ -335,6 +342,7 @@ pub fn parse_config(source: &impl Source) -> Result<Config, ConfigError> {
         max_streams: u32::try_from(max_streams).unwrap_or(u32::MAX),
         link_wait,
         link_pending_max: size(link_pending_max),
+        link_pending_bytes: size(link_pending_bytes),
         watch_queue: size(watch_queue),
         watch_queue_bytes: size(watch_queue_bytes),
         max_watchers: size(max_watchers),

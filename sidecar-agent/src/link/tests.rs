@@ -235,6 +235,32 @@ fn a_full_queue_reports_at_once_and_no_wait_means_no_queue() {
 }
 
 #[test]
+fn the_queue_is_full_once_its_records_take_max_bytes_and_has_room_again_when_they_leave() {
+    let fake = Fake::default();
+    let now = Instant::now();
+    let record = |port: u16| outbound(&format!("127.0.0.1:{port}"), "127.0.0.1:1");
+    let size = prost::Message::encoded_len(&record(5000));
+    // Room for two records' bytes, and more than two records.
+    let mut p = Pending::new(10, Duration::from_secs(1)).with_max_bytes(2 * size);
+    assert!(p.offer(&fake, record(5000), 1, now).is_none());
+    assert!(p.offer(&fake, record(5001), 1, now).is_none());
+    assert_eq!(p.bytes(), 2 * size);
+    let r = p.offer(&fake, record(5002), 1, now).unwrap();
+    assert_eq!(r.outcome.label(), "unlinked_queue_full");
+    assert!(
+        matches!(&r.outcome, Outcome::QueueFull(why) if why.contains("link_pending_bytes")),
+        "{r:?}"
+    );
+    // One links: its bytes leave with it, and a record can wait again.
+    fake.add("127.0.0.1:5000", "127.0.0.1:1", Some(42));
+    assert_eq!(p.retry(&fake, now).len(), 1);
+    assert_eq!((p.len(), p.bytes()), (1, size));
+    assert!(p.offer(&fake, record(5003), 1, now).is_none());
+    assert_eq!(p.close(&fake).len(), 2);
+    assert_eq!(p.bytes(), 0);
+}
+
+#[test]
 fn without_a_direction_the_callers_connection_is_tried_first_then_the_servers() {
     let fake = Fake::default();
     let mut p = Pending::new(10, Duration::from_secs(1));
