@@ -11,17 +11,9 @@ use std::time::Duration;
 use common::{privileged, report, start};
 use sidecar_agent::{Config, NetnsFilter};
 
-/// A record of about 16 KiB: four text fields near their 4,096-byte limit. Its 4-tuple has no connection.
+/// A record of about 16 KiB.
 fn big(i: usize) -> proto::v1::CallRecord {
-    let mut r = common::outbound(
-        "127.0.0.1:9".parse().unwrap(),
-        "127.0.0.1:10".parse().unwrap(),
-        &format!("M{i:04}{}", "m".repeat(4000)),
-    );
-    r.request_id = format!("{i:04}{}", "r".repeat(4000));
-    r.trace_id = "t".repeat(4000);
-    r.http_route = "h".repeat(4000);
-    r
+    common::big(i, 4)
 }
 
 /// The value of the sample `name` (a whole name with its labels) in the agent's exposition; `None` when absent (a

@@ -20,15 +20,9 @@ fn config() -> Config {
     }
 }
 
-/// A record of about 8 KiB: two fields near their 4,096-byte limit.
+/// A record of about 8 KiB.
 fn big(i: usize) -> proto::v1::CallRecord {
-    let mut r = common::outbound(
-        "127.0.0.1:9".parse().unwrap(),
-        "127.0.0.1:10".parse().unwrap(),
-        &format!("M{i:04}{}", "m".repeat(4000)),
-    );
-    r.request_id = format!("{i:04}{}", "r".repeat(4000));
-    r
+    common::big(i, 2)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,23 @@ pub fn inbound(upstream_local: SocketAddr, upstream_peer: SocketAddr, method: &s
     }
 }
 
+/// A record whose 4-tuple has no connection, of about `fields` × 4 KiB: its first `fields` text fields (of the
+/// method, the request id, the trace id and the route) near their 4,096-byte limit, numbered `i` where a test
+/// reads it back (the method, the request id).
+pub fn big(i: usize, fields: usize) -> CallRecord {
+    let long = |n: usize, fill: &str| if fields >= n { fill.repeat(4000) } else { String::new() };
+    CallRecord {
+        request_id: format!("{i:04}{}", long(2, "r")),
+        trace_id: long(3, "t"),
+        http_route: long(4, "h"),
+        ..outbound(
+            "127.0.0.1:9".parse().unwrap(),
+            "127.0.0.1:10".parse().unwrap(),
+            &format!("M{i:04}{}", long(1, "m")),
+        )
+    }
+}
+
 /// Sends one batch; returns `accepted`.
 pub async fn report(client: &mut CollectorClient<Channel>, calls: Vec<CallRecord>) -> u32 {
     client
