@@ -81,13 +81,16 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
     let server = listener.local_addr().unwrap();
     let last = pairs.last().map(|(c, _)| c.local_addr().unwrap()).unwrap();
     let mut max_seen = 0;
+    // Both ends of the newest connection: the server's ESTABLISHED comes after the client's, and is the last event.
     wait_for("the newest connection to be tracked", || {
         for a in [&keeping, &expiring] {
             max_seen = max_seen.max(len(a));
         }
-        [&keeping, &expiring]
-            .iter()
-            .all(|a| a.agent.with_table(|t| t.find(ns.inode(), last, server).is_some()))
+        [&keeping, &expiring].iter().all(|a| {
+            a.agent.with_table(|t| {
+                t.find(ns.inode(), last, server).is_some() && t.find(ns.inode(), server, last).is_some()
+            })
+        })
     })
     .await;
     for a in [&keeping, &expiring] {
@@ -96,16 +99,43 @@ async fn closed_connections_leave_after_grace_and_the_bound_holds() {
         assert_eq!(n, BOUND, "a full table stays exactly at its bound");
     }
     assert!(max_seen <= BOUND, "the table exceeded its bound: {max_seen} > {BOUND}");
-    let text = keeping.agent.metrics().encode().unwrap();
-    assert!(
-        text.contains("grayscope_agent_table_evictions_total{reason=\"closed_for_room\"} 4"),
-        "{text}"
-    );
-    assert!(
-        text.contains("grayscope_agent_table_evictions_total{reason=\"live_for_room\"}"),
-        "{text}"
-    );
+    // 6 x BOUND new entries: each that found the table full evicted one, the oldest closed entry while there was
+    // one, else the oldest live one. The long-grace table still held the first 4 closed entries: they went first,
+    // and as many more new entries found it full. The short-grace table's 4 had expired before.
+    let live_for_room = 6 * BOUND as u64 - BOUND as u64;
+    assert_evictions(&keeping, [0, 4, live_for_room]).await;
+    assert_evictions(&expiring, [4, 0, live_for_room]).await;
     drop(pairs);
     keeping.agent.stop().await;
     expiring.agent.stop().await;
+}
+
+/// Waits until the agent's eviction counters are `[expired, closed_for_room, live_for_room]`, as whole exposition
+/// lines (a reason never counted has no series: 0 stands for its absence); panics with the exposition after
+/// [`common::PATIENCE`]. The counters follow the table's update by a moment.
+async fn assert_evictions(agent: &common::TestAgent, want: [u64; 3]) {
+    let reasons = ["expired", "closed_for_room", "live_for_room"];
+    let holds = |text: &str| {
+        reasons.iter().zip(want).all(|(reason, n)| {
+            let series = format!("grayscope_agent_table_evictions_total{{reason=\"{reason}\"}}");
+            let line = format!("{series} {n}");
+            text.lines().any(|l| l == line) || (n == 0 && !text.lines().any(|l| l.starts_with(&format!("{series} "))))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        let text = agent.agent.metrics().encode().unwrap();
+        if holds(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "want evictions {reasons:?} = {want:?}, the agent says:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("grayscope_agent_table_evictions_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
