@@ -56,12 +56,18 @@ async fn records_waiting_for_their_connection_hold_a_bounded_number_of_bytes_and
     eprintln!("{waiting} records of {size} bytes wait, {full} went unlinked at once");
     // Nothing lost: every record waits or was published unlinked.
     assert_eq!(waiting + full, CALLS);
-    // The queue's bytes stay within the default bound, give or take the one record that crossed it.
-    let bound = 16 << 20;
-    assert!(
-        waiting * size <= bound + size,
-        "{waiting} records of {size} bytes wait: {} bytes, more than {bound}",
+    // Records wait until they take the default bound's bytes, the last one admitted crossing it: as many as it
+    // takes to reach it, no fewer (a queue that refused records well under its bound would pass a bound alone) and
+    // no more.
+    let bound: usize = 16 << 20;
+    assert!(CALLS * size > bound + size, "the records must overflow the bound");
+    assert_eq!(
+        waiting,
+        bound.div_ceil(size),
+        "{waiting} records of {size} bytes wait: {} bytes, for a bound of {bound}",
         waiting * size
     );
+    let bytes = sample(&agent, "grayscope_agent_link_pending_bytes").await;
+    assert_eq!(bytes, Some(waiting * size), "the bytes gauge counts what waits");
     agent.agent.stop().await;
 }
