@@ -177,3 +177,41 @@ fn scrape(addr: std::net::SocketAddr) -> Option<String> {
     s.read_to_string(&mut text).ok()?;
     text.contains(" 200 ").then_some(text)
 }
+
+/// The environment may hold anything a parent process put there, not only UTF-8 (a file name in another encoding, a
+/// value copied from a binary): a variable that is not the agent's is none of its business, and one of its own that
+/// is not text is a bad value like any other, named, with the configuration's exit status. Never a panic.
+#[test]
+fn an_environment_that_is_not_utf8_is_read_without_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none.sock");
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = Command::new(BIN)
+        .args(["methods", "--socket"])
+        .arg(&none)
+        .env("SOME_OTHER_PROGRAM_FILE", latin1)
+        .output()
+        .unwrap();
+    drop(serial);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to the agent at"), "{err}");
+
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = Command::new(BIN)
+        .arg("methods")
+        .env("GRAYSCOPE_SOCKET", latin1)
+        .output()
+        .unwrap();
+    drop(serial);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("environment variable GRAYSCOPE_SOCKET") && err.contains("UTF-8"),
+        "{err}"
+    );
+}
