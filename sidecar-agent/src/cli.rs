@@ -1,7 +1,7 @@
 //! The command line of `grayscope-agent`. Flags take raw text: [`crate::config::parse_config`] validates
 //! them together with the environment and the config file, so every bad value is reported at once.
 
-use std::path::PathBuf;
+use std::{ffi::OsString, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -210,9 +210,9 @@ pub struct KernelArgs {
 // === impl Command ===
 
 impl Command {
-    /// Gathers the layers: flags of this command, `env` (the process environment), and the config file named
-    /// by `--config` or `GRAYSCOPE_CONFIG`.
-    pub fn layers(&self, env: impl IntoIterator<Item = (String, String)>) -> Layers {
+    /// Gathers the layers: flags of this command, `env` (the process environment, [`std::env::vars_os`]: not all of
+    /// it need be UTF-8), and the config file named by `--config` or `GRAYSCOPE_CONFIG`.
+    pub fn layers<K: Into<OsString>, V: Into<OsString>>(&self, env: impl IntoIterator<Item = (K, V)>) -> Layers {
         let mut layers = Layers::default().with_env(env);
         let none = KernelArgs::default();
         let (file, kernel) = match self {

@@ -18,7 +18,7 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match parse_config(&cli.command.layers(std::env::vars())) {
+    let config = match parse_config(&cli.command.layers(std::env::vars_os())) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("grayscope-agent: {e}");

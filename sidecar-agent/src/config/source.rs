@@ -3,7 +3,7 @@
 //! [`Layers`] holds the raw text of each layer; reading the environment and the file happens in the helpers
 //! that build it, so [`super::parse_config`] stays pure and tests feed it maps.
 
-use std::{collections::HashMap, fmt, path::PathBuf};
+use std::{collections::HashMap, ffi::OsString, fmt, path::PathBuf};
 
 use super::{Field, FIELDS};
 
@@ -49,9 +49,29 @@ pub struct Layers {
 // === impl Layers ===
 
 impl Layers {
-    /// Keeps the `GRAYSCOPE_*` variables of `vars`.
-    pub fn with_env(mut self, vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        self.env = vars.into_iter().filter(|(k, _)| k.starts_with("GRAYSCOPE_")).collect();
+    /// Keeps the `GRAYSCOPE_*` variables of `vars` (the process's environment, [`std::env::vars_os`], which may hold
+    /// anything): one of the agent's own whose value is not UTF-8 is a problem, named; the others are ignored.
+    pub fn with_env<K: Into<OsString>, V: Into<OsString>>(mut self, vars: impl IntoIterator<Item = (K, V)>) -> Self {
+        for (key, value) in vars {
+            let Ok(key) = key.into().into_string() else { continue };
+            if !key.starts_with("GRAYSCOPE_") {
+                continue;
+            }
+            match value.into().into_string() {
+                Ok(value) => drop(self.env.insert(key, value)),
+                Err(value) => {
+                    if let Some(field) = FIELDS.iter().find(|f| f.env == key) {
+                        self.problems.push(format!(
+                            "{} = {value:?} (from environment variable {key}): expected UTF-8 text",
+                            field.key
+                        ));
+                    } else if key == super::ENV_CONFIG {
+                        self.problems
+                            .push(format!("environment variable {key} = {value:?}: expected a UTF-8 path"));
+                    }
+                }
+            }
+        }
         self
     }
 

@@ -198,3 +198,22 @@ fn bad_serving_settings_are_reported_by_field() {
         assert_eq!(value::mode(bad), Err(ParseError::Mode), "{bad:?}");
     }
 }
+
+#[test]
+fn environment_values_that_are_not_utf8_are_named_when_they_are_ours_and_ignored_otherwise() {
+    use std::{ffi::OsString, os::unix::ffi::OsStringExt};
+    let bytes = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let l = layers().with_env([
+        (OsString::from("GRAYSCOPE_LOG"), bytes(b"caf\xe9")),
+        (OsString::from("LC_SOMETHING"), bytes(b"caf\xe9")),
+        (bytes(b"GRAYSCOPE_\xe9"), OsString::from("x")),
+        (OsString::from("GRAYSCOPE_NETNS"), OsString::from("all")),
+    ]);
+    let err = parse_config(&l).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert!(
+        err.problems[0].starts_with("log = \"caf\\xE9\" (from environment variable GRAYSCOPE_LOG): expected UTF-8"),
+        "{err}"
+    );
+    assert_eq!(l.env.get("GRAYSCOPE_NETNS").map(String::as_str), Some("all"));
+}
