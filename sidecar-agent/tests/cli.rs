@@ -215,3 +215,68 @@ fn an_environment_that_is_not_utf8_is_read_without_a_panic() {
         "{err}"
     );
 }
+
+/// `grayscope-agent run` started without privilege with `--kernel-optional true` (so as any user, without BPF) on a
+/// socket in `dir` and a free metrics port, with `args`; returned once it serves both, with its socket, metrics
+/// address and log file.
+fn serve_unprivileged(dir: &Path, args: &[&str]) -> (std::process::Child, PathBuf, std::net::SocketAddr, PathBuf) {
+    let (_bin, mut cmd) = unprivileged(dir);
+    let sock = dir.join("agent.sock");
+    let metrics = {
+        let free = TcpListener::bind("127.0.0.1:0").unwrap();
+        free.local_addr().unwrap()
+    };
+    let log = dir.join("agent.log");
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut agent = cmd
+        .arg("run")
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--kernel-optional", "true", "--metrics-addr", &metrics.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    drop(serial);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(metrics).is_none() || !sock.exists() {
+        if let Some(status) = agent.try_wait().unwrap() {
+            panic!(
+                "the agent exited ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+        }
+        assert!(Instant::now() < deadline, "the agent never served its metrics");
+        thread::sleep(Duration::from_millis(50));
+    }
+    (agent, sock, metrics, log)
+}
+
+/// SIGTERM to `agent`, and its exit status.
+fn terminate(mut agent: std::process::Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    agent.wait().unwrap()
+}
+
+/// TOML writes an octal number `0o640`; that is the mode it sets, as the string "0640" does, and as the digits
+/// `640` read as chmod reads them do. TOML hands over the number's value (416), whose decimal digits are no mode
+/// of the same meaning.
+#[test]
+fn a_socket_mode_written_as_a_toml_octal_integer_is_that_mode() {
+    for (written, mode) in [("0o640", 0o640), ("640", 0o640), ("\"0640\"", 0o640), ("0o600", 0o600)] {
+        let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+        let file = dir.path().join("agent.toml");
+        std::fs::write(&file, format!("socket_mode = {written}\n")).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (agent, sock, _, log) = serve_unprivileged(dir.path(), &["--config", file.to_str().unwrap()]);
+        let got = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        let status = terminate(agent);
+        assert_eq!(got, mode, "socket_mode = {written}: the socket has mode {got:o}");
+        assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    }
+}
