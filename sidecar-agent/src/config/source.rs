@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, ffi::OsString, fmt, path::PathBuf};
 
-use super::{Field, FIELDS};
+use super::{Field, FIELDS, SOCKET_MODE};
 
 /// Raw setting values by field.
 pub trait Source {
@@ -94,6 +94,9 @@ impl Layers {
                     }
                     match value {
                         toml::Value::String(s) => drop(self.file.insert(key, s)),
+                        toml::Value::Integer(i) if key == SOCKET_MODE.key => {
+                            drop(self.file.insert(key, mode_text(text, i)));
+                        }
                         toml::Value::Integer(i) => drop(self.file.insert(key, i.to_string())),
                         // The switches' natural TOML form; any other field refuses "true" by its own name.
                         toml::Value::Boolean(b) => drop(self.file.insert(key, b.to_string())),
@@ -121,6 +124,20 @@ impl Layers {
                 this
             }
         }
+    }
+}
+
+/// A file mode written in the config file as a TOML integer, as text for the mode parser: a decimal one's digits, as
+/// chmod reads them (`640`), and the value of one written in another base (`0o640`, which TOML hands over as 416).
+fn mode_text(text: &str, value: i64) -> String {
+    let decimal = toml::de::DeTable::parse(text).ok().and_then(|table| {
+        let (_, v) = table.get_ref().iter().find(|(k, _)| k.get_ref() == SOCKET_MODE.key)?;
+        v.get_ref().as_integer().map(|i| i.radix() == 10)
+    });
+    if decimal == Some(false) {
+        format!("0o{value:o}")
+    } else {
+        value.to_string()
     }
 }
 
