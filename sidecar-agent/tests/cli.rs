@@ -280,3 +280,37 @@ fn a_socket_mode_written_as_a_toml_octal_integer_is_that_mode() {
         assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
     }
 }
+
+/// The socket file is the agent's while it runs, and goes with it: after a clean stop, and after a start that fails
+/// once the socket is bound (here the metrics port is another program's), nothing is left at the path for a
+/// client to take for a live agent (`test -S`, a readiness check) and to get ECONNREFUSED from.
+#[test]
+fn the_socket_file_goes_with_the_agent() {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let (agent, sock, metrics, log) = serve_unprivileged(dir.path(), &[]);
+    let status = terminate(agent);
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        !sock.exists(),
+        "the socket file outlived the agent:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+
+    // The same port, now someone else's.
+    let taken = TcpListener::bind(metrics).unwrap();
+    let (_bin, mut cmd) = unprivileged(dir.path());
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = cmd
+        .arg("run")
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--kernel-optional", "true", "--metrics-addr", &metrics.to_string()])
+        .output()
+        .unwrap();
+    drop(serial);
+    drop(taken);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&format!("binding the metrics address {metrics}")), "{err}");
+    assert!(!sock.exists(), "a failed start left the socket file:\n{err}");
+}
