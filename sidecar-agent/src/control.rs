@@ -12,8 +12,8 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
-    path::Path,
+    os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -98,6 +98,42 @@ pub fn bind_with_mode(path: &Path, mode: u32) -> Result<UnixListener, Error> {
     let _ = fs::remove_file(&staged);
     let _ = fs::remove_dir(&private);
     out
+}
+
+/// The socket file an agent bound, removed when this is dropped (the agent stopped, or failed to start after binding)
+/// if the path still names that file: a successor's socket bound there meanwhile (after the file was removed by
+/// hand) stays.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the file when it was bound.
+    id: Option<(u64, u64)>,
+}
+
+// === impl SocketFile ===
+
+impl SocketFile {
+    /// The file at `path`, which [`bind_with_mode`] just placed.
+    pub fn of(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            id: Self::id(path),
+        }
+    }
+
+    fn id(path: &Path) -> Option<(u64, u64)> {
+        fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if self.id.is_some() && Self::id(&self.path) == self.id {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the agent's socket file");
+            }
+        }
+    }
 }
 
 /// Places the staged socket at `path`, unless something is there by now: a hard link, which fails if the path
@@ -344,6 +380,24 @@ mod tests {
             "the path no longer reaches the agent that bound it"
         );
         drop(ours);
+    }
+
+    /// The agent's file goes with it; a successor's, bound at the path after the file was removed by hand, stays.
+    #[tokio::test]
+    async fn the_socket_file_is_removed_unless_another_took_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = bind(&path).unwrap();
+        drop(SocketFile::of(&path));
+        assert!(!path.exists());
+        drop(listener);
+        let ours = bind(&path).unwrap();
+        let file = SocketFile::of(&path);
+        fs::remove_file(&path).unwrap();
+        let successor = bind(&path).unwrap();
+        drop((file, ours));
+        assert!(path.exists(), "the successor's socket was removed");
+        drop(successor);
     }
 
     #[tokio::test]

@@ -55,6 +55,8 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 sidecar_agent::ebpf::preflight::check(config.accept_tracepoints)?;
             }
             let control = control::bind_with_mode(&config.socket, config.socket_mode)?;
+            // Removed on the way out, whichever way that is, so no file is left that looks like a live agent.
+            let _socket_file = control::SocketFile::of(&config.socket);
             let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
                 .await
                 .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
