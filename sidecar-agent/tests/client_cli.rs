@@ -185,3 +185,59 @@ fn methods_on_a_socket_that_is_not_the_agent_says_which_call_failed_where() {
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `grayscope-agent tail | head -1`, `methods | head -1`: once the reader of the output has gone, there is nobody
+/// left to tell anything, and the command ends as `trace` does, with status 0 and nothing on stderr, not with an
+/// error about a broken pipe that the user caused on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_and_methods_end_quietly_when_their_reader_has_gone() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut tail = Command::new(BIN)
+        .arg("tail")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away: the pipe's read end is closed, as `head` closes it after its line.
+    drop(tail.stdout.take());
+    let hub = std::sync::Arc::clone(agent.agent.core().hub());
+    wait_for("tail to subscribe", || hub.len() == 1).await;
+    let nowhere = common::outbound(
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+        "SayHello",
+    );
+    let mut client = agent.client().await;
+    assert_eq!(report(&mut client, vec![nowhere]).await, 1);
+    let out = common::patiently(
+        "tail to exit",
+        tokio::task::spawn_blocking(move || tail.wait_with_output().unwrap()),
+    )
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err, "");
+
+    let mut methods = Command::new(BIN)
+        .arg("methods")
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(methods.stdout.take());
+    let out = tokio::task::spawn_blocking(move || methods.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_eq!(err, "");
+    agent.agent.stop().await;
+}
