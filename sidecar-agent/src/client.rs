@@ -156,8 +156,9 @@ pub async fn tail(
             m = stream.message() => m.map_err(|s| ClientError::WatchEnded(CallStatus(s)))?,
         };
         let Some(msg) = msg else { return Ok(()) };
-        out.write_all(watch_lines(&msg).as_bytes())?;
-        out.flush()?;
+        if !written(&mut out, &watch_lines(&msg))? {
+            return Ok(());
+        }
     }
 }
 
@@ -165,9 +166,18 @@ pub async fn tail(
 pub async fn methods(socket: &Path, mut out: impl Write) -> Result<(), ClientError> {
     let mut client = connect(socket).await?;
     let rows = list_methods(&mut client).await?;
-    out.write_all(methods_table(&rows).as_bytes())?;
-    out.flush()?;
+    written(&mut out, &methods_table(&rows))?;
     Ok(())
+}
+
+/// Writes `text` to `out` and flushes it: `false` when the reader has gone (a closed pipe, `tail | head -1`), which is
+/// how a user says they have seen enough, and a normal end, as for `trace`.
+fn written(out: &mut impl Write, text: &str) -> Result<bool, ClientError> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The lines of one watch message: the lost-calls notice when there is one, then the call.
