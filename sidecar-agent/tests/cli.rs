@@ -314,3 +314,38 @@ fn the_socket_file_goes_with_the_agent() {
     assert!(err.contains(&format!("binding the metrics address {metrics}")), "{err}");
     assert!(!sock.exists(), "a failed start left the socket file:\n{err}");
 }
+
+/// A stop waits a few seconds for the connections still open ([`sidecar_agent::metrics::DRAIN`]); a second
+/// Ctrl-C (or SIGTERM) during that wait is someone who will not wait: the agent stops at once, says so, and
+/// leaves no socket file.
+#[test]
+fn a_second_signal_stops_the_agent_at_once() {
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let (mut agent, sock, _, log) = serve_unprivileged(dir.path(), &[]);
+    // A client that connected and says nothing holds the first stop for the whole drain.
+    let _stuck = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "the agent did not wait for its open connection"
+    );
+    let second = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    while agent.try_wait().unwrap().is_none() {
+        assert!(
+            second.elapsed() < sidecar_agent::metrics::DRAIN / 2,
+            "the agent was still stopping {:?} after a second signal",
+            second.elapsed()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let status = agent.wait().unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("second signal"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!sock.exists(), "{err}");
+}
