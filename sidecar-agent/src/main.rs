@@ -61,7 +61,22 @@ async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("binding the metrics address {}", config.metrics_addr))?;
             tracing::info!(socket = %config.socket.display(), metrics = %config.metrics_addr, "listening");
-            sidecar_agent::run(config, Listeners { control, metrics }, shutdown_signal()).await?;
+            // The first signal stops the agent, which waits a few seconds for the connections still open; a second
+            // one during that wait (Ctrl-C again) stops it at once.
+            let (first, stopping) = tokio::sync::oneshot::channel();
+            let signals = async move {
+                let mut signals = Signals::new();
+                signals.next().await;
+                let _ = first.send(());
+                signals.next().await;
+            };
+            let run = sidecar_agent::run(config, Listeners { control, metrics }, async move {
+                let _ = stopping.await;
+            });
+            tokio::select! {
+                r = run => r?,
+                () = signals => anyhow::bail!("stopped at a second signal, without waiting for the connections still open"),
+            }
             Ok(())
         }
         Command::Trace(_) => {
@@ -120,17 +135,40 @@ fn report(e: &anyhow::Error) -> String {
 
 /// Ctrl-C or SIGTERM (what Kubernetes sends).
 async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => drop(s.recv().await),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                std::future::pending::<()>().await;
+    Signals::new().next().await;
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, one after the other: each is watched from its creation on.
+struct Signals {
+    int: Option<tokio::signal::unix::Signal>,
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let watch = |kind, name| {
+            signal(kind)
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot watch {name}"))
+                .ok()
+        };
+        Self {
+            int: watch(SignalKind::interrupt(), "SIGINT"),
+            term: watch(SignalKind::terminate(), "SIGTERM"),
+        }
+    }
+
+    /// The next SIGINT or SIGTERM (never, for one that cannot be watched).
+    async fn next(&mut self) {
+        async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => drop(s.recv().await),
+                None => std::future::pending().await,
             }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        tokio::select! {
+            () = recv(&mut self.int) => {}
+            () = recv(&mut self.term) => {}
+        }
     }
 }
