@@ -28,8 +28,9 @@ use tonic::transport::{Channel, Endpoint};
 /// Why a client command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The socket could not be connected.
-    #[error("cannot connect to the agent at {path}: {source}")]
+    /// The socket could not be connected. The message leaves the path to the caller's context, which names the
+    /// socket with what it was doing (`watching the calls of the agent at ...`), so that it is said once.
+    #[error("cannot connect: {source}")]
     Connect {
         /// The socket.
         path: PathBuf,
