@@ -8,7 +8,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{finish, first_line, next, privileged, python, report, start};
-use proto::v1::{LinkState, WatchRequest};
+use proto::v1::LinkState;
 use sidecar_agent::{Config, NetnsFilter};
 
 /// Connections process A opens; every other one is closed again.
@@ -59,14 +59,7 @@ async fn a_missed_close_never_merges_a_new_connection_into_an_old_one() {
     })
     .await;
     let mut client = agent.client().await;
-    let mut watch = client
-        .watch(WatchRequest {
-            service: "test.Greeter".into(),
-            ..WatchRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = agent.watch_greeter().await;
 
     let mut a = connector(A_CONNECTIONS, true);
     let a_pid = a.id();

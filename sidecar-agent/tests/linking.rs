@@ -51,14 +51,7 @@ async fn outbound_calls_name_the_calling_process_late_ones_too_and_unmatched_one
     }
     let agent = start(config()).await;
     let mut client = agent.client().await;
-    let mut watch = client
-        .watch(WatchRequest {
-            service: "test.Greeter".into(),
-            ..WatchRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = agent.watch_greeter().await;
     // Envoy's outbound listener, as far as the application can tell.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envoy = listener.local_addr().unwrap();
@@ -204,14 +197,12 @@ async fn inbound_calls_name_the_serving_process() {
     );
     let server_pid = server.id();
     let app: SocketAddr = format!("127.0.0.1:{}", first_line(&mut server)).parse().unwrap();
-    let mut watch = client
+    let mut watch = agent
         .watch(WatchRequest {
             pid: server_pid,
             ..WatchRequest::default()
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     // The test process plays Envoy: its upstream connection to the application.
     let upstream = tokio::net::TcpStream::connect(app).await.unwrap();
     let envoy_end = upstream.local_addr().unwrap();

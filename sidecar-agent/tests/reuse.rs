@@ -8,7 +8,7 @@ mod common;
 use std::{io::Write as _, net::SocketAddr, process::Child, time::Duration};
 
 use common::{finish, first_line, next, privileged, python, report, start, wait_for, TestAgent};
-use proto::v1::{CallRecord, LinkState, WatchRequest};
+use proto::v1::{CallRecord, LinkState};
 use sidecar_agent::{Config, NetnsFilter};
 
 fn config() -> Config {
@@ -91,14 +91,7 @@ async fn a_late_call_names_the_connection_it_was_made_on_not_the_newer_one_on_it
     }
     let agent = start(config()).await;
     let mut client_ = agent.client().await;
-    let mut watch = client_
-        .watch(WatchRequest {
-            service: "test.Greeter".into(),
-            ..WatchRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = agent.watch_greeter().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envoy = listener.local_addr().unwrap();
 
@@ -143,14 +136,7 @@ async fn a_call_that_comes_before_its_connection_waits_for_it_rather_than_naming
     }
     let agent = start(config()).await;
     let mut client_ = agent.client().await;
-    let mut watch = client_
-        .watch(WatchRequest {
-            service: "test.Greeter".into(),
-            ..WatchRequest::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = agent.watch_greeter().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let envoy = listener.local_addr().unwrap();
 

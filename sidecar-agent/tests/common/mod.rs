@@ -79,12 +79,21 @@ impl TestAgent {
 
     /// A `Watch` of every call, on a connection of its own.
     pub async fn watch_all(&self) -> tonic::Streaming<WatchResponse> {
-        self.client()
-            .await
-            .watch(WatchRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
+        self.watch(WatchRequest::default()).await
+    }
+
+    /// A `Watch` of the calls `filter` matches, on a connection of its own.
+    pub async fn watch(&self, filter: WatchRequest) -> tonic::Streaming<WatchResponse> {
+        self.client().await.watch(filter).await.unwrap().into_inner()
+    }
+
+    /// A `Watch` of the test's gRPC service, `test.Greeter` ([`outbound`], [`inbound`]).
+    pub async fn watch_greeter(&self) -> tonic::Streaming<WatchResponse> {
+        self.watch(WatchRequest {
+            service: "test.Greeter".into(),
+            ..WatchRequest::default()
+        })
+        .await
     }
 }
 
