@@ -136,11 +136,7 @@ impl Core {
         let outcomes: Vec<Option<Outcome>> = {
             let mut pending = lock(&self.pending);
             let table = lock(&self.table);
-            let lookup = TableLookup {
-                table: &table,
-                netns: self.netns,
-                mono_to_unix: Clocks::now().mono_to_unix,
-            };
+            let lookup = TableLookup::now(&table, self.netns);
             let outcomes = calls
                 .iter_mut()
                 .map(|c| pending.offer_in_place(&lookup, c, reporter_netns, received, now))
@@ -172,14 +168,7 @@ impl Core {
         let done = {
             let mut pending = lock(&self.pending);
             let table = lock(&self.table);
-            let done = resolve(
-                &mut pending,
-                &TableLookup {
-                    table: &table,
-                    netns: self.netns,
-                    mono_to_unix: Clocks::now().mono_to_unix,
-                },
-            );
+            let done = resolve(&mut pending, &TableLookup::now(&table, self.netns));
             self.metrics.link_pending.set(gauge(pending.len()));
             self.metrics.link_pending_bytes.set(gauge(pending.bytes()));
             done

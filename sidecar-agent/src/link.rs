@@ -95,6 +95,17 @@ pub struct TableLookup<'a> {
     pub mono_to_unix: i128,
 }
 
+impl<'a> TableLookup<'a> {
+    /// A lookup in `table`, in namespace `netns` or any, with the clocks' offset as it is now.
+    pub fn now(table: &'a ConnTable, netns: Option<u32>) -> Self {
+        Self {
+            table,
+            netns,
+            mono_to_unix: Clocks::now().mono_to_unix,
+        }
+    }
+}
+
 impl Lookup for TableLookup<'_> {
     /// In the agent's namespace if it watches one; else in `netns` (the reporter's: a loopback 4-tuple such as
     /// `127.0.0.1:41234 -> 127.0.0.1:15001` repeats across the pods of a node); else the newest in any.
@@ -105,18 +116,14 @@ impl Lookup for TableLookup<'_> {
         remote: SocketAddr,
         during: Option<Span>,
     ) -> Result<Connection, Miss> {
-        let Some(span) = during else {
-            return match self.netns.or(netns) {
-                Some(ns) => self.table.find(ns, local, remote),
-                None => self.table.find_any(local, remote),
-            }
-            .cloned()
-            .ok_or(Miss::Absent);
-        };
         let mono = |unix: u64| u64::try_from(i128::from(unix) - self.mono_to_unix).unwrap_or(0);
-        let during = During {
-            start: mono(span.start),
-            end: mono(span.end),
+        let during = match during {
+            Some(span) => During {
+                start: mono(span.start),
+                end: mono(span.end),
+            },
+            // A record without its time: the 4-tuple's newest connection.
+            None => During::ALWAYS,
         };
         match self.netns.or(netns) {
             Some(ns) => self.table.find_during(ns, local, remote, during),

@@ -87,6 +87,17 @@ pub struct During {
     pub end: u64,
 }
 
+// === impl During ===
+
+impl During {
+    /// All time: every connection was open at some time of it, so a lookup finds the 4-tuple's newest (for a call
+    /// whose time is not known).
+    pub const ALWAYS: Self = Self {
+        start: 0,
+        end: u64::MAX,
+    };
+}
+
 /// Why [`ConnTable::find_during`] found no connection. Ordered: a namespace that holds the 4-tuple says more than one
 /// that does not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -173,7 +184,7 @@ pub struct ConnTable {
     older: HashMap<u64, u64>,
     newer: HashMap<u64, u64>,
     hasher: RandomState,
-    /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any`] scans them,
+    /// The network namespaces of the connections held, with how many each has: [`ConnTable::find_any_during`] scans them,
     /// so a namespace leaves with its last connection (pods come and go on a node).
     namespaces: HashMap<u32, usize>,
     next_id: u64,
@@ -452,17 +463,6 @@ impl ConnTable {
     /// within the grace period).
     pub fn find(&self, netns: u32, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
         self.lookup(netns, local.into(), remote.into())
-            .and_then(|id| self.entries.get(&id))
-            .map(|c| &**c)
-    }
-
-    /// Like [`ConnTable::find`], in whichever namespace has the newest such connection.
-    pub fn find_any(&self, local: SocketAddr, remote: SocketAddr) -> Option<&Connection> {
-        let (local, remote) = (local.into(), remote.into());
-        self.namespaces
-            .keys()
-            .filter_map(|&ns| self.lookup(ns, local, remote))
-            .max()
             .and_then(|id| self.entries.get(&id))
             .map(|c| &**c)
     }

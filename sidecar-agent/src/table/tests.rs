@@ -216,7 +216,7 @@ fn a_namespace_leaves_the_index_with_its_last_connection() {
         t.apply(&c, None, t0);
     }
     assert_eq!(t.namespaces(), 5);
-    assert!(t.find_any(lo(1000), lo(80)).is_some());
+    assert!(t.find_any_during(lo(1000), lo(80), During::ALWAYS).is_ok());
     t.expire(t0 + Duration::from_secs(2));
     assert_eq!((t.len(), t.namespaces()), (0, 0));
 }
