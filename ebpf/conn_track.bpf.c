@@ -30,7 +30,8 @@
  *
  * Every emit counts GS_STAT_PRODUCED and, when the ring buffer is full, GS_STAT_DROPPED, so the reader can check
  * delivered + dropped == produced. An established socket's `conns` entry holds its 4-tuple too (set before its
- * ESTABLISHED is emitted), so after a drop the agent reads from the map the connections whose event was lost. A passive open whose listener is unknown counts GS_STAT_UNOWNED.
+ * ESTABLISHED is emitted), so after a drop the agent reads from the map the connections whose event was lost. A
+ * passive open whose listener is unknown counts GS_STAT_UNOWNED.
  */
 #include "vmlinux_min.h"
 #include "conn_event.h"

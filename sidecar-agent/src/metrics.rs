@@ -51,6 +51,7 @@ pub struct Metrics {
     pub messages_oversized: Counter,
     /// Records waiting for their connection.
     pub link_pending: Gauge,
+    /// Their encoded bytes.
     pub link_pending_bytes: Gauge,
     /// Watchers connected.
     pub watchers: Gauge,
