@@ -203,16 +203,20 @@ async fn tail_and_methods_end_quietly_when_their_reader_has_gone() {
         return;
     }
     let agent = start(common::config(NetnsFilter::Own)).await;
-    let mut tail = Command::new(BIN)
-        .arg("tail")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // The reader goes away: the pipe's read end is closed, as `head` closes it after its line.
-    drop(tail.stdout.take());
+    let without_reader = |command: &str| {
+        let mut child = Command::new(BIN)
+            .arg(command)
+            .arg("--socket")
+            .arg(&agent.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        child
+    };
+    let tail = without_reader("tail");
     let hub = std::sync::Arc::clone(agent.agent.core().hub());
     wait_for("tail to subscribe", || hub.len() == 1).await;
     let nowhere = common::outbound(
@@ -232,15 +236,7 @@ async fn tail_and_methods_end_quietly_when_their_reader_has_gone() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(err, "");
 
-    let mut methods = Command::new(BIN)
-        .arg("methods")
-        .arg("--socket")
-        .arg(&agent.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(methods.stdout.take());
+    let methods = without_reader("methods");
     let out = tokio::task::spawn_blocking(move || methods.wait_with_output().unwrap())
         .await
         .unwrap();
