@@ -1,7 +1,7 @@
 //! gRPC over h2c through the real Envoy, with a real gRPC client and server (grpcio): `Service/Method` labels,
 //! gRPC status names, and the version propagated as metadata.
 
-use integration_tests::{grpc, prom, stack::Stack};
+use integration_tests::{client::Client, grpc, prom, stack::Stack};
 
 fn series(method: &str, version: &str, status: &str, n: u32) -> String {
     format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"{method}\",gray_version=\"{version}\",status=\"{status}\"}} {n}")
@@ -102,4 +102,150 @@ fn paths_whose_names_are_not_protobuf_identifiers_count_as_unknown() {
         2,
         "{text}"
     );
+}
+
+/// Where Envoy's gRPC-Web filter sits beside ours. Istio puts a WasmPlugin (any phase) before it, so the filter sees
+/// gRPC-Web both ways; an `EnvoyFilter` inserted before the router puts it after, so the filter sees gRPC, whose
+/// trailers the gRPC-Web filter then moves into the body.
+#[derive(Debug, Clone, Copy)]
+enum GrpcWebFilter {
+    Before,
+    After,
+}
+
+const GRPC_WEB_FILTER: &str = "{name: envoy.filters.http.grpc_web, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb}}";
+
+fn grpc_web_stack(place: GrpcWebFilter) -> Stack {
+    Stack::start_edited("{}", move |yaml| {
+        let ours = yaml
+            .lines()
+            .find(|l| l.trim_start().starts_with("- {name: envoy.filters.http."))
+            .expect("the filter's line")
+            .to_owned();
+        let indent = &ours[..ours.len() - ours.trim_start().len()];
+        let web = format!("{indent}- {GRPC_WEB_FILTER}");
+        let both = match place {
+            GrpcWebFilter::Before => format!("{web}\n{ours}"),
+            GrpcWebFilter::After => format!("{ours}\n{web}"),
+        };
+        // Envoy picks the route before the gRPC-Web filter rewrites the content type, so a `grpc: {}` match never
+        // takes a gRPC-Web request; Istio routes by host and port, and so does this.
+        let grpc = "{prefix: \"/\", grpc: {}}";
+        assert!(yaml.contains(grpc), "{yaml}");
+        yaml.replacen(&ours, &both, 1).replacen(
+            grpc,
+            "{prefix: \"/\", headers: [{name: content-type, string_match: {prefix: application/grpc}}]}",
+            1,
+        )
+    })
+}
+
+/// One unary gRPC-Web call over HTTP/1.1 (`text`: base64, as browsers without binary fetch send); returns the HTTP
+/// status and the `grpc-status` the client got, from a header or from the body's trailer frame.
+fn grpc_web_call(c: &mut Client, path: &str, text: bool, want: Option<&str>) -> (u16, String) {
+    let mut frame = vec![0u8, 0, 0, 0, 4];
+    frame.extend_from_slice(b"ping");
+    let (content_type, body) = if text {
+        ("application/grpc-web-text", base64(&frame).into_bytes())
+    } else {
+        ("application/grpc-web+proto", frame)
+    };
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\naccept: {content_type}\r\nx-grpc-web: 1\r\ncontent-length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if let Some(status) = want {
+        req.extend_from_slice(format!("x-want-status: {status}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(&body);
+    let resp = c.send(&req);
+    let header = resp
+        .headers
+        .iter()
+        .find(|(k, _)| k == "grpc-status")
+        .map(|(_, v)| v.clone());
+    let body = if text { unbase64(&resp.body) } else { resp.body.clone() };
+    let trailer = body.windows(12).position(|w| w == b"grpc-status:").map(|at| {
+        body[at + 12..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| char::from(b))
+            .collect()
+    });
+    (
+        resp.status,
+        header.or(trailer).unwrap_or_else(|| format!("none in {resp:?}")),
+    )
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= chunk.len() {
+                char::from(A[(n >> (18 - 6 * i) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// Decodes base64 made of separately padded pieces, as Envoy writes each frame of a gRPC-Web text response.
+fn unbase64(text: &[u8]) -> Vec<u8> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    for group in text.chunks(4) {
+        let digits: Vec<u32> = group
+            .iter()
+            .take_while(|&&c| c != b'=')
+            .filter_map(|c| A.iter().position(|a| a == c).map(|p| p as u32))
+            .collect();
+        let n = digits.iter().enumerate().fold(0u32, |n, (i, &d)| n | d << (18 - 6 * i));
+        for i in 0..digits.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    out
+}
+
+#[test]
+fn grpc_web_calls_are_counted_with_the_status_of_their_body_trailer() {
+    for place in [GrpcWebFilter::Before, GrpcWebFilter::After] {
+        let s = grpc_web_stack(place);
+        let mut c = Client::new(s.envoy.listener("ingress"));
+        for text in [false, true] {
+            assert_eq!(
+                grpc_web_call(&mut c, "/shop.v1.Orders/Get", text, None),
+                (200, "0".into()),
+                "{place:?}"
+            );
+        }
+        let nf = grpc_web_call(&mut c, "/shop.v1.Orders/Get", false, Some("NOT_FOUND"));
+        assert_eq!(nf, (200, "5".into()), "{place:?}");
+
+        let text = s.envoy.prometheus();
+        let line = |status: &str, n: u32| {
+            format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Get\",gray_version=\"none\",status=\"{status}\"}} {n}")
+        };
+        let calls = prom::samples(&text, "grayscope_interface_calls_total").join("\n");
+        assert!(text.contains(&format!("{}\n", line("OK", 2))), "{place:?}: {calls}");
+        assert!(
+            text.contains(&format!("{}\n", line("NOT_FOUND", 1))),
+            "{place:?}: {calls}"
+        );
+        assert_eq!(
+            prom::sum(&text, "grayscope_interface_calls_total"),
+            3.0,
+            "{place:?}: {calls}"
+        );
+    }
 }
