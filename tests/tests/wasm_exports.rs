@@ -1,7 +1,9 @@
 //! The wasm build exports only the ABI callbacks it uses. Envoy calls into the VM for every callback a module
 //! exports, and such a call costs about what any crossing of the V8 boundary costs (bench/RESULTS.md), so a module
-//! that exports them all, as the proxy-wasm SDK's does, also pays for the response headers and for every body
-//! chunk of every request, which this filter never reads. A callback added here is a cost on every request.
+//! that exports them all, as the proxy-wasm SDK's does, also pays for the response headers and for every chunk of
+//! every request body, which this filter never reads. A callback added here is a cost on every request: the
+//! response body's (one call per chunk) and trailers' (gRPC responses only) are there for gRPC-Web, whose status
+//! travels at the end of the body.
 
 use integration_tests::paths;
 use wasmparser::{ExternalKind, Parser, Payload};
@@ -35,6 +37,8 @@ fn the_filter_exports_exactly_the_callbacks_it_uses() {
             "proxy_on_log",
             "proxy_on_memory_allocate",
             "proxy_on_request_headers",
+            "proxy_on_response_body",
+            "proxy_on_response_trailers",
             "proxy_on_tick",
             "proxy_on_vm_start",
         ]

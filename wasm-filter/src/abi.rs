@@ -40,9 +40,12 @@ const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 const CAS_MISMATCH: u32 = 8;
 
-/// The ABI's map type `HttpRequestHeaders`.
+/// The ABI's map types `HttpRequestHeaders` and `HttpResponseTrailers`.
 pub const REQUEST_HEADERS: u32 = 0;
-/// The ABI's buffer type `PluginConfiguration`.
+pub const RESPONSE_TRAILERS: u32 = 3;
+/// The ABI's buffer types `HttpResponseBody` (the chunk the current body callback was called for) and
+/// `PluginConfiguration`.
+pub const RESPONSE_BODY: u32 = 1;
 const PLUGIN_CONFIGURATION: u32 = 7;
 /// The ABI's metric types.
 pub const COUNTER: u32 = 0;
@@ -60,6 +63,13 @@ extern "C" {
         return_size: *mut usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -139,13 +149,23 @@ pub fn log(level: u32, message: &str) {
 }
 
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, AbiError> {
+    buffer("get_plugin_configuration", PLUGIN_CONFIGURATION, size)
+}
+
+/// The first `size` bytes of the response body chunk the current callback was called for.
+pub fn response_body(size: usize) -> Result<Vec<u8>, AbiError> {
+    buffer("get_response_body", RESPONSE_BODY, size)
+}
+
+/// Up to `size` bytes of a buffer; empty when the host has none.
+fn buffer(call: &'static str, buffer_type: u32, size: usize) -> Result<Vec<u8>, AbiError> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: out-pointers are valid locals; the returned buffer is taken over below.
-    let status = unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    let status = unsafe { proxy_get_buffer_bytes(buffer_type, 0, size, &mut data, &mut len) };
     if status == NOT_FOUND {
         return Ok(Vec::new());
     }
-    check("get_plugin_configuration", status)?;
+    check(call, status)?;
     Ok(take_host_buffer(data, len))
 }
 
@@ -156,6 +176,18 @@ pub fn header_pairs(map: u32) -> Result<Vec<u8>, AbiError> {
     let status = unsafe { proxy_get_header_map_pairs(map, &mut data, &mut len) };
     check("get_header_map_pairs", status)?;
     Ok(take_host_buffer(data, len))
+}
+
+/// The value of `key` in a header map (the first, if it is there more than once); `None` when absent.
+pub fn header_value(map: u32, key: &str) -> Result<Option<Vec<u8>>, AbiError> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: `key` is a live `&str`, the out-pointers valid locals; the returned buffer is taken over below.
+    let status = unsafe { proxy_get_header_map_value(map, key.as_ptr(), key.len(), &mut data, &mut len) };
+    if status == NOT_FOUND {
+        return Ok(None);
+    }
+    check("get_header_map_value", status)?;
+    Ok(Some(take_host_buffer(data, len)))
 }
 
 /// Replaces every value of `key` with `value`.

@@ -10,11 +10,11 @@ use wasm_filter_core::{
     interface::Interface,
     metrics::{Dropped, Kind, MetricHost, Side},
     report::{Addresses, CallContext},
-    request::{self, Decision, Rewrite},
+    request::{self, Decision, Rewrite, StreamedStatus},
 };
 
 use crate::{
-    abi::{self, AbiError, REQUEST_HEADERS},
+    abi::{self, AbiError, REQUEST_HEADERS, RESPONSE_TRAILERS},
     root::Shared,
 };
 
@@ -49,6 +49,8 @@ pub struct Call {
     seen: Option<(Decision, Side)>,
     /// Envoy's clock when the request headers came (see `duration_ns`); `None` if it could not be read.
     started_ns: Option<u64>,
+    /// A gRPC call's status as the response streams by (`None` for HTTP calls).
+    streamed: Option<StreamedStatus>,
 }
 
 impl Call {
@@ -58,6 +60,7 @@ impl Call {
             shared,
             seen: None,
             started_ns: None,
+            streamed: None,
         }
     }
 
@@ -125,6 +128,7 @@ impl Call {
         let side = Side::resolve(cfg.direction, || {
             abi::property_u64(abi::path::LISTENER_DIRECTION).unwrap_or_else(|e| self.warn(e))
         });
+        self.streamed = StreamedStatus::of(&decision);
         self.seen = Some((decision, side));
         Ok(())
     }
@@ -142,6 +146,9 @@ impl Call {
             self.read(abi::property_u64(abi::path::RESPONSE_CODE))
         };
         let status = decision.status(code, || {
+            if let Some(code) = self.streamed.as_ref().and_then(StreamedStatus::status) {
+                return Ok(Some(code));
+            }
             Ok::<_, AbiError>(self.read(abi::property_u64(abi::path::GRPC_STATUS)))
         })?;
         // No start read (it failed, or `bench-skip-log-properties` never reads the clock): no end read either.
@@ -269,6 +276,7 @@ fn bench_decision() -> Decision {
         request_id: None,
         trace_id: None,
         tenant: None,
+        grpc_web: false,
     }
 }
 
@@ -286,6 +294,29 @@ impl Call {
         if let Some(shared) = self.shared.clone() {
             let result = self.on_request(&shared);
             self.check(result);
+        }
+    }
+
+    /// The response trailers of a gRPC call: its `grpc-status`, which Envoy's gRPC-Web filter, if it comes before
+    /// this one, clears before the log. Envoy calls this only for responses that have trailers.
+    pub fn on_response_trailers(&mut self) {
+        let Some(streamed) = &mut self.streamed else { return };
+        match abi::header_value(RESPONSE_TRAILERS, "grpc-status") {
+            Ok(Some(value)) => streamed.trailer(&value),
+            Ok(None) => {}
+            Err(e) => log::warn!("#{} {e}", self.id),
+        }
+    }
+
+    /// A chunk of the response body: read only for a gRPC-Web call, whose status is at the end of it. For every
+    /// other call this costs only Envoy's call into the VM.
+    pub fn on_response_body(&mut self, size: usize) {
+        let Some(streamed) = self.streamed.as_mut().filter(|s| s.wants_body()) else {
+            return;
+        };
+        match abi::response_body(size) {
+            Ok(chunk) => streamed.body(&chunk),
+            Err(e) => log::warn!("#{} {e}", self.id),
         }
     }
 

@@ -11,6 +11,7 @@
 //! - [`interface`]: which interface a request calls: gRPC `Service/Method`, or HTTP verb + route template.
 //! - [`route`]: configured route templates and the normaliser for paths no template matches.
 //! - [`status`]: gRPC status names and the HTTP to gRPC status mapping.
+//! - [`grpc_web`]: the status of a gRPC-Web call, read from the trailer frame at the end of its response body.
 //! - [`request`]: the per-request decision: interface, gray version, and the header rewrites to apply.
 //! - [`heartbeat`]: the VM heartbeat, which shows how many of a proxy's wasm VMs are alive.
 //! - [`metrics`]: metric names, label encoding for Envoy's stat tags, and the cardinality bounds.
@@ -24,6 +25,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gray;
+pub mod grpc_web;
 pub mod headers;
 pub mod heartbeat;
 pub mod interface;

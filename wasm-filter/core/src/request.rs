@@ -43,6 +43,8 @@ pub struct Decision {
     pub trace_id: Option<String>,
     /// The tenant and what was refused on the way; `None` when the dimension is off.
     pub tenant: Option<Resolved>,
+    /// A gRPC-Web call (`application/grpc-web...`): its status comes at the end of the response body.
+    pub grpc_web: bool,
 }
 
 /// Decides on a request from its headers.
@@ -127,6 +129,8 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
         (Some(h), _) => Rewrite::Set(h),
     };
 
+    let grpc_web = matches!(interface, Interface::Grpc { .. })
+        && headers.first("content-type").is_some_and(crate::grpc_web::is_grpc_web);
     Decision {
         interface,
         version,
@@ -140,11 +144,12 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
             .and_then(|v| String::from_utf8(v.to_vec()).ok()),
         trace_id: crate::report::trace_id(headers.all("traceparent")),
         tenant,
+        grpc_web,
     }
 }
 
 mod ending;
-pub use ending::elapsed_ns;
+pub use ending::{elapsed_ns, StreamedStatus};
 
 #[cfg(test)]
 mod tests;

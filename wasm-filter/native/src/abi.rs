@@ -68,8 +68,11 @@ impl Header {
     };
 }
 
-/// `envoy_dynamic_module_type_http_header_type_RequestHeader`.
+/// `envoy_dynamic_module_type_http_header_type_RequestHeader` and `..._ResponseTrailer`.
 pub const REQUEST_HEADERS: u32 = 0;
+pub const RESPONSE_TRAILERS: u32 = 3;
+/// `envoy_dynamic_module_type_http_body_type_ReceivedResponseBody`: the chunk the current body hook was called for.
+const RECEIVED_RESPONSE_BODY: u32 = 2;
 
 /// `envoy_dynamic_module_type_log_level`.
 pub mod level {
@@ -122,6 +125,8 @@ extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: Buffer);
     fn envoy_dynamic_module_callback_http_get_headers_size(filter: FilterPtr, header_type: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(filter: FilterPtr, header_type: u32, out: *mut Header) -> bool;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(filter: FilterPtr, body_type: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(filter: FilterPtr, body_type: u32, out: *mut Buffer) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
         filter: FilterPtr,
         header_type: u32,
@@ -220,6 +225,21 @@ pub fn headers(filter: FilterPtr, header_type: u32) -> Result<Vec<Header>, AbiEr
     // SAFETY: `out` has room for the `n` headers Envoy just counted, and nothing changed them in between.
     let ok = unsafe { envoy_dynamic_module_callback_http_get_headers(filter, header_type, out.as_mut_ptr()) };
     check_bool("http_get_headers", ok)?;
+    Ok(out)
+}
+
+/// The slices of the response body chunk the current body hook was called for, as Envoy's own views: valid until
+/// the hook returns.
+pub fn response_body(filter: FilterPtr) -> Result<Vec<Buffer>, AbiError> {
+    // SAFETY: `filter` is the pointer Envoy passed to the current hook.
+    let n = unsafe { envoy_dynamic_module_callback_http_get_body_chunks_size(filter, RECEIVED_RESPONSE_BODY) };
+    let mut out = vec![Buffer::NULL; n];
+    if n == 0 {
+        return Ok(out);
+    }
+    // SAFETY: `out` has room for the `n` slices Envoy just counted, and nothing changed the body in between.
+    let ok = unsafe { envoy_dynamic_module_callback_http_get_body_chunks(filter, RECEIVED_RESPONSE_BODY, out.as_mut_ptr()) };
+    check_bool("http_get_body_chunks", ok)?;
     Ok(out)
 }
 

@@ -140,12 +140,22 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(_: Filter
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(_: FilterPtr, _: *const c_void, _: bool) -> u32 {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    envoy: FilterPtr,
+    module: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    if let Some(f) = filter(module) {
+        f.on_response_body(envoy);
+    }
     CONTINUE
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: FilterPtr, _: *const c_void) -> u32 {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(envoy: FilterPtr, module: *const c_void) -> u32 {
+    if let Some(f) = filter(module) {
+        f.on_response_trailers(envoy);
+    }
     CONTINUE
 }
 

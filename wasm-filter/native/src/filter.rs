@@ -13,11 +13,11 @@ use wasm_filter_core::{
     interface::Interface,
     metrics::{Dropped, Side},
     report::{Addresses, CallContext},
-    request::{self, Decision, Rewrite},
+    request::{self, Decision, Rewrite, StreamedStatus},
 };
 
 use crate::{
-    abi::{self, attribute, FilterPtr, REQUEST_HEADERS},
+    abi::{self, attribute, FilterPtr, REQUEST_HEADERS, RESPONSE_TRAILERS},
     config::{lock, FilterConfig},
 };
 
@@ -36,6 +36,8 @@ pub struct Filter<'c> {
 
 struct Seen {
     decision: Decision,
+    /// A gRPC call's status as the response streams by (`None` for HTTP calls).
+    streamed: Option<StreamedStatus>,
     side: Side,
     start_unix_nano: u64,
     start: Instant,
@@ -105,6 +107,7 @@ impl<'c> Filter<'c> {
             abi::attribute_int(envoy, attribute::XDS_LISTENER_DIRECTION)
         });
         self.seen = Some(Seen {
+            streamed: StreamedStatus::of(&decision),
             decision,
             side,
             start_unix_nano,
@@ -112,11 +115,45 @@ impl<'c> Filter<'c> {
         });
     }
 
+    /// The response trailers of a gRPC call: its `grpc-status`, which Envoy's gRPC-Web filter, if it comes before
+    /// this one, clears before the stream completes.
+    pub fn on_response_trailers(&mut self, envoy: FilterPtr) {
+        let Some(streamed) = self.seen.as_mut().and_then(|s| s.streamed.as_mut()) else {
+            return;
+        };
+        match abi::headers(envoy, RESPONSE_TRAILERS) {
+            // SAFETY (of `bytes`): the views are valid until this hook returns, and nothing sets a header meanwhile.
+            #[allow(unsafe_code)]
+            Ok(trailers) => {
+                if let Some(h) = trailers.iter().find(|h| unsafe { h.key.bytes() } == b"grpc-status") {
+                    streamed.trailer(unsafe { h.value.bytes() });
+                }
+            }
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+
+    /// A chunk of the response body: read only for a gRPC-Web call, whose status is at the end of it.
+    pub fn on_response_body(&mut self, envoy: FilterPtr) {
+        let Some(streamed) = self.seen.as_mut().and_then(|s| s.streamed.as_mut()).filter(|s| s.wants_body()) else {
+            return;
+        };
+        match abi::response_body(envoy) {
+            // SAFETY (of `bytes`): the slices are valid until this hook returns.
+            #[allow(unsafe_code)]
+            Ok(slices) => slices.iter().for_each(|b| streamed.body(unsafe { b.bytes() })),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+
     pub fn on_stream_complete(&mut self, envoy: FilterPtr) {
         let Some(seen) = &self.seen else { return };
         let decision = &seen.decision;
         let code = abi::attribute_int(envoy, attribute::RESPONSE_CODE).filter(|&c| c != 0);
-        let grpc_status = || Ok::<_, Infallible>(abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS));
+        let grpc_status = || {
+            let streamed = seen.streamed.as_ref().and_then(StreamedStatus::status);
+            Ok::<_, Infallible>(streamed.or_else(|| abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS)))
+        };
         let Ok(status) = decision.status(code, grpc_status);
         let duration_ns = u64::try_from(seen.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let cfg = &self.config.config;

@@ -7,6 +7,7 @@ use std::borrow::Cow;
 
 use super::Decision;
 use crate::{
+    grpc_web::TrailerScan,
     interface::{Interface, UNKNOWN},
     metrics::{Call, Side},
     report::{self, CallContext, Record},
@@ -20,6 +21,54 @@ pub fn elapsed_ns(start: Option<u64>, end: Option<u64>) -> Option<u64> {
     match (start, end) {
         (Some(start), Some(end)) => end.checked_sub(start),
         _ => None,
+    }
+}
+
+/// A gRPC call's `grpc-status` as its response streams by, for when Envoy no longer has it by the time the call is
+/// logged, which is what its `response.grpc_status` would read:
+/// - the trailers of a gRPC response, which Envoy's gRPC-Web filter (when it comes before this one, so that this one
+///   sees the call as gRPC) moves into the body and then clears;
+/// - the trailer frame at the end of a gRPC-Web response's body (this filter sees gRPC-Web; see [`crate::grpc_web`]).
+///
+/// The shells feed it from their response trailer and body hooks; a status seen there wins over Envoy's at the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamedStatus {
+    trailers: Option<u64>,
+    body: Option<TrailerScan>,
+}
+
+impl StreamedStatus {
+    /// What to watch for a call: `None` for an HTTP call, which has no `grpc-status`; the body only for gRPC-Web.
+    pub fn of(decision: &Decision) -> Option<Self> {
+        match decision.interface {
+            Interface::Grpc { .. } => Some(Self {
+                trailers: None,
+                body: decision.grpc_web.then(TrailerScan::default),
+            }),
+            Interface::Http { .. } => None,
+        }
+    }
+
+    /// The value of the response's `grpc-status` trailer.
+    pub fn trailer(&mut self, value: &[u8]) {
+        self.trailers = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok());
+    }
+
+    /// Whether the body is read: only a gRPC-Web call's, and only until its status is found.
+    pub fn wants_body(&self) -> bool {
+        self.body.as_ref().is_some_and(|b| b.status().is_none())
+    }
+
+    /// The next chunk of the response body.
+    pub fn body(&mut self, chunk: &[u8]) {
+        if let Some(scan) = &mut self.body {
+            scan.feed(chunk);
+        }
+    }
+
+    /// The status the response carried in its trailers or its trailer frame, if it did.
+    pub fn status(&self) -> Option<u64> {
+        self.trailers.or_else(|| self.body.as_ref().and_then(TrailerScan::status))
     }
 }
 
@@ -135,5 +184,29 @@ mod tests {
         let from_cluster = http.service(None, || Ok::<_, Infallible>(Some("outbound|80||b".to_owned())));
         assert_eq!(from_cluster.as_deref(), Ok("outbound|80||b"));
         assert_eq!(http.service(None, || Ok::<_, Infallible>(None)).as_deref(), Ok(UNKNOWN));
+    }
+
+    #[test]
+    fn a_streamed_status_watches_grpc_trailers_and_only_a_grpc_web_body() {
+        assert_eq!(StreamedStatus::of(&decision("/x", Some("application/json"))), None);
+
+        let mut grpc = StreamedStatus::of(&decision("/shop.v1.Orders/Get", Some("application/grpc"))).expect("gRPC");
+        assert!(!grpc.wants_body());
+        grpc.body(b"\x80\x00\x00\x00\x0egrpc-status:0\r\n");
+        assert_eq!(grpc.status(), None);
+        grpc.trailer(b" 9 ");
+        assert_eq!(grpc.status(), Some(9));
+        grpc.trailer(b"nine");
+        assert_eq!(grpc.status(), None);
+
+        let mut web = StreamedStatus::of(&decision("/shop.v1.Orders/Get", Some("application/grpc-web-text")))
+            .expect("gRPC-Web");
+        assert!(web.wants_body());
+        web.body(b"gAAAAA5ncnBjLXN0YXR1czo0DQo=");
+        assert_eq!(web.status(), Some(4));
+        assert!(!web.wants_body(), "read on after the status was found");
+        // Trailers, when a host has them too, are what the server sent last.
+        web.trailer(b"0");
+        assert_eq!(web.status(), Some(0));
     }
 }
