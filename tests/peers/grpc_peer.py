@@ -1,7 +1,8 @@
 """A real gRPC peer (grpcio) for the end-to-end tests: a server that answers any method and a client.
 
 serve: listens on 127.0.0.1:0, prints "PORT <n>", answers every unary call with JSON of the method and the
-       metadata it received; `x-want-status: NOT_FOUND` (any status name) makes it fail the call with that status.
+       metadata it received; `x-want-status: NOT_FOUND` (any status name) makes it fail the call with that status,
+       and `x-want-bytes: N` pads the answer with N bytes.
 call:  makes COUNT unary calls of METHOD to TARGET with the given metadata and prints one JSON line per call:
        {"code": "<status name>", "body": <the server's JSON or null>}.
 """
@@ -22,7 +23,11 @@ class AnyMethod(grpc.GenericRpcHandler):
             want = dict(context.invocation_metadata()).get("x-want-status")
             if want:
                 context.abort(getattr(grpc.StatusCode, want), "requested by the test")
-            return json.dumps({"method": details.method, "metadata": metadata}).encode()
+            answer = {"method": details.method, "metadata": metadata}
+            pad = int(dict(context.invocation_metadata()).get("x-want-bytes", "0"))
+            if pad:
+                answer["pad"] = "p" * pad
+            return json.dumps(answer).encode()
 
         return grpc.unary_unary_rpc_method_handler(handle)
 
