@@ -193,3 +193,97 @@ async fn a_process_whose_command_line_is_larger_than_a_grpc_message_is_listed_an
     finish(child);
     agent.agent.stop().await;
 }
+
+/// Three unlinked calls (no server address: counted at once), of methods `A`, `B` and `C`: three rows.
+fn three_calls() -> Vec<CallRecord> {
+    ["A", "B", "C"]
+        .iter()
+        .map(|m| {
+            let mut call = common::outbound("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), m);
+            call.server = None;
+            call
+        })
+        .collect()
+}
+
+/// The first page (one row) of `agent`'s table of [`three_calls`], and its token.
+async fn first_page(agent: &common::TestAgent) -> String {
+    let mut client = agent.client().await;
+    assert_eq!(report(&mut client, three_calls()).await, 3);
+    let core = std::sync::Arc::clone(agent.agent.core());
+    wait_for("the calls to be counted", || core.list().len() == 3).await;
+    let page = client
+        .list_methods(ListMethodsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.methods.len(), 1);
+    assert!(!page.next_page_token.is_empty());
+    page.next_page_token
+}
+
+/// A page token is good only where it was issued, as it was issued. One from an agent since replaced (a restart
+/// between two pages) named a place in another table: followed, the listing went on in the new one, past rows it
+/// never sent. One altered by a client named any place it liked. Both are refused with `INVALID_ARGUMENT`, so the
+/// client starts the listing again; the token this agent issued still pages on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_token_of_another_agent_or_altered_is_refused() {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+    if !privileged() {
+        return;
+    }
+    let first = start(common::config(NetnsFilter::Own)).await;
+    let stale = first_page(&first).await;
+    first.agent.stop().await;
+
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let token = first_page(&agent).await;
+    let client = agent.client().await;
+    let page = |page_token: String| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_methods(ListMethodsRequest {
+                    page_size: 1,
+                    page_token,
+                })
+                .await
+        }
+    };
+    // The same method in the token, one letter changed: `B` for `A` (the token names the row of `A`).
+    let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+    let service = b"test.Greeter";
+    let after = raw
+        .windows(service.len())
+        .position(|w| w == service)
+        .expect("the token names the service")
+        + service.len();
+    let at = after
+        + raw[after..]
+            .iter()
+            .position(|&b| b == b'A')
+            .expect("the token names method A");
+    raw[at] = b'B';
+    let altered = URL_SAFE_NO_PAD.encode(raw);
+    for (what, bad) in [("another agent's", stale), ("altered", altered)] {
+        let refused = page(bad)
+            .await
+            .map(|p| p.into_inner())
+            .expect_err(&format!("{what} page token was followed"));
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{what}: {refused:?}");
+        assert!(
+            refused
+                .message()
+                .starts_with("page_token is not a token this agent issued"),
+            "{what}: {refused:?}"
+        );
+    }
+    let next = page(token).await.unwrap().into_inner();
+    assert_eq!(next.methods.len(), 1);
+    assert_eq!(next.methods[0].method, "B");
+    drop(client);
+    agent.agent.stop().await;
+}
