@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use histogram::Histogram;
 use key::{InterfaceRef, Key, KeyRef};
 pub use page::{BadToken, MAX_PAGE_BYTES};
-use page::{Cursor, Page};
+use page::{Cursor, Page, TokenKey};
 use row::{Peer, Row};
 
 mod histogram;
@@ -128,6 +128,8 @@ pub struct MethodTable {
     /// The clock tick of `/proc` start times (`CLK_TCK`), ns: a declarer's start time is floored to it, a row's
     /// process's is the kernel's own, to the ns.
     tick_ns: u64,
+    /// Signs the page tokens: a token is good only for the table that issued it.
+    token_key: TokenKey,
 }
 
 // === impl MethodTable ===
@@ -148,6 +150,7 @@ impl MethodTable {
             next_use: 0,
             // At least 1 ns: the declaration lookup takes a tick less 1 ns.
             tick_ns: crate::procinfo::clock_tick_ns().max(1),
+            token_key: TokenKey::random(),
         }
     }
 
@@ -371,18 +374,19 @@ impl MethodTable {
 
     /// A page of [`MethodTable::list`]: the entries after the one `page_token` names (from the first when it is
     /// empty), at most `page_size` of them (0: no limit) and at most [`MAX_PAGE_BYTES`] encoded, and the token
-    /// of the next page (empty after the last entry).
+    /// of the next page (empty after the last entry). A token this table did not issue is refused: made up,
+    /// altered, or issued by another table (an agent since restarted).
     pub fn page(&self, page_token: &str, page_size: usize) -> Result<ListMethodsResponse, BadToken> {
         let after = if page_token.is_empty() {
             None
         } else {
-            Some(Cursor::parse(page_token)?)
+            Some(Cursor::parse(page_token, &self.token_key)?)
         };
         let max_rows = if page_size == 0 { usize::MAX } else { page_size };
         let (methods, next) = self.entries(after.as_ref(), max_rows, MAX_PAGE_BYTES);
         Ok(ListMethodsResponse {
             methods,
-            next_page_token: next.map(|c| c.token()).unwrap_or_default(),
+            next_page_token: next.map(|c| c.token(&self.token_key)).unwrap_or_default(),
         })
     }
 
