@@ -346,6 +346,48 @@ async fn a_watch_filter_longer_than_a_record_field_is_refused_naming_it() {
     agent.agent.stop().await;
 }
 
+/// An HTTP method filter is `VERB route`: two fields of a record, each up to
+/// [`sidecar_agent::collector::MAX_FIELD_BYTES`]. Longer than one field, it still matches records the agent
+/// accepts, so it is a filter like any other, and gets that record (and not another route's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_method_filter_longer_than_one_field_matches_its_record() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let mut client = agent.client().await;
+    let http = |route: String| {
+        let mut call = common::outbound("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "x");
+        call.server = None;
+        call.rpc_system_name = "http".into();
+        call.rpc_method.clear();
+        call.http_request_method = "GET".into();
+        call.http_route = route;
+        call
+    };
+    let route = format!("/{}", "r".repeat(sidecar_agent::collector::MAX_FIELD_BYTES - 1));
+    let filter = format!("GET {route}");
+    assert!(filter.len() > sidecar_agent::collector::MAX_FIELD_BYTES);
+    let mut watch = match client
+        .watch(WatchRequest {
+            method: filter.clone(),
+            ..WatchRequest::default()
+        })
+        .await
+    {
+        Ok(w) => w.into_inner(),
+        Err(s) => panic!(
+            "a {}-byte filter of a route the agent takes was refused: {s:?}",
+            filter.len()
+        ),
+    };
+    let other = http(format!("/{}", "o".repeat(100)));
+    assert_eq!(report(&mut client, vec![other, http(route.clone())]).await, 2);
+    let call = next(&mut watch).await.call.unwrap().call.unwrap();
+    assert_eq!(call.http_route, route);
+    agent.agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_never_reads_slows_nobody_and_learns_what_it_lost() {
     if !privileged() {
