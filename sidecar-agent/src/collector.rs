@@ -370,6 +370,16 @@ fn first_too_long<'a>(fields: impl IntoIterator<Item = (&'static str, &'a String
         .map(|(name, v)| (name, v.len()))
 }
 
+/// Whether a `Watch` method filter is within what a record can hold: `rpc.method` or its `Method`, one field of at
+/// most [`MAX_FIELD_BYTES`], or an HTTP `VERB route`, two fields of at most that each (the filter matches the verb
+/// up to its first space, and the route after it).
+fn method_filter_can_match(method: &str) -> bool {
+    method.len() <= MAX_FIELD_BYTES
+        || method
+            .split_once(' ')
+            .is_some_and(|(verb, route)| verb.len() <= MAX_FIELD_BYTES && route.len() <= MAX_FIELD_BYTES)
+}
+
 /// Why a record is refused: an unknown direction, a text field longer than [`MAX_FIELD_BYTES`], an address
 /// that cannot be one, or a tenant that is not a bounded label ([`valid_tenant`]).
 pub fn validate(c: &CallRecord) -> Result<(), Invalid> {
@@ -490,13 +500,18 @@ impl Collector for Service {
         let request = request.into_inner();
         // A filter no record can match is a mistake worth saying, and the agent would keep it for the stream's life:
         // longer than a record's field can be, or a raw tenant id typed where its label belongs.
-        if let Some((name, len)) = first_too_long([
-            ("service", &request.service),
-            ("method", &request.method),
-            ("gray_version", &request.gray_version),
-        ]) {
+        if let Some((name, len)) =
+            first_too_long([("service", &request.service), ("gray_version", &request.gray_version)])
+        {
             return Err(Status::invalid_argument(format!(
                 "{name}: {len} bytes, longer than any record's (at most {MAX_FIELD_BYTES})"
+            )));
+        }
+        if !method_filter_can_match(&request.method) {
+            return Err(Status::invalid_argument(format!(
+                "method: {} bytes, longer than any record's (at most {MAX_FIELD_BYTES}, or for HTTP a verb and a \
+                 route of at most {MAX_FIELD_BYTES} each)",
+                request.method.len()
             )));
         }
         if !valid_tenant(&request.tenant) {

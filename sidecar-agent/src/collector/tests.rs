@@ -43,3 +43,16 @@ fn raw_ids_and_free_text_are_refused_as_bad_tenant() {
         assert!(!e.to_string().contains(t), "{e}");
     }
 }
+
+#[test]
+fn a_method_filter_is_bounded_by_the_record_fields_it_can_match() {
+    let field = "m".repeat(MAX_FIELD_BYTES);
+    // One field: `rpc.method`, or its `Method`.
+    assert!(method_filter_can_match(&field));
+    assert!(!method_filter_can_match(&format!("{field}m")));
+    // `VERB route`: a verb and a route of a field each.
+    assert!(method_filter_can_match(&format!("GET {field}")));
+    assert!(method_filter_can_match(&format!("{field} {field}")));
+    assert!(!method_filter_can_match(&format!("GET /{field}")));
+    assert!(!method_filter_can_match(&format!("{field}G /")));
+}
