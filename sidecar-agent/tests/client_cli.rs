@@ -245,3 +245,49 @@ async fn tail_and_methods_end_quietly_when_their_reader_has_gone() {
     assert_eq!(err, "");
     agent.agent.stop().await;
 }
+
+/// `WatchRequest` has no "unset" apart from the empty value: pid 0 and an empty string match every call. So `tail
+/// --pid 0` (a process the agent could not name shows as pid 0) or `--gray-version ""` (calls without a version, one
+/// might think) watched everything, linked or not, as if no filter had been given. Each is refused, naming the flag,
+/// before `tail` watches anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_refuses_a_filter_value_that_would_match_every_call() {
+    if !privileged() {
+        return;
+    }
+    let agent = start(common::config(NetnsFilter::Own)).await;
+    let hub = std::sync::Arc::clone(agent.agent.core().hub());
+    for (flag, value) in [
+        ("--pid", "0"),
+        ("--service", ""),
+        ("--method", ""),
+        ("--gray-version", ""),
+        ("--tenant", ""),
+    ] {
+        let mut tail = Command::new(BIN)
+            .args(["tail", flag, value, "--socket"])
+            .arg(&agent.socket)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Either it exits, or it watches: the agent then has its watcher.
+        let exited = common::wait_some(&format!("tail {flag} {value:?} to exit or watch"), || {
+            if !hub.is_empty() {
+                return Some(None);
+            }
+            tail.try_wait().unwrap().map(Some)
+        })
+        .await;
+        let Some(status) = exited else {
+            let _ = tail.kill();
+            let _ = tail.wait();
+            panic!("tail {flag} {value:?} watched every call instead of refusing the value");
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut tail.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{flag} {value:?}: {err}");
+        assert!(err.contains(flag), "{flag} {value:?}: {err}");
+    }
+    agent.agent.stop().await;
+}
