@@ -3,7 +3,7 @@
 
 use std::{ffi::OsString, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{builder::NonEmptyStringValueParser, Args, Parser, Subcommand};
 
 use crate::config::{self, Layers, ENV_CONFIG};
 
@@ -51,26 +51,27 @@ pub struct ClientArgs {
     pub socket: Option<String>,
 }
 
-/// Settings of `tail`: which calls to show (all when none is given).
+/// Settings of `tail`: which calls to show (all when none is given). `WatchRequest` matches everything with an
+/// empty value or pid 0, so those are refused here: given, they would silently show every call.
 #[derive(Debug, Default, Args)]
 pub struct TailArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     /// Only calls of this service (`pkg.Service` for gRPC, the upstream cluster for HTTP).
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", value_parser = NonEmptyStringValueParser::new())]
     pub service: Option<String>,
     /// Only calls of this method: `Method`, `pkg.Service/Method`, or `VERB route` for HTTP.
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", value_parser = NonEmptyStringValueParser::new())]
     pub method: Option<String>,
     /// Only calls with this gray version.
-    #[arg(long, value_name = "V")]
+    #[arg(long, value_name = "V", value_parser = NonEmptyStringValueParser::new())]
     pub gray_version: Option<String>,
-    /// Only calls linked to this process.
-    #[arg(long, value_name = "N")]
+    /// Only calls linked to this process (not 0).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
     /// Only calls of this tenant label, as the filter's tenant dimension labels them (`enterprise`, `t_<hash>`,
     /// `none`, `other`, ...): never a raw tenant id.
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", value_parser = NonEmptyStringValueParser::new())]
     pub tenant: Option<String>,
 }
 
