@@ -550,6 +550,61 @@ mod tests {
         assert_eq!(cpu_diff(&s, "D1", "A").unwrap().median, 21.0);
     }
 
+    /// W1 − A is 20 µs in every round; W0 − A is 10, 5 and 4 µs, then −5 and −8 µs: two rounds in which the empty
+    /// filter measured cheaper than the router alone (noise larger than the boundary's cost).
+    fn rounds_with_a_negative_boundary() -> Vec<Sample> {
+        [10.0, 5.0, 4.0, -5.0, -8.0]
+            .iter()
+            .enumerate()
+            .flat_map(|(r, boundary)| {
+                [
+                    sample(r, "A", 50.0, 100.0),
+                    sample(r, "W0", 50.0 + boundary, 90.0),
+                    sample(r, "W1", 70.0, 80.0),
+                ]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_whose_denominator_is_not_above_zero_ranks_above_every_measured_ratio() {
+        // Per round 2, 4 and 5, then 20/−5 and 20/−8. Those two are not ratios of costs: the smaller the boundary
+        // measured, the larger the ratio, so they belong above 5, not below 2 (where −4 and −2.5 would sort, and
+        // put the median at 2).
+        let r = cpu_ratio(&rounds_with_a_negative_boundary(), "W1", "A", "W0", "A").unwrap();
+        assert_eq!((r.median, r.min, r.max, r.n), (5.0, 2.0, f64::INFINITY, 5));
+    }
+
+    #[test]
+    fn the_tables_say_in_how_many_rounds_a_ratio_was_unbounded() {
+        let s = rounds_with_a_negative_boundary();
+        let report = Report {
+            context: serde_json::json!({"latency_rate": 0}),
+            configs: &[],
+            samples: &s,
+            rss_kib: &[],
+            breakdown: None,
+            ebpf: None,
+            agent: None,
+            watch_delay: None,
+            vm_memory: &[],
+            grpc: None,
+            not_measured: BTreeMap::new(),
+        };
+        let md = report.markdown("");
+        let row = md
+            .lines()
+            .find(|l| l.starts_with("| CPU/request (W1-A)/(W0-A) |"))
+            .unwrap_or_else(|| panic!("no (W1-A)/(W0-A) row:\n{md}"));
+        assert!(row.contains("| 5.00 (2.00–∞; ∞ in 2 of 5 rounds) |"), "{row}");
+        let json = report.json();
+        assert_eq!(
+            json["ratios_range"]["(W1-A)/(W0-A)"]["infinite"], 2,
+            "{}",
+            json["ratios_range"]
+        );
+    }
+
     #[test]
     fn notes_survive_a_rewrite() {
         let md = format!("generated{NOTES_HEADING}my notes\n");
