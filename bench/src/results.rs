@@ -47,8 +47,25 @@ pub fn rps_ratio(samples: &[Sample], x: &str, y: &str) -> Option<Summary> {
 /// CPU ratio (X-Y)/(Z-W) per request.
 pub fn cpu_ratio(samples: &[Sample], x: &str, y: &str, z: &str, w: &str) -> Option<Summary> {
     per_round(samples, &[x, y, z, w], |s| {
-        (s[0].cpu_us - s[1].cpu_us) / (s[2].cpu_us - s[3].cpu_us)
+        ratio(s[0].cpu_us - s[1].cpu_us, s[2].cpu_us - s[3].cpu_us)
     })
+}
+
+/// One round's ratio of two CPU differences. A denominator that is not above zero (a reference cost that measured
+/// ≤ 0 in that round: smaller than the round's noise) gives no quotient: −2.5 for 20/−8 would rank below every
+/// measured ratio, where a smaller reference means a larger ratio. It counts as infinite, with the numerator's
+/// sign (NaN, left out, when the numerator is 0 too), so the median still ranks it where it belongs and the
+/// tables say in how many rounds it happened.
+pub fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else if numerator > 0.0 {
+        f64::INFINITY
+    } else if numerator < 0.0 {
+        f64::NEG_INFINITY
+    } else {
+        f64::NAN
+    }
 }
 
 /// CPU difference X-Y in µs per request.
@@ -266,7 +283,7 @@ impl Report<'_> {
                 each.join(", ")
             ));
         }
-        md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only.\n\n");
+        md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only. A round in which a CPU ratio's denominator (a reference cost such as W0 − A) measured ≤ 0, below the round's noise, counts as ∞ (−∞ when the numerator is negative): it ranks above every measured ratio instead of giving a negative quotient that would rank below them; the tables then say in how many rounds (`infinite` in RESULTS.json, where an infinite median, min or max is null).\n\n");
         md.push_str("## Headline ratios\n\n| ratio | median (min–max) | target |\n|---|---|---|\n");
         let targets: BTreeMap<&str, &str> = [
             ("W1/W0", "≥ 0.90"),
@@ -336,7 +353,7 @@ impl Report<'_> {
                 let what = OPS.iter().find(|(o, _)| *o == op).map_or("", |(_, w)| w);
                 let each = per_round(s, &[&cfg.label, "W1"], |r| (r[0].cpu_us - r[1].cpu_us) / EXTRA_REPEATS);
                 let share = per_round(s, &[&cfg.label, "W1", "W0", "A"], |r| {
-                    (r[0].cpu_us - r[1].cpu_us) / EXTRA_REPEATS / (r[2].cpu_us - r[3].cpu_us)
+                    ratio((r[0].cpu_us - r[1].cpu_us) / EXTRA_REPEATS, r[2].cpu_us - r[3].cpu_us)
                 });
                 md.push_str(&format!("| {op} | {what} | {} | {} |\n", show(each, 2), show(share, 3)));
             }

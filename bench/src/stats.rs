@@ -9,12 +9,16 @@ pub struct Summary {
     pub min: f64,
     pub max: f64,
     pub n: usize,
+    /// How many of the `n` values were infinite (a per-round ratio whose denominator was not above zero, see
+    /// `results::ratio`); JSON writes an infinite median, min or max as null.
+    pub infinite: usize,
 }
 
 impl Summary {
-    /// Summarises the finite values (a round whose denominator was zero gives NaN and is left out).
+    /// Summarises the values that are numbers (a round that lacks a figure gives NaN and is left out); infinite ones
+    /// are kept, ranked above (or below) every finite one, and counted.
     pub fn of(values: &[f64]) -> Self {
-        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
         v.sort_by(f64::total_cmp);
         let median = match v.len() {
             0 => f64::NAN,
@@ -26,6 +30,7 @@ impl Summary {
             min: v.first().copied().unwrap_or(f64::NAN),
             max: v.last().copied().unwrap_or(f64::NAN),
             n: v.len(),
+            infinite: v.iter().filter(|x| x.is_infinite()).count(),
         }
     }
 
@@ -34,7 +39,17 @@ impl Summary {
         if self.n == 0 {
             return "n/a".to_owned();
         }
-        format!("{:.digits$} ({:.digits$}–{:.digits$})", self.median, self.min, self.max)
+        let x = |v: f64| match v {
+            f64::INFINITY => "∞".to_owned(),
+            f64::NEG_INFINITY => "−∞".to_owned(),
+            v => format!("{v:.digits$}"),
+        };
+        let infinite = if self.infinite > 0 {
+            format!("; ∞ in {} of {} rounds", self.infinite, self.n)
+        } else {
+            String::new()
+        };
+        format!("{} ({}–{}{infinite})", x(self.median), x(self.min), x(self.max))
     }
 }
 
