@@ -22,6 +22,9 @@ pub const WINDOW_S: f64 = 3.0;
 /// Windows of [`WINDOW_S`] in which the agent's CPU at 10,000 calls/s is measured, each with a fresh client.
 pub const CPU_WINDOWS: usize = 5;
 
+/// Linked calls per second of the CPU figure.
+const RATE: u32 = 10_000;
+
 /// Records per `Report`, as the filter batches them by default (`report.max_batch`, 1,024): at 10,000 calls per
 /// second its batches fill before the flush interval.
 pub fn batch_size() -> usize {
@@ -55,10 +58,42 @@ fn cpu_ns(pid: u32) -> Result<u64> {
 
 /// The agent's CPU over `f`, % of a core.
 fn cpu_pct(agent: &Agent, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    Ok(cpu_window(agent, || f().map(|()| 0))?.pct())
+}
+
+/// What the agent did while `f` ran: its CPU time, the time `f` took, and the records `f` says it sent.
+fn cpu_window(agent: &Agent, f: impl FnOnce() -> Result<u64>) -> Result<Window> {
     let (t0, start) = (cpu_ns(agent.pid())?, Instant::now());
-    f()?;
-    let busy = (cpu_ns(agent.pid())? - t0) as f64 / 1e9;
-    Ok(100.0 * busy / start.elapsed().as_secs_f64())
+    let records = f()?;
+    let busy = cpu_ns(agent.pid())? - t0;
+    Ok(Window {
+        cpu: Duration::from_nanos(busy),
+        elapsed: start.elapsed(),
+        records,
+    })
+}
+
+/// One measurement window of the agent's CPU.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// CPU time of all the agent's threads.
+    cpu: Duration,
+    /// From the reporter's start to its end.
+    elapsed: Duration,
+    /// Records the agent accepted.
+    records: u64,
+}
+
+impl Window {
+    /// The agent's CPU, % of a core.
+    fn pct(self) -> f64 {
+        100.0 * self.cpu.as_secs_f64() / self.elapsed.as_secs_f64()
+    }
+
+    /// The agent's CPU at `rate` records per second, % of a core.
+    fn pct_at(self, _rate: u32) -> f64 {
+        self.pct()
+    }
 }
 
 /// `report-loop`: sends batches for `seconds` (at `rate` records/s, 0 for flat out over `streams` concurrent
@@ -163,9 +198,8 @@ pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize) -> Result<
     })?;
     let windows = (0..CPU_WINDOWS)
         .map(|_| {
-            cpu_pct(&agent, || {
-                run_reporter(&agent.socket, client_cpu, seconds, 10_000).map(drop)
-            })
+            let w = cpu_window(&agent, || run_reporter(&agent.socket, client_cpu, seconds, RATE))?;
+            Ok(w.pct_at(RATE))
         })
         .collect::<Result<Vec<_>>>()?;
     let cpu_pct_at_10k = Summary::of(&windows);
@@ -194,4 +228,30 @@ pub fn measure(agent_bin: &Path, client_cpu: usize, agent_cpu: usize) -> Result<
         rss_mib_empty,
         bytes_per_entry: (rss_mib_100k - rss_mib_empty) * 1024.0 * 1024.0 / tracked_at_rss.max(1.0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_at_10k_is_the_agents_cpu_for_the_records_sent_not_for_the_reporters_start_up() {
+        // A reporter that sent 31 batches of 1,024 records in its 3 s (the last one due at 3.07 s), after the
+        // 0.3 s it waits for the agent to see its connection and its own start: the agent ran 60 ms meanwhile.
+        let sent = |elapsed_ms| Window {
+            cpu: Duration::from_millis(60),
+            elapsed: Duration::from_millis(elapsed_ms),
+            records: 31 * 1024,
+        };
+        // 60 ms for 31,744 records is 18.9 ms per 10,000 of them: 1.89 % of a core at 10,000 a second, however
+        // long the reporter took to start (60 ms over the 3.38 s the reporter's process lived would say 1.78 %).
+        let expected = 100.0 * 0.060 * f64::from(RATE) / 31_744.0;
+        for elapsed_ms in [3_070, 3_380, 4_000] {
+            let pct = sent(elapsed_ms).pct_at(RATE);
+            assert!(
+                (pct - expected).abs() < 1e-9,
+                "{elapsed_ms} ms: {pct} %, not {expected} %"
+            );
+        }
+    }
 }
