@@ -91,8 +91,9 @@ pub fn measure(
                 let before = kernel_figures(&agent)?;
                 pair[1] = run_generator(gen_cpu, duration)?;
                 let after = kernel_figures(&agent)?;
-                produced += after.produced - before.produced;
-                lost += after.dropped - before.dropped;
+                let (p, l) = events(&before, &after)?;
+                produced += p;
+                lost += l;
             } else {
                 pair[0] = run_generator(gen_cpu, duration)?;
             }
@@ -128,6 +129,11 @@ struct Figures {
     run_seconds: f64,
 }
 
+/// The events one round with the agent running produced, and those it lost.
+fn events(before: &Figures, after: &Figures) -> Result<(f64, f64)> {
+    Ok((after.produced - before.produced, after.dropped - before.dropped))
+}
+
 fn kernel_figures(agent: &Agent) -> Result<Figures> {
     Ok(Figures {
         produced: agent.metric("grayscope_agent_events_produced_total")?,
@@ -161,4 +167,31 @@ fn per_program(agent: &Agent) -> Result<Vec<(String, u64, f64)>> {
         out.push((name.to_owned(), runs, ns));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(produced: f64, dropped: f64) -> Figures {
+        Figures {
+            produced,
+            dropped,
+            run_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn a_round_in_which_the_programs_saw_no_connection_is_an_error_not_a_free_ratio_with_nothing_lost() {
+        assert_eq!(
+            events(&figures(10.0, 1.0), &figures(70_010.0, 3.0)).unwrap(),
+            (70_000.0, 2.0)
+        );
+        // Tens of thousands of connects and no event: the programs traced nothing (or the agent exposed no kernel
+        // counters, which read as 0), so the round's rate is that of a machine without them.
+        let e = events(&figures(10.0, 0.0), &figures(10.0, 0.0))
+            .expect_err("a round without events")
+            .to_string();
+        assert!(e.contains("no event"), "{e}");
+    }
 }
