@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{agent::Agent, stats::Summary};
 
@@ -129,9 +129,20 @@ struct Figures {
     run_seconds: f64,
 }
 
-/// The events one round with the agent running produced, and those it lost.
+/// The events one round with the agent running produced, and those it lost. None produced is an error: the round
+/// made thousands of connects in the agent's namespace, so its programs traced nothing (or the agent exposed no
+/// kernel counters, which read as 0), and its rate is that of a machine without them.
 fn events(before: &Figures, after: &Figures) -> Result<(f64, f64)> {
-    Ok((after.produced - before.produced, after.dropped - before.dropped))
+    let produced = after.produced - before.produced;
+    if produced <= 0.0 {
+        bail!(
+            "the agent's programs produced no event in a round of connects (grayscope_agent_events_produced_total \
+             {} before, {} after): the round would measure nothing attached",
+            before.produced,
+            after.produced
+        );
+    }
+    Ok((produced, after.dropped - before.dropped))
 }
 
 fn kernel_figures(agent: &Agent) -> Result<Figures> {
