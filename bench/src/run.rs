@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{configs::Config, load, proxy::Proxy};
 
@@ -142,9 +142,7 @@ fn measure(c: &Config, p: &Proxy, round: usize, s: &Settings, latency_for: &[&st
     let errors = saturate(p.listener, s, s.duration, c.request_header)?;
     let (t1, q1, elapsed) = (p.cpu_ticks()?, p.requests()?, start.elapsed());
     let requests = q1 - q0;
-    if requests == 0 {
-        bail!("{}: no request went through; Envoy's log:\n{}", c.label, p.log());
-    }
+    answered(&c.label, requests, errors).map_err(|e| anyhow!("{e}; Envoy's log:\n{}", p.log()))?;
     let cpu_us = (t1 - t0) as f64 * 1e6 / s.clock_ticks as f64 / requests as f64;
     let (mut p50_ms, mut p99_ms) = (None, None);
     if s.latency_rate > 0 && latency_for.contains(&c.label.as_str()) {
@@ -173,6 +171,14 @@ fn measure(c: &Config, p: &Proxy, round: usize, s: &Settings, latency_for: &[&st
         p50_ms,
         p99_ms,
     })
+}
+
+/// Whether a round's saturating load was answered: `requests` counted by Envoy, `errors` seen by the load generator.
+fn answered(label: &str, requests: u64, _errors: u64) -> Result<()> {
+    if requests == 0 {
+        bail!("{label}: no request went through");
+    }
+    Ok(())
 }
 
 /// The configuration loaded `i`-th in `round`: the order rotated by one each round, and reversed in odd rounds.
@@ -220,7 +226,19 @@ fn fixed_rate(addr: SocketAddr, s: &Settings, header: Option<&'static str>) -> R
 
 #[cfg(test)]
 mod tests {
-    use super::{order, sets, Set};
+    use super::{answered, order, sets, Set};
+
+    #[test]
+    fn a_round_with_failed_requests_is_an_error_not_a_cost() {
+        assert!(answered("W1", 20_000, 0).is_ok());
+        let e = answered("W1", 0, 0).unwrap_err().to_string();
+        assert!(e.contains("W1: no request went through"), "{e}");
+        // A filter that fails (a VM that panicked, under Envoy's default FAIL_CLOSED) has Envoy answer 503 to every
+        // request: downstream_rq_total still counts them, and their CPU is that of a 503, not of the filter.
+        let e = answered("W1", 20_000, 20_000).unwrap_err().to_string();
+        assert!(e.contains("W1: 20000 of 20000 requests failed"), "{e}");
+        assert!(answered("W1", 20_000, 1).is_err());
+    }
 
     #[test]
     fn a_fresh_set_every_few_rounds_each_started_in_the_reverse_order_of_the_one_before() {
