@@ -283,7 +283,7 @@ impl Report<'_> {
                 each.join(", ")
             ));
         }
-        md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only. A round in which a CPU ratio's denominator (a reference cost such as W0 − A) measured ≤ 0, below the round's noise, counts as ∞ (−∞ when the numerator is negative): it ranks above every measured ratio instead of giving a negative quotient that would rank below them; the tables then say in how many rounds (`infinite` in RESULTS.json, where an infinite median, min or max is null).\n\n");
+        md.push_str("Method: the primary figure is proxy CPU per request, the change of utime+stime in `/proc/<pid>/stat` divided by the change of the admin counter `http.bench.downstream_rq_total` over the round. Every ratio is the median of per-round ratios, with min–max over the rounds; absolute figures are context only. A round with any failed request (a non-2xx answer or a socket error) stops the run. A round in which a CPU ratio's denominator (a reference cost such as W0 − A) measured ≤ 0, below the round's noise, counts as ∞ (−∞ when the numerator is negative): it ranks above every measured ratio instead of giving a negative quotient that would rank below them; the tables then say in how many rounds (`infinite` in RESULTS.json, where an infinite median, min or max is null).\n\n");
         md.push_str("## Headline ratios\n\n| ratio | median (min–max) | target |\n|---|---|---|\n");
         let targets: BTreeMap<&str, &str> = [
             ("W1/W0", "≥ 0.90"),
