@@ -95,8 +95,8 @@ test: setup build
     if [ "${GRAYSCOPE_SKIP_PRIVILEGED:-}" = 1 ]; then
         echo "just test: GRAYSCOPE_SKIP_PRIVILEGED=1, so the tests that load eBPF (run the agent) are skipped:" \
             "sidecar-agent/tests/*, and in tests/tests/ linked_calls, agent_peers, report_bounds, report_reload," \
-            "istio_agent_socket and istio_envoy's agent test (and their native_* twins), and the canary test's agent" \
-            "panels (each says 'skipping test' with --nocapture)"
+            "istio_agent_socket and istio_envoy's agent test (and their native_* twins), the canary test's agent" \
+            "panels and the bench smoke test's wasm VM memory phase (each says 'skipping' with --nocapture)"
     fi
     cargo test --locked --workspace --no-fail-fast
 
