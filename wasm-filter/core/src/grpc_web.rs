@@ -52,7 +52,10 @@ enum Encoding {
     Unknown,
     Binary,
     /// Base64: the low `bits` of `acc` are decoded and not yet a whole byte.
-    Text { acc: u32, bits: u8 },
+    Text {
+        acc: u32,
+        bits: u8,
+    },
     /// Neither: the scan gives up (no frame starts with a byte base64 uses, nor does base64 use a frame's first).
     NotGrpcWeb,
 }
@@ -252,7 +255,11 @@ mod tests {
                     .enumerate()
                     .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
                 for i in 0..4 {
-                    out.push(if i <= chunk.len() { A[(n >> (18 - 6 * i) & 63) as usize] } else { b'=' });
+                    out.push(if i <= chunk.len() {
+                        A[(n >> (18 - 6 * i) & 63) as usize]
+                    } else {
+                        b'='
+                    });
                 }
             }
         }
@@ -269,9 +276,7 @@ mod tests {
 
     /// Every way of cutting `body` in two, and byte by byte: a chunk boundary may fall anywhere.
     fn every_split(body: &[u8]) -> Vec<Option<u64>> {
-        let mut seen: Vec<Option<u64>> = (0..=body.len())
-            .map(|at| scan(&[&body[..at], &body[at..]]))
-            .collect();
+        let mut seen: Vec<Option<u64>> = (0..=body.len()).map(|at| scan(&[&body[..at], &body[at..]])).collect();
         let bytes: Vec<&[u8]> = body.chunks(1).collect();
         seen.push(scan(&bytes));
         seen.dedup();
@@ -330,10 +335,19 @@ mod tests {
 
     #[test]
     fn grpc_web_content_types() {
-        for ct in ["application/grpc-web", "application/grpc-web+proto", "Application/GRPC-Web-Text"] {
+        for ct in [
+            "application/grpc-web",
+            "application/grpc-web+proto",
+            "Application/GRPC-Web-Text",
+        ] {
             assert!(is_grpc_web(ct.as_bytes()), "{ct}");
         }
-        for ct in ["application/grpc", "application/grpc+proto", "application/grpc-we", "text/plain"] {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc-we",
+            "text/plain",
+        ] {
             assert!(!is_grpc_web(ct.as_bytes()), "{ct}");
         }
     }

@@ -238,7 +238,8 @@ pub fn response_body(filter: FilterPtr) -> Result<Vec<Buffer>, AbiError> {
         return Ok(out);
     }
     // SAFETY: `out` has room for the `n` slices Envoy just counted, and nothing changed the body in between.
-    let ok = unsafe { envoy_dynamic_module_callback_http_get_body_chunks(filter, RECEIVED_RESPONSE_BODY, out.as_mut_ptr()) };
+    let ok =
+        unsafe { envoy_dynamic_module_callback_http_get_body_chunks(filter, RECEIVED_RESPONSE_BODY, out.as_mut_ptr()) };
     check_bool("http_get_body_chunks", ok)?;
     Ok(out)
 }

@@ -152,7 +152,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(envoy: FilterPtr, module: *const c_void) -> u32 {
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy: FilterPtr,
+    module: *const c_void,
+) -> u32 {
     if let Some(f) = filter(module) {
         f.on_response_trailers(envoy);
     }

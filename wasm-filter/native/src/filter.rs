@@ -135,7 +135,12 @@ impl<'c> Filter<'c> {
 
     /// A chunk of the response body: read only for a gRPC-Web call, whose status is at the end of it.
     pub fn on_response_body(&mut self, envoy: FilterPtr) {
-        let Some(streamed) = self.seen.as_mut().and_then(|s| s.streamed.as_mut()).filter(|s| s.wants_body()) else {
+        let Some(streamed) = self
+            .seen
+            .as_mut()
+            .and_then(|s| s.streamed.as_mut())
+            .filter(|s| s.wants_body())
+        else {
             return;
         };
         match abi::response_body(envoy) {

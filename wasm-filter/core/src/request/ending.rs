@@ -68,7 +68,8 @@ impl StreamedStatus {
 
     /// The status the response carried in its trailers or its trailer frame, if it did.
     pub fn status(&self) -> Option<u64> {
-        self.trailers.or_else(|| self.body.as_ref().and_then(TrailerScan::status))
+        self.trailers
+            .or_else(|| self.body.as_ref().and_then(TrailerScan::status))
     }
 }
 
@@ -199,8 +200,8 @@ mod tests {
         grpc.trailer(b"nine");
         assert_eq!(grpc.status(), None);
 
-        let mut web = StreamedStatus::of(&decision("/shop.v1.Orders/Get", Some("application/grpc-web-text")))
-            .expect("gRPC-Web");
+        let mut web =
+            StreamedStatus::of(&decision("/shop.v1.Orders/Get", Some("application/grpc-web-text"))).expect("gRPC-Web");
         assert!(web.wants_body());
         web.body(b"gAAAAA5ncnBjLXN0YXR1czo0DQo=");
         assert_eq!(web.status(), Some(4));
