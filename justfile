@@ -172,7 +172,7 @@ fuzz seconds="60":
     set -euo pipefail
     cd {{root}}/wasm-filter/core/fuzz
     command -v cargo-fuzz >/dev/null || cargo +nightly install cargo-fuzz --locked
-    for target in baggage gray_header path; do
+    for target in baggage gray_header path grpc_web; do
         # New inputs go to a scratch corpus; the committed seeds in corpus/ are only read.
         mkdir -p target/corpus/"$target"
         # -max_len past the 8192-byte baggage limit (libFuzzer's default is 4096, which could never reach it).

@@ -4,7 +4,7 @@
 
 use std::sync::OnceLock;
 
-use crate::{baggage, config, config::Config, gray, headers::Headers, request, route, tenant};
+use crate::{baggage, config, config::Config, gray, grpc_web, headers::Headers, request, route, tenant};
 
 /// Baggage: whatever comes in, what goes out is within the W3C limits, made of whole members that parse again.
 pub fn baggage(data: &[u8]) {
@@ -88,4 +88,29 @@ pub fn path(data: &[u8]) {
     assert!(out.split('/').filter(|s| !s.is_empty()).count() <= route::MAX_SEGMENTS + 1);
     assert!(out.len() <= (route::MAX_SEGMENTS + 1) * 33, "{} bytes", out.len());
     assert!(out.bytes().all(|b| b.is_ascii_graphic()), "{out:?}");
+}
+
+/// A gRPC-Web response body (after a first byte that says where to cut it): the status does not depend on how the
+/// body was cut into chunks, and one found in a binary body was spelled out in it.
+pub fn grpc_web(data: &[u8]) {
+    let Some((&cut, body)) = data.split_first() else { return };
+    let whole = {
+        let mut s = grpc_web::TrailerScan::default();
+        s.feed(body);
+        s.status()
+    };
+    let at = usize::from(cut) % (body.len() + 1);
+    let mut halves = grpc_web::TrailerScan::default();
+    halves.feed(&body[..at]);
+    halves.feed(&body[at..]);
+    let mut bytes = grpc_web::TrailerScan::default();
+    body.chunks(1).for_each(|b| bytes.feed(b));
+    assert_eq!(halves.status(), whole, "cut at {at}");
+    assert_eq!(bytes.status(), whole, "byte by byte");
+    if whole.is_some() && matches!(body.first(), Some(0x00 | 0x01 | 0x80 | 0x81)) {
+        assert!(
+            body.windows(11).any(|w| w.eq_ignore_ascii_case(b"grpc-status")),
+            "a status from a body that does not name one"
+        );
+    }
 }

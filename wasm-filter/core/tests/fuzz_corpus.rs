@@ -45,3 +45,8 @@ fn gray_header_corpus() {
 fn path_corpus() {
     replay("path", fuzzing::path);
 }
+
+#[test]
+fn grpc_web_corpus() {
+    replay("grpc_web", fuzzing::grpc_web);
+}
