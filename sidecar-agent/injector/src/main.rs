@@ -36,15 +36,27 @@ struct Cli {
     /// The injector's own namespace, never injected.
     #[arg(long, value_name = "NS", env = "POD_NAMESPACE", default_value = "grayscope-system")]
     namespace: String,
+    /// Log filter, tracing/RUST_LOG syntax (`info`, `debug`, `info,sidecar_agent_injector=debug`).
+    #[arg(long, value_name = "FILTER", env = "GRAYSCOPE_LOG", default_value = "info", value_parser = log_filter)]
+    log: String,
+}
+
+/// A log filter is checked when the command line is read, so that a bad one is refused naming the setting, as
+/// every other bad setting is, instead of being replaced by a default without a word.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("not a log filter (GRAYSCOPE_LOG, --log: tracing's RUST_LOG syntax): {e}"))
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GRAYSCOPE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = ReloadingCert::new(&cli.tls_cert, &cli.tls_key, provider.clone()).context("serving certificate")?;
     let tls = server::acceptor(Arc::new(certs), provider)?;

@@ -19,5 +19,8 @@ fn a_log_filter_that_does_not_parse_is_refused_naming_the_setting() {
         stderr.contains("GRAYSCOPE_LOG") && stderr.contains("info,grayscope=loud"),
         "the refusal does not name the setting and its value:\n{stderr}"
     );
-    assert!(!stderr.contains("/nonexistent"), "it went on to load the certificate:\n{stderr}");
+    assert!(
+        !stderr.contains("/nonexistent"),
+        "it went on to load the certificate:\n{stderr}"
+    );
 }
