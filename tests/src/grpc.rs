@@ -94,6 +94,35 @@ pub fn call_with_pid(target: SocketAddr, method: &str, metadata: &[(&str, &str)]
     (outcomes, pid)
 }
 
+/// When the client of [`stream`] cancels its call.
+#[derive(Debug, Clone, Copy)]
+pub enum Cancel {
+    Never,
+    /// After its nth message.
+    AfterMessages(u32),
+    /// After this many milliseconds, whatever came.
+    AfterMs(u32),
+}
+
+/// One server-streaming call of `method` through `target` (the server streams `x-want-messages` messages), which
+/// the client cancels as `cancel` says. Returns the status the client saw and how many messages it got.
+pub fn stream(target: SocketAddr, method: &str, metadata: &[(&str, &str)], cancel: Cancel) -> (String, u64) {
+    let target = target.to_string();
+    let (flag, n) = match cancel {
+        Cancel::Never => ("--cancel-after", 0),
+        Cancel::AfterMessages(n) => ("--cancel-after", n),
+        Cancel::AfterMs(ms) => ("--cancel-after-ms", ms),
+    };
+    let n = n.to_string();
+    let args = ["call", "--stream", "--target", &target, "--method", method, flag, &n];
+    let (lines, _) = run_peer("peers/grpc_peer.py", &args, "--metadata", metadata);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    (
+        lines[0]["code"].as_str().unwrap_or("").to_owned(),
+        lines[0]["messages"].as_u64().unwrap_or(0),
+    )
+}
+
 /// `count` keep-alive HTTP/1.1 GETs from a Python client process; returns the statuses and the client's pid.
 pub fn http_get_with_pid(target: SocketAddr, path: &str, headers: &[(&str, &str)], count: usize) -> (Vec<u16>, u32) {
     let target = target.to_string();

@@ -1,7 +1,12 @@
 //! gRPC over h2c through the real Envoy, with a real gRPC client and server (grpcio): `Service/Method` labels,
 //! gRPC status names, and the version propagated as metadata.
 
-use integration_tests::{client::Client, grpc, prom, stack::Stack};
+use integration_tests::{
+    client::Client,
+    grpc::{self, Cancel},
+    prom,
+    stack::Stack,
+};
 
 fn series(method: &str, version: &str, status: &str, n: u32) -> String {
     format!("grayscope_interface_calls_total{{direction=\"inbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"{method}\",gray_version=\"{version}\",status=\"{status}\"}} {n}")
@@ -248,4 +253,43 @@ fn grpc_web_calls_are_counted_with_the_status_of_their_body_trailer() {
             "{place:?}: {calls}"
         );
     }
+}
+
+#[test]
+fn a_streaming_call_counts_how_it_ended() {
+    let s = Stack::start("{}");
+    let ingress = s.envoy.listener("ingress");
+    let watch = |extra: &[(&str, &str)], cancel: Cancel| {
+        let mut metadata = vec![("x-gray-version", "v2")];
+        metadata.extend_from_slice(extra);
+        grpc::stream(ingress, "/shop.v1.Orders/Watch", &metadata, cancel)
+    };
+    // Three messages, then the server's error in the trailers.
+    let failed = watch(
+        &[("x-want-messages", "3"), ("x-want-status", "NOT_FOUND")],
+        Cancel::Never,
+    );
+    assert_eq!(failed, ("NOT_FOUND".to_owned(), 3));
+    // The client cancels after the first message (RST_STREAM): the call ended by the caller's choice, CANCELLED as
+    // a gRPC server reports it, although the response (HTTP 200, no trailers) makes Envoy's `response.grpc_status`
+    // guess UNKNOWN.
+    let cancelled = watch(
+        &[("x-want-messages", "50"), ("x-want-delay-ms", "100")],
+        Cancel::AfterMessages(1),
+    );
+    assert_eq!(cancelled, ("CANCELLED".to_owned(), 1));
+    // The client cancels before the server answered at all: nothing was sent.
+    let silent = watch(
+        &[("x-want-messages", "1"), ("x-want-delay-ms", "2000")],
+        Cancel::AfterMs(300),
+    );
+    assert_eq!(silent, ("CANCELLED".to_owned(), 0));
+
+    s.access_log(3);
+    let text = s.envoy.prometheus();
+    prom::assert_line(&text, &series("Watch", "v2", "NOT_FOUND", 1));
+    prom::assert_line(&text, &series("Watch", "v2", "CANCELLED", 1));
+    prom::assert_line(&text, &series("Watch", "v2", "no_response", 1));
+    assert_eq!(prom::sum(&text, "grayscope_interface_calls_total"), 3.0);
+    prom::assert_line(&text, "grayscope_interface_call_duration_milliseconds_count{direction=\"inbound\",rpc_system=\"grpc\",service=\"shop.v1.Orders\",method=\"Watch\",gray_version=\"v2\"} 3");
 }
