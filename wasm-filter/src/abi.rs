@@ -208,6 +208,7 @@ pub fn remove_header(map: u32, key: &str) -> Result<(), AbiError> {
 pub mod path {
     pub const RESPONSE_CODE: &[u8] = b"response\0code";
     pub const GRPC_STATUS: &[u8] = b"response\0grpc_status";
+    pub const RESPONSE_FLAGS: &[u8] = b"response\0flags";
     pub const REQUEST_DURATION: &[u8] = b"request\0duration";
     pub const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
     pub const LISTENER_DIRECTION: &[u8] = b"xds\0listener_direction";

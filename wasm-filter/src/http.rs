@@ -145,12 +145,17 @@ impl Call {
         } else {
             self.read(abi::property_u64(abi::path::RESPONSE_CODE))
         };
-        let status = decision.status(code, || {
-            if let Some(code) = self.streamed.as_ref().and_then(StreamedStatus::status) {
-                return Ok(Some(code));
-            }
-            Ok::<_, AbiError>(self.read(abi::property_u64(abi::path::GRPC_STATUS)))
-        })?;
+        let streamed = self.streamed.as_ref().and_then(StreamedStatus::status);
+        // The flags only for a gRPC response of 200 that carried no status (see `Decision::status`).
+        let status = decision.status(
+            code,
+            streamed,
+            || Ok::<_, AbiError>(self.read(abi::property_u64(abi::path::GRPC_STATUS))),
+            || {
+                let flags = self.read(abi::property_u64(abi::path::RESPONSE_FLAGS));
+                Ok(flags.is_some_and(|f| f & request::DOWNSTREAM_GONE != 0))
+            },
+        )?;
         // No start read (it failed, or `bench-skip-log-properties` never reads the clock): no end read either.
         let ended_ns = self
             .started_ns

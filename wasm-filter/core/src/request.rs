@@ -149,7 +149,7 @@ pub fn decide(cfg: &Config, headers: &Headers<'_>) -> Decision {
 }
 
 mod ending;
-pub use ending::{elapsed_ns, StreamedStatus};
+pub use ending::{elapsed_ns, StreamedStatus, DOWNSTREAM_GONE};
 
 #[cfg(test)]
 mod tests;

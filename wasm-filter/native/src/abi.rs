@@ -85,6 +85,7 @@ pub mod level {
 /// `envoy_dynamic_module_type_attribute_id` values this filter reads.
 pub mod attribute {
     pub const RESPONSE_CODE: u32 = 15;
+    pub const RESPONSE_FLAGS: u32 = 17;
     pub const RESPONSE_GRPC_STATUS: u32 = 18;
     pub const SOURCE_ADDRESS: u32 = 24;
     pub const DESTINATION_ADDRESS: u32 = 26;

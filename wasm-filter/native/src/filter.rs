@@ -155,11 +155,14 @@ impl<'c> Filter<'c> {
         let Some(seen) = &self.seen else { return };
         let decision = &seen.decision;
         let code = abi::attribute_int(envoy, attribute::RESPONSE_CODE).filter(|&c| c != 0);
-        let grpc_status = || {
-            let streamed = seen.streamed.as_ref().and_then(StreamedStatus::status);
-            Ok::<_, Infallible>(streamed.or_else(|| abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS)))
+        let streamed = seen.streamed.as_ref().and_then(StreamedStatus::status);
+        let grpc_status = || Ok::<_, Infallible>(abi::attribute_int(envoy, attribute::RESPONSE_GRPC_STATUS));
+        // The flags only for a gRPC response of 200 that carried no status (see `Decision::status`).
+        let downstream_gone = || {
+            let flags = abi::attribute_int(envoy, attribute::RESPONSE_FLAGS);
+            Ok(flags.is_some_and(|f| f & request::DOWNSTREAM_GONE != 0))
         };
-        let Ok(status) = decision.status(code, grpc_status);
+        let Ok(status) = decision.status(code, streamed, grpc_status, downstream_gone);
         let duration_ns = u64::try_from(seen.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let cfg = &self.config.config;
         let cluster = || Ok::<_, Infallible>(abi::attribute_string(envoy, attribute::XDS_CLUSTER_NAME));

@@ -14,6 +14,9 @@ use crate::{
     status::Status,
 };
 
+const CANCELLED_CODE: u8 = 1;
+const UNKNOWN_CODE: u64 = 2;
+
 /// A call's duration from two readings of a clock that can step (the wasm shell's only cheap clock is Envoy's wall
 /// clock): `None` when a reading is missing or the clock went back between them, and the shell then asks the host
 /// for the duration instead.
@@ -73,18 +76,42 @@ impl StreamedStatus {
     }
 }
 
+/// Envoy's response flags (`response.flags`: one bit per `StreamInfo::CoreResponseFlag`, by its value) that say the
+/// downstream went away before the response ended: `DC` (DownstreamConnectionTermination, 14) and `DR`
+/// (DownstreamRemoteReset, 28).
+pub const DOWNSTREAM_GONE: u64 = 1 << 14 | 1 << 28;
+
 impl Decision {
     /// The call's outcome. An HTTP call has its status class. A gRPC call with no HTTP status (Envoy reports 0 when
-    /// nothing was sent) got no response; otherwise its `grpc-status`, which `grpc_status` reads only then.
+    /// nothing was sent) got no response. Otherwise it has the `grpc-status` its response carried: `streamed` (seen
+    /// in its trailers or its trailer frame), else `grpc_status` (Envoy's `response.grpc_status`, read only then).
+    ///
+    /// A response of HTTP 200 that carried none never ended: Envoy then guesses UNKNOWN, gRPC's reading of a missing
+    /// status. When the downstream went away (`downstream_gone`, read only then: the client reset the stream or
+    /// closed its connection, as a client that cancels or whose deadline passed does), the caller cut it off: the
+    /// call counts as CANCELLED, as a gRPC server reports it, rather than as the server error UNKNOWN is.
     pub fn status<E>(
         &self,
         http_status: Option<u64>,
+        streamed: Option<u64>,
         grpc_status: impl FnOnce() -> Result<Option<u64>, E>,
+        downstream_gone: impl FnOnce() -> Result<bool, E>,
     ) -> Result<Status, E> {
         Ok(match (&self.interface, http_status) {
             (Interface::Http { .. }, code) => Status::http(code),
             (Interface::Grpc { .. }, None | Some(0)) => Status::NoResponse,
-            (Interface::Grpc { .. }, code) => Status::grpc(grpc_status()?, code),
+            (Interface::Grpc { .. }, code @ Some(_)) if streamed.is_some() => Status::grpc(streamed, code),
+            (Interface::Grpc { .. }, code) => {
+                let envoy = grpc_status()?;
+                // Envoy's UNKNOWN for a 200 may be its guess or the server's own trailers-only UNKNOWN; a server
+                // that answered so completed the call, and the downstream cannot have gone before its end.
+                let unended = code == Some(200) && matches!(envoy, None | Some(UNKNOWN_CODE));
+                if unended && downstream_gone()? {
+                    Status::Grpc(CANCELLED_CODE)
+                } else {
+                    Status::grpc(envoy, code)
+                }
+            }
         })
     }
 
@@ -157,23 +184,55 @@ mod tests {
         Err("read although not needed")
     }
 
+    fn is<T>(value: T) -> impl FnOnce() -> Result<T, &'static str> {
+        move || Ok(value)
+    }
+
     #[test]
     fn a_grpc_call_without_a_response_reads_no_grpc_status() {
         let d = decision("/shop.v1.Orders/Get", Some("application/grpc"));
-        assert_eq!(d.status(None, never), Ok(Status::NoResponse));
-        assert_eq!(d.status(Some(0), never), Ok(Status::NoResponse));
+        assert_eq!(d.status(None, None, never, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(0), None, never, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(0), Some(0), never, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(200), None, is(Some(5)), never), Ok(Status::Grpc(5)));
         assert_eq!(
-            d.status(Some(200), || Ok::<_, Infallible>(Some(5))),
-            Ok(Status::Grpc(5))
+            d.status(Some(200), None, || Err("hostcall failed"), never),
+            Err("hostcall failed")
         );
-        assert_eq!(d.status(Some(200), || Err("hostcall failed")), Err("hostcall failed"));
+    }
+
+    #[test]
+    fn a_streamed_grpc_status_is_the_servers_and_reads_nothing_more() {
+        let d = decision("/shop.v1.Orders/Get", Some("application/grpc"));
+        assert_eq!(d.status(Some(200), Some(0), never, never), Ok(Status::Grpc(0)));
+        assert_eq!(d.status(Some(200), Some(2), never, never), Ok(Status::Grpc(2)));
+        assert_eq!(d.status(Some(200), Some(99), never, never), Ok(Status::Grpc(2)));
+    }
+
+    #[test]
+    fn a_grpc_response_the_downstream_cut_off_is_cancelled() {
+        let d = decision("/shop.v1.Orders/Watch", Some("application/grpc"));
+        // HTTP 200 and no grpc-status: Envoy's guess (UNKNOWN), or nothing.
+        assert_eq!(d.status(Some(200), None, is(Some(2)), is(true)), Ok(Status::Grpc(1)));
+        assert_eq!(d.status(Some(200), None, is(None), is(true)), Ok(Status::Grpc(1)));
+        assert_eq!(d.status(Some(200), None, is(Some(2)), is(false)), Ok(Status::Grpc(2)));
+        assert_eq!(
+            d.status(Some(200), None, is(Some(2)), || Err("hostcall failed")),
+            Err("hostcall failed")
+        );
+        // A status the server sent, or what a non-200 answer means, is the server's: the flags are not read.
+        assert_eq!(d.status(Some(200), None, is(Some(14)), never), Ok(Status::Grpc(14)));
+        assert_eq!(d.status(Some(200), None, is(Some(0)), never), Ok(Status::Grpc(0)));
+        assert_eq!(d.status(Some(503), None, is(Some(14)), never), Ok(Status::Grpc(14)));
+        assert_eq!(d.status(Some(503), None, is(None), never), Ok(Status::Grpc(14)));
     }
 
     #[test]
     fn an_http_call_has_its_status_class_and_reads_no_grpc_status() {
         let d = decision("/x", None);
-        assert_eq!(d.status(Some(503), never), Ok(Status::HttpClass(5)));
-        assert_eq!(d.status(None, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(503), None, never, never), Ok(Status::HttpClass(5)));
+        assert_eq!(d.status(None, None, never, never), Ok(Status::NoResponse));
+        assert_eq!(d.status(Some(200), None, never, never), Ok(Status::HttpClass(2)));
     }
 
     #[test]
