@@ -22,6 +22,8 @@ struct Row {
     flag: String,
     env: String,
     default: String,
+    /// The `accepted` cell as written (backticks kept).
+    accepted: String,
 }
 
 fn rows() -> Vec<Row> {
@@ -29,26 +31,24 @@ fn rows() -> Vec<Row> {
     let mut lines = readme.lines().skip_while(|l| !l.starts_with("| key (file)"));
     assert!(
         lines.next().is_some(),
-        "no `| key (file) | flag | environment | default |` table"
+        "no `| key (file) | flag | environment | default | accepted |` table"
     );
     lines
         .skip(1)
         .take_while(|l| l.starts_with('|'))
         .map(|l| {
-            let cells: Vec<&str> = l
-                .trim_matches('|')
-                .split('|')
-                .map(|c| c.trim().trim_matches('`'))
-                .collect();
-            let [key, flag, env, default] = cells[..] else {
-                panic!("four cells expected: {l}")
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let [key, flag, env, default, accepted] = cells[..] else {
+                panic!("five cells expected: {l}")
             };
+            let [key, flag, env, default] = [key, flag, env, default].map(|c| c.trim_matches('`'));
             let flag = flag.strip_prefix("--").unwrap_or_else(|| panic!("not a flag: {flag}"));
             Row {
                 key: key.into(),
                 flag: flag.into(),
                 env: env.into(),
                 default: default.into(),
+                accepted: accepted.into(),
             }
         })
         .collect()
@@ -75,6 +75,7 @@ fn the_table_is_every_setting_the_parser_reads_with_its_flag_variable_and_defaul
             flag: f.flag.into(),
             env: f.env.into(),
             default: String::new(),
+            accepted: String::new(),
         })
         .collect();
     let names = |rows: &BTreeSet<Row>| -> BTreeSet<(String, String, String)> {
