@@ -1,5 +1,7 @@
 //! sidecar-agent/README.md's settings against the code and the real binary: the Configuration table (file key,
-//! flag, environment variable, default) against `config::FIELDS` and `parse_config`, both ways; each documented
+//! flag, environment variable, default) against `config::FIELDS` and `parse_config`, both ways; its `accepted`
+//! column against `parse_config` (each range's ends taken, one unit past each end refused naming the field, two
+//! of them by the real binary too); each documented
 //! flag and variable really read by `grayscope-agent` (a bad value given that way is refused naming the field and
 //! where it came from); and the Commands synopsis against each subcommand's `--help`, whose `[env: ]` and
 //! `[default: ]` notes are hand-written too and must say what the table says.
@@ -106,6 +108,140 @@ fn the_table_is_every_setting_the_parser_reads_with_its_flag_variable_and_defaul
     }
 }
 
+/// How the values of a documented range are counted and written to the parser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unit {
+    /// An integer.
+    Count,
+    /// Bytes, written without a suffix.
+    Bytes,
+    /// Bytes, powers of two only: the values past a range's ends are the powers of two next to them.
+    PowerOfTwoBytes,
+    /// Milliseconds (the parser's finest unit), written `{n}ms`.
+    Millis,
+    /// A file mode, written in octal with a leading 0.
+    Octal,
+}
+
+/// A range of the `accepted` column, `LO to HI`, after which `, octal` or `, a power of two` may follow: its ends in
+/// the range's unit.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    unit: Unit,
+    lo: u64,
+    hi: u64,
+}
+
+impl Range {
+    fn write(self, n: u64) -> String {
+        match self.unit {
+            Unit::Count | Unit::Bytes | Unit::PowerOfTwoBytes => n.to_string(),
+            Unit::Millis => format!("{n}ms"),
+            Unit::Octal => format!("0{n:o}"),
+        }
+    }
+
+    /// Both ends, as the parser must take them.
+    fn ends(self) -> [String; 2] {
+        [self.write(self.lo), self.write(self.hi)]
+    }
+
+    /// One unit below the range (none below 0) and one above it, as the parser must refuse them.
+    fn past(self) -> Vec<String> {
+        let (below, above) = match self.unit {
+            Unit::PowerOfTwoBytes => (Some(self.lo / 2).filter(|&n| n > 0), self.hi.checked_mul(2)),
+            _ => (self.lo.checked_sub(1), self.hi.checked_add(1)),
+        };
+        [below, above].into_iter().flatten().map(|n| self.write(n)).collect()
+    }
+}
+
+/// `65,536`, `4 KiB`, `1 GiB`, `60s`, `1ms`, `0777` (with `octal`): the number in bytes or milliseconds where its
+/// suffix says which, and that unit.
+fn quantity(text: &str, octal: bool) -> Option<(u64, Option<Unit>)> {
+    let text: String = text.chars().filter(|&c| c != ',' && c != ' ').collect();
+    let (digits, suffix) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n = u64::from_str_radix(digits, if octal { 8 } else { 10 }).ok()?;
+    let (times, unit) = match suffix {
+        "" => (1, None),
+        "ms" => (1, Some(Unit::Millis)),
+        "s" => (1_000, Some(Unit::Millis)),
+        "m" => (60_000, Some(Unit::Millis)),
+        "h" => (3_600_000, Some(Unit::Millis)),
+        "KiB" => (1 << 10, Some(Unit::Bytes)),
+        "MiB" => (1 << 20, Some(Unit::Bytes)),
+        "GiB" => (1 << 30, Some(Unit::Bytes)),
+        _ => return None,
+    };
+    Some((n.checked_mul(times)?, unit))
+}
+
+/// The range an `accepted` cell gives, or `None` where it describes the values in words.
+fn range(accepted: &str) -> Option<Range> {
+    let (span, note) = accepted.split_once(", ").unwrap_or((accepted, ""));
+    let (lo, hi) = span.split_once(" to ")?;
+    let octal = note == "octal";
+    let ((lo, lo_unit), (hi, hi_unit)) = (quantity(lo, octal)?, quantity(hi, octal)?);
+    // An end without a suffix, in a range of durations or sizes, is 0.
+    let unit = match (lo_unit, hi_unit) {
+        (a, b) if a == b => a,
+        (None, b) if lo == 0 => b,
+        _ => panic!("{accepted:?}: ends of different units"),
+    };
+    let unit = match (unit, note) {
+        (None, "") => Unit::Count,
+        (None, "octal") => Unit::Octal,
+        (Some(Unit::Bytes), "a power of two") => Unit::PowerOfTwoBytes,
+        (Some(unit), "") => unit,
+        _ => panic!("{accepted:?}: a range with {note:?}, which this test does not know"),
+    };
+    Some(Range { unit, lo, hi })
+}
+
+#[test]
+fn each_setting_s_accepted_values_are_what_the_parser_takes() {
+    let mut wrong = Vec::new();
+    for r in rows() {
+        let field = FIELDS.iter().find(|f| f.key == r.key).unwrap();
+        let Some(range) = range(&r.accepted) else {
+            // A number, size or duration has a range, not words.
+            if quantity(field.default, false).is_some() || r.accepted.is_empty() {
+                wrong.push(format!(
+                    "{}: no range `LO to HI` for a setting whose default is {}: {:?}",
+                    r.key, field.default, r.accepted
+                ));
+            }
+            // Words: each value they quote is one the parser takes.
+            for v in r.accepted.split('`').skip(1).step_by(2) {
+                if let Err(e) = with_flag(&r.key, v) {
+                    wrong.push(format!("{}: {v:?}, quoted in {:?}, is refused: {e}", r.key, r.accepted));
+                }
+            }
+            continue;
+        };
+        for v in range.ends() {
+            if let Err(e) = with_flag(&r.key, &v) {
+                wrong.push(format!("{}: {v:?}, an end of {:?}, is refused: {e}", r.key, r.accepted));
+            }
+        }
+        for v in range.past() {
+            let named = format!("{} = {v:?} (from flag --{}): ", r.key, r.flag);
+            match with_flag(&r.key, &v) {
+                Ok(_) => wrong.push(format!("{}: {v:?}, past {:?}, is taken", r.key, r.accepted)),
+                Err(e) if e.problems.len() != 1 || !e.problems[0].starts_with(&named) => {
+                    wrong.push(format!("{}: {v:?} is refused without naming the field: {e}", r.key));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "sidecar-agent/README.md's accepted column against the parser:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
 /// A value the parser refuses for `key`: empty text for every setting but the log filter, which takes it.
 fn bad_value(key: &str) -> &'static str {
     ["", "["]
@@ -177,6 +313,51 @@ fn the_real_binary_reads_each_documented_flag_variable_and_file_key() {
             err.contains("socket = \"\" (from environment variable GRAYSCOPE_SOCKET)"),
             "{cmd}: {err}"
         );
+    }
+}
+
+#[test]
+fn the_real_binary_takes_the_ends_of_two_documented_ranges_and_refuses_values_past_them() {
+    let rows = rows();
+    let ranged = |key: &str| {
+        let r = rows.iter().find(|r| r.key == key).unwrap();
+        (r, range(&r.accepted).unwrap_or_else(|| panic!("{key}: no range")))
+    };
+    // One given as a flag, the other in the environment.
+    let (message, message_range) = ranged("max_message_bytes");
+    let (wait, wait_range) = ranged("link_wait");
+    let run = || {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").env_clear();
+        cmd
+    };
+    // The ends are taken: the binary stops at the configuration for the empty socket path alone.
+    for (m, w) in message_range.ends().iter().zip(wait_range.ends()) {
+        let err = refused_run(
+            run()
+                .arg("--socket=")
+                .arg(format!("--{}={m}", message.flag))
+                .env(&wait.env, &w),
+        );
+        assert!(
+            err.contains("socket = \"\" (from flag --socket)")
+                && !err.contains(&message.key)
+                && !err.contains(&wait.key),
+            "{} = {m:?} and {} = {w:?}, the ends of their ranges: {err}",
+            message.key,
+            wait.key
+        );
+    }
+    // One past either end is refused, naming the field and where the value came from.
+    for v in message_range.past() {
+        let err = refused_run(run().arg(format!("--{}={v}", message.flag)));
+        let named = format!("{} = {v:?} (from flag --{}): ", message.key, message.flag);
+        assert!(err.contains(&named), "{named}: {err}");
+    }
+    for v in wait_range.past() {
+        let err = refused_run(run().env(&wait.env, &v));
+        let named = format!("{} = {v:?} (from environment variable {}): ", wait.key, wait.env);
+        assert!(err.contains(&named), "{named}: {err}");
     }
 }
 
