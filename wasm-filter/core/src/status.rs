@@ -21,6 +21,11 @@ pub const GRPC_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// The code of a `grpc-status` header or trailer value: decimal, blanks around it allowed; `None` if it is none.
+pub fn grpc_code(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
 /// The outcome label of one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Status {
@@ -88,6 +93,15 @@ fn grpc_from_http(http: u64) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_status_value_is_a_decimal_code() {
+        assert_eq!(grpc_code(b"0"), Some(0));
+        assert_eq!(grpc_code(b" 14\t"), Some(14));
+        for bad in [&b""[..], b"zero", b"1 2", b"-1", b"\xff"] {
+            assert_eq!(grpc_code(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn grpc_status_wins_over_http() {

@@ -40,7 +40,7 @@ impl Streams {
         let status = headers
             .iter()
             .find(|(k, _)| *k == b"grpc-status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse::<u32>().ok());
+            .and_then(|(_, v)| u32::try_from(wasm_filter_core::status::grpc_code(v)?).ok());
         if let Some(s) = status {
             self.by_id.entry(id).or_default().grpc_status = Some(s);
         }

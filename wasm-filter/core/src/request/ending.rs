@@ -54,7 +54,7 @@ impl StreamedStatus {
 
     /// The value of the response's `grpc-status` trailer.
     pub fn trailer(&mut self, value: &[u8]) {
-        self.trailers = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok());
+        self.trailers = crate::status::grpc_code(value);
     }
 
     /// Whether the body is read: only a gRPC-Web call's, and only until its status is found.
