@@ -90,23 +90,25 @@ impl TrailerScan {
         self.status
     }
 
+    /// Whether more of the body can tell nothing: the status was found, or the body is no gRPC-Web.
+    pub fn done(&self) -> bool {
+        self.status.is_some() || self.encoding == Encoding::NotGrpcWeb
+    }
+
     /// The next chunk of the body.
     pub fn feed(&mut self, chunk: &[u8]) {
         for &byte in chunk {
-            if self.status.is_some() {
+            if self.done() {
                 return;
             }
-            match self.encoding {
-                Encoding::Unknown => {
-                    self.encoding = match byte {
-                        0x00 | 0x01 | 0x80 | 0x81 => Encoding::Binary,
-                        _ if sextet(byte).is_some() => Encoding::Text { acc: 0, bits: 0 },
-                        _ => Encoding::NotGrpcWeb,
-                    };
-                    self.byte(byte);
-                }
-                _ => self.byte(byte),
+            if self.encoding == Encoding::Unknown {
+                self.encoding = match byte {
+                    0x00 | 0x01 | 0x80 | 0x81 => Encoding::Binary,
+                    _ if sextet(byte).is_some() => Encoding::Text { acc: 0, bits: 0 },
+                    _ => Encoding::NotGrpcWeb,
+                };
             }
+            self.byte(byte);
         }
     }
 

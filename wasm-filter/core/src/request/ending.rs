@@ -57,9 +57,10 @@ impl StreamedStatus {
         self.trailers = crate::status::grpc_code(value);
     }
 
-    /// Whether the body is read: only a gRPC-Web call's, and only until its status is found.
+    /// Whether the body is read: only a gRPC-Web call's, and only until its status is found (or it shows it is no
+    /// gRPC-Web body: an error page from a proxy on the way).
     pub fn wants_body(&self) -> bool {
-        self.body.as_ref().is_some_and(|b| b.status().is_none())
+        self.body.as_ref().is_some_and(|b| !b.done())
     }
 
     /// The next chunk of the response body.
@@ -268,5 +269,11 @@ mod tests {
         // Trailers, when a host has them too, are what the server sent last.
         web.trailer(b"0");
         assert_eq!(web.status(), Some(0));
+
+        // A body that is no gRPC-Web (a proxy's error page) is not read on.
+        let mut page = StreamedStatus::of(&decision("/shop.v1.Orders/Get", Some("application/grpc-web"))).expect("web");
+        page.body(b"<html>upstream connect error");
+        assert!(!page.wants_body());
+        assert_eq!(page.status(), None);
     }
 }
