@@ -45,7 +45,7 @@ pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_TRAILERS: u32 = 3;
 /// The ABI's buffer types `HttpResponseBody` (the chunk the current body callback was called for) and
 /// `PluginConfiguration`.
-pub const RESPONSE_BODY: u32 = 1;
+const RESPONSE_BODY: u32 = 1;
 const PLUGIN_CONFIGURATION: u32 = 7;
 /// The ABI's metric types.
 pub const COUNTER: u32 = 0;
