@@ -222,6 +222,46 @@ fn an_environment_that_is_not_utf8_is_read_without_a_panic() {
     );
 }
 
+/// A `GRAYSCOPE_*` variable that is none of the agent's settings (a misspelt one, say) is named in a warning, where
+/// it used to be ignored without a word and the setting kept its default. Kubernetes's service links for a Service
+/// named `grayscope-…` in the pod's namespace (`<NAME>_SERVICE_HOST`, `<NAME>_PORT_9464_TCP_ADDR`, …) are no
+/// settings either, and are left alone: the agent cannot refuse what the cluster puts in every container.
+#[test]
+fn a_misspelt_environment_variable_is_named_in_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let none = dir.path().join("none.sock");
+    let links = [
+        ("GRAYSCOPE_AGENT_SERVICE_HOST", "10.96.0.12"),
+        ("GRAYSCOPE_AGENT_SERVICE_PORT", "9464"),
+        ("GRAYSCOPE_AGENT_SERVICE_PORT_METRICS", "9464"),
+        ("GRAYSCOPE_AGENT_PORT", "tcp://10.96.0.12:9464"),
+        ("GRAYSCOPE_AGENT_PORT_9464_TCP", "tcp://10.96.0.12:9464"),
+        ("GRAYSCOPE_AGENT_PORT_9464_TCP_PROTO", "tcp"),
+        ("GRAYSCOPE_AGENT_PORT_9464_TCP_PORT", "9464"),
+        ("GRAYSCOPE_AGENT_PORT_9464_TCP_ADDR", "10.96.0.12"),
+    ];
+    let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let out = Command::new(BIN)
+        .args(["methods", "--socket"])
+        .arg(&none)
+        .env("GRAYSCOPE_LINK_WIAT", "2s")
+        .envs(links)
+        .output()
+        .unwrap();
+    drop(serial);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let warnings: Vec<_> = err.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains("GRAYSCOPE_LINK_WIAT") && warnings[0].contains("GRAYSCOPE_LINK_WAIT"),
+        "the warning names the variable and the settings' variables: {err}"
+    );
+    for (link, _) in links {
+        assert!(!err.contains(link), "{link} is a service link: {err}");
+    }
+}
+
 /// `grayscope-agent run` started without privilege with `--kernel-optional true` (so as any user, without BPF) on a
 /// socket in `dir` and a free metrics port, with `args`; returned once it serves both, with its socket, metrics
 /// address and log file.
