@@ -18,9 +18,14 @@ const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match parse_config(&cli.command.layers(std::env::vars_os())) {
+    let layers = cli.command.layers(std::env::vars_os());
+    let unknown = unknown_variables(&layers.unknown_env);
+    let config = match parse_config(&layers) {
         Ok(c) => c,
         Err(e) => {
+            if let Some(unknown) = unknown {
+                eprintln!("grayscope-agent: warning: {unknown}");
+            }
             eprintln!("grayscope-agent: {e}");
             return ExitCode::from(EX_USAGE);
         }
@@ -30,6 +35,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(unknown) = unknown {
+        tracing::warn!("{unknown}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -44,6 +52,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to say of the `GRAYSCOPE_*` variables that are no setting (see `Layers::unknown_env`), if any.
+fn unknown_variables(names: &[String]) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    let mut names = names.to_vec();
+    names.sort();
+    let settings: Vec<_> = sidecar_agent::config::FIELDS.iter().map(|f| f.env).collect();
+    Some(format!(
+        "ignoring environment variables that are none of the agent's settings: {} (the settings' variables: {}, {})",
+        names.join(", "),
+        settings.join(", "),
+        sidecar_agent::config::ENV_CONFIG
+    ))
 }
 
 async fn dispatch(command: &Command, config: &Config) -> anyhow::Result<()> {

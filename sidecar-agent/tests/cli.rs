@@ -241,7 +241,9 @@ fn a_misspelt_environment_variable_is_named_in_a_warning() {
         ("GRAYSCOPE_AGENT_PORT_9464_TCP_ADDR", "10.96.0.12"),
     ];
     let serial = EXEC.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Only these variables: the test's own environment may hold others of the project (GRAYSCOPE_SKIP_PRIVILEGED).
     let out = Command::new(BIN)
+        .env_clear()
         .args(["methods", "--socket"])
         .arg(&none)
         .env("GRAYSCOPE_LINK_WIAT", "2s")

@@ -44,6 +44,9 @@ pub struct Layers {
     pub file_path: Option<PathBuf>,
     /// Problems reading the layers.
     pub problems: Vec<String>,
+    /// `GRAYSCOPE_*` variables that are none of the settings (a misspelt one, say) nor a Kubernetes service link: not
+    /// refused, since the agent cannot tell every other program's variables from a mistake, but worth a warning.
+    pub unknown_env: Vec<String>,
 }
 
 // === impl Layers ===
@@ -56,6 +59,9 @@ impl Layers {
             let Ok(key) = key.into().into_string() else { continue };
             if !key.starts_with("GRAYSCOPE_") {
                 continue;
+            }
+            if key != super::ENV_CONFIG && !FIELDS.iter().any(|f| f.env == key) && !is_service_link(&key) {
+                self.unknown_env.push(key.clone());
             }
             match value.into().into_string() {
                 Ok(value) => drop(self.env.insert(key, value)),
@@ -125,6 +131,27 @@ impl Layers {
             }
         }
     }
+}
+
+/// Whether `key` has the shape of the variables Kubernetes gives every container for each Service of its namespace
+/// (`enableServiceLinks`, on by default): a Service named `grayscope-agent` gives `GRAYSCOPE_AGENT_SERVICE_HOST`,
+/// `…_SERVICE_PORT`, `…_SERVICE_PORT_<port name>`, `…_PORT`, `…_PORT_9464_TCP` and that with `_PROTO`, `_PORT` or
+/// `_ADDR` after it.
+fn is_service_link(key: &str) -> bool {
+    if key.ends_with("_SERVICE_HOST") || key.contains("_SERVICE_PORT") || key.ends_with("_PORT") {
+        return true;
+    }
+    // `_PORT_<number>_<protocol>`, alone or with one of the three suffixes, at the end.
+    key.match_indices("_PORT_").any(|(at, sep)| {
+        let rest = &key[at + sep.len()..];
+        let Some((number, rest)) = rest.split_once('_') else {
+            return false;
+        };
+        let protocol = ["TCP", "UDP", "SCTP"].into_iter().find(|p| rest.starts_with(p));
+        !number.is_empty()
+            && number.bytes().all(|b| b.is_ascii_digit())
+            && protocol.is_some_and(|p| matches!(&rest[p.len()..], "" | "_PROTO" | "_PORT" | "_ADDR"))
+    })
 }
 
 /// A file mode written in the config file as a TOML integer, as text for the mode parser: a decimal one's digits, as

@@ -217,3 +217,34 @@ fn environment_values_that_are_not_utf8_are_named_when_they_are_ours_and_ignored
     );
     assert_eq!(l.env.get("GRAYSCOPE_NETNS").map(String::as_str), Some("all"));
 }
+
+#[test]
+fn unknown_variables_are_kept_for_a_warning_and_service_links_are_not() {
+    let l = Layers::default().with_env([
+        ("GRAYSCOPE_LINK_WIAT", "2s"),
+        ("GRAYSCOPE_SOCKET", "/run/a.sock"),
+        ("GRAYSCOPE_CONFIG", "/etc/a.toml"),
+        ("GRAYSCOPE_SERVICE_HOST", "10.0.0.1"),
+        ("GRAYSCOPE_AGENT_SERVICE_PORT_GRPC_METRICS", "9464"),
+        ("GRAYSCOPE_PORT", "tcp://10.0.0.1:80"),
+        ("GRAYSCOPE_AGENT_PORT_53_UDP_ADDR", "10.0.0.1"),
+        ("GRAYSCOPE_AGENT_PORT_80_SCTP", "sctp://10.0.0.1:80"),
+        // Near misses of a link's shape are no link.
+        ("GRAYSCOPE_PORT_X_TCP", "x"),
+        ("GRAYSCOPE_PORT_80_TCP_HOST", "x"),
+        ("GRAYSCOPE_PORT_80_QUIC", "x"),
+        ("OTHER_VARIABLE", "x"),
+    ]);
+    let mut unknown = l.unknown_env.clone();
+    unknown.sort();
+    assert_eq!(
+        unknown,
+        [
+            "GRAYSCOPE_LINK_WIAT",
+            "GRAYSCOPE_PORT_80_QUIC",
+            "GRAYSCOPE_PORT_80_TCP_HOST",
+            "GRAYSCOPE_PORT_X_TCP"
+        ]
+    );
+    assert!(l.problems.is_empty(), "{:?}", l.problems);
+}
